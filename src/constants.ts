@@ -1,0 +1,60 @@
+/**
+ * Every kernel number Waymark uses, in one place, each with the reason it was chosen.
+ * Mirrored for C in native/include/waymark_kernel.h (a unit test keeps the two in step).
+ *
+ * Neighbours we stay clear of:
+ *   - routing tables: 52 (Tailscale), 51820 (wg-quick), 253..255 (default/main/local),
+ *     1000+ifindex (Android), NetworkManager/systemd-networkd use main or admin-chosen ids.
+ *   - fwmark bits: 0x00ff0000 (Tailscale), 0x0000c000 (kube-proxy/Docker), 0x00000f00 (Cilium),
+ *     0x0000ca6c (wg-quick's default fwmark 51820). Calico's default 0xffff0000 does overlap;
+ *     the mask below can be moved with WAYMARK_* settings if ever needed (docs/kernel.md).
+ *   - rule priorities: 0 (local), 5210..5270 (Tailscale), 32764/32765 (wg-quick),
+ *     32766/32767 (main/default). Ours sit below Tailscale so an explicitly chosen uplink wins
+ *     even while a full-tunnel VPN or exit node is up, and leave gaps for the administrator.
+ */
+
+/** First routing table id; uplink slot N (1..MAX_SLOTS) uses table TABLE_BASE + N. */
+export const TABLE_BASE = 0x5c00; // 23552: far from every neighbour listed above
+/** Uplink slots are 1..63: six mark bits. Slot 0 means "no uplink chosen". */
+export const MAX_SLOTS = 63;
+
+/** Mark bits Waymark owns: bits 24..29. Slot N is encoded as N << MARK_SHIFT under MARK_MASK. */
+export const MARK_SHIFT = 24;
+export const MARK_MASK = 0x3f000000;
+/** Slot reserved for "denied": a socket carrying it is routed to an unreachable table. */
+export const DENY_SLOT = 63;
+
+/**
+ * The rule-priority ladder. Read top to bottom: the first match wins.
+ *   4100  fwmark SLOT/MASK lookup TABLE     socket explicitly steered by mark (daemon, cgroup)
+ *   4110  fwmark DENY/MASK unreachable      socket denied by policy
+ *   4200  oif DEV lookup TABLE             socket bound to the uplink's device (SO_BINDTODEVICE)
+ *   4300  from ADDR lookup TABLE           socket bound to an address only this uplink holds
+ *   4400  to PREFIX lookup TABLE           destination reachable only over some uplinks
+ * Gaps of 100 leave room for administrator rules between the steps.
+ */
+export const PRIO_MARK = 4100;
+export const PRIO_DENY = 4110;
+export const PRIO_OIF = 4200;
+export const PRIO_SOURCE = 4300;
+export const PRIO_DESTINATION = 4400;
+/** Any rule in [PRIO_MIN, PRIO_MAX] pointing at one of our tables is ours. */
+export const PRIO_MIN = 4100;
+export const PRIO_MAX = 4499;
+
+/** Route protocol id stamped on every route and rule we install (rt_protos: 'waymark'). */
+export const RTPROT_WAYMARK = 0x57; // 87: unassigned in iproute2's rt_protos
+
+/** nftables table we own and the only one we ever touch. */
+export const NFT_FAMILY = 'inet';
+export const NFT_TABLE = 'waymark';
+
+export function tableForSlot(slot: number): number {
+  return TABLE_BASE + slot;
+}
+export function markForSlot(slot: number): number {
+  return (slot << MARK_SHIFT) >>> 0;
+}
+export function isOurTable(table: number): boolean {
+  return table > TABLE_BASE && table <= TABLE_BASE + MAX_SLOTS;
+}
