@@ -1,0 +1,113 @@
+/**
+ * `waymark demo`: a simulated phone in network namespaces (see src/lab/lab.ts), waymarkd running
+ * inside it with the shipped example config, and a short tour of what steering does.
+ * Nothing outside the lab's own namespaces is touched.
+ */
+import { spawn } from 'node:child_process';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { CLI_JS, startDevice, type Device } from '../lab/device.js';
+import { Lab, LAB, destroyDetached, sweepStale, type Role } from '../lab/lab.js';
+
+const bold = (s: string): string => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
+
+interface Stop { uplink: string; target: keyof typeof TARGETS; family: 4 | 6; expect: 'ok' | 'fail' }
+const TARGETS = { internet: LAB.internet, mmsc: LAB.mmsc, office: LAB.office } as const;
+
+const TOUR: readonly Stop[] = [
+  { uplink: 'wifi', target: 'internet', family: 4, expect: 'ok' },
+  { uplink: 'wifi', target: 'internet', family: 6, expect: 'ok' },
+  { uplink: 'cellular', target: 'internet', family: 4, expect: 'ok' },
+  { uplink: 'cellular', target: 'internet', family: 6, expect: 'ok' },
+  { uplink: 'mms', target: 'mmsc', family: 4, expect: 'ok' },
+  { uplink: 'mms', target: 'mmsc', family: 6, expect: 'ok' },
+  { uplink: 'office-vpn', target: 'office', family: 4, expect: 'ok' },
+  { uplink: 'office-vpn', target: 'office', family: 6, expect: 'ok' },
+  { uplink: 'mms', target: 'internet', family: 4, expect: 'fail' },
+  { uplink: 'wifi', target: 'mmsc', family: 4, expect: 'fail' },
+];
+
+async function tourStop(dev: Device, s: Stop): Promise<string> {
+  const t = TARGETS[s.target];
+  const addr = s.family === 4 ? t.v4 : t.v6;
+  const url = s.family === 4 ? `http://${addr}/` : `http://[${addr}]/`;
+  const t0 = performance.now();
+  const r = await dev.waymark(['exec', '--uplink', s.uplink, '--', 'curl', '-sS', '-g', '--max-time', '3', url], { timeoutMs: 8000 });
+  const ms = Math.round(performance.now() - t0);
+  const what = `waymark exec --uplink ${s.uplink.padEnd(10)} -- curl ${url}`.padEnd(70);
+  if (r.code === 0) {
+    try {
+      const reply = JSON.parse(r.stdout) as { server: string; path: string; remote: string };
+      return `${what} → ${reply.server} answered; arrived via ${bold(reply.path)} from ${reply.remote} (${ms} ms)`;
+    } catch {
+      return `${what} → unexpected answer: ${r.stdout.trim()}`;
+    }
+  }
+  const err = (r.stderr.trim().split('\n').pop() ?? '').replace(/^curl: \(\d+\) /, '');
+  return `${what} → ${s.expect === 'fail' ? 'refused at once, as it should' : 'FAILED'}: ${err} (${ms} ms)`;
+}
+
+export async function runDemo(opts: { shell: boolean }): Promise<number> {
+  if (process.getuid?.() !== 0) throw new Error('the demo builds network namespaces: run it as root');
+  await sweepStale();
+  process.stdout.write('Building the simulated device (namespaces: device, Wi-Fi, cellular, MMS, office, Internet)...\n');
+  const lab = await Lab.create();
+  let dev: Device | undefined;
+  let failures = 0;
+  try {
+    dev = await startDevice(lab);
+    process.stdout.write(`waymarkd is running inside ${lab.ns('dev')} (log: ${join(dev.dir, 'waymarkd.log')})\n\n`);
+    process.stdout.write(bold('$ waymark status') + '\n');
+    process.stdout.write((await dev.waymark(['status'])).stdout + '\n');
+    process.stdout.write(bold('Tour: each program steered to one uplink; the server reports which way it came in') + '\n');
+    for (const stop of TOUR) {
+      const line = await tourStop(dev, stop);
+      const ok = stop.expect === 'ok' ? line.includes(' answered; ') : line.includes('refused at once');
+      if (!ok) failures++;
+      process.stdout.write(`  ${line}\n`);
+    }
+    const plain = await lab.run('dev', ['curl', '-sS', '--max-time', '3', `http://${LAB.mmsc.v4}/`]);
+    process.stdout.write(`\n  plain curl http://${LAB.mmsc.v4}/ (no exec): destination "mms" routes it by the MMS APN → ${plain.stdout.trim() || plain.stderr.trim()}\n`);
+    if (opts.shell) {
+      await leaveShell(lab, dev);
+      return failures ? 1 : 0;
+    }
+  } catch (e) {
+    failures++;
+    process.stderr.write(`demo failed: ${e instanceof Error ? e.message : String(e)}\n`);
+  } finally {
+    if (!opts.shell || failures) {
+      await dev?.stopDaemon().catch(() => undefined);
+      await lab.destroy();
+      if (dev) rmSync(dev.dir, { recursive: true, force: true });
+      process.stdout.write('\nDemo torn down: every namespace it created is gone.\n');
+    }
+  }
+  return failures ? 1 : 0;
+}
+
+async function leaveShell(lab: Lab, dev: Device): Promise<void> {
+  lab.detach();
+  const bin = join(dev.dir, 'bin');
+  mkdirSync(bin, { recursive: true });
+  writeFileSync(join(bin, 'waymark'), `#!/bin/sh\nexec "${process.execPath}" "${CLI_JS}" "$@"\n`, { mode: 0o755 });
+  const env = { ...process.env, WAYMARK_SOCKET: dev.socket, PATH: `${bin}:${process.env['PATH'] ?? '/usr/bin:/bin'}`, PS1: 'waymark-demo# ' };
+  const enter = `sudo ip netns exec ${lab.ns('dev')} env WAYMARK_SOCKET=${dev.socket} PATH=${bin}:$PATH bash`;
+  process.stdout.write(`\nThe demo keeps running. Inside the device try: waymark status; waymark exec --uplink mms -- curl http://${LAB.mmsc.v4}/\n`);
+  process.stdout.write(`Re-enter later with: ${enter}\nEnd it with: waymark demo down\n`);
+  if (!process.stdin.isTTY) return;
+  const role: Role = 'dev';
+  await new Promise<void>((resolve) => {
+    const sh = spawn('ip', ['netns', 'exec', lab.ns(role), 'bash', '--norc', '-i'], { stdio: 'inherit', env });
+    sh.once('exit', () => resolve());
+    sh.once('error', () => resolve());
+  });
+  process.stdout.write('Shell closed; the demo is still running. `waymark demo down` ends it.\n');
+}
+
+export async function demoDown(): Promise<number> {
+  const removed = await destroyDetached();
+  for (const runId of removed) rmSync(`/tmp/waymark-lab-${runId}`, { recursive: true, force: true });
+  process.stdout.write(removed.length ? `Ended demo ${removed.join(', ')}.\n` : 'No demo is running.\n');
+  return 0;
+}

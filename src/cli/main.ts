@@ -1,0 +1,73 @@
+#!/usr/bin/env node
+/** waymark: the command-line client of waymarkd. */
+import { Command } from 'commander';
+import { Client, DaemonError, defaultSocketPath } from '../daemon/client.js';
+import { VERSION } from '../version.js';
+import { execVia } from './exec.js';
+import { formatStatus } from './status.js';
+
+const program = new Command('waymark')
+  .description('Waymark: steer each program\'s traffic over the right uplink (Wi-Fi, cellular APNs, VPN, ...).')
+  .option('-s, --socket <path>', 'waymarkd control socket (env WAYMARK_SOCKET)', defaultSocketPath())
+  .version(VERSION)
+  .showHelpAfterError();
+
+const client = (): Client => new Client(program.opts<{ socket: string }>().socket);
+
+program
+  .command('status')
+  .description('show uplinks (kind, state, addresses, gateway, cost, table, mark) and destinations')
+  .option('--json', 'print the status as JSON', false)
+  .action(async (o: { json: boolean }) => {
+    const c = client();
+    const s = await c.call('status');
+    c.close();
+    process.stdout.write(o.json ? JSON.stringify(s, null, 2) + '\n' : formatStatus(s));
+  });
+
+program
+  .command('reload')
+  .description('re-read the configuration file; a bad file is rejected and the running one stays (needs root or group waymark)')
+  .action(async () => {
+    const c = client();
+    const r = await c.call('reload');
+    c.close();
+    process.stdout.write(`configuration loaded: generation ${r.generation}, ${r.uplinks} uplinks, ${r.destinations} destinations\n`);
+  });
+
+program
+  .command('exec')
+  .description('run a command with its TCP and UDP sockets steered to one uplink')
+  .requiredOption('-u, --uplink <name>', 'uplink name (or its interface name)')
+  .argument('<command...>', 'the command and its arguments (put them after --)')
+  .usage('--uplink NAME -- COMMAND [ARGS...]')
+  .action(async (argv: string[], o: { uplink: string }) => {
+    process.exitCode = await execVia(client(), o.uplink, argv);
+  });
+
+program
+  .command('demo')
+  .description('build a simulated device in network namespaces, run waymarkd in it, show a tour (root)')
+  .argument('[action]', '"down" ends a demo left running with --shell')
+  .option('--shell', 'after the tour, leave the demo running and open a shell inside the device', false)
+  .action(async (action: string | undefined, o: { shell: boolean }) => {
+    const demo = await import('./demo.js');
+    if (action === 'down') process.exitCode = await demo.demoDown();
+    else if (action === undefined) process.exitCode = await demo.runDemo({ shell: o.shell });
+    else throw new Error(`unknown demo action "${action}" (only "down")`);
+  });
+
+program.addHelpText('after', `
+Examples:
+  waymark status
+  waymark exec --uplink mms -- curl http://10.200.0.10/
+  sudo waymark demo --shell`);
+
+program.parseAsync().catch((e: unknown) => {
+  if (e instanceof DaemonError) {
+    process.stderr.write(`waymark: ${e.message} [${e.code}]\n`);
+    process.exit(e.code === 'EPERM' ? 77 : e.code === 'EINVAL' ? 65 : 69);
+  }
+  process.stderr.write(`waymark: ${e instanceof Error ? e.message : String(e)}\n`);
+  process.exit(1);
+});

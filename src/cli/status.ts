@@ -1,0 +1,45 @@
+/** `waymark status` as a readable report. */
+import type { StatusResult } from '../daemon/protocol.js';
+import { renderTable } from './table.js';
+
+function bytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let u = -1;
+  do { v /= 1024; u++; } while (v >= 1024 && u < units.length - 1);
+  return `${v.toFixed(1)} ${units[u]}`;
+}
+
+export function formatStatus(s: StatusResult): string {
+  const uplinks = renderTable(
+    ['UPLINK', 'KIND', 'STATE', 'DEVICE', 'ADDRESSES', 'GATEWAY', 'COST/MB', 'METERED', 'TABLE', 'MARK', 'TX/RX'],
+    s.uplinks.map((u) => [
+      u.name + (u.roaming ? ' (roaming)' : ''),
+      u.kind,
+      u.status,
+      u.ifname ?? '-',
+      u.addresses.join(' ') || '-',
+      [u.gateways.ipv4, u.gateways.ipv6].filter(Boolean).join(' ') || '-',
+      `${u.cost.perMB} ${u.cost.currency}` + (u.cost.perMinute ? ` +${u.cost.perMinute}/min` : ''),
+      u.metered ? 'yes' : 'no',
+      String(u.table),
+      u.mark,
+      u.traffic ? `${bytes(u.traffic.txBytes)}/${bytes(u.traffic.rxBytes)}` : '-',
+    ]),
+  );
+  const destinations = renderTable(
+    ['DESTINATION', 'PREFIXES', 'DOMAINS', 'VIA', 'NOW (v4 / v6)'],
+    s.destinations.map((d) => [
+      d.name,
+      d.prefixes.join(' ') || (d.name === 'internet' ? '(everything else)' : '-'),
+      d.domains.join(' ') || '-',
+      d.via.join(',') || '-',
+      d.name === 'internet' ? '(main table)' : `${d.active.ipv4 ?? '-'} / ${d.active.ipv6 ?? '-'}`,
+    ]),
+  );
+  const r = s.lastReconcile;
+  const footer = `waymarkd ${s.daemon.version} pid ${s.daemon.pid}, config ${s.daemon.configPath} (generation ${s.daemon.generation})`
+    + (r ? `; last reconcile ${r.at} in ${r.durationMs} ms${r.errors.length ? `, ${r.errors.length} errors:\n  ${r.errors.join('\n  ')}` : ''}` : '');
+  return `${uplinks}\n\n${destinations}\n\n${footer}\n`;
+}

@@ -1,0 +1,187 @@
+/**
+ * Loads waymark.yaml: YAML → schema → cross-checks → the resolved Config.
+ * Every problem becomes a ConfigIssue naming file, line, column and field; loading either
+ * yields a whole Config or a list of issues, never half of one.
+ */
+import { readFile } from 'node:fs/promises';
+import { isMap, isScalar, LineCounter, parseDocument, type Document } from 'yaml';
+import type { z } from 'zod';
+import { INTERNET, type DestinationSpec } from '../destination/destination.js';
+import { formatPrefix, overlaps, parsePrefix, type Prefix } from '../net/prefix.js';
+import type { UplinkSpec } from '../uplink/uplink.js';
+import { configSchema, type RawConfig } from './schema.js';
+
+export const DEFAULT_CONFIG_PATH = '/etc/waymark/waymark.yaml';
+
+export interface Config {
+  readonly uplinks: readonly UplinkSpec[];
+  /** Every destination, the Internet included (always present, always last). */
+  readonly destinations: readonly DestinationSpec[];
+}
+
+export interface ConfigIssue {
+  readonly file: string;
+  readonly line: number;
+  readonly column: number;
+  /** Dotted path of the field, e.g. uplinks[1].kind. */
+  readonly field: string;
+  readonly message: string;
+}
+
+export class ConfigError extends Error {
+  constructor(readonly issues: readonly ConfigIssue[]) {
+    super(issues.map(formatIssue).join('\n'));
+    this.name = 'ConfigError';
+  }
+}
+
+export function formatIssue(i: ConfigIssue): string {
+  return `${i.file}:${i.line}:${i.column}: ${i.field || '(top level)'}: ${i.message}`;
+}
+
+type Path = readonly (string | number)[];
+
+export function fieldName(path: Path): string {
+  return path.reduce<string>((s, p) => (typeof p === 'number' ? `${s}[${p}]` : s ? `${s}.${p}` : p), '');
+}
+
+export async function loadConfigFile(file: string): Promise<Config> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    throw new ConfigError([{ file, line: 0, column: 0, field: '', message: `cannot read: ${err.code ?? err.message}` }]);
+  }
+  return parseConfig(text, file);
+}
+
+/** Parses and validates config text; throws ConfigError with every issue found. */
+export function parseConfig(text: string, file = '<config>'): Config {
+  const lc = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true });
+  const at = (offset: number | undefined, field: string, message: string): ConfigIssue => {
+    const pos = offset === undefined ? { line: 1, col: 1 } : lc.linePos(offset);
+    return { file, line: pos.line, column: pos.col, field, message };
+  };
+  if (doc.errors.length > 0) {
+    throw new ConfigError(doc.errors.map((e) => at(e.pos[0], '', e.message.split('\n')[0] ?? e.message)));
+  }
+  const locate = (path: Path, key?: string): number | undefined => locateNode(doc, path, key);
+
+  const parsed = configSchema.safeParse(doc.toJS() ?? {});
+  if (!parsed.success) {
+    throw new ConfigError(parsed.error.issues.flatMap((i) => zodIssue(i, locate, at)));
+  }
+  const issues: ConfigIssue[] = [];
+  const check = (path: Path, message: string): void => {
+    issues.push(at(locate(path), fieldName(path), message));
+  };
+  const config = resolve(parsed.data, check);
+  if (issues.length > 0) throw new ConfigError(issues);
+  return config;
+}
+
+function zodIssue(
+  issue: z.core.$ZodIssue,
+  locate: (path: Path, key?: string) => number | undefined,
+  at: (offset: number | undefined, field: string, message: string) => ConfigIssue,
+): ConfigIssue[] {
+  const path = issue.path.filter((p): p is string | number => typeof p !== 'symbol');
+  if (issue.code === 'unrecognized_keys') {
+    return issue.keys.map((k) => at(locate(path, k), fieldName([...path, k]), `unknown field "${k}"`));
+  }
+  let message = issue.message;
+  if (issue.code === 'invalid_type' && message.includes('received undefined')) message = 'required field is missing';
+  if (issue.code === 'invalid_value' && 'values' in issue) message = `must be one of: ${issue.values.map(String).join(', ')}`;
+  return [at(locate(path), fieldName(path), message)];
+}
+
+/** Offset of the node at `path` (or of the key `key` inside that map), falling back to the nearest parent. */
+function locateNode(doc: Document, path: Path, key?: string): number | undefined {
+  for (let n = path.length; n >= 0; n--) {
+    const node = doc.getIn(path.slice(0, n), true) as unknown;
+    if (node && typeof node === 'object' && 'range' in node) {
+      if (key !== undefined && n === path.length && isMap(node)) {
+        const pair = node.items.find((p) => isScalar(p.key) && p.key.value === key);
+        if (pair && isScalar(pair.key) && pair.key.range) return pair.key.range[0];
+      }
+      const range = (node as { range?: [number, number, number] | null }).range;
+      if (range) return range[0];
+    }
+  }
+  return undefined;
+}
+
+/** Cross-field checks and defaults; reports through `check`. */
+function resolve(raw: RawConfig, check: (path: Path, message: string) => void): Config {
+  const seen = new Map<string, number>();
+  const uplinks: UplinkSpec[] = raw.uplinks.map((u, i) => {
+    const prev = seen.get(u.name);
+    if (prev !== undefined) check(['uplinks', i, 'name'], `duplicate uplink "${u.name}" (first defined as uplinks[${prev}])`);
+    seen.set(u.name, i);
+    if (u.sim && u.kind !== 'cellular') check(['uplinks', i, 'sim'], `only cellular uplinks have a SIM (kind is ${u.kind})`);
+    if (u.cost?.per_minute && u.kind !== 'dialup') check(['uplinks', i, 'cost', 'per_minute'], 'a per-minute price applies to dial-up uplinks only');
+    const gateway: UplinkSpec['gateway'] = {};
+    if (u.gateway?.ipv4 !== undefined) {
+      if (u.gateway.ipv4.includes(':')) check(['uplinks', i, 'gateway', 'ipv4'], 'must be an IPv4 address');
+      gateway[4] = u.gateway.ipv4;
+    }
+    if (u.gateway?.ipv6 !== undefined) {
+      if (!u.gateway.ipv6.includes(':')) check(['uplinks', i, 'gateway', 'ipv6'], 'must be an IPv6 address');
+      gateway[6] = u.gateway.ipv6;
+    }
+    return {
+      name: u.name,
+      match: u.match,
+      kind: u.kind,
+      cost: { perMB: u.cost?.per_mb ?? 0, perMinute: u.cost?.per_minute ?? 0, currency: u.cost?.currency ?? 'EUR' },
+      metered: u.metered ?? (u.kind === 'cellular' || u.kind === 'dialup'),
+      roaming: u.roaming,
+      ...(u.sim ? { sim: { iccid: u.sim.iccid, ...(u.sim.apn !== undefined ? { apn: u.sim.apn } : {}) } } : {}),
+      preference: u.preference,
+      gateway,
+      dns: u.dns ?? [],
+    };
+  });
+  raw.uplinks.forEach((u, i) => {
+    const other = raw.uplinks.findIndex((o, j) => j < i && o.match === u.match);
+    if (other >= 0) check(['uplinks', i, 'match'], `interface "${u.match}" is already matched by uplinks[${other}]`);
+  });
+
+  const destinations: DestinationSpec[] = [];
+  const claimed: { prefix: Prefix; dest: string }[] = [];
+  const domains = new Map<string, string>();
+  const destSeen = new Map<string, number>();
+  let internet: DestinationSpec | undefined;
+  raw.destinations.forEach((d, i) => {
+    const prev = destSeen.get(d.name);
+    if (prev !== undefined) check(['destinations', i, 'name'], `duplicate destination "${d.name}" (first defined as destinations[${prev}])`);
+    destSeen.set(d.name, i);
+    d.via.forEach((v, j) => {
+      if (!seen.has(v)) check(['destinations', i, 'via', j], `no uplink named "${v}"`);
+      if (d.via.indexOf(v) !== j) check(['destinations', i, 'via', j], `uplink "${v}" listed twice`);
+    });
+    const prefixes = d.prefixes.map((t) => parsePrefix(t) as Prefix);
+    prefixes.forEach((p, j) => {
+      const clash = claimed.find((c) => overlaps(c.prefix, p));
+      if (clash) {
+        check(['destinations', i, 'prefixes', j], `${formatPrefix(p)} overlaps ${formatPrefix(clash.prefix)} of destination "${clash.dest}"`);
+      }
+      claimed.push({ prefix: p, dest: d.name });
+    });
+    const doms = d.domains.map((x) => x.toLowerCase());
+    doms.forEach((dom, j) => {
+      const owner = domains.get(dom);
+      if (owner !== undefined) check(['destinations', i, 'domains', j], `domain ${dom} already belongs to destination "${owner}"`);
+      domains.set(dom, d.name);
+    });
+    const spec: DestinationSpec = { name: d.name, prefixes, domains: doms, via: d.via };
+    if (d.name === INTERNET) {
+      if (prefixes.length > 0) check(['destinations', i, 'prefixes'], 'the internet is the default destination: it takes no prefixes');
+      internet = spec;
+    } else destinations.push(spec);
+  });
+  destinations.push(internet ?? { name: INTERNET, prefixes: [], domains: [], via: uplinks.map((u) => u.name) });
+  return { uplinks, destinations };
+}

@@ -1,0 +1,81 @@
+/**
+ * The shape of waymark.yaml, validated with zod. Field names are snake_case as written in YAML.
+ * Cross-field checks (duplicates, references, overlaps) live in validate.ts so that each error
+ * can point at the exact node.
+ */
+import { z } from 'zod';
+import { parseAddress, parsePrefix } from '../net/prefix.js';
+
+export const UPLINK_KINDS = ['wifi', 'cellular', 'bluetooth', 'ethernet', 'vpn', 'dialup'] as const;
+export type UplinkKind = (typeof UPLINK_KINDS)[number];
+
+const name = z
+  .string()
+  .regex(/^[a-z][a-z0-9_-]{0,30}$/, 'must be 1-31 characters: lower-case letters, digits, "-" or "_", starting with a letter');
+
+/** An interface name (IFNAMSIZ-1 = 15 characters) or a shell glob over names. */
+const ifaceMatch = z
+  .string()
+  .regex(/^[A-Za-z0-9_.:@*?[\]!-]{1,15}$/, 'must be an interface name or glob of at most 15 characters');
+
+const address = z.string().refine((s) => parseAddress(s) !== undefined, 'must be an IPv4 or IPv6 address');
+
+const prefix = z.string().superRefine((s, ctx) => {
+  const p = parsePrefix(s);
+  if (typeof p === 'string') ctx.addIssue({ code: 'custom', message: p });
+});
+
+const domain = z
+  .string()
+  .regex(/^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/i, 'must be a DNS domain such as corp.example');
+
+const money = z.number().nonnegative().finite();
+
+export const costSchema = z.strictObject({
+  /** Price of one megabyte (10^6 bytes) in `currency`. */
+  per_mb: money.default(0),
+  /** Price of one minute online, for dial-up (circuit-switched) links. */
+  per_minute: money.default(0),
+  currency: z.string().regex(/^[A-Z]{3}$/, 'must be an ISO 4217 code such as EUR').default('EUR'),
+});
+
+export const uplinkSchema = z.strictObject({
+  name,
+  /** Interface name or glob (wwan*, ppp?). The first matching link (lowest ifindex) is used. */
+  match: ifaceMatch,
+  kind: z.enum(UPLINK_KINDS),
+  cost: costSchema.optional(),
+  /** Defaults to true for cellular and dial-up, false otherwise. */
+  metered: z.boolean().optional(),
+  roaming: z.boolean().default(false),
+  sim: z
+    .strictObject({
+      iccid: z.string().regex(/^89\d{16,20}$/, 'must be an ICCID: 18-22 digits starting with 89'),
+      apn: z.string().min(1).max(100).optional(),
+    })
+    .optional(),
+  /** Higher wins among uplinks that can carry the same traffic. */
+  preference: z.number().int().min(0).max(1000).default(100),
+  /** Next hops when the kernel's main table has none for this link (an APN without a default route). */
+  gateway: z.strictObject({ ipv4: address.optional(), ipv6: address.optional() }).optional(),
+  /** DNS servers of this uplink; otherwise what the link reports. */
+  dns: z.array(address).optional(),
+});
+
+export const destinationSchema = z.strictObject({
+  name,
+  prefixes: z.array(prefix).default([]),
+  domains: z.array(domain).default([]),
+  /** Uplinks (by name) over which this destination is reachable, in no particular order. */
+  via: z.array(name).min(1, 'must name at least one uplink'),
+});
+
+export const configSchema = z.strictObject({
+  version: z.literal(1),
+  uplinks: z.array(uplinkSchema).default([]),
+  destinations: z.array(destinationSchema).default([]),
+});
+
+export type RawConfig = z.infer<typeof configSchema>;
+export type RawUplink = z.infer<typeof uplinkSchema>;
+export type RawDestination = z.infer<typeof destinationSchema>;

@@ -1,0 +1,244 @@
+/**
+ * The daemon's core loop: config + kernel events in, reconciled kernel state out.
+ * Every change (a netlink event, a reload, a tampered rule) schedules one reconcile, which takes a
+ * fresh snapshot, computes the desired state purely, and applies only the difference.
+ */
+import { MARK_MASK } from '../constants.js';
+import type { Config } from '../config/load.js';
+import { INTERNET } from '../destination/destination.js';
+import { formatPrefix } from '../net/prefix.js';
+import { counterName, renderRuleset } from '../nftables/ruleset.js';
+import * as nft from '../nftables/nft.js';
+import { bestUplink, desiredState } from '../routing/desired.js';
+import { KernelRouting, watchKernel, type KernelSnapshot } from '../routing/kernel.js';
+import { isEmpty, plan } from '../routing/reconcile.js';
+import { describeRoute, describeRule } from '../routing/describe.js';
+import { assignSlots } from '../uplink/slots.js';
+import { uplinkStates, type UplinkState } from '../uplink/state.js';
+import type { Logger } from './log.js';
+import type { DestinationStatusView, StatusResult, UplinkStatusView } from './protocol.js';
+import type { StateStore } from './state.js';
+
+const MAIN_TABLE = 254;
+/** Reconciles allowed per second before we back off (something may be fighting over our rules). */
+const RECONCILE_BURST = 25;
+
+const hex = (n: number): string => `0x${(n >>> 0).toString(16).padStart(8, '0')}`;
+
+export interface EngineOptions {
+  readonly config: Config;
+  readonly configPath: string;
+  readonly store: StateStore;
+  readonly log: Logger;
+  readonly version: string;
+}
+
+export class Engine {
+  private config: Config;
+  private slots = new Map<string, number>();
+  private generation = 1;
+  private readonly startedAt = new Date();
+  private readonly kernel = new KernelRouting();
+  private watcher: { close(): void } | undefined;
+  private states: UplinkState[] = [];
+  private lastReconcile: StatusResult['lastReconcile'] = null;
+  private running: Promise<void> | undefined;
+  private again = false;
+  private timer: NodeJS.Timeout | undefined;
+  private recent: number[] = [];
+  private nftApplied: string | undefined;
+  private stopped = false;
+
+  constructor(private readonly opts: EngineOptions) {
+    this.config = opts.config;
+  }
+
+  async start(): Promise<void> {
+    const saved = await this.opts.store.load((why) => this.opts.log.warn('state file unreadable, starting fresh', { why }));
+    this.slots = assignSlots(this.config.uplinks.map((u) => u.name), new Map(Object.entries(saved.slots)));
+    await this.persistSlots();
+    // Subscribe before the first snapshot so no change can slip between the two.
+    this.watcher = watchKernel((lost) => {
+      if (lost) this.opts.log.warn('netlink events lost, resynchronising');
+      this.schedule();
+    });
+    await this.reconcileNow();
+  }
+
+  /** Swaps in a new, already validated config and reconciles. */
+  async replaceConfig(config: Config): Promise<number> {
+    this.slots = assignSlots(config.uplinks.map((u) => u.name), this.slots);
+    this.config = config;
+    this.generation++;
+    await this.persistSlots();
+    await this.reconcileNow();
+    return this.generation;
+  }
+
+  getConfig(): Config {
+    return this.config;
+  }
+
+  uplinkStates(): readonly UplinkState[] {
+    return this.states;
+  }
+
+  /** Stops watching; unless `keep`, removes every rule, route and nftables object we own. */
+  async stop(keep: boolean): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    this.watcher?.close();
+    await this.running;
+    if (!keep) {
+      const snap = await this.kernel.snapshot();
+      const p = plan({ rules: [], routes: [] }, snap.rules, snap.routes);
+      const res = await this.kernel.apply(p);
+      for (const e of res.errors) this.opts.log.error('cleanup step failed', { error: e.message });
+      await nft.deleteTable().catch((e: Error) => this.opts.log.error('nftables cleanup failed', { error: e.message }));
+      this.opts.log.info('removed kernel state', { changes: res.applied });
+    }
+    this.kernel.close();
+  }
+
+  /** Coalesces bursts of events into one reconcile; backs off if reconciles run away. */
+  schedule(): void {
+    if (this.stopped) return;
+    if (this.running) {
+      this.again = true;
+      return;
+    }
+    if (this.timer) return;
+    const now = Date.now();
+    this.recent = this.recent.filter((t) => now - t < 1000);
+    const delay = this.recent.length >= RECONCILE_BURST ? 1000 : 1;
+    if (delay > 1) this.opts.log.warn('kernel state keeps changing under us; slowing down');
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      void this.reconcileNow().catch((e: Error) => this.opts.log.error('reconcile failed', { error: e.message }));
+    }, delay);
+  }
+
+  async reconcileNow(): Promise<void> {
+    if (this.running) {
+      this.again = true;
+      return this.running;
+    }
+    this.running = (async () => {
+      do {
+        this.again = false;
+        this.recent.push(Date.now());
+        await this.reconcileOnce();
+      } while (this.again && !this.stopped);
+    })().finally(() => {
+      this.running = undefined;
+    });
+    return this.running;
+  }
+
+  private async reconcileOnce(): Promise<void> {
+    const t0 = performance.now();
+    const snap = await this.kernel.snapshot();
+    const mainRoutes = snap.routes.filter((r) => r.table === MAIN_TABLE);
+    this.states = uplinkStates(this.config.uplinks, this.slots, { links: snap.links, addrs: snap.addrs, routes: mainRoutes });
+    const desired = desiredState(this.states, this.config.destinations);
+    const p = plan(desired, snap.rules, snap.routes);
+    const errors: string[] = [];
+    let changes = 0;
+    if (!isEmpty(p)) {
+      const name = ifnameOf(snap);
+      for (const r of p.addRoutes) this.opts.log.debug('route add', { route: describeRoute(r, name) });
+      for (const r of p.addRules) this.opts.log.debug('rule add', { rule: describeRule(r) });
+      for (const r of p.delRules) this.opts.log.debug('rule delete', { rule: describeRule(r) });
+      for (const r of p.delRoutes) this.opts.log.debug('route delete', { route: describeRoute(r, name) });
+      const res = await this.kernel.apply(p, name);
+      changes = res.applied;
+      for (const e of res.errors) {
+        errors.push(e.message);
+        this.opts.log.error('kernel change failed', { error: e.message });
+      }
+    }
+    await this.applyNft(errors);
+    const ms = performance.now() - t0;
+    this.lastReconcile = { at: new Date().toISOString(), durationMs: Math.round(ms * 100) / 100, changes, errors };
+    if (changes > 0 || errors.length > 0) {
+      this.opts.log.info('reconciled', {
+        changes, errors: errors.length, ms: ms.toFixed(1),
+        active: this.states.filter((s) => s.status === 'active').map((s) => s.spec.name),
+      });
+    }
+  }
+
+  private async applyNft(errors: string[]): Promise<void> {
+    const counted = this.states.flatMap((s) => (s.link ? [{ name: s.spec.name, ifname: s.link.name }] : []));
+    const body = renderRuleset(counted);
+    if (body === this.nftApplied) return;
+    try {
+      await nft.replaceTable(body);
+      this.nftApplied = body;
+    } catch (e) {
+      const msg = e instanceof Error ? e.message : String(e);
+      errors.push(msg);
+      this.opts.log.error('nftables update failed', { error: msg });
+    }
+  }
+
+  private async persistSlots(): Promise<void> {
+    await this.opts.store.save({ version: 1, slots: Object.fromEntries(this.slots) }).catch((e: Error) =>
+      this.opts.log.error('cannot save state', { error: e.message }));
+  }
+
+  async status(): Promise<StatusResult> {
+    const counters = await nft.readCounters();
+    const uplinks: UplinkStatusView[] = this.states.map((s) => {
+      const tx = counters.get(counterName(s.spec.name, 'tx'));
+      const rx = counters.get(counterName(s.spec.name, 'rx'));
+      const fam = (f: 4 | 6) => s.families.find((x) => x.family === f);
+      return {
+        name: s.spec.name,
+        kind: s.spec.kind,
+        status: s.status,
+        ifname: s.link?.name ?? null,
+        ifindex: s.link?.index ?? null,
+        addresses: s.families.flatMap((f) => f.addresses),
+        gateways: { ipv4: fam(4)?.gateway ?? null, ipv6: fam(6)?.gateway ?? null },
+        cost: { ...s.spec.cost },
+        metered: s.spec.metered,
+        roaming: s.spec.roaming,
+        sim: s.spec.sim ? { iccid: s.spec.sim.iccid, apn: s.spec.sim.apn ?? null } : null,
+        preference: s.spec.preference,
+        table: s.table,
+        mark: hex(s.mark),
+        markMask: hex(MARK_MASK),
+        traffic: tx && rx ? { txBytes: tx.bytes, rxBytes: rx.bytes } : null,
+      };
+    });
+    const destinations: DestinationStatusView[] = this.config.destinations.map((d) => {
+      const pick = (f: 4 | 6): string | null => {
+        if (d.name === INTERNET) return null;
+        if (!d.prefixes.some((p) => p.family === f)) return null;
+        return bestUplink(this.states, d, f)?.spec.name ?? null;
+      };
+      return {
+        name: d.name,
+        prefixes: d.prefixes.map(formatPrefix),
+        domains: [...d.domains],
+        via: [...d.via],
+        active: { ipv4: pick(4), ipv6: pick(6) },
+      };
+    });
+    return {
+      daemon: {
+        version: this.opts.version, protocol: 1, pid: process.pid, configPath: this.opts.configPath,
+        generation: this.generation, startedAt: this.startedAt.toISOString(),
+      },
+      uplinks,
+      destinations,
+      lastReconcile: this.lastReconcile,
+    };
+  }
+}
+
+function ifnameOf(snap: KernelSnapshot): (index: number) => string | undefined {
+  const names = new Map(snap.links.map((l) => [l.index, l.name]));
+  return (i) => names.get(i);
+}

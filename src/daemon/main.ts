@@ -1,0 +1,103 @@
+#!/usr/bin/env node
+/** waymarkd: the Waymark daemon. */
+import { Command, Option } from 'commander';
+import { ConfigError, DEFAULT_CONFIG_PATH, loadConfigFile } from '../config/load.js';
+import { VERSION } from '../version.js';
+import { Engine } from './engine.js';
+import { createLogger, type Level } from './log.js';
+import { DEFAULT_SOCKET, METHODS, PROTOCOL_VERSION, type HelloResult, type ReloadResult, type ResolveResult } from './protocol.js';
+import { ControlServer, RequestError } from './server.js';
+import { DEFAULT_STATE_DIR, StateStore } from './state.js';
+
+const program = new Command('waymarkd')
+  .description('Waymark daemon: watches the uplinks, keeps per-uplink policy routing in the kernel, answers on a Unix socket.')
+  .option('-c, --config <path>', 'configuration file', process.env['WAYMARK_CONFIG'] ?? DEFAULT_CONFIG_PATH)
+  .option('-s, --socket <path>', 'control socket to serve', process.env['WAYMARK_SOCKET'] ?? DEFAULT_SOCKET)
+  .option('--state-dir <dir>', 'where durable state is kept', DEFAULT_STATE_DIR)
+  .option('--keep-state', 'leave rules, routes and the nftables table in place on exit', false)
+  .option('--check', 'validate the configuration and exit', false)
+  .addOption(new Option('--log-level <level>', 'least severe level logged').choices(['debug', 'info', 'warn', 'error']).default('info'))
+  .version(VERSION)
+  .addHelpText('after', `
+Signals: SIGHUP reloads the configuration (a bad file is rejected and the running one stays);
+SIGTERM/SIGINT stop cleanly, removing Waymark's kernel state unless --keep-state is given.
+Environment: WAYMARK_CONFIG and WAYMARK_SOCKET set the defaults of --config and --socket.`);
+
+interface Opts { config: string; socket: string; stateDir: string; keepState: boolean; check: boolean; logLevel: Level }
+
+async function main(): Promise<void> {
+  program.parse();
+  const opts = program.opts<Opts>();
+  const log = createLogger(opts.logLevel);
+  let config;
+  try {
+    config = await loadConfigFile(opts.config);
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      process.stderr.write(`waymarkd: configuration rejected:\n${e.message}\n`);
+      process.exit(78); // EX_CONFIG
+    }
+    throw e;
+  }
+  if (opts.check) {
+    process.stdout.write(`${opts.config}: ok (${config.uplinks.length} uplinks, ${config.destinations.length} destinations)\n`);
+    return;
+  }
+  const engine = new Engine({ config, configPath: opts.config, store: new StateStore(opts.stateDir), log, version: VERSION });
+
+  const reload = async (): Promise<ReloadResult> => {
+    try {
+      const next = await loadConfigFile(opts.config);
+      const generation = await engine.replaceConfig(next);
+      log.info('configuration reloaded', { file: opts.config, generation });
+      return { generation, uplinks: next.uplinks.length, destinations: next.destinations.length };
+    } catch (e) {
+      if (!(e instanceof ConfigError)) throw e;
+      log.error('configuration rejected; keeping the running one', { file: opts.config, errors: e.issues.length });
+      for (const i of e.issues) log.error('config issue', { file: i.file, line: i.line, column: i.column, field: i.field, problem: i.message });
+      throw new RequestError({ code: 'EINVAL', message: `configuration rejected; the running one stays\n${e.message}`, issues: e.issues });
+    }
+  };
+
+  const server = new ControlServer(opts.socket, {
+    hello: async (): Promise<HelloResult> => ({ daemon: 'waymarkd', version: VERSION, protocol: PROTOCOL_VERSION, methods: Object.keys(METHODS) }),
+    status: () => engine.status(),
+    reload,
+    'uplink.resolve': async (params): Promise<ResolveResult> => {
+      const want = String(params['uplink']);
+      const s = engine.uplinkStates().find((u) => u.spec.name === want || u.link?.name === want);
+      if (!s) throw new RequestError({ code: 'ENOENT', message: `no uplink named "${want}" (see waymark status)` });
+      if (s.status !== 'active' || !s.link) {
+        throw new RequestError({ code: 'ENETDOWN', message: `uplink ${s.spec.name} is ${s.status}` });
+      }
+      return { name: s.spec.name, ifname: s.link.name, status: s.status, mark: `0x${s.mark.toString(16)}`, table: s.table };
+    },
+  }, log);
+
+  await engine.start();
+  await server.listen();
+  log.info('waymarkd started', { version: VERSION, config: opts.config, socket: opts.socket, uplinks: config.uplinks.length });
+
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    log.info('stopping', { signal, keepState: opts.keepState });
+    void (async () => {
+      await server.close();
+      await engine.stop(opts.keepState);
+      process.exit(0);
+    })().catch((e: Error) => {
+      log.error('unclean stop', { error: e.message });
+      process.exit(1);
+    });
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGHUP', () => void reload().catch(() => undefined));
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`waymarkd: ${e instanceof Error ? e.stack ?? e.message : String(e)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,95 @@
+/**
+ * The waymarkd control protocol, declared once and shared by the daemon and every client.
+ *
+ * Transport: a Unix stream socket; each message is one line of JSON (UTF-8, '\n'-terminated,
+ * at most MAX_LINE bytes). Requests carry the protocol version `v`, a client-chosen `id` and a
+ * `method`; the reply echoes `id`. A client may pipeline requests; replies come in order.
+ *   → {"v":1,"id":7,"method":"status"}
+ *   ← {"v":1,"id":7,"ok":true,"result":{...}}
+ *   ← {"v":1,"id":7,"ok":false,"error":{"code":"EPERM","message":"..."}}
+ * Who asks is taken from the socket's SO_PEERCRED, never from the message. Methods marked
+ * `privileged` need uid 0 or membership of the `waymark` group; the rest are open to anyone.
+ * A newer protocol version only adds methods and optional fields; `hello` tells what a daemon speaks.
+ */
+import { z } from 'zod';
+
+export const PROTOCOL_VERSION = 1;
+export const MAX_LINE = 64 * 1024;
+export const DEFAULT_SOCKET = '/run/waymark/waymarkd.sock';
+
+export const requestSchema = z.object({
+  v: z.literal(PROTOCOL_VERSION),
+  id: z.number().int().nonnegative(),
+  method: z.string().min(1).max(64),
+  params: z.record(z.string(), z.unknown()).optional(),
+});
+export type Request = z.infer<typeof requestSchema>;
+
+export type ErrorCode = 'EPROTO' | 'EPERM' | 'EINVAL' | 'ENOENT' | 'ENETDOWN' | 'ENOSYS' | 'EIO';
+
+export interface WireError {
+  readonly code: ErrorCode;
+  readonly message: string;
+  /** For EINVAL from reload: every config problem, located. */
+  readonly issues?: readonly { file: string; line: number; column: number; field: string; message: string }[];
+}
+
+export type Response =
+  | { v: typeof PROTOCOL_VERSION; id: number; ok: true; result: unknown }
+  | { v: typeof PROTOCOL_VERSION; id: number; ok: false; error: WireError };
+
+export interface UplinkStatusView {
+  name: string;
+  kind: string;
+  status: string;
+  ifname: string | null;
+  ifindex: number | null;
+  addresses: string[];
+  gateways: { ipv4: string | null; ipv6: string | null };
+  cost: { perMB: number; perMinute: number; currency: string };
+  metered: boolean;
+  roaming: boolean;
+  sim: { iccid: string; apn: string | null } | null;
+  preference: number;
+  table: number;
+  /** Hex, e.g. "0x01000000", with mask in `markMask`. */
+  mark: string;
+  markMask: string;
+  traffic: { txBytes: number; rxBytes: number } | null;
+}
+
+export interface DestinationStatusView {
+  name: string;
+  prefixes: string[];
+  domains: string[];
+  via: string[];
+  /** The uplink currently carrying this destination, per family (null: unreachable now). */
+  active: { ipv4: string | null; ipv6: string | null };
+}
+
+export interface StatusResult {
+  daemon: { version: string; protocol: number; pid: number; configPath: string; generation: number; startedAt: string };
+  uplinks: UplinkStatusView[];
+  destinations: DestinationStatusView[];
+  lastReconcile: { at: string; durationMs: number; changes: number; errors: string[] } | null;
+}
+
+/** Each method: its params schema, and whether it changes state. */
+export const METHODS = {
+  hello: { privileged: false, params: z.object({}).strict() },
+  status: { privileged: false, params: z.object({}).strict() },
+  reload: { privileged: true, params: z.object({}).strict() },
+  'uplink.resolve': { privileged: false, params: z.object({ uplink: z.string().min(1).max(64) }).strict() },
+} as const;
+export type Method = keyof typeof METHODS;
+
+export interface HelloResult { daemon: 'waymarkd'; version: string; protocol: number; methods: string[] }
+export interface ReloadResult { generation: number; uplinks: number; destinations: number }
+export interface ResolveResult { name: string; ifname: string; status: string; mark: string; table: number }
+
+export interface Results {
+  hello: HelloResult;
+  status: StatusResult;
+  reload: ReloadResult;
+  'uplink.resolve': ResolveResult;
+}

@@ -1,0 +1,27 @@
+/**
+ * What Waymark keeps in its nftables table, rendered as nft text (pure).
+ * Today: per-uplink byte counters on the uplink's device, the base the accounting builds on.
+ */
+export interface CountedUplink {
+  readonly name: string;
+  readonly ifname: string;
+}
+
+export const counterName = (uplink: string, dir: 'tx' | 'rx'): string => `uplink_${uplink.replace(/-/g, '_')}_${dir}`;
+
+export function renderRuleset(uplinks: readonly CountedUplink[]): string {
+  const counters = uplinks.flatMap((u) => [`  counter ${counterName(u.name, 'tx')} { }`, `  counter ${counterName(u.name, 'rx')} { }`]);
+  const q = (s: string): string => JSON.stringify(s);
+  return [
+    ...counters,
+    '  chain egress {',
+    '    type filter hook postrouting priority 0; policy accept;',
+    ...uplinks.map((u) => `    oifname ${q(u.ifname)} counter name ${counterName(u.name, 'tx')}`),
+    '  }',
+    '  chain ingress {',
+    '    type filter hook prerouting priority 0; policy accept;',
+    ...uplinks.map((u) => `    iifname ${q(u.ifname)} counter name ${counterName(u.name, 'rx')}`),
+    '  }',
+    '',
+  ].join('\n');
+}

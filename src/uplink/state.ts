@@ -1,0 +1,80 @@
+/**
+ * What each configured uplink is right now, derived purely from the config, its slot and what the
+ * kernel reports (links, addresses, main-table routes). No I/O here.
+ */
+import { markForSlot, tableForSlot } from '../constants.js';
+import { IFF, RT_SCOPE, type AddrMsg, type LinkMsg, type RouteMsg } from '../netlink/message.js';
+import { isLinkLocal, parseAddress, type Family } from '../net/prefix.js';
+import { matchesInterface, type UplinkSpec } from './uplink.js';
+
+const MAIN_TABLE = 254;
+
+export type UplinkStatus = 'absent' | 'down' | 'no-carrier' | 'no-address' | 'active';
+
+export interface FamilyState {
+  readonly family: Family;
+  /** Usable addresses ("addr/len"), link-local excluded. */
+  readonly addresses: readonly string[];
+  readonly gateway?: string;
+  /** Where the gateway came from; 'link' means the link is point-to-point and needs none. */
+  readonly gatewaySource: 'kernel' | 'config' | 'link' | 'none';
+  /** Has an address and a way out (gateway or point-to-point). */
+  readonly routable: boolean;
+}
+
+export interface UplinkState {
+  readonly spec: UplinkSpec;
+  readonly slot: number;
+  readonly table: number;
+  readonly mark: number;
+  readonly status: UplinkStatus;
+  readonly link?: { readonly index: number; readonly name: string; readonly flags: number };
+  readonly families: readonly FamilyState[];
+}
+
+export interface KernelView {
+  readonly links: readonly LinkMsg[];
+  readonly addrs: readonly AddrMsg[];
+  /** Routes of the main table (others are ignored). */
+  readonly routes: readonly RouteMsg[];
+}
+
+export function uplinkStates(
+  specs: readonly UplinkSpec[],
+  slots: ReadonlyMap<string, number>,
+  kernel: KernelView,
+): UplinkState[] {
+  const links = [...kernel.links].sort((a, b) => a.index - b.index);
+  return specs.map((spec) => {
+    const slot = slots.get(spec.name);
+    if (slot === undefined) throw new Error(`no slot for uplink ${spec.name}`);
+    const base = { spec, slot, table: tableForSlot(slot), mark: markForSlot(slot) };
+    const link = links.find((l) => matchesInterface(spec.match, l.name));
+    if (!link) return { ...base, status: 'absent', families: [] };
+    const linkInfo = { index: link.index, name: link.name, flags: link.flags };
+    const families = ([4, 6] as const).map((f) => familyState(f, spec, link, kernel));
+    let status: UplinkStatus = 'active';
+    if ((link.flags & IFF.UP) === 0) status = 'down';
+    else if (!link.carrier) status = 'no-carrier';
+    else if (!families.some((f) => f.addresses.length > 0)) status = 'no-address';
+    return { ...base, status, link: linkInfo, families };
+  });
+}
+
+function familyState(family: Family, spec: UplinkSpec, link: LinkMsg, kernel: KernelView): FamilyState {
+  const addresses = kernel.addrs
+    .filter((a) => a.index === link.index && a.family === family && !a.tentative && a.scope !== RT_SCOPE.HOST)
+    .filter((a) => !isLinkLocal(family, parseAddress(a.address)?.bytes ?? new Uint8Array(16)))
+    .map((a) => `${a.address}/${a.prefixLen}`);
+  const onLink = kernel.routes.filter(
+    (r) => r.family === family && r.table === MAIN_TABLE && r.oif === link.index && r.gateway !== undefined,
+  );
+  // Prefer the default route's next hop (what NetworkManager or a DHCP client installed).
+  const kernelGw = (onLink.find((r) => r.dstLen === 0) ?? onLink[0])?.gateway;
+  const configGw = spec.gateway[family];
+  const p2p = (link.flags & (IFF.POINTOPOINT | IFF.NOARP)) !== 0;
+  const gw = kernelGw ? { gateway: kernelGw, gatewaySource: 'kernel' as const }
+    : configGw ? { gateway: configGw, gatewaySource: 'config' as const }
+    : { gatewaySource: p2p ? ('link' as const) : ('none' as const) };
+  return { family, addresses, ...gw, routable: addresses.length > 0 && gw.gatewaySource !== 'none' };
+}

@@ -1,0 +1,119 @@
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { describe, it } from 'node:test';
+import { parseConfig } from '../../src/config/load.js';
+import { MARK_MASK, PRIO_DESTINATION, PRIO_MARK, PRIO_OIF, PRIO_SOURCE, RTPROT_WAYMARK, TABLE_BASE } from '../../src/constants.js';
+import { EXAMPLE_CONFIG } from '../../src/lab/device.js';
+import { FR_ACT, IFF, RTN, type AddrMsg, type LinkMsg, type RouteMsg, type RuleMsg } from '../../src/netlink/message.js';
+import { describeRule } from '../../src/routing/describe.js';
+import { desiredState } from '../../src/routing/desired.js';
+import { isEmpty, plan } from '../../src/routing/reconcile.js';
+import { assignSlots } from '../../src/uplink/slots.js';
+import { uplinkStates, type KernelView } from '../../src/uplink/state.js';
+
+const config = parseConfig(readFileSync(EXAMPLE_CONFIG, 'utf8'));
+const UP = IFF.UP | IFF.LOWER_UP;
+const link = (index: number, name: string, flags = UP): LinkMsg => ({ index, name, flags, carrier: (flags & IFF.LOWER_UP) !== 0 });
+const addr = (index: number, address: string, prefixLen: number): AddrMsg => ({
+  family: address.includes(':') ? 6 : 4, index, address, prefixLen, scope: 0, tentative: false, secondary: false,
+});
+const gw = (oif: number, gateway: string, dstLen = 0): RouteMsg => ({
+  family: gateway.includes(':') ? 6 : 4, table: 254, type: RTN.UNICAST, protocol: 3, scope: 0, dstLen, oif, gateway,
+});
+
+function lab(overrides: { wlan0Flags?: number } = {}): KernelView {
+  return {
+    links: [link(1, 'lo', IFF.UP | IFF.LOOPBACK | IFF.LOWER_UP), link(2, 'wlan0', overrides.wlan0Flags ?? UP), link(3, 'wwan0'), link(4, 'wwan1'), link(5, 'tun0')],
+    addrs: [
+      addr(2, '192.168.50.2', 24), addr(2, 'fd00:50::2', 64), addr(2, 'fe80::1', 64),
+      addr(3, '10.64.0.2', 24), addr(3, 'fd00:64::2', 64),
+      addr(4, '10.64.0.2', 24), addr(4, 'fd00:64::2', 64),
+      addr(5, '10.8.0.2', 24), addr(5, 'fd00:8::2', 64),
+    ],
+    routes: [gw(2, '192.168.50.1'), gw(2, 'fd00:50::1'), gw(3, '10.64.0.1'), gw(3, 'fd00:64::1'), gw(5, '10.8.0.1', 24), gw(5, 'fd00:8::1', 64)],
+  };
+}
+
+const slots = assignSlots(config.uplinks.map((u) => u.name), new Map());
+const rulesText = (rules: readonly RuleMsg[]): string[] => rules.map(describeRule);
+
+describe('desired routing state', () => {
+  const states = uplinkStates(config.uplinks, slots, lab());
+  const want = desiredState(states, config.destinations);
+
+  it('finds each uplink, its addresses and its gateway (kernel first, then config)', () => {
+    const byName = new Map(states.map((s) => [s.spec.name, s]));
+    assert.equal(byName.get('wifi')?.status, 'active');
+    assert.deepEqual(byName.get('wifi')?.families.map((f) => [f.family, f.gateway, f.gatewaySource]), [[4, '192.168.50.1', 'kernel'], [6, 'fd00:50::1', 'kernel']]);
+    assert.deepEqual(byName.get('mms')?.families.map((f) => f.gatewaySource), ['config', 'config']);
+    assert.deepEqual(byName.get('wifi')?.families.find((f) => f.family === 6)?.addresses, ['fd00:50::2/64'], 'link-local excluded');
+  });
+
+  it('marks and device bindings select each uplink table', () => {
+    const text = rulesText(want.rules);
+    const wifi = slots.get('wifi') ?? 0;
+    const mark = `0x${(wifi << 24).toString(16)}/0x${MARK_MASK.toString(16)}`;
+    assert.ok(text.includes(`ip -4 rule pref ${PRIO_MARK} fwmark ${mark} lookup ${TABLE_BASE + wifi} proto ${RTPROT_WAYMARK}`), text.join('\n'));
+    assert.ok(text.includes(`ip -6 rule pref ${PRIO_OIF} oif wwan1 lookup ${TABLE_BASE + (slots.get('mms') ?? 0)} proto ${RTPROT_WAYMARK}`));
+  });
+
+  it('source rules only for addresses held by one uplink', () => {
+    const src = want.rules.filter((r) => r.priority === PRIO_SOURCE).map((r) => r.src).sort();
+    assert.deepEqual(src, ['10.8.0.2', '192.168.50.2', 'fd00:50::2', 'fd00:8::2']);
+  });
+
+  it('routes destination prefixes by the uplinks that reach them, and blocks the rest', () => {
+    const dest = want.rules.filter((r) => r.priority === PRIO_DESTINATION).map((r) => `${r.dst}/${r.dstLen}->${r.table}`).sort();
+    const mms = TABLE_BASE + (slots.get('mms') ?? 0);
+    const vpn = TABLE_BASE + (slots.get('office-vpn') ?? 0);
+    assert.deepEqual(dest, [`10.200.0.0/24->${mms}`, `172.16.5.0/24->${vpn}`, `fd00:16:5::/64->${vpn}`, `fd00:200::/64->${mms}`].sort());
+    const wifiTable = TABLE_BASE + (slots.get('wifi') ?? 0);
+    const inWifi = want.routes.filter((r) => r.table === wifiTable);
+    assert.ok(inWifi.some((r) => r.type === RTN.UNREACHABLE && r.dst === '10.200.0.0'), 'wifi cannot reach the MMSC: fail fast');
+    assert.ok(inWifi.some((r) => r.type === RTN.UNICAST && r.dstLen === 0 && r.gateway === '192.168.50.1'));
+    const mmsDefault = want.routes.filter((r) => r.table === mms && r.dstLen === 0);
+    assert.deepEqual(mmsDefault.map((r) => r.type), [RTN.UNREACHABLE, RTN.UNREACHABLE], 'the MMS APN does not reach the Internet');
+  });
+
+  it('every table ends in a default for both families', () => {
+    for (const s of states) {
+      const defaults = want.routes.filter((r) => r.table === s.table && r.dstLen === 0).map((r) => r.family).sort();
+      assert.deepEqual(defaults, [4, 6], s.spec.name);
+    }
+  });
+
+  it('a link that goes down loses its routes and lookups; its mark then fails fast', () => {
+    const down = desiredState(uplinkStates(config.uplinks, slots, lab({ wlan0Flags: 0 })), config.destinations);
+    const wifi = TABLE_BASE + (slots.get('wifi') ?? 0);
+    assert.equal(down.routes.filter((r) => r.table === wifi).length, 0);
+    const wifiRules = down.rules.filter((r) => r.table === wifi || r.fwmark === (slots.get('wifi') ?? 0) << 24);
+    assert.deepEqual(wifiRules.map((r) => [r.priority, r.action]), [[PRIO_MARK, FR_ACT.UNREACHABLE], [PRIO_MARK, FR_ACT.UNREACHABLE]]);
+  });
+});
+
+describe('reconcile plan', () => {
+  const want = desiredState(uplinkStates(config.uplinks, slots, lab()), config.destinations);
+  const neighbourRule: RuleMsg = { family: 4, priority: PRIO_MARK, action: FR_ACT.TO_TBL, table: 52, protocol: 4, srcLen: 0, dstLen: 0, fwmark: 0x80000, fwmask: 0xff0000 };
+  const neighbourRoute: RouteMsg = { family: 4, table: 52, type: RTN.UNICAST, protocol: 4, scope: 0, dstLen: 0, oif: 2 };
+
+  it('adds everything on an empty kernel and nothing once applied', () => {
+    const first = plan(want, [neighbourRule], [neighbourRoute]);
+    assert.equal(first.addRules.length, want.rules.length);
+    assert.equal(first.addRoutes.length, want.routes.length);
+    assert.deepEqual([first.delRules, first.delRoutes], [[], []], 'never deletes what is not ours');
+    // The kernel reports IPv6 routes with metric 1024 and unreachable routes on lo: still equal.
+    const observed = want.routes.map((r) => (r.family === 6 ? { ...r, metric: 1024 } : r)).map((r) => (r.type === RTN.UNREACHABLE ? { ...r, oif: 1 } : r));
+    assert.ok(isEmpty(plan(want, [...want.rules, neighbourRule], [...observed, neighbourRoute])));
+  });
+
+  it('removes duplicates and stale objects of ours only', () => {
+    const [r0] = want.rules;
+    assert.ok(r0);
+    const stale: RuleMsg = { ...r0, priority: PRIO_OIF, oifname: 'gone0', action: FR_ACT.TO_TBL, table: TABLE_BASE + 9 };
+    const staleRoute: RouteMsg = { family: 4, table: TABLE_BASE + 9, type: RTN.UNICAST, protocol: RTPROT_WAYMARK, scope: 0, dstLen: 0, oif: 9 };
+    const p = plan(want, [...want.rules, r0, stale, neighbourRule], [...want.routes, staleRoute, neighbourRoute]);
+    assert.deepEqual(p.delRules, [r0, stale]);
+    assert.deepEqual(p.delRoutes, [staleRoute]);
+    assert.equal(p.addRules.length + p.addRoutes.length, 0);
+  });
+});
