@@ -43,7 +43,9 @@ async function tourStop(dev: Device, s: Stop): Promise<string> {
       return `${what} → unexpected answer: ${r.stdout.trim()}`;
     }
   }
-  const err = (r.stderr.trim().split('\n').pop() ?? '').replace(/^curl: \(\d+\) /, '');
+  const lines = r.stderr.trim().split('\n');
+  // Prefer the library's own explanation over curl's generic one.
+  const err = (lines.find((l) => l.startsWith('waymark:')) ?? lines.pop() ?? '').replace(/^waymark: \[\d+\] /, '').replace(/^curl: \(\d+\) /, '');
   return `${what} → ${s.expect === 'fail' ? 'refused at once, as it should' : 'FAILED'}: ${err} (${ms} ms)`;
 }
 
@@ -51,7 +53,7 @@ export async function runDemo(opts: { shell: boolean }): Promise<number> {
   if (process.getuid?.() !== 0) throw new Error('the demo builds network namespaces: run it as root');
   await sweepStale();
   process.stdout.write('Building the simulated device (namespaces: device, Wi-Fi, cellular, MMS, office, Internet)...\n');
-  const lab = await Lab.create();
+  const lab = await Lab.create({ detachable: opts.shell });
   let dev: Device | undefined;
   let failures = 0;
   try {
@@ -77,9 +79,8 @@ export async function runDemo(opts: { shell: boolean }): Promise<number> {
     process.stderr.write(`demo failed: ${e instanceof Error ? e.message : String(e)}\n`);
   } finally {
     if (!opts.shell || failures) {
-      await dev?.stopDaemon().catch(() => undefined);
+      await dev?.dispose();
       await lab.destroy();
-      if (dev) rmSync(dev.dir, { recursive: true, force: true });
       process.stdout.write('\nDemo torn down: every namespace it created is gone.\n');
     }
   }
@@ -94,7 +95,7 @@ async function leaveShell(lab: Lab, dev: Device): Promise<void> {
   const env = { ...process.env, WAYMARK_SOCKET: dev.socket, PATH: `${bin}:${process.env['PATH'] ?? '/usr/bin:/bin'}`, PS1: 'waymark-demo# ' };
   const enter = `sudo ip netns exec ${lab.ns('dev')} env WAYMARK_SOCKET=${dev.socket} PATH=${bin}:$PATH bash`;
   process.stdout.write(`\nThe demo keeps running. Inside the device try: waymark status; waymark exec --uplink mms -- curl http://${LAB.mmsc.v4}/\n`);
-  process.stdout.write(`Re-enter later with: ${enter}\nEnd it with: waymark demo down\n`);
+  process.stdout.write(`Re-enter later with: ${enter}\nEnd it with: npm run demo -- down (or waymark demo down)\n`);
   if (!process.stdin.isTTY) return;
   const role: Role = 'dev';
   await new Promise<void>((resolve) => {
@@ -102,7 +103,7 @@ async function leaveShell(lab: Lab, dev: Device): Promise<void> {
     sh.once('exit', () => resolve());
     sh.once('error', () => resolve());
   });
-  process.stdout.write('Shell closed; the demo is still running. `waymark demo down` ends it.\n');
+  process.stdout.write('Shell closed; the demo is still running. `npm run demo -- down` ends it.\n');
 }
 
 export async function demoDown(): Promise<number> {

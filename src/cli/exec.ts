@@ -2,7 +2,9 @@
  * `waymark exec --uplink NAME -- CMD…`: runs CMD with every TCP/UDP socket steered to one uplink.
  * The daemon confirms the uplink exists and is up; libwaymark.so (LD_PRELOAD) binds each socket
  * to the uplink's device before it connects or sends (SO_BINDTODEVICE, allowed unprivileged),
- * and the daemon's `oif` rule routes it by that uplink's table.
+ * and the daemon's `oif` rule routes it by that uplink's table. Destinations the uplink cannot
+ * reach fail at once with ENETUNREACH: the library asks the kernel for the route the uplink's
+ * fwmark would get (WAYMARK_MARK), because a device-bound socket itself would just time out.
  */
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -21,7 +23,7 @@ export async function execVia(client: Client, uplink: string, argv: readonly str
   const preload = [PRELOAD_LIBRARY, process.env['LD_PRELOAD']].filter(Boolean).join(':');
   const child = spawn(cmd, args, {
     stdio: 'inherit',
-    env: { ...process.env, LD_PRELOAD: preload, WAYMARK_UPLINK: u.name, WAYMARK_DEVICE: u.ifname, WAYMARK_SOCKET: client.path },
+    env: { ...process.env, LD_PRELOAD: preload, WAYMARK_UPLINK: u.name, WAYMARK_DEVICE: u.ifname, WAYMARK_MARK: u.mark, WAYMARK_SOCKET: client.path },
   });
   const forward = (sig: NodeJS.Signals): void => { child.kill(sig); };
   for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(s, forward);

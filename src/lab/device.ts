@@ -2,10 +2,10 @@
  * A lab device with waymarkd running inside it: what the demo shows and the end-to-end tests drive.
  */
 import { type ChildProcess } from 'node:child_process';
-import { chmodSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PACKAGE_ROOT } from '../version.js';
-import type { Lab } from './lab.js';
+import type { Lab, RunOptions } from './lab.js';
 
 export const DAEMON_JS = join(PACKAGE_ROOT, 'dist/src/daemon/main.js');
 export const CLI_JS = join(PACKAGE_ROOT, 'dist/src/cli/main.js');
@@ -19,9 +19,11 @@ export interface Device {
   readonly configPath: string;
   daemon: ChildProcess;
   /** Runs `waymark ARGS` inside the device. */
-  waymark(args: readonly string[], opts?: { uid?: number; timeoutMs?: number }): ReturnType<Lab['run']>;
+  waymark(args: readonly string[], opts?: RunOptions): ReturnType<Lab['run']>;
   startDaemon(extra?: readonly string[]): Promise<void>;
   stopDaemon(signal?: NodeJS.Signals): Promise<void>;
+  /** Stops the daemon (cleanly) and removes the working directory. */
+  dispose(): Promise<void>;
 }
 
 export async function startDevice(lab: Lab, opts: { config?: string; logLevel?: string } = {}): Promise<Device> {
@@ -49,8 +51,17 @@ export async function startDevice(lab: Lab, opts: { config?: string; logLevel?: 
       d.kill(signal);
       await exited;
     },
+    async dispose() {
+      await this.stopDaemon().catch(() => undefined);
+      rmSync(dir, { recursive: true, force: true });
+    },
   };
-  await dev.startDaemon();
+  try {
+    await dev.startDaemon();
+  } catch (e) {
+    await dev.dispose();
+    throw e;
+  }
   return dev;
 }
 

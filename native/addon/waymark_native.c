@@ -1,0 +1,1007 @@
+/* waymark_native: the small set of socket operations Node's `net` module cannot do.
+ *
+ *   - AF_NETLINK sockets (rtnetlink dumps, multicast groups) polled by the Node event loop
+ *   - SO_PEERCRED, SO_MARK, SO_BINDTODEVICE, SO_DOMAIN/SO_TYPE/SO_PROTOCOL
+ *   - Unix sockets (seqpacket or stream) with SCM_RIGHTS fd passing, the transport of the
+ *     decision protocol between libwaymark.so and the daemon
+ *
+ * Conventions:
+ *   - every socket is created non-blocking and close-on-exec; received fds are close-on-exec
+ *   - "would block" is not an error: recv/accept/recvWithFds return null
+ *   - a failed system call throws an Error with .code (errno name, 'EPERM'), .errno (negative, as
+ *     Node's own system errors, so util.getSystemErrorName(err.errno) works) and .syscall
+ *   - a bad argument throws a TypeError/RangeError with .code 'ERR_INVALID_ARG_TYPE'/'ERR_OUT_OF_RANGE'
+ *   - EINTR is retried everywhere except close()
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <net/if.h>
+#include <linux/netlink.h>
+
+#include <node_api.h>
+#include <uv.h>
+
+#ifndef SOL_NETLINK
+#define SOL_NETLINK 270
+#endif
+#ifndef NETLINK_EXT_ACK
+#define NETLINK_EXT_ACK 11
+#endif
+#ifndef NETLINK_NO_ENOBUFS
+#define NETLINK_NO_ENOBUFS 5
+#endif
+
+#define DEFAULT_RECV_SIZE (64 * 1024)
+#define MAX_RECV_SIZE (16 * 1024 * 1024)
+#define NETLINK_RCVBUF (4 * 1024 * 1024)
+/* SCM_MAX_FD in the kernel: the most fds one message can carry. */
+#define MAX_FDS 253
+
+/* ------------------------------------------------------------------------------------------ */
+/* Errors and argument helpers                                                                 */
+
+/* Returns NULL after throwing, so callers can `return throw_errno(...)`. */
+static napi_value throw_errno(napi_env env, int err, const char *syscall)
+{
+    const char *name = strerrorname_np(err);
+    char namebuf[24];
+    if (name == NULL) {
+        snprintf(namebuf, sizeof namebuf, "E%d", err);
+        name = namebuf;
+    }
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s %s: %s", syscall, name, strerror(err));
+
+    napi_value code, message, error, errnum, sc;
+    if (napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &code) != napi_ok ||
+        napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message) != napi_ok ||
+        napi_create_error(env, code, message, &error) != napi_ok) {
+        napi_throw_error(env, name, msg);
+        return NULL;
+    }
+    napi_create_int32(env, -err, &errnum);
+    napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &sc);
+    napi_set_named_property(env, error, "errno", errnum);
+    napi_set_named_property(env, error, "syscall", sc);
+    napi_throw(env, error);
+    return NULL;
+}
+
+static napi_value throw_type(napi_env env, const char *msg)
+{
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
+    return NULL;
+}
+
+static napi_value throw_range(napi_env env, const char *msg)
+{
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", msg);
+    return NULL;
+}
+
+#define CHECK_NAPI(env, call)                                                                   \
+    do {                                                                                        \
+        if ((call) != napi_ok) {                                                                \
+            bool pending_ = false;                                                              \
+            napi_is_exception_pending((env), &pending_);                                        \
+            if (!pending_) napi_throw_error((env), "ERR_NAPI", "N-API call failed: " #call);     \
+            return NULL;                                                                        \
+        }                                                                                       \
+    } while (0)
+
+/* Fetches exactly `want` arguments, at least `min` of them required. */
+static bool get_args(napi_env env, napi_callback_info info, size_t min, size_t want,
+                     napi_value *argv, void **data)
+{
+    size_t argc = want;
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, data) != napi_ok) {
+        napi_throw_error(env, "ERR_NAPI", "napi_get_cb_info failed");
+        return false;
+    }
+    if (argc < min) {
+        napi_throw_type_error(env, "ERR_MISSING_ARGS", "missing arguments");
+        return false;
+    }
+    for (size_t i = argc; i < want; i++) napi_get_undefined(env, &argv[i]);
+    return true;
+}
+
+static bool is_undefined(napi_env env, napi_value v)
+{
+    napi_valuetype t;
+    return napi_typeof(env, v, &t) == napi_ok && (t == napi_undefined || t == napi_null);
+}
+
+/* An integer in [min, max]; non-integers and NaN are rejected. */
+static bool get_int(napi_env env, napi_value v, const char *what, int64_t min, int64_t max,
+                    int64_t *out)
+{
+    napi_valuetype t;
+    char msg[128];
+    if (napi_typeof(env, v, &t) != napi_ok || t != napi_number) {
+        snprintf(msg, sizeof msg, "%s must be a number", what);
+        throw_type(env, msg);
+        return false;
+    }
+    double d;
+    napi_get_value_double(env, v, &d);
+    if (!(d >= (double)min && d <= (double)max) || d != (double)(int64_t)d) {
+        snprintf(msg, sizeof msg, "%s must be an integer in [%lld, %lld]", what, (long long)min,
+                 (long long)max);
+        throw_range(env, msg);
+        return false;
+    }
+    *out = (int64_t)d;
+    return true;
+}
+
+static bool get_fd(napi_env env, napi_value v, int *fd)
+{
+    int64_t x;
+    if (!get_int(env, v, "fd", 0, INT_MAX, &x)) return false;
+    *fd = (int)x;
+    return true;
+}
+
+static bool get_size(napi_env env, napi_value v, size_t *size)
+{
+    if (is_undefined(env, v)) {
+        *size = DEFAULT_RECV_SIZE;
+        return true;
+    }
+    int64_t x;
+    if (!get_int(env, v, "size", 1, MAX_RECV_SIZE, &x)) return false;
+    *size = (size_t)x;
+    return true;
+}
+
+/* Any Uint8Array (Buffer included). */
+static bool get_bytes(napi_env env, napi_value v, void **data, size_t *len)
+{
+    bool is_ta = false;
+    if (napi_is_typedarray(env, v, &is_ta) == napi_ok && is_ta) {
+        napi_typedarray_type type;
+        size_t length;
+        if (napi_get_typedarray_info(env, v, &type, &length, data, NULL, NULL) == napi_ok &&
+            (type == napi_uint8_array || type == napi_int8_array ||
+             type == napi_uint8_clamped_array)) {
+            *len = length;
+            if (*data == NULL) *data = (void *)"";
+            return true;
+        }
+    }
+    throw_type(env, "buf must be a Buffer or Uint8Array");
+    return false;
+}
+
+/* A string copied into buf (NUL-terminated); fails if it does not fit or contains NUL. */
+static bool get_string(napi_env env, napi_value v, const char *what, char *buf, size_t bufsize,
+                       size_t *len)
+{
+    napi_valuetype t;
+    char msg[128];
+    if (napi_typeof(env, v, &t) != napi_ok || t != napi_string) {
+        snprintf(msg, sizeof msg, "%s must be a string", what);
+        throw_type(env, msg);
+        return false;
+    }
+    size_t need;
+    napi_get_value_string_utf8(env, v, NULL, 0, &need);
+    if (need + 1 > bufsize) {
+        snprintf(msg, sizeof msg, "%s is too long (%zu bytes, at most %zu)", what, need,
+                 bufsize - 1);
+        throw_range(env, msg);
+        return false;
+    }
+    napi_get_value_string_utf8(env, v, buf, bufsize, len);
+    if (strlen(buf) != *len) {
+        snprintf(msg, sizeof msg, "%s must not contain NUL characters", what);
+        throw_type(env, msg);
+        return false;
+    }
+    return true;
+}
+
+static napi_value make_int(napi_env env, int64_t x)
+{
+    napi_value v;
+    napi_create_int64(env, x, &v);
+    return v;
+}
+
+static napi_value make_undefined(napi_env env)
+{
+    napi_value v;
+    napi_get_undefined(env, &v);
+    return v;
+}
+
+static napi_value make_null(napi_env env)
+{
+    napi_value v;
+    napi_get_null(env, &v);
+    return v;
+}
+
+static int getsockopt_int(int fd, int level, int opt, int *out)
+{
+    socklen_t len = sizeof *out;
+    return getsockopt(fd, level, opt, out, &len);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Netlink                                                                                     */
+
+/* netlinkOpen(protocol, groups) -> fd */
+static napi_value js_netlink_open(napi_env env, napi_callback_info info)
+{
+    napi_value argv[2];
+    int64_t protocol, groups;
+    if (!get_args(env, info, 2, 2, argv, NULL)) return NULL;
+    if (!get_int(env, argv[0], "protocol", 0, 31, &protocol)) return NULL;
+    if (!get_int(env, argv[1], "groups", 0, UINT32_MAX, &groups)) return NULL;
+
+    int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, (int)protocol);
+    if (fd < 0) return throw_errno(env, errno, "socket");
+
+    /* A big receive buffer makes ENOBUFS (lost events, resync needed) rare. FORCE needs
+     * CAP_NET_ADMIN; otherwise the plain option is capped by net.core.rmem_max. */
+    int rcvbuf = NETLINK_RCVBUF;
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof rcvbuf) < 0)
+        (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+    int one = 1, zero = 0;
+    (void)setsockopt(fd, SOL_NETLINK, NETLINK_EXT_ACK, &one, sizeof one);
+    /* Keep ENOBUFS reporting on: the caller must learn that it missed events. */
+    (void)setsockopt(fd, SOL_NETLINK, NETLINK_NO_ENOBUFS, &zero, sizeof zero);
+
+    struct sockaddr_nl sa;
+    memset(&sa, 0, sizeof sa);
+    sa.nl_family = AF_NETLINK;
+    sa.nl_groups = (uint32_t)groups;
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        int err = errno;
+        close(fd);
+        return throw_errno(env, err, "bind");
+    }
+    return make_int(env, fd);
+}
+
+static napi_value membership(napi_env env, napi_callback_info info, int opt, const char *name)
+{
+    napi_value argv[2];
+    int fd;
+    int64_t group;
+    if (!get_args(env, info, 2, 2, argv, NULL)) return NULL;
+    if (!get_fd(env, argv[0], &fd)) return NULL;
+    if (!get_int(env, argv[1], "group", 1, UINT32_MAX, &group)) return NULL;
+    unsigned int g = (unsigned int)group;
+    if (setsockopt(fd, SOL_NETLINK, opt, &g, sizeof g) < 0) return throw_errno(env, errno, name);
+    return make_undefined(env);
+}
+
+/* netlinkAddMembership(fd, group) */
+static napi_value js_netlink_add_membership(napi_env env, napi_callback_info info)
+{
+    return membership(env, info, NETLINK_ADD_MEMBERSHIP, "setsockopt(NETLINK_ADD_MEMBERSHIP)");
+}
+
+/* netlinkDropMembership(fd, group) */
+static napi_value js_netlink_drop_membership(napi_env env, napi_callback_info info)
+{
+    return membership(env, info, NETLINK_DROP_MEMBERSHIP, "setsockopt(NETLINK_DROP_MEMBERSHIP)");
+}
+
+/* netlinkPortId(fd) -> the nl_pid the kernel assigned (replies carry it in nlmsg_pid) */
+static napi_value js_netlink_port_id(napi_env env, napi_callback_info info)
+{
+    napi_value argv[1];
+    int fd;
+    if (!get_args(env, info, 1, 1, argv, NULL)) return NULL;
+    if (!get_fd(env, argv[0], &fd)) return NULL;
+    struct sockaddr_nl sa;
+    socklen_t len = sizeof sa;
+    memset(&sa, 0, sizeof sa);
+    if (getsockname(fd, (struct sockaddr *)&sa, &len) < 0)
+        return throw_errno(env, errno, "getsockname");
+    if (sa.nl_family != AF_NETLINK) return throw_errno(env, EAFNOSUPPORT, "getsockname");
+    return make_int(env, sa.nl_pid);
+}
+
+/* netlinkSend(fd, buf): one datagram to the kernel */
+static napi_value js_netlink_send(napi_env env, napi_callback_info info)
+{
+    napi_value argv[2];
+    int fd;
+    void *data;
+    size_t len;
+    if (!get_args(env, info, 2, 2, argv, NULL)) return NULL;
+    if (!get_fd(env, argv[0], &fd)) return NULL;
+    if (!get_bytes(env, argv[1], &data, &len)) return NULL;
+    struct sockaddr_nl sa;
+    memset(&sa, 0, sizeof sa);
+    sa.nl_family = AF_NETLINK;
+    ssize_t n;
+    do n = sendto(fd, data, len, 0, (struct sockaddr *)&sa, sizeof sa);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) return throw_errno(env, errno, "sendto");
+    if ((size_t)n != len) return throw_errno(env, EMSGSIZE, "sendto");
+    return make_undefined(env);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Plain datagram / stream I/O                                                                  */
+
+/* recv(fd, size = 65536) -> Buffer | null
+ * One datagram (or up to `size` bytes of a stream; an empty Buffer is EOF on a stream).
+ * A datagram larger than `size` is consumed and reported as EMSGSIZE, never silently cut. */
+static napi_value js_recv(napi_env env, napi_callback_info info)
+{
+    napi_value argv[2];
+    int fd;
+    size_t size;
+    if (!get_args(env, info, 1, 2, argv, NULL)) return NULL;
+    if (!get_fd(env, argv[0], &fd)) return NULL;
+    if (!get_size(env, argv[1], &size)) return NULL;
+
+    void *buf = malloc(size);
+    if (buf == NULL) return throw_errno(env, ENOMEM, "recv");
+    struct iovec iov = { .iov_base = buf, .iov_len = size };
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    ssize_t n;
+    do n = recvmsg(fd, &msg, MSG_DONTWAIT);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        int err = errno;
+        free(buf);
+        if (err == EAGAIN || err == EWOULDBLOCK) return make_null(env);
+        return throw_errno(env, err, "recvmsg");
+    }
+    if (msg.msg_flags & MSG_TRUNC) {
+        free(buf);
+        return throw_errno(env, EMSGSIZE, "recvmsg");
+    }
+    napi_value result;
+    napi_status st = napi_create_buffer_copy(env, (size_t)n, buf, NULL, &result);
+    free(buf);
+    CHECK_NAPI(env, st);
+    return result;
+}
+
+/* send(fd, buf) -> bytes sent. Never raises SIGPIPE. EAGAIN is thrown (code 'EAGAIN'). */
+static napi_value js_send(napi_env env, napi_callback_info info)
+{
+    napi_value argv[2];
+    int fd;
+    void *data;
+    size_t len;
+    if (!get_args(env, info, 2, 2, argv, NULL)) return NULL;
+    if (!get_fd(env, argv[0], &fd)) return NULL;
+    if (!get_bytes(env, argv[1], &data, &len)) return NULL;
+    ssize_t n;
+    do n = send(fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) return throw_errno(env, errno, "send");
+    return make_int(env, n);
+}
+
+/* sendWithFds(fd, buf, fds) -> bytes sent; the fds travel as one SCM_RIGHTS message. */
+static napi_value js_send_with_fds(napi_env env, napi_callback_info info)
+{
+    napi_value argv[3];
+    int fd;
+    void *data;
+    size_t len;
+    if (!get_args(env, info, 3, 3, argv, NULL)) return NULL;
+    if (!get_fd(env, argv[0], &fd)) return NULL;
+    if (!get_bytes(env, argv[1], &data, &len)) return NULL;
+    bool is_array = false;
+    if (napi_is_array(env, argv[2], &is_array) != napi_ok || !is_array)
+        return throw_type(env, "fds must be an array of numbers");
+    uint32_t nfds;
+    CHECK_NAPI(env, napi_get_array_length(env, argv[2], &nfds));
+    if (nfds > MAX_FDS) return throw_range(env, "fds: at most 253 descriptors per message");
+    if (nfds > 0 && len == 0)
+        return throw_range(env, "buf must not be empty when passing fds");
+
+    int fds[MAX_FDS];
+    for (uint32_t i = 0; i < nfds; i++) {
+        napi_value el;
+        CHECK_NAPI(env, napi_get_element(env, argv[2], i, &el));
+        if (!get_fd(env, el, &fds[i])) return NULL;
+    }
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
+        struct cmsghdr align;
+    } control;
+    memset(&control, 0, sizeof control);
+    struct iovec iov = { .iov_base = data, .iov_len = len };
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (nfds > 0) {
+        msg.msg_control = control.buf;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+    }
+    ssize_t n;
+    do n = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) return throw_errno(env, errno, "sendmsg");
+    return make_int(env, n);
+}
+
+static void close_fds(const int *fds, size_t n)
+{
+    for (size_t i = 0; i < n; i++) close(fds[i]);
+}
+
+/* recvWithFds(fd, size = 65536) -> { data, fds, eof } | null
+ * Received fds are close-on-exec and owned by the caller. eof is true on an orderly shutdown
+ * of a stream or seqpacket peer (zero bytes, no fds); zero-length records are therefore not
+ * usable as messages on those socket types. */
+static napi_value js_recv_with_fds(napi_env env, napi_callback_info info)
+{
+    napi_value argv[2];
+    int fd;
+    size_t size;
+    if (!get_args(env, info, 1, 2, argv, NULL)) return NULL;
+    if (!get_fd(env, argv[0], &fd)) return NULL;
+    if (!get_size(env, argv[1], &size)) return NULL;
+
+    void *buf = malloc(size);
+    if (buf == NULL) return throw_errno(env, ENOMEM, "recvmsg");
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
+        struct cmsghdr align;
+    } control;
+    struct iovec iov = { .iov_base = buf, .iov_len = size };
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.buf;
+    msg.msg_controllen = sizeof control.buf;
+    ssize_t n;
+    do n = recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        int err = errno;
+        free(buf);
+        if (err == EAGAIN || err == EWOULDBLOCK) return make_null(env);
+        return throw_errno(env, err, "recvmsg");
+    }
+
+    int fds[MAX_FDS];
+    size_t nfds = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < k && nfds < MAX_FDS; i++)
+            memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+    }
+    if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
+        /* Never hand out a partial request: drop it and its descriptors. */
+        close_fds(fds, nfds);
+        free(buf);
+        return throw_errno(env, EMSGSIZE, "recvmsg");
+    }
+
+    bool eof = false;
+    if (n == 0 && nfds == 0) {
+        int type = 0;
+        eof = getsockopt_int(fd, SOL_SOCKET, SO_TYPE, &type) == 0 && type != SOCK_DGRAM;
+    }
+
+    napi_value result, data, arr, v;
+    napi_status st = napi_create_buffer_copy(env, (size_t)n, buf, NULL, &data);
+    free(buf);
+    if (st != napi_ok || napi_create_object(env, &result) != napi_ok ||
+        napi_create_array_with_length(env, nfds, &arr) != napi_ok) {
+        close_fds(fds, nfds);
+        CHECK_NAPI(env, napi_generic_failure);
+    }
+    for (size_t i = 0; i < nfds; i++) {
+        napi_create_int32(env, fds[i], &v);
+        napi_set_element(env, arr, (uint32_t)i, v);
+    }
+    napi_get_boolean(env, eof, &v);
+    napi_set_named_property(env, result, "data", data);
+    napi_set_named_property(env, result, "fds", arr);
+    napi_set_named_property(env, result, "eof", v);
+    return result;
+}
+
+/* close(fd). EINTR counts as closed (Linux always releases the fd). */
+static napi_value js_close(napi_env env, napi_callback_info info)
+{
+    napi_value argv[1];
+    int fd;
+    if (!get_args(env, info, 1, 1, argv, NULL)) return NULL;
+    if (!get_fd(env, argv[0], &fd)) return NULL;
+    if (close(fd) < 0 && errno != EINTR) return throw_errno(env, errno, "close");
+    return make_undefined(env);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Unix sockets                                                                                */
+
+static bool get_unix_type(napi_env env, napi_value v, int *type)
+{
+    char s[16];
+    size_t len;
+    if (!get_string(env, v, "type", s, sizeof s, &len)) return false;
+    if (strcmp(s, "seqpacket") == 0) *type = SOCK_SEQPACKET;
+    else if (strcmp(s, "stream") == 0) *type = SOCK_STREAM;
+    else {
+        throw_type(env, "type must be 'seqpacket' or 'stream'");
+        return false;
+    }
+    return true;
+}
+
+static bool get_unix_addr(napi_env env, napi_value v, struct sockaddr_un *sun, socklen_t *alen)
+{
+    size_t len;
+    memset(sun, 0, sizeof *sun);
+    sun->sun_family = AF_UNIX;
+    if (!get_string(env, v, "path", sun->sun_path, sizeof sun->sun_path, &len)) return false;
+    if (len == 0) {
+        throw_type(env, "path must not be empty");
+        return false;
+    }
+    *alen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1);
+    return true;
+}
+
+/* unixListen(path, type, backlog, mode) -> fd
+ * A stale socket file is removed first; any other kind of file at `path` is an error (EEXIST).
+ * The mode is applied between bind() and listen(), so no connection can be made while the
+ * file still has the umask's permissions. */
+static napi_value js_unix_listen(napi_env env, napi_callback_info info)
+{
+    napi_value argv[4];
+    int type;
+    int64_t backlog, mode;
+    struct sockaddr_un sun;
+    socklen_t alen;
+    if (!get_args(env, info, 4, 4, argv, NULL)) return NULL;
+    if (!get_unix_addr(env, argv[0], &sun, &alen)) return NULL;
+    if (!get_unix_type(env, argv[1], &type)) return NULL;
+    if (!get_int(env, argv[2], "backlog", 0, INT_MAX, &backlog)) return NULL;
+    if (!get_int(env, argv[3], "mode", 0, 07777, &mode)) return NULL;
+
+    struct stat st;
+    if (lstat(sun.sun_path, &st) == 0) {
+        if (!S_ISSOCK(st.st_mode)) return throw_errno(env, EEXIST, "unixListen");
+        if (unlink(sun.sun_path) < 0 && errno != ENOENT) return throw_errno(env, errno, "unlink");
+    } else if (errno != ENOENT) {
+        return throw_errno(env, errno, "lstat");
+    }
+
+    int fd = socket(AF_UNIX, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return throw_errno(env, errno, "socket");
+    const char *failed = NULL;
+    if (bind(fd, (struct sockaddr *)&sun, alen) < 0) failed = "bind";
+    else if (chmod(sun.sun_path, (mode_t)mode) < 0) failed = "chmod";
+    else if (listen(fd, (int)backlog) < 0) failed = "listen";
+    if (failed != NULL) {
+        int err = errno;
+        if (strcmp(failed, "bind") != 0) unlink(sun.sun_path);
+        close(fd);
+        return throw_errno(env, err, failed);
+    }
+    return make_int(env, fd);
+}
+
+/* unixConnect(path, type) -> fd (connected, non-blocking). */
+static napi_value js_unix_connect(napi_env env, napi_callback_info info)
+{
+    napi_value argv[2];
+    int type;
+    struct sockaddr_un sun;
+    socklen_t alen;
+    if (!get_args(env, info, 2, 2, argv, NULL)) return NULL;
+    if (!get_unix_addr(env, argv[0], &sun, &alen)) return NULL;
+    if (!get_unix_type(env, argv[1], &type)) return NULL;
+    int fd = socket(AF_UNIX, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return throw_errno(env, errno, "socket");
+    int r;
+    do r = connect(fd, (struct sockaddr *)&sun, alen);
+    while (r < 0 && errno == EINTR);
+    if (r < 0) {
+        int err = errno;
+        close(fd);
+        return throw_errno(env, err, "connect");
+    }
+    return make_int(env, fd);
+}
+
+/* accept(fd) -> fd | null */
+static napi_value js_accept(napi_env env, napi_callback_info info)
+{
+    napi_value argv[1];
+    int fd;
+    if (!get_args(env, info, 1, 1, argv, NULL)) return NULL;
+    if (!get_fd(env, argv[0], &fd)) return NULL;
+    for (;;) {
+        int c = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (c >= 0) return make_int(env, c);
+        if (errno == EINTR || errno == ECONNABORTED) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return make_null(env);
+        return throw_errno(env, errno, "accept4");
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Socket options                                                                              */
+
+/* peerCred(fd) -> { pid, uid, gid } of the peer at connect() time */
+static napi_value js_peer_cred(napi_env env, napi_callback_info info)
+{
+    napi_value argv[1];
+    int fd;
+    if (!get_args(env, info, 1, 1, argv, NULL)) return NULL;
+    if (!get_fd(env, argv[0], &fd)) return NULL;
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+        return throw_errno(env, errno, "getsockopt(SO_PEERCRED)");
+    napi_value result;
+    CHECK_NAPI(env, napi_create_object(env, &result));
+    napi_set_named_property(env, result, "pid", make_int(env, cred.pid));
+    napi_set_named_property(env, result, "uid", make_int(env, cred.uid));
+    napi_set_named_property(env, result, "gid", make_int(env, cred.gid));
+    return result;
+}
+
+/* setMark(fd, mark): SO_MARK, needs CAP_NET_ADMIN */
+static napi_value js_set_mark(napi_env env, napi_callback_info info)
+{
+    napi_value argv[2];
+    int fd;
+    int64_t mark;
+    if (!get_args(env, info, 2, 2, argv, NULL)) return NULL;
+    if (!get_fd(env, argv[0], &fd)) return NULL;
+    if (!get_int(env, argv[1], "mark", 0, UINT32_MAX, &mark)) return NULL;
+    uint32_t m = (uint32_t)mark;
+    if (setsockopt(fd, SOL_SOCKET, SO_MARK, &m, sizeof m) < 0)
+        return throw_errno(env, errno, "setsockopt(SO_MARK)");
+    return make_undefined(env);
+}
+
+/* getMark(fd) -> mark (unsigned 32-bit) */
+static napi_value js_get_mark(napi_env env, napi_callback_info info)
+{
+    napi_value argv[1];
+    int fd;
+    if (!get_args(env, info, 1, 1, argv, NULL)) return NULL;
+    if (!get_fd(env, argv[0], &fd)) return NULL;
+    uint32_t m = 0;
+    socklen_t len = sizeof m;
+    if (getsockopt(fd, SOL_SOCKET, SO_MARK, &m, &len) < 0)
+        return throw_errno(env, errno, "getsockopt(SO_MARK)");
+    return make_int(env, m);
+}
+
+/* socketInfo(fd) -> { family, type, protocol } */
+static napi_value js_socket_info(napi_env env, napi_callback_info info)
+{
+    napi_value argv[1];
+    int fd, family, type, protocol;
+    if (!get_args(env, info, 1, 1, argv, NULL)) return NULL;
+    if (!get_fd(env, argv[0], &fd)) return NULL;
+    if (getsockopt_int(fd, SOL_SOCKET, SO_DOMAIN, &family) < 0)
+        return throw_errno(env, errno, "getsockopt(SO_DOMAIN)");
+    if (getsockopt_int(fd, SOL_SOCKET, SO_TYPE, &type) < 0)
+        return throw_errno(env, errno, "getsockopt(SO_TYPE)");
+    if (getsockopt_int(fd, SOL_SOCKET, SO_PROTOCOL, &protocol) < 0)
+        return throw_errno(env, errno, "getsockopt(SO_PROTOCOL)");
+    napi_value result;
+    CHECK_NAPI(env, napi_create_object(env, &result));
+    napi_set_named_property(env, result, "family", make_int(env, family));
+    napi_set_named_property(env, result, "type", make_int(env, type));
+    napi_set_named_property(env, result, "protocol", make_int(env, protocol));
+    return result;
+}
+
+/* getBoundDevice(fd) -> device name, '' when not bound */
+static napi_value js_get_bound_device(napi_env env, napi_callback_info info)
+{
+    napi_value argv[1];
+    int fd;
+    if (!get_args(env, info, 1, 1, argv, NULL)) return NULL;
+    if (!get_fd(env, argv[0], &fd)) return NULL;
+    char name[IFNAMSIZ + 1];
+    memset(name, 0, sizeof name);
+    socklen_t len = IFNAMSIZ;
+    if (getsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, name, &len) < 0)
+        return throw_errno(env, errno, "getsockopt(SO_BINDTODEVICE)");
+    napi_value v;
+    CHECK_NAPI(env, napi_create_string_utf8(env, name, strnlen(name, IFNAMSIZ), &v));
+    return v;
+}
+
+/* bindToDevice(fd, ifname): '' unbinds (needs CAP_NET_RAW). Allowed unprivileged since 5.7
+ * for a socket not yet bound to a device. */
+static napi_value js_bind_to_device(napi_env env, napi_callback_info info)
+{
+    napi_value argv[2];
+    int fd;
+    char name[IFNAMSIZ];
+    size_t len;
+    if (!get_args(env, info, 2, 2, argv, NULL)) return NULL;
+    if (!get_fd(env, argv[0], &fd)) return NULL;
+    /* The kernel silently truncates longer names: refuse them here instead. */
+    if (!get_string(env, argv[1], "ifname", name, sizeof name, &len)) return NULL;
+    if (setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, name, (socklen_t)len) < 0)
+        return throw_errno(env, errno, "setsockopt(SO_BINDTODEVICE)");
+    return make_undefined(env);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* watch(fd, onReadable, unref = false) -> { stop(), ref(), unref() }
+ *
+ * A uv_poll_t on the environment's loop (level-triggered: the callback fires again while data
+ * remains). The callback runs through napi_make_callback, so microtasks run afterwards and
+ * async_hooks/AsyncLocalStorage see a proper async resource. An active watcher keeps its JS
+ * object and callback alive, like any Node handle; after stop() both can be collected. An env
+ * teardown (process exit, worker termination) closes the handle via an async cleanup hook.
+ * A poll error calls the callback with an Error and stops the watcher. */
+
+enum { W_ACTIVE, W_CLOSING, W_CLOSED };
+
+struct watcher {
+    uv_poll_t poll;
+    napi_env env;
+    napi_ref callback;                    /* strong while active */
+    napi_ref self;                        /* strong while active: keeps the JS object alive */
+    napi_async_context actx;
+    napi_async_cleanup_hook_handle cleanup;
+    int state;
+    bool finalized;                       /* the JS object is gone */
+    int fd;
+};
+
+static void watcher_on_closed(uv_handle_t *h)
+{
+    struct watcher *w = (struct watcher *)h->data;
+    w->state = W_CLOSED;
+    if (w->cleanup != NULL) {
+        napi_remove_async_cleanup_hook(w->cleanup);
+        w->cleanup = NULL;
+    }
+    if (w->finalized) free(w);
+}
+
+/* Stops polling and starts closing the uv handle. JS references are released only when
+ * `release_js` (we are in a JS call); at teardown the env frees them itself. */
+static void watcher_close(struct watcher *w, bool release_js)
+{
+    if (w->state != W_ACTIVE) return;
+    w->state = W_CLOSING;
+    uv_poll_stop(&w->poll);
+    uv_close((uv_handle_t *)&w->poll, watcher_on_closed);
+    if (release_js) {
+        if (w->callback != NULL) napi_delete_reference(w->env, w->callback);
+        if (w->self != NULL) napi_delete_reference(w->env, w->self);
+        if (w->actx != NULL) napi_async_destroy(w->env, w->actx);
+        w->callback = NULL;
+        w->self = NULL;
+        w->actx = NULL;
+    }
+}
+
+static void watcher_teardown(napi_async_cleanup_hook_handle handle, void *arg)
+{
+    (void)handle;
+    struct watcher *w = (struct watcher *)arg;
+    /* Closing: watcher_on_closed removes the hook, which tells Node we are done. */
+    watcher_close(w, false);
+}
+
+static void watcher_finalize(napi_env env, void *data, void *hint)
+{
+    (void)env;
+    (void)hint;
+    struct watcher *w = (struct watcher *)data;
+    w->finalized = true;
+    if (w->state == W_ACTIVE) watcher_close(w, false); /* only reachable during teardown */
+    else if (w->state == W_CLOSED) free(w);
+}
+
+static void watcher_on_poll(uv_poll_t *h, int status, int events)
+{
+    (void)events;
+    struct watcher *w = (struct watcher *)h->data;
+    if (w->state != W_ACTIVE || w->callback == NULL) return;
+    napi_env env = w->env;
+    napi_handle_scope scope;
+    if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+
+    napi_value cb, self, argv[1], result;
+    size_t argc = 0;
+    if (napi_get_reference_value(env, w->callback, &cb) != napi_ok || cb == NULL ||
+        napi_get_reference_value(env, w->self, &self) != napi_ok || self == NULL) {
+        napi_close_handle_scope(env, scope);
+        return;
+    }
+    if (status < 0) {
+        /* e.g. EBADF: the fd was closed under us. Report once, then stop. */
+        napi_value code, msg;
+        napi_create_string_utf8(env, uv_err_name(status), NAPI_AUTO_LENGTH, &code);
+        napi_create_string_utf8(env, uv_strerror(status), NAPI_AUTO_LENGTH, &msg);
+        napi_create_error(env, code, msg, &argv[0]);
+        napi_value errnum;
+        napi_create_int32(env, status, &errnum);
+        napi_set_named_property(env, argv[0], "errno", errnum);
+        argc = 1;
+    }
+    napi_async_context actx = w->actx;
+    if (status < 0) {
+        /* Keep the async context alive for this last call; release everything else. */
+        w->actx = NULL;
+        watcher_close(w, true);
+    }
+    napi_status st = napi_make_callback(env, actx, self, cb, argc, argv, &result);
+    if (status < 0) napi_async_destroy(env, actx);
+    if (st == napi_pending_exception) {
+        napi_value exc;
+        if (napi_get_and_clear_last_exception(env, &exc) == napi_ok)
+            napi_fatal_exception(env, exc); /* -> process 'uncaughtException' */
+    }
+    napi_close_handle_scope(env, scope);
+}
+
+static struct watcher *watcher_this(napi_env env, napi_callback_info info)
+{
+    napi_value self;
+    size_t argc = 0;
+    void *p = NULL;
+    if (napi_get_cb_info(env, info, &argc, NULL, &self, NULL) != napi_ok ||
+        napi_unwrap(env, self, &p) != napi_ok || p == NULL) {
+        throw_type(env, "not a watcher");
+        return NULL;
+    }
+    return (struct watcher *)p;
+}
+
+static napi_value js_watcher_stop(napi_env env, napi_callback_info info)
+{
+    struct watcher *w = watcher_this(env, info);
+    if (w == NULL) return NULL;
+    watcher_close(w, true);
+    return make_undefined(env);
+}
+
+static napi_value js_watcher_ref(napi_env env, napi_callback_info info)
+{
+    struct watcher *w = watcher_this(env, info);
+    if (w == NULL) return NULL;
+    if (w->state == W_ACTIVE) uv_ref((uv_handle_t *)&w->poll);
+    return make_undefined(env);
+}
+
+static napi_value js_watcher_unref(napi_env env, napi_callback_info info)
+{
+    struct watcher *w = watcher_this(env, info);
+    if (w == NULL) return NULL;
+    if (w->state == W_ACTIVE) uv_unref((uv_handle_t *)&w->poll);
+    return make_undefined(env);
+}
+
+static napi_value js_watch(napi_env env, napi_callback_info info)
+{
+    napi_value argv[3];
+    int fd;
+    if (!get_args(env, info, 2, 3, argv, NULL)) return NULL;
+    if (!get_fd(env, argv[0], &fd)) return NULL;
+    napi_valuetype t;
+    if (napi_typeof(env, argv[1], &t) != napi_ok || t != napi_function)
+        return throw_type(env, "onReadable must be a function");
+    bool unref = false;
+    if (!is_undefined(env, argv[2])) {
+        if (napi_typeof(env, argv[2], &t) != napi_ok || t != napi_boolean)
+            return throw_type(env, "unref must be a boolean");
+        napi_get_value_bool(env, argv[2], &unref);
+    }
+
+    uv_loop_t *loop;
+    CHECK_NAPI(env, napi_get_uv_event_loop(env, &loop));
+
+    struct watcher *w = calloc(1, sizeof *w);
+    if (w == NULL) return throw_errno(env, ENOMEM, "watch");
+    w->env = env;
+    w->fd = fd;
+    w->poll.data = w;
+    int r = uv_poll_init(loop, &w->poll, fd);
+    if (r < 0) {
+        free(w);
+        return throw_errno(env, -r, "uv_poll_init");
+    }
+    /* From here on the handle exists and must be closed, never just freed. */
+    w->state = W_ACTIVE;
+
+    napi_value obj, fn, name;
+    bool ok = napi_create_object(env, &obj) == napi_ok &&
+              napi_create_function(env, "stop", NAPI_AUTO_LENGTH, js_watcher_stop, NULL, &fn) ==
+                  napi_ok &&
+              napi_set_named_property(env, obj, "stop", fn) == napi_ok &&
+              napi_create_function(env, "ref", NAPI_AUTO_LENGTH, js_watcher_ref, NULL, &fn) ==
+                  napi_ok &&
+              napi_set_named_property(env, obj, "ref", fn) == napi_ok &&
+              napi_create_function(env, "unref", NAPI_AUTO_LENGTH, js_watcher_unref, NULL, &fn) ==
+                  napi_ok &&
+              napi_set_named_property(env, obj, "unref", fn) == napi_ok &&
+              napi_create_string_utf8(env, "waymark:watch", NAPI_AUTO_LENGTH, &name) == napi_ok &&
+              napi_async_init(env, obj, name, &w->actx) == napi_ok &&
+              napi_create_reference(env, argv[1], 1, &w->callback) == napi_ok &&
+              napi_create_reference(env, obj, 1, &w->self) == napi_ok &&
+              napi_add_async_cleanup_hook(env, watcher_teardown, w, &w->cleanup) == napi_ok;
+    if (ok) {
+        if (napi_wrap(env, obj, w, watcher_finalize, NULL, NULL) != napi_ok) ok = false;
+    }
+    if (!ok) {
+        watcher_close(w, true);
+        /* Not wrapped: nothing else will free it. */
+        w->finalized = true;
+        CHECK_NAPI(env, napi_generic_failure);
+    }
+    r = uv_poll_start(&w->poll, UV_READABLE, watcher_on_poll);
+    if (r < 0) {
+        watcher_close(w, true);
+        return throw_errno(env, -r, "uv_poll_start");
+    }
+    if (unref) uv_unref((uv_handle_t *)&w->poll);
+    return obj;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+#define FN(name, fn) { name, NULL, fn, NULL, NULL, NULL, napi_enumerable, NULL }
+
+static napi_value init(napi_env env, napi_value exports)
+{
+    napi_property_descriptor props[] = {
+        FN("netlinkOpen", js_netlink_open),
+        FN("netlinkAddMembership", js_netlink_add_membership),
+        FN("netlinkDropMembership", js_netlink_drop_membership),
+        FN("netlinkPortId", js_netlink_port_id),
+        FN("netlinkSend", js_netlink_send),
+        FN("recv", js_recv),
+        FN("send", js_send),
+        FN("sendWithFds", js_send_with_fds),
+        FN("recvWithFds", js_recv_with_fds),
+        FN("close", js_close),
+        FN("watch", js_watch),
+        FN("peerCred", js_peer_cred),
+        FN("unixListen", js_unix_listen),
+        FN("unixConnect", js_unix_connect),
+        FN("accept", js_accept),
+        FN("setMark", js_set_mark),
+        FN("getMark", js_get_mark),
+        FN("socketInfo", js_socket_info),
+        FN("getBoundDevice", js_get_bound_device),
+        FN("bindToDevice", js_bind_to_device),
+    };
+    if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok)
+        return NULL;
+    return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

@@ -1,0 +1,35 @@
+#!/bin/sh
+# Installs and builds everything Waymark needs, idempotently: Debian packages (only those
+# missing), npm packages (only when package-lock.json changed), the C parts and the TypeScript.
+# Used by `npm test`, `npm run demo` and `npm run bench`. Needs root for apt-get on first run.
+set -eu
+cd "$(dirname "$0")/.."
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+# command -> Debian package that provides it
+missing=""
+for pair in ip:iproute2 nft:nftables curl:curl socat:socat dig:dnsutils setpriv:util-linux cc:gcc make:make; do
+  cmd=${pair%%:*}; pkg=${pair#*:}
+  command -v "$cmd" >/dev/null 2>&1 || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+  if [ "$(id -u)" -ne 0 ]; then say "missing Debian packages:$missing (run as root to install them)"; exit 1; fi
+  say "installing Debian packages:$missing"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+# npm packages: reinstall when the lock file is newer than the installed tree.
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  say "installing npm packages"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+# C: the LD_PRELOAD library and the N-API addon (make rebuilds only what changed).
+make -s -C native
+
+# TypeScript (from scratch, so no stale compiled test of a removed source can run).
+rm -rf dist
+npx --no-install tsc -p .
+chmod +x dist/src/cli/main.js dist/src/daemon/main.js

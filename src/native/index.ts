@@ -1,0 +1,321 @@
+/**
+ * Typed access to the `waymark_native` N-API addon (native/addon/waymark_native.c): the socket
+ * operations Node's `net` cannot do (netlink, SO_PEERCRED, SO_MARK, SO_BINDTODEVICE, Unix
+ * sockets with SCM_RIGHTS fd passing).
+ *
+ * Conventions (enforced by the addon):
+ *   - every socket it creates is non-blocking and close-on-exec, received fds are close-on-exec;
+ *   - "would block" is not an error: recv/accept/recvWithFds return null;
+ *   - a failed system call throws a {@link NativeError} (.code 'EPERM', .errno negative as in
+ *     Node's own system errors, .syscall); bad arguments throw TypeError/RangeError;
+ *   - fds are plain numbers the caller owns: close them with {@link close}.
+ *
+ * The addon is loaded on first use, so importing this module never fails on a machine where
+ * the addon has not been built; the first call then throws with a hint.
+ */
+import { createRequire } from 'node:module';
+import type { Server, Socket } from 'node:net';
+
+export interface PeerCred {
+  pid: number;
+  uid: number;
+  gid: number;
+}
+
+export interface SocketInfo {
+  /** AF_* (2 = AF_INET, 10 = AF_INET6, 1 = AF_UNIX, 16 = AF_NETLINK) */
+  family: number;
+  /** SOCK_* (1 = STREAM, 2 = DGRAM, 3 = RAW, 5 = SEQPACKET) */
+  type: number;
+  /** IPPROTO_* or the netlink protocol */
+  protocol: number;
+}
+
+export interface ReceivedMessage {
+  data: Buffer;
+  /** Received descriptors, close-on-exec, owned by the caller. */
+  fds: number[];
+  /** Orderly shutdown by the peer (stream/seqpacket): zero bytes and no fds. */
+  eof: boolean;
+}
+
+export interface Watcher {
+  /** Stops polling and releases the callback. Idempotent. */
+  stop(): void;
+  /** Lets the watcher keep the event loop alive (the default). */
+  ref(): void;
+  /** Stops the watcher from keeping the event loop alive on its own. */
+  unref(): void;
+}
+
+export interface WatchOptions {
+  /** Start unref'ed: the watcher alone does not keep the process running. */
+  unref?: boolean;
+}
+
+export type UnixSocketType = 'seqpacket' | 'stream';
+
+/** An Error from a failed system call inside the addon. */
+export interface NativeError extends Error {
+  /** errno name, e.g. 'EAGAIN', 'EPERM', 'ENOBUFS', 'EMSGSIZE' */
+  code: string;
+  /** negative errno, as Node's system errors (util.getSystemErrorName(errno) === code) */
+  errno: number;
+  syscall: string;
+}
+
+export function isNativeError(e: unknown, code?: string): e is NativeError {
+  return (
+    e instanceof Error &&
+    typeof (e as Partial<NativeError>).code === 'string' &&
+    typeof (e as Partial<NativeError>).errno === 'number' &&
+    (code === undefined || (e as NativeError).code === code)
+  );
+}
+
+/** The raw addon surface, exactly as exported by waymark_native.c. */
+interface NativeAddon {
+  netlinkOpen(protocol: number, groups: number): number;
+  netlinkAddMembership(fd: number, group: number): void;
+  netlinkDropMembership(fd: number, group: number): void;
+  netlinkPortId(fd: number): number;
+  netlinkSend(fd: number, buf: Uint8Array): void;
+  recv(fd: number, size?: number): Buffer | null;
+  send(fd: number, buf: Uint8Array): number;
+  sendWithFds(fd: number, buf: Uint8Array, fds: number[]): number;
+  recvWithFds(fd: number, size?: number): ReceivedMessage | null;
+  close(fd: number): void;
+  watch(fd: number, onReadable: (err?: Error) => void, unref?: boolean): Watcher;
+  peerCred(fd: number): PeerCred;
+  unixListen(path: string, type: UnixSocketType, backlog: number, mode: number): number;
+  unixConnect(path: string, type: UnixSocketType): number;
+  accept(fd: number): number | null;
+  setMark(fd: number, mark: number): void;
+  getMark(fd: number): number;
+  socketInfo(fd: number): SocketInfo;
+  getBoundDevice(fd: number): string;
+  bindToDevice(fd: number, ifname: string): void;
+}
+
+const ADDON_FUNCTIONS: readonly (keyof NativeAddon)[] = [
+  'netlinkOpen',
+  'netlinkAddMembership',
+  'netlinkDropMembership',
+  'netlinkPortId',
+  'netlinkSend',
+  'recv',
+  'send',
+  'sendWithFds',
+  'recvWithFds',
+  'close',
+  'watch',
+  'peerCred',
+  'unixListen',
+  'unixConnect',
+  'accept',
+  'setMark',
+  'getMark',
+  'socketInfo',
+  'getBoundDevice',
+  'bindToDevice',
+];
+
+/** Relative to this file once compiled (dist/src/native/index.js): the package root is 3 up. */
+export const ADDON_PATH = '../../../build/Release/waymark_native.node';
+
+let cached: NativeAddon | undefined;
+
+function isAddon(mod: unknown): mod is NativeAddon {
+  if (typeof mod !== 'object' || mod === null) return false;
+  return ADDON_FUNCTIONS.every((name) => typeof Reflect.get(mod, name) === 'function');
+}
+
+function addon(): NativeAddon {
+  if (cached !== undefined) return cached;
+  const require = createRequire(import.meta.url);
+  let mod: unknown;
+  try {
+    mod = require(ADDON_PATH);
+  } catch (e) {
+    throw new Error(
+      `waymark_native addon not loadable (${e instanceof Error ? e.message : String(e)}); ` +
+        'build it with `make -C native` (or `npm run setup`) in the package root',
+      { cause: e },
+    );
+  }
+  if (!isAddon(mod)) {
+    throw new Error('waymark_native addon is out of date: rebuild it with `make -C native`');
+  }
+  cached = mod;
+  return mod;
+}
+
+/** Loads the addon now (instead of on first use); throws if it is missing or stale. */
+export function loadNative(): void {
+  addon();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Netlink
+
+/**
+ * Opens an AF_NETLINK socket (SOCK_RAW, non-blocking, close-on-exec) bound with the legacy
+ * group bitmask `groups`. Receive buffer ~4 MiB (forced when privileged), extended ACKs on,
+ * ENOBUFS reporting kept on. Returns the fd.
+ */
+export function netlinkOpen(protocol: number, groups = 0): number {
+  return addon().netlinkOpen(protocol, groups);
+}
+
+/** Joins multicast group number `group` (NETLINK_ADD_MEMBERSHIP; groups above 32 need this). */
+export function netlinkAddMembership(fd: number, group: number): void {
+  addon().netlinkAddMembership(fd, group);
+}
+
+export function netlinkDropMembership(fd: number, group: number): void {
+  addon().netlinkDropMembership(fd, group);
+}
+
+/** The port id (nl_pid) the kernel assigned to this socket; replies carry it in nlmsg_pid. */
+export function netlinkPortId(fd: number): number {
+  return addon().netlinkPortId(fd);
+}
+
+/** Sends one datagram to the kernel (nl_pid 0). */
+export function netlinkSend(fd: number, buf: Uint8Array): void {
+  addon().netlinkSend(fd, buf);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generic I/O
+
+/**
+ * Receives one datagram (default buffer 64 KiB); null when nothing is queued. A datagram larger
+ * than `size` is dropped and thrown as 'EMSGSIZE'. On a netlink socket, 'ENOBUFS' means events
+ * were lost: resynchronise with a dump. On a stream socket an empty Buffer is EOF.
+ */
+export function recv(fd: number, size?: number): Buffer | null {
+  return addon().recv(fd, size);
+}
+
+/** send() with MSG_NOSIGNAL; returns bytes sent; a full socket throws 'EAGAIN'. */
+export function send(fd: number, buf: Uint8Array): number {
+  return addon().send(fd, buf);
+}
+
+/** Sends `buf` with `fds` attached as SCM_RIGHTS (buf must not be empty when fds are sent). */
+export function sendWithFds(fd: number, buf: Uint8Array, fds: number[]): number {
+  return addon().sendWithFds(fd, buf, fds);
+}
+
+/**
+ * Receives one message and any SCM_RIGHTS descriptors (close-on-exec); null when nothing is
+ * queued. `eof` marks an orderly shutdown of a stream/seqpacket peer. A truncated message is
+ * dropped (its fds closed) and thrown as 'EMSGSIZE'.
+ */
+export function recvWithFds(fd: number, size?: number): ReceivedMessage | null {
+  return addon().recvWithFds(fd, size);
+}
+
+export function close(fd: number): void {
+  addon().close(fd);
+}
+
+/**
+ * Calls `onReadable` from the Node event loop whenever `fd` is readable (level-triggered: drain
+ * the fd or it fires again). Microtasks run after each call. If polling fails (e.g. the fd was
+ * closed under the watcher) the callback gets the Error once and the watcher stops.
+ * An active watcher stays alive without a JS reference, like any Node handle.
+ * One watcher per fd at a time, and not on an fd Node itself polls: libuv refuses ('EEXIST').
+ */
+export function watch(
+  fd: number,
+  onReadable: (err?: Error) => void,
+  options: WatchOptions = {},
+): Watcher {
+  return addon().watch(fd, onReadable, options.unref === true);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unix sockets (decision protocol transport)
+
+/**
+ * Listens on a Unix socket at `path` (a stale socket file there is replaced; any other file is
+ * 'EEXIST'), with permissions `mode` applied before listen(). Returns the listening fd.
+ */
+export function unixListen(path: string, type: UnixSocketType, backlog: number, mode: number): number {
+  return addon().unixListen(path, type, backlog, mode);
+}
+
+/** Connects a non-blocking Unix socket to `path`. */
+export function unixConnect(path: string, type: UnixSocketType): number {
+  return addon().unixConnect(path, type);
+}
+
+/** Accepts one connection (non-blocking, close-on-exec); null when none is pending. */
+export function accept(fd: number): number | null {
+  return addon().accept(fd);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Socket options
+
+/** SO_PEERCRED: the peer's pid/uid/gid at connect() time. */
+export function peerCred(fd: number): PeerCred {
+  return addon().peerCred(fd);
+}
+
+/** SO_MARK (needs CAP_NET_ADMIN, otherwise 'EPERM'). */
+export function setMark(fd: number, mark: number): void {
+  addon().setMark(fd, mark);
+}
+
+export function getMark(fd: number): number {
+  return addon().getMark(fd);
+}
+
+/** SO_DOMAIN / SO_TYPE / SO_PROTOCOL */
+export function socketInfo(fd: number): SocketInfo {
+  return addon().socketInfo(fd);
+}
+
+/** The device the socket is bound to (SO_BINDTODEVICE), '' when none. */
+export function getBoundDevice(fd: number): string {
+  return addon().getBoundDevice(fd);
+}
+
+/**
+ * SO_BINDTODEVICE. Unprivileged since Linux 5.7 for a socket not yet bound to a device; rebinding
+ * or unbinding ('') needs CAP_NET_RAW. Names of 16 bytes or more are refused (RangeError) rather
+ * than silently truncated by the kernel.
+ */
+export function bindToDevice(fd: number, ifname: string): void {
+  addon().bindToDevice(fd, ifname);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Node handles
+
+function handleFd(owner: object): number | undefined {
+  const handle: unknown = Reflect.get(owner, '_handle');
+  if (typeof handle !== 'object' || handle === null || !('fd' in handle)) return undefined;
+  const fd = handle.fd;
+  return typeof fd === 'number' && Number.isInteger(fd) && fd >= 0 ? fd : undefined;
+}
+
+/**
+ * The fd under a connected net.Socket or a listening net.Server (Node internals: `_handle.fd`).
+ * The fd stays owned by Node: never close it through this module.
+ */
+export function fdOf(handleOwner: Socket | Server): number {
+  const fd = handleFd(handleOwner);
+  if (fd === undefined) {
+    throw new TypeError('socket has no file descriptor (not connected, closed, or not fd-backed)');
+  }
+  return fd;
+}
+
+/** SO_PEERCRED of a connected Unix-domain net.Socket (for example from a net.Server). */
+export function peerCredOfSocket(sock: Socket): PeerCred {
+  return peerCred(fdOf(sock));
+}
