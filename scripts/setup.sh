@@ -13,6 +13,8 @@ for pair in ip:iproute2 nft:nftables curl:curl socat:socat dig:dnsutils setpriv:
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || missing="$missing $pkg"
 done
+# The tests run Debian's python3 as an unprivileged user (a pyenv shim under /root is out of reach).
+[ -x /usr/bin/python3 ] || missing="$missing python3"
 if [ -n "$missing" ]; then
   if [ "$(id -u)" -ne 0 ]; then say "missing Debian packages:$missing (run as root to install them)"; exit 1; fi
   say "installing Debian packages:$missing"

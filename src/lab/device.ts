@@ -6,6 +6,7 @@ import { chmodSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } f
 import { join } from 'node:path';
 import { PACKAGE_ROOT } from '../version.js';
 import type { Lab, RunOptions } from './lab.js';
+import { publicRoot } from './public.js';
 
 export const DAEMON_JS = join(PACKAGE_ROOT, 'dist/src/daemon/main.js');
 export const CLI_JS = join(PACKAGE_ROOT, 'dist/src/cli/main.js');
@@ -36,7 +37,8 @@ export async function startDevice(lab: Lab, opts: { config?: string; logLevel?: 
   const dev: Device = {
     lab, dir, socket, configPath,
     daemon: undefined as unknown as ChildProcess,
-    waymark: (args, o = {}) => lab.run('dev', [process.execPath, CLI_JS, '--socket', socket, ...args], o),
+    // Another user runs the CLI from a copy it can read (see public.ts).
+    waymark: (args, o = {}) => lab.run('dev', [process.execPath, o.uid ? join(publicRoot(), 'dist/src/cli/main.js') : CLI_JS, '--socket', socket, ...args], o),
     async startDaemon(extra = []) {
       const log = openSync(join(dir, 'waymarkd.log'), 'a');
       this.daemon = lab.spawn('dev', [process.execPath, DAEMON_JS, '--config', configPath, '--socket', socket,

@@ -15,6 +15,7 @@ import util from 'node:util';
 import { Worker } from 'node:worker_threads';
 
 import * as native from '../../src/native/index.js';
+import { publicRoot } from '../../src/lab/public.js';
 
 const NETLINK_ROUTE = 0;
 const RTM_NEWLINK = 16;
@@ -29,7 +30,9 @@ const SOCK_STREAM = 1;
 const IPPROTO_TCP = 6;
 
 const isRoot = process.getuid?.() === 0;
-const indexModule = fileURLToPath(new URL('../../src/native/index.js', import.meta.url));
+const ownIndexModule = fileURLToPath(new URL('../../src/native/index.js', import.meta.url));
+/** The module as another user can load it (see src/lab/public.ts). */
+const publicIndexModule = (): string => path.join(publicRoot(), 'dist/src/native/index.js');
 
 /** nlmsghdr (16 bytes) + ifinfomsg (16 bytes): RTM_GETLINK dump of every link. */
 function getLinkDump(seq: number): Buffer {
@@ -84,7 +87,8 @@ function assertNativeError(fn: () => unknown, code: string): native.NativeError 
 
 /** Runs an ES module snippet in a fresh node with the native module bound to `n`. */
 function runNode(body: string, opts: { args?: string[]; user?: boolean } = {}) {
-  const script = `import * as n from ${JSON.stringify(indexModule)};\n${body}`;
+  const mod = opts.user ? publicIndexModule() : ownIndexModule;
+  const script = `import * as n from ${JSON.stringify(mod)};\n${body}`;
   const nodeArgs = [...(opts.args ?? []), '--input-type=module', '-e', script];
   const cmd = opts.user ? 'setpriv' : process.execPath;
   const args = opts.user
@@ -207,7 +211,7 @@ describe('watch()', () => {
   it('closes active watchers when a worker thread is terminated (env teardown)', async () => {
     for (let i = 0; i < 5; i++) {
       const worker = new Worker(
-        `import * as n from ${JSON.stringify(indexModule)};
+        `import * as n from ${JSON.stringify(ownIndexModule)};
         import { parentPort } from 'node:worker_threads';
         const fds = [1, 2, 3].map(() => n.netlinkOpen(0, 1));
         n.watch(fds[0], () => {});

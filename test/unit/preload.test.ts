@@ -13,6 +13,8 @@ import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+import { publicRoot } from '../../src/lab/public.js';
 
 const LIB = fileURLToPath(new URL('../../../native/preload/libwaymark.so', import.meta.url));
 const NS = `wm-pl-${process.pid}-${randomBytes(3).toString('hex')}`;
@@ -158,7 +160,8 @@ interface RunOptions {
 
 function runClient(mode: string, host: string, port: number, opts: RunOptions = {}) {
   const env = {
-    ...(opts.preload === false ? {} : { LD_PRELOAD: LIB }),
+    // Another user must be able to read the library: use the public copy for them.
+    ...(opts.preload === false ? {} : { LD_PRELOAD: opts.unprivileged ? path.join(publicRoot(), 'native/preload/libwaymark.so') : LIB }),
     WAYMARK_DEVICE: 'up0',
     ...opts.env,
   };

@@ -1,0 +1,31 @@
+/**
+ * A copy of the built package that unprivileged users can read, for tests that run Waymark's
+ * programs (or load libwaymark.so) as another user: a clone in a private directory (mode 0700,
+ * as mktemp makes them) is out of their reach. Only the runtime parts are copied; the copy is
+ * removed when the process exits. When the package is already reachable, it is used as is.
+ */
+import { chmodSync, cpSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { PACKAGE_ROOT } from '../version.js';
+
+const RUNTIME = ['package.json', 'dist', 'build/Release', 'native/preload/libwaymark.so', 'examples',
+  'node_modules/commander', 'node_modules/yaml', 'node_modules/zod'];
+
+let root: string | undefined;
+
+function reachableByOthers(path: string): boolean {
+  for (let p = path; ; p = dirname(p)) {
+    if ((statSync(p).mode & 0o001) === 0) return false;
+    if (dirname(p) === p) return true;
+  }
+}
+
+export function publicRoot(): string {
+  if (root !== undefined) return root;
+  if (reachableByOthers(PACKAGE_ROOT)) return (root = PACKAGE_ROOT);
+  const dir = mkdtempSync('/tmp/waymark-public-');
+  chmodSync(dir, 0o755);
+  for (const rel of RUNTIME) cpSync(join(PACKAGE_ROOT, rel), join(dir, rel), { recursive: true });
+  process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
+  return (root = dir);
+}
