@@ -26,21 +26,23 @@ export const DENY_SLOT = 63;
 
 /**
  * The rule-priority ladder. Read top to bottom: the first match wins.
- *   4100  fwmark SLOT/MASK lookup TABLE     socket explicitly steered by mark (daemon, cgroup)
- *   4110  fwmark DENY/MASK unreachable      socket denied by policy
- *   4200  oif DEV lookup TABLE             socket bound to the uplink's device (SO_BINDTODEVICE)
- *   4300  from ADDR lookup TABLE           socket bound to an address only this uplink holds
- *   4400  to PREFIX lookup TABLE           destination reachable only over some uplinks
+ *   4100  fwmark DENY/MASK unreachable      socket denied by policy (cgroup of a denied session)
+ *   4200  oif DEV lookup TABLE             socket bound to the uplink's device (SO_BINDTODEVICE):
+ *                                          the library's per-destination choice, so it beats
+ *                                          the per-cgroup default mark below
+ *   4300  fwmark SLOT/MASK lookup TABLE     socket marked for an uplink (cgroup BPF at creation)
+ *   4400  from ADDR lookup TABLE           socket bound to an address only this uplink holds
+ *   4500  to PREFIX lookup TABLE           destination reachable only over some uplinks
  * Gaps of 100 leave room for administrator rules between the steps.
  */
-export const PRIO_MARK = 4100;
-export const PRIO_DENY = 4110;
+export const PRIO_DENY = 4100;
 export const PRIO_OIF = 4200;
-export const PRIO_SOURCE = 4300;
-export const PRIO_DESTINATION = 4400;
-/** Any rule in [PRIO_MIN, PRIO_MAX] pointing at one of our tables is ours. */
+export const PRIO_MARK = 4300;
+export const PRIO_SOURCE = 4400;
+export const PRIO_DESTINATION = 4500;
+/** Any rule in [PRIO_MIN, PRIO_MAX] stamped with RTPROT_WAYMARK is ours. */
 export const PRIO_MIN = 4100;
-export const PRIO_MAX = 4499;
+export const PRIO_MAX = 4599;
 
 /** Route protocol id stamped on every route and rule we install (rt_protos: 'waymark'). */
 export const RTPROT_WAYMARK = 0x57; // 87: unassigned in iproute2's rt_protos

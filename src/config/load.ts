@@ -8,6 +8,7 @@ import { isMap, isScalar, LineCounter, parseDocument, type Document } from 'yaml
 import type { z } from 'zod';
 import { INTERNET, type DestinationSpec } from '../destination/destination.js';
 import { formatPrefix, overlaps, parsePrefix, type Prefix } from '../net/prefix.js';
+import type { AppRule } from '../policy/app.js';
 import type { UplinkSpec } from '../uplink/uplink.js';
 import { configSchema, type RawConfig } from './schema.js';
 
@@ -17,6 +18,7 @@ export interface Config {
   readonly uplinks: readonly UplinkSpec[];
   /** Every destination, the Internet included (always present, always last). */
   readonly destinations: readonly DestinationSpec[];
+  readonly apps: readonly AppRule[];
 }
 
 export interface ConfigIssue {
@@ -183,5 +185,22 @@ function resolve(raw: RawConfig, check: (path: Path, message: string) => void): 
     } else destinations.push(spec);
   });
   destinations.push(internet ?? { name: INTERNET, prefixes: [], domains: [], via: uplinks.map((u) => u.name) });
-  return { uplinks, destinations };
+
+  const appSeen = new Map<string, number>();
+  const apps: AppRule[] = raw.apps.map((a, i) => {
+    const prev = appSeen.get(a.name);
+    if (prev !== undefined) check(['apps', i, 'name'], `duplicate app "${a.name}" (first defined as apps[${prev}])`);
+    appSeen.set(a.name, i);
+    for (const field of ['uplinks', 'deny'] as const) {
+      (a[field] ?? []).forEach((v, j) => {
+        if (!seen.has(v)) check(['apps', i, field, j], `no uplink named "${v}"`);
+      });
+    }
+    a.deny.forEach((v, j) => {
+      if (a.uplinks?.includes(v)) check(['apps', i, 'deny', j], `uplink "${v}" is both allowed and denied`);
+    });
+    const match = Object.fromEntries(Object.entries(a.match).filter(([, v]) => v !== undefined));
+    return { name: a.name, match, ...(a.uplinks ? { uplinks: a.uplinks } : {}), deny: a.deny, needs: a.needs };
+  });
+  return { uplinks, destinations, apps };
 }

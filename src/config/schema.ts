@@ -70,12 +70,41 @@ export const destinationSchema = z.strictObject({
   via: z.array(name).min(1, 'must name at least one uplink'),
 });
 
+export const NEED_NAMES = ['long-lived', 'max-bandwidth', 'low-latency', 'cheapest', 'no-roaming', 'unmetered'] as const;
+
+/**
+ * Per-app defaults: which uplinks an app may use, in what order, and what it needs.
+ * An app is matched by kernel-verified facts of the calling process; every field given must match.
+ */
+export const appSchema = z.strictObject({
+  name,
+  match: z
+    .strictObject({
+      /** Absolute path of the executable (/proc/PID/exe). */
+      exe: z.string().regex(/^\//, 'must be an absolute path').optional(),
+      /** systemd unit (service or scope) the process runs in. */
+      unit: z.string().min(1).optional(),
+      /** Flatpak application id. */
+      flatpak: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'must be a Flatpak application id').optional(),
+      uid: z.number().int().nonnegative().optional(),
+    })
+    .refine((m) => Object.values(m).some((v) => v !== undefined), 'give at least one of exe, unit, flatpak, uid'),
+  /** Allowed uplinks in order of preference; absent: any uplink not denied. */
+  uplinks: z.array(name).min(1).optional(),
+  /** Uplinks this app must never use. */
+  deny: z.array(name).default([]),
+  needs: z.array(z.enum(NEED_NAMES)).default([]),
+});
+
 export const configSchema = z.strictObject({
   version: z.literal(1),
   uplinks: z.array(uplinkSchema).default([]),
   destinations: z.array(destinationSchema).default([]),
+  apps: z.array(appSchema).default([]),
 });
 
 export type RawConfig = z.infer<typeof configSchema>;
 export type RawUplink = z.infer<typeof uplinkSchema>;
 export type RawDestination = z.infer<typeof destinationSchema>;
+export type RawApp = z.infer<typeof appSchema>;
+export type NeedName = (typeof NEED_NAMES)[number];

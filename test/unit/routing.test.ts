@@ -1,40 +1,16 @@
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
-import { parseConfig } from '../../src/config/load.js';
 import { MARK_MASK, PRIO_DESTINATION, PRIO_MARK, PRIO_OIF, PRIO_SOURCE, RTPROT_WAYMARK, TABLE_BASE } from '../../src/constants.js';
-import { EXAMPLE_CONFIG } from '../../src/lab/device.js';
-import { FR_ACT, IFF, RTN, type AddrMsg, type LinkMsg, type RouteMsg, type RuleMsg } from '../../src/netlink/message.js';
+import { FR_ACT, RTN, type RouteMsg, type RuleMsg } from '../../src/netlink/message.js';
 import { describeRule } from '../../src/routing/describe.js';
 import { desiredState } from '../../src/routing/desired.js';
 import { isEmpty, plan } from '../../src/routing/reconcile.js';
-import { assignSlots } from '../../src/uplink/slots.js';
-import { uplinkStates, type KernelView } from '../../src/uplink/state.js';
+import { uplinkStates } from '../../src/uplink/state.js';
+import { exampleConfig, labKernel, labStates } from '../support/fixture.js';
 
-const config = parseConfig(readFileSync(EXAMPLE_CONFIG, 'utf8'));
-const UP = IFF.UP | IFF.LOWER_UP;
-const link = (index: number, name: string, flags = UP): LinkMsg => ({ index, name, flags, carrier: (flags & IFF.LOWER_UP) !== 0 });
-const addr = (index: number, address: string, prefixLen: number): AddrMsg => ({
-  family: address.includes(':') ? 6 : 4, index, address, prefixLen, scope: 0, tentative: false, secondary: false,
-});
-const gw = (oif: number, gateway: string, dstLen = 0): RouteMsg => ({
-  family: gateway.includes(':') ? 6 : 4, table: 254, type: RTN.UNICAST, protocol: 3, scope: 0, dstLen, oif, gateway,
-});
-
-function lab(overrides: { wlan0Flags?: number } = {}): KernelView {
-  return {
-    links: [link(1, 'lo', IFF.UP | IFF.LOOPBACK | IFF.LOWER_UP), link(2, 'wlan0', overrides.wlan0Flags ?? UP), link(3, 'wwan0'), link(4, 'wwan1'), link(5, 'tun0')],
-    addrs: [
-      addr(2, '192.168.50.2', 24), addr(2, 'fd00:50::2', 64), addr(2, 'fe80::1', 64),
-      addr(3, '10.64.0.2', 24), addr(3, 'fd00:64::2', 64),
-      addr(4, '10.64.0.2', 24), addr(4, 'fd00:64::2', 64),
-      addr(5, '10.8.0.2', 24), addr(5, 'fd00:8::2', 64),
-    ],
-    routes: [gw(2, '192.168.50.1'), gw(2, 'fd00:50::1'), gw(3, '10.64.0.1'), gw(3, 'fd00:64::1'), gw(5, '10.8.0.1', 24), gw(5, 'fd00:8::1', 64)],
-  };
-}
-
-const slots = assignSlots(config.uplinks.map((u) => u.name), new Map());
+const config = exampleConfig();
+const lab = (o: { wlan0Flags?: number } = {}) => labKernel(o.wlan0Flags === undefined ? {} : { wlan0: o.wlan0Flags });
+const { slots } = labStates(config);
 const rulesText = (rules: readonly RuleMsg[]): string[] => rules.map(describeRule);
 
 describe('desired routing state', () => {

@@ -1,0 +1,92 @@
+/**
+ * The decision for one socket: which uplink (if any) a given app's traffic to a given address
+ * takes. Pure. In order of precedence (issue #3; the full rule engine comes next):
+ *   1. what `waymark exec` (the session) or the program asked for: an uplink, needs, denials —
+ *      always a wish, checked against the config, never an override;
+ *   2. the app's defaults in the config (allowed uplinks in order, denied uplinks, needs);
+ *   3. the destination's uplinks (only those that reach it, are up and carry the family);
+ *   4. otherwise the default route (PASS: the main table, or the destination rule).
+ */
+import type { NeedName } from '../config/schema.js';
+import { destinationOfAddress, type DestinationSpec } from '../destination/destination.js';
+import type { Family } from '../net/prefix.js';
+import type { AppRule } from '../policy/app.js';
+import type { UplinkState } from '../uplink/state.js';
+import { compareForNeeds, satisfiesFilters } from './needs.js';
+
+export interface Wish {
+  /** An uplink by name or interface name. */
+  readonly uplink?: string;
+  readonly needs: readonly NeedName[];
+  readonly deny: readonly string[];
+  /** The destination the caller means to reach; the address must belong to it. */
+  readonly destination?: string;
+}
+
+export const NO_WISH: Wish = { needs: [], deny: [] };
+
+export type Decision =
+  | { readonly action: 'pass'; readonly destination: string; readonly reason: string }
+  | { readonly action: 'steer'; readonly destination: string; readonly uplink: UplinkState; readonly reason: string }
+  | { readonly action: 'deny'; readonly destination: string; readonly err: 'EACCES' | 'ENETUNREACH'; readonly reason: string };
+
+export interface DecisionInput {
+  readonly uplinks: readonly UplinkState[];
+  readonly destinations: readonly DestinationSpec[];
+  /** A rule matching the app, if any. */
+  readonly app?: AppRule;
+  readonly wish: Wish;
+  readonly family: Family;
+  readonly addr: Uint8Array;
+  /** Destination learned for this exact address (from a name resolved for a domain destination). */
+  readonly learnedDestination?: string;
+}
+
+export function findUplink(uplinks: readonly UplinkState[], nameOrIf: string): UplinkState | undefined {
+  return uplinks.find((u) => u.spec.name === nameOrIf) ?? uplinks.find((u) => u.link?.name === nameOrIf);
+}
+
+function carries(u: UplinkState, dest: DestinationSpec, family: Family): boolean {
+  return dest.via.includes(u.spec.name) && u.status === 'active' && (u.families.find((f) => f.family === family)?.routable ?? false);
+}
+
+export function decide(input: DecisionInput): Decision {
+  const { uplinks, destinations, app, wish, family } = input;
+  const destName = input.learnedDestination ?? destinationOfAddress(destinations, family, input.addr);
+  const dest = destinations.find((d) => d.name === destName);
+  if (!dest) return { action: 'pass', destination: destName, reason: 'unknown destination' };
+  const deny = (err: 'EACCES' | 'ENETUNREACH', reason: string): Decision => ({ action: 'deny', destination: dest.name, err, reason });
+  const steer = (u: UplinkState, reason: string): Decision => ({ action: 'steer', destination: dest.name, uplink: u, reason });
+
+  if (wish.destination && wish.destination !== dest.name) {
+    return deny('EACCES', `the address belongs to destination ${dest.name}, not ${wish.destination}`);
+  }
+  const appAllows = (u: UplinkState): boolean =>
+    !(app?.deny.includes(u.spec.name) ?? false) && (app?.uplinks === undefined || app.uplinks.includes(u.spec.name));
+  const appName = app ? `app ${app.name}` : 'this app';
+
+  if (wish.uplink) {
+    const u = findUplink(uplinks, wish.uplink);
+    if (!u) return deny('ENETUNREACH', `no uplink named ${wish.uplink}`);
+    if (!appAllows(u) || wish.deny.includes(u.spec.name)) return deny('EACCES', `uplink ${u.spec.name} is not allowed for ${appName}`);
+    if (!carries(u, dest, family)) {
+      return deny('ENETUNREACH', u.status === 'active' ? `uplink ${u.spec.name} does not reach ${dest.name} over IPv${family}` : `uplink ${u.spec.name} is ${u.status}`);
+    }
+    return steer(u, 'requested');
+  }
+
+  const needs = [...new Set([...wish.needs, ...(app?.needs ?? [])])];
+  const constrained = app !== undefined || needs.length > 0 || wish.deny.length > 0;
+  const carriers = uplinks.filter((u) => carries(u, dest, family));
+  if (!constrained) return { action: 'pass', destination: dest.name, reason: 'default route' };
+  if (carriers.length === 0) return deny('ENETUNREACH', `no uplink that reaches ${dest.name} over IPv${family} is up`);
+
+  const allowed = carriers.filter((u) => appAllows(u) && !wish.deny.includes(u.spec.name) && satisfiesFilters(u.spec, needs));
+  if (allowed.length === 0) return deny('EACCES', `no uplink reaching ${dest.name} is allowed for ${appName}${needs.length ? ` with needs ${needs.join(',')}` : ''}`);
+  const order = app?.uplinks;
+  const ranked = order && !needs.some((n) => n !== 'no-roaming' && n !== 'unmetered')
+    ? [...allowed].sort((a, b) => order.indexOf(a.spec.name) - order.indexOf(b.spec.name))
+    : [...allowed].sort((a, b) => compareForNeeds(a.spec, b.spec, needs));
+  const best = ranked[0] as UplinkState;
+  return steer(best, needs.length ? `needs ${needs.join(',')}` : `${appName} prefers it`);
+}
