@@ -4,6 +4,8 @@
  *   - SO_PEERCRED, SO_MARK, SO_BINDTODEVICE, SO_DOMAIN/SO_TYPE/SO_PROTOCOL
  *   - Unix sockets (seqpacket or stream) with SCM_RIGHTS fd passing, the transport of the
  *     decision protocol between libwaymark.so and the daemon
+ *   - the kernel backstop: a 4-instruction cgroup BPF program that marks every socket created
+ *     in a cgroup v2 (raw bpf() syscall, no libbpf)
  *
  * Conventions:
  *   - every socket is created non-blocking and close-on-exec; received fds are close-on-exec
@@ -14,7 +16,9 @@
  *   - EINTR is retried everywhere except close()
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,8 +26,12 @@
 #include <unistd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <net/if.h>
+#include <linux/bpf.h>
+#include <linux/magic.h>
 #include <linux/netlink.h>
 
 #include <node_api.h>
@@ -755,6 +763,326 @@ static napi_value js_bind_to_device(napi_env env, napi_callback_info info)
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* The kernel backstop: cgroup v2 socket marking
+ *
+ * A BPF_PROG_TYPE_CGROUP_SOCK program attached at BPF_CGROUP_INET_SOCK_CREATE runs in
+ * inet_create()/inet6_create() for every AF_INET/AF_INET6 socket a process of the cgroup (or of a
+ * descendant) creates, before the socket exists for user space. It may write sk->sk_mark
+ * (net/core/filter.c, __sock_filter_check_attach_type: mark, priority and bound_dev_if are
+ * writable only at SOCK_CREATE/SOCK_RELEASE, hence expected_attach_type at load time). The mark
+ * is in place before the first route lookup, so `fwmark` rules steer the socket from its first
+ * packet, whatever the program does: static binaries, raw syscalls, io_uring.
+ *
+ * The program (4 instructions, the same shape as iproute2's `ip vrf exec`, ip/ipvrf.c):
+ *     w2 = MARK                                  BPF_ALU   | BPF_MOV | BPF_K
+ *     *(u32 *)(r1 + 16) = w2                     BPF_STX   | BPF_MEM | BPF_W
+ *         (r1: the context, struct bpf_sock; 16 = offsetof(struct bpf_sock, mark))
+ *     r0 = 1                                     BPF_ALU64 | BPF_MOV | BPF_K   (1: allow the socket)
+ *     exit                                       BPF_JMP   | BPF_EXIT
+ *
+ * Attach flags 0 ("NONE": exclusive, not overridable by descendants). With anything but
+ * BPF_F_ALLOW_MULTI, BPF_PROG_ATTACH onto a hook that already holds a program REPLACES it in one
+ * step (kernel/bpf/cgroup.c, find_attach_entry() returns the existing entry), so a re-attach
+ * after a daemon restart or a mark change never stacks and never leaves a window without a mark.
+ * Only when the hook holds programs attached with other flags (MULTI/OVERRIDE: someone else's)
+ * does the kernel refuse (EPERM: flags must match); we then detach those first.
+ * The attachment holds its own reference to the program: the prog fd is closed right away and the
+ * program lives as long as the attachment (detach, or the cgroup's destruction, releases it).
+ *
+ * Privileges: BPF_PROG_LOAD of a cgroup socket program needs CAP_BPF + CAP_NET_ADMIN (or
+ * CAP_SYS_ADMIN); attach/detach/query need CAP_NET_ADMIN and a cgroup directory we can open. */
+
+#define BPF_CGROUP_MAX_PROGS 64 /* kernel limit of programs per cgroup and hook */
+_Static_assert(offsetof(struct bpf_sock, mark) == 16, "struct bpf_sock is UAPI: mark sits at 16");
+#define BPF_LOG_SIZE 4096
+
+static long sys_bpf(int cmd, union bpf_attr *attr)
+{
+    long r;
+    do r = syscall(__NR_bpf, cmd, attr, sizeof *attr);
+    while (r < 0 && errno == EINTR);
+    return r;
+}
+
+static uint64_t ptr_u64(const void *p)
+{
+    return (uint64_t)(uintptr_t)p;
+}
+
+/* Like throw_errno, with the cgroup path (also as .path, as Node's fs errors) and an optional
+ * detail: "bpf(BPF_PROG_ATTACH) EPERM: Operation not permitted (/sys/fs/cgroup/x): hint". */
+static napi_value throw_errno_path(napi_env env, int err, const char *syscall, const char *path,
+                                   const char *detail)
+{
+    const char *name = strerrorname_np(err);
+    char namebuf[24];
+    if (name == NULL) {
+        snprintf(namebuf, sizeof namebuf, "E%d", err);
+        name = namebuf;
+    }
+    char msg[PATH_MAX + BPF_LOG_SIZE / 4 + 256];
+    snprintf(msg, sizeof msg, "%s %s: %s (%s)%s%s", syscall, name, strerror(err), path,
+             detail != NULL && detail[0] != '\0' ? ": " : "", detail != NULL ? detail : "");
+
+    napi_value code, message, error, errnum, sc, p;
+    if (napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &code) != napi_ok ||
+        napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message) != napi_ok ||
+        napi_create_error(env, code, message, &error) != napi_ok) {
+        napi_throw_error(env, name, msg);
+        return NULL;
+    }
+    napi_create_int32(env, -err, &errnum);
+    napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &sc);
+    napi_create_string_utf8(env, path, NAPI_AUTO_LENGTH, &p);
+    napi_set_named_property(env, error, "errno", errnum);
+    napi_set_named_property(env, error, "syscall", sc);
+    napi_set_named_property(env, error, "path", p);
+    napi_throw(env, error);
+    return NULL;
+}
+
+/* Opens a cgroup v2 directory (O_DIRECTORY); throws and returns -1 on failure. */
+static int open_cgroup2(napi_env env, napi_value arg, char *path, size_t pathsize)
+{
+    size_t len;
+    if (!get_string(env, arg, "cgroupPath", path, pathsize, &len)) return -1;
+    if (len == 0) {
+        throw_type(env, "cgroupPath must not be empty");
+        return -1;
+    }
+    int fd;
+    do fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    while (fd < 0 && errno == EINTR);
+    if (fd < 0) {
+        throw_errno_path(env, errno, "open", path, NULL);
+        return -1;
+    }
+    struct statfs sfs;
+    if (fstatfs(fd, &sfs) < 0) {
+        int err = errno;
+        close(fd);
+        throw_errno_path(env, err, "fstatfs", path, NULL);
+        return -1;
+    }
+    if (sfs.f_type != CGROUP2_SUPER_MAGIC) {
+        close(fd);
+        throw_errno_path(env, ENOTDIR, "fstatfs", path,
+                         "not a cgroup v2 directory (cgroup v1 hierarchies cannot hold BPF programs)");
+        return -1;
+    }
+    return fd;
+}
+
+/* BPF_PROG_QUERY of the programs attached to this very cgroup (not inherited ones) at
+ * INET_SOCK_CREATE. ids must hold BPF_CGROUP_MAX_PROGS entries. Returns 0 or -errno. */
+static int query_sock_create(int cgfd, uint32_t *ids, uint32_t *count, uint32_t *flags)
+{
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.query.target_fd = (uint32_t)cgfd;
+    attr.query.attach_type = BPF_CGROUP_INET_SOCK_CREATE;
+    attr.query.query_flags = 0;
+    attr.query.prog_ids = ptr_u64(ids);
+    attr.query.prog_cnt = BPF_CGROUP_MAX_PROGS;
+    if (sys_bpf(BPF_PROG_QUERY, &attr) < 0) return -errno;
+    *count = attr.query.prog_cnt < BPF_CGROUP_MAX_PROGS ? attr.query.prog_cnt : BPF_CGROUP_MAX_PROGS;
+    *flags = attr.query.attach_flags;
+    return 0;
+}
+
+/* Detaches every program attached to this cgroup at INET_SOCK_CREATE. Returns the number
+ * detached, or -errno with *failed naming the system call. */
+static int detach_sock_create(int cgfd, const char **failed)
+{
+    uint32_t ids[BPF_CGROUP_MAX_PROGS], count = 0, flags = 0;
+    int detached = 0;
+    /* Bounded: each round detaches at least one program or fails. */
+    for (int round = 0; round <= BPF_CGROUP_MAX_PROGS; round++) {
+        int r = query_sock_create(cgfd, ids, &count, &flags);
+        if (r < 0) {
+            *failed = "bpf(BPF_PROG_QUERY)";
+            return r;
+        }
+        if (count == 0) return detached;
+        union bpf_attr attr;
+        memset(&attr, 0, sizeof attr);
+        attr.target_fd = (uint32_t)cgfd;
+        attr.attach_type = BPF_CGROUP_INET_SOCK_CREATE;
+        int progfd = -1;
+        if (flags & BPF_F_ALLOW_MULTI) {
+            /* A MULTI hook detaches by program: get an fd for it (needs CAP_SYS_ADMIN). */
+            union bpf_attr get;
+            memset(&get, 0, sizeof get);
+            get.prog_id = ids[0];
+            progfd = (int)sys_bpf(BPF_PROG_GET_FD_BY_ID, &get);
+            if (progfd < 0) {
+                if (errno == ENOENT) continue; /* gone meanwhile: query again */
+                *failed = "bpf(BPF_PROG_GET_FD_BY_ID)";
+                return -errno;
+            }
+            attr.attach_bpf_fd = (uint32_t)progfd;
+        } else {
+            /* NONE/OVERRIDE hold one program; the kernel detaches it without an fd ("legacy
+             * mode"). An fd that cannot name a program says so. */
+            attr.attach_bpf_fd = (uint32_t)-1;
+        }
+        long rc = sys_bpf(BPF_PROG_DETACH, &attr);
+        int err = errno;
+        if (progfd >= 0) close(progfd);
+        if (rc < 0) {
+            if (err == ENOENT) continue; /* detached by someone else meanwhile */
+            *failed = "bpf(BPF_PROG_DETACH)";
+            return -err;
+        }
+        detached++;
+    }
+    *failed = "bpf(BPF_PROG_DETACH)";
+    return -EBUSY; /* programs keep appearing: someone else is attaching concurrently */
+}
+
+/* Loads the marking program; returns the prog fd (close-on-exec) or -errno. On failure the
+ * verifier's log, if any, is left in log. */
+static int load_sock_mark(uint32_t mark, char *log, size_t logsize)
+{
+    struct bpf_insn insns[] = {
+        /* w2 = mark (32-bit move: the full u32, no sign extension to worry about) */
+        { .code = BPF_ALU | BPF_MOV | BPF_K, .dst_reg = BPF_REG_2, .imm = (int32_t)mark },
+        /* *(u32 *)(r1 + offsetof(struct bpf_sock, mark)) = w2; r1 is the context (bpf_sock) */
+        { .code = BPF_STX | BPF_MEM | BPF_W, .dst_reg = BPF_REG_1, .src_reg = BPF_REG_2,
+          .off = offsetof(struct bpf_sock, mark) },
+        /* r0 = 1: let the socket be created (0 would fail socket() with EPERM) */
+        { .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_0, .imm = 1 },
+        { .code = BPF_JMP | BPF_EXIT },
+    };
+    static const char license[] = "Dual MIT/GPL"; /* no helper is called: any string would do */
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.prog_type = BPF_PROG_TYPE_CGROUP_SOCK;
+    attr.expected_attach_type = BPF_CGROUP_INET_SOCK_CREATE;
+    attr.insns = ptr_u64(insns);
+    attr.insn_cnt = sizeof insns / sizeof insns[0];
+    attr.license = ptr_u64(license);
+    /* Shown by `bpftool prog` / `bpftool cgroup tree`. */
+    memcpy(attr.prog_name, "waymark_mark", sizeof "waymark_mark");
+    int fd = (int)sys_bpf(BPF_PROG_LOAD, &attr);
+    if (fd >= 0) return fd;
+    int err = errno;
+    if (log == NULL || logsize < 2) return -err;
+    log[0] = '\0';
+    if (err != EPERM) {
+        /* Once more with the verifier's log, so the error says why. */
+        attr.log_level = 1;
+        attr.log_buf = ptr_u64(log);
+        attr.log_size = (uint32_t)logsize;
+        fd = (int)sys_bpf(BPF_PROG_LOAD, &attr);
+        if (fd >= 0) return fd; /* flaky first failure: fine now */
+        log[logsize - 1] = '\0';
+        /* One line: the log is several; keep the message readable. */
+        for (char *c = log; *c != '\0'; c++)
+            if (*c == '\n') *c = ' ';
+    }
+    return -err;
+}
+
+/* cgroupAttachSockMark(cgroupPath, mark): every socket created in the cgroup carries `mark`. */
+static napi_value js_cgroup_attach_sock_mark(napi_env env, napi_callback_info info)
+{
+    napi_value argv[2];
+    int64_t mark;
+    char path[PATH_MAX];
+    if (!get_args(env, info, 2, 2, argv, NULL)) return NULL;
+    if (!get_int(env, argv[1], "mark", 0, UINT32_MAX, &mark)) return NULL;
+    int cgfd = open_cgroup2(env, argv[0], path, sizeof path);
+    if (cgfd < 0) return NULL;
+
+    /* Programs attached with other flags would make our attach fail (EPERM): remove them. */
+    uint32_t ids[BPF_CGROUP_MAX_PROGS], count = 0, flags = 0;
+    int r = query_sock_create(cgfd, ids, &count, &flags);
+    if (r < 0) {
+        close(cgfd);
+        return throw_errno_path(env, -r, "bpf(BPF_PROG_QUERY)", path,
+                                -r == EPERM ? "needs CAP_NET_ADMIN" : NULL);
+    }
+
+    char log[BPF_LOG_SIZE];
+    int progfd = load_sock_mark((uint32_t)mark, log, sizeof log);
+    if (progfd < 0) {
+        close(cgfd);
+        return throw_errno_path(env, -progfd, "bpf(BPF_PROG_LOAD)", path,
+                                -progfd == EPERM ? "needs CAP_BPF and CAP_NET_ADMIN (or CAP_SYS_ADMIN)"
+                                                 : log);
+    }
+    if (count > 0 && flags != 0) {
+        const char *failed = NULL;
+        r = detach_sock_create(cgfd, &failed);
+        if (r < 0) {
+            close(progfd);
+            close(cgfd);
+            return throw_errno_path(env, -r, failed, path,
+                                    "removing programs attached by someone else with other flags");
+        }
+    }
+
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.target_fd = (uint32_t)cgfd;
+    attr.attach_bpf_fd = (uint32_t)progfd;
+    attr.attach_type = BPF_CGROUP_INET_SOCK_CREATE;
+    attr.attach_flags = 0; /* exclusive: replaces what is there, descendants cannot override */
+    long rc = sys_bpf(BPF_PROG_ATTACH, &attr);
+    int err = errno;
+    close(progfd); /* the attachment holds its own reference */
+    close(cgfd);
+    if (rc < 0)
+        return throw_errno_path(env, err, "bpf(BPF_PROG_ATTACH)", path,
+                                err == EPERM ? "needs CAP_NET_ADMIN; or an ancestor cgroup holds a "
+                                               "non-overridable program at INET_SOCK_CREATE"
+                                             : NULL);
+    return make_undefined(env);
+}
+
+/* cgroupDetachSockPrograms(cgroupPath) -> number of programs detached at INET_SOCK_CREATE */
+static napi_value js_cgroup_detach_sock_programs(napi_env env, napi_callback_info info)
+{
+    napi_value argv[1];
+    char path[PATH_MAX];
+    if (!get_args(env, info, 1, 1, argv, NULL)) return NULL;
+    int cgfd = open_cgroup2(env, argv[0], path, sizeof path);
+    if (cgfd < 0) return NULL;
+    const char *failed = NULL;
+    int r = detach_sock_create(cgfd, &failed);
+    close(cgfd);
+    if (r < 0)
+        return throw_errno_path(env, -r, failed, path, -r == EPERM ? "needs CAP_NET_ADMIN" : NULL);
+    return make_int(env, r);
+}
+
+/* cgroupQuerySockPrograms(cgroupPath) -> { ids: number[], flags: number }: the programs attached
+ * to this cgroup itself (not inherited) at INET_SOCK_CREATE, and their attach flags. */
+static napi_value js_cgroup_query_sock_programs(napi_env env, napi_callback_info info)
+{
+    napi_value argv[1];
+    char path[PATH_MAX];
+    if (!get_args(env, info, 1, 1, argv, NULL)) return NULL;
+    int cgfd = open_cgroup2(env, argv[0], path, sizeof path);
+    if (cgfd < 0) return NULL;
+    uint32_t ids[BPF_CGROUP_MAX_PROGS], count = 0, flags = 0;
+    int r = query_sock_create(cgfd, ids, &count, &flags);
+    close(cgfd);
+    if (r < 0)
+        return throw_errno_path(env, -r, "bpf(BPF_PROG_QUERY)", path,
+                                -r == EPERM ? "needs CAP_NET_ADMIN" : NULL);
+    napi_value result, arr;
+    CHECK_NAPI(env, napi_create_object(env, &result));
+    CHECK_NAPI(env, napi_create_array_with_length(env, count, &arr));
+    for (uint32_t i = 0; i < count; i++)
+        CHECK_NAPI(env, napi_set_element(env, arr, i, make_int(env, ids[i])));
+    napi_set_named_property(env, result, "ids", arr);
+    napi_set_named_property(env, result, "flags", make_int(env, flags));
+    return result;
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* watch(fd, onReadable, unref = false) -> { stop(), ref(), unref() }
  *
  * A uv_poll_t on the environment's loop (level-triggered: the callback fires again while data
@@ -998,6 +1326,9 @@ static napi_value init(napi_env env, napi_value exports)
         FN("socketInfo", js_socket_info),
         FN("getBoundDevice", js_get_bound_device),
         FN("bindToDevice", js_bind_to_device),
+        FN("cgroupAttachSockMark", js_cgroup_attach_sock_mark),
+        FN("cgroupDetachSockPrograms", js_cgroup_detach_sock_programs),
+        FN("cgroupQuerySockPrograms", js_cgroup_query_sock_programs),
     };
     if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok)
         return NULL;

@@ -29,8 +29,14 @@ export interface EngineOptions {
   readonly config: Config;
   readonly configPath: string;
   readonly store: StateStore;
+  /** Slots from the state file, so marks keep meaning the same uplinks across restarts. */
+  readonly savedSlots: Readonly<Record<string, number>>;
   readonly log: Logger;
   readonly version: string;
+  /** Called after a reconcile or reload that changed what decisions depend on (config, uplinks). */
+  readonly onChange?: () => void;
+  /** Extra statements for our nftables table (the session backstop), rendered on every reconcile. */
+  readonly nftExtra?: () => string;
 }
 
 export class Engine {
@@ -48,14 +54,15 @@ export class Engine {
   private recent: number[] = [];
   private nftApplied: string | undefined;
   private stopped = false;
+  /** What decisions depend on, to tell callers when it changed. */
+  private fingerprint = '';
 
   constructor(private readonly opts: EngineOptions) {
     this.config = opts.config;
   }
 
   async start(): Promise<void> {
-    const saved = await this.opts.store.load((why) => this.opts.log.warn('state file unreadable, starting fresh', { why }));
-    this.slots = assignSlots(this.config.uplinks.map((u) => u.name), new Map(Object.entries(saved.slots)));
+    this.slots = assignSlots(this.config.uplinks.map((u) => u.name), new Map(Object.entries(this.opts.savedSlots)));
     await this.persistSlots();
     // Subscribe before the first snapshot so no change can slip between the two.
     this.watcher = watchKernel((lost) => {
@@ -72,7 +79,15 @@ export class Engine {
     this.generation++;
     await this.persistSlots();
     await this.reconcileNow();
+    this.opts.onChange?.();
     return this.generation;
+  }
+
+  /** Re-renders the nftables table now (after sessions changed). */
+  async refreshNft(): Promise<void> {
+    const errors: string[] = [];
+    await this.applyNft(errors);
+    if (errors.length > 0) throw new Error(errors.join('; '));
   }
 
   getConfig(): Config {
@@ -158,6 +173,11 @@ export class Engine {
       }
     }
     await this.applyNft(errors);
+    const fp = JSON.stringify(this.states.map((u) => [u.spec.name, u.status, u.link?.index, u.families]));
+    if (fp !== this.fingerprint) {
+      this.fingerprint = fp;
+      this.opts.onChange?.();
+    }
     const ms = performance.now() - t0;
     this.lastReconcile = { at: new Date().toISOString(), durationMs: Math.round(ms * 100) / 100, changes, errors };
     if (changes > 0 || errors.length > 0) {
@@ -170,7 +190,7 @@ export class Engine {
 
   private async applyNft(errors: string[]): Promise<void> {
     const counted = this.states.flatMap((s) => (s.link ? [{ name: s.spec.name, ifname: s.link.name }] : []));
-    const body = renderRuleset(counted);
+    const body = renderRuleset(counted) + (this.opts.nftExtra?.() ?? '');
     if (body === this.nftApplied) return;
     try {
       await nft.replaceTable(body);
@@ -183,7 +203,7 @@ export class Engine {
   }
 
   private async persistSlots(): Promise<void> {
-    await this.opts.store.save({ version: 1, slots: Object.fromEntries(this.slots) }).catch((e: Error) =>
+    await this.opts.store.update({ slots: Object.fromEntries(this.slots) }).catch((e: Error) =>
       this.opts.log.error('cannot save state', { error: e.message }));
   }
 

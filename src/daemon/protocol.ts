@@ -12,6 +12,7 @@
  * A newer protocol version only adds methods and optional fields; `hello` tells what a daemon speaks.
  */
 import { z } from 'zod';
+import { NEED_NAMES } from '../config/schema.js';
 
 export const PROTOCOL_VERSION = 1;
 export const MAX_LINE = 64 * 1024;
@@ -80,16 +81,39 @@ export const METHODS = {
   status: { privileged: false, params: z.object({}).strict() },
   reload: { privileged: true, params: z.object({}).strict() },
   'uplink.resolve': { privileged: false, params: z.object({ uplink: z.string().min(1).max(64) }).strict() },
+  /** Starts an exec session: a cgroup for the caller (moved into it) and its wish. */
+  'exec.begin': {
+    privileged: false,
+    params: z.object({
+      uplink: z.string().min(1).max(31).optional(),
+      needs: z.array(z.enum(NEED_NAMES)).max(8).default([]),
+      deny: z.array(z.string().min(1).max(31)).max(64).default([]),
+      command: z.string().max(4096).default(''),
+    }).strict(),
+  },
+  /** Ends a session of the caller's (root may end any). */
+  'exec.end': { privileged: false, params: z.object({ id: z.string().regex(/^[a-z0-9-]{1,40}$/) }).strict() },
 } as const;
 export type Method = keyof typeof METHODS;
 
 export interface HelloResult { daemon: 'waymarkd'; version: string; protocol: number; methods: string[] }
 export interface ReloadResult { generation: number; uplinks: number; destinations: number }
 export interface ResolveResult { name: string; ifname: string; status: string; mark: string; table: number }
+export interface ExecBeginResult {
+  id: string;
+  cgroup: string;
+  /** The uplink the session's sockets are marked for by default (null: default routing). */
+  uplink: string | null;
+  ifname: string | null;
+  /** The kernel backstop in force: cgroup mark and nftables, or why not. */
+  backstop: { mark: string | null; deniedIfnames: string[] };
+}
 
 export interface Results {
   hello: HelloResult;
   status: StatusResult;
   reload: ReloadResult;
   'uplink.resolve': ResolveResult;
+  'exec.begin': ExecBeginResult;
+  'exec.end': Record<string, never>;
 }

@@ -1,23 +1,49 @@
 /**
- * Durable daemon state (today: uplink slots) in the state directory. Written atomically
+ * Durable daemon state (uplink slots, exec sessions) in the state directory. Written atomically
  * (temp file, fsync, rename) so a crash leaves either the old or the new file, never half of one.
+ * Each part has one owner that updates only its part; writes are serialised.
  */
 import { mkdir, open, readFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
+import { NEED_NAMES } from '../config/schema.js';
 
 export const DEFAULT_STATE_DIR = '/var/lib/waymark';
+
+const sessionSchema = z.object({
+  id: z.string(),
+  cgroup: z.string(),
+  uid: z.number().int().nonnegative(),
+  uplink: z.string().optional(),
+  needs: z.array(z.enum(NEED_NAMES)),
+  deny: z.array(z.string()),
+  command: z.string(),
+  startedAt: z.string(),
+});
 
 const stateSchema = z.object({
   version: z.literal(1),
   slots: z.record(z.string(), z.number().int().min(1).max(62)),
+  sessions: z.array(sessionSchema).default([]),
 });
 export type PersistedState = z.infer<typeof stateSchema>;
 
 export class StateStore {
   private readonly file: string;
+  private state: PersistedState = { version: 1, slots: {}, sessions: [] };
+  private writing: Promise<void> = Promise.resolve();
+
   constructor(readonly dir: string) {
     this.file = join(dir, 'state.json');
+  }
+
+  /** Replaces one part of the state and writes the whole file. */
+  update(part: Partial<Omit<PersistedState, 'version'>>): Promise<void> {
+    this.state = { ...this.state, ...part };
+    const snapshot = this.state;
+    const next = this.writing.then(() => this.save(snapshot));
+    this.writing = next.catch(() => undefined);
+    return next;
   }
 
   /** The stored state, or an empty one if there is none; a corrupt file is reported, not fatal. */
@@ -26,19 +52,19 @@ export class StateStore {
     try {
       text = await readFile(this.file, 'utf8');
     } catch {
-      return { version: 1, slots: {} };
+      return this.state;
     }
     try {
       const parsed = stateSchema.safeParse(JSON.parse(text));
-      if (parsed.success) return parsed.data;
+      if (parsed.success) return (this.state = parsed.data);
       onCorrupt(parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
     } catch (e) {
       onCorrupt(e instanceof Error ? e.message : String(e));
     }
-    return { version: 1, slots: {} };
+    return this.state;
   }
 
-  async save(state: PersistedState): Promise<void> {
+  private async save(state: PersistedState): Promise<void> {
     await mkdir(this.dir, { recursive: true, mode: 0o755 });
     const tmp = `${this.file}.${process.pid}.tmp`;
     const fh = await open(tmp, 'w', 0o644);

@@ -42,14 +42,14 @@ export async function startDevice(lab: Lab, opts: { config?: string; logLevel?: 
     async startDaemon(extra = []) {
       const log = openSync(join(dir, 'waymarkd.log'), 'a');
       this.daemon = lab.spawn('dev', [process.execPath, DAEMON_JS, '--config', configPath, '--socket', socket,
-        '--state-dir', join(dir, 'state'), '--log-level', opts.logLevel ?? 'debug', ...extra], { stdio: ['ignore', log, log] });
+        '--state-dir', join(dir, 'state'), '--log-level', opts.logLevel ?? 'debug', ...extra], { stdio: ['ignore', log, log], hostMounts: true });
       await waitForDaemon(dev);
     },
     async stopDaemon(signal = 'SIGTERM') {
       const d = this.daemon;
       if (d.exitCode !== null || d.signalCode !== null) return;
       const exited = new Promise<void>((resolve) => d.once('exit', () => resolve()));
-      // `ip netns exec` replaces itself with node, so the child pid is the daemon itself.
+      // nsenter replaces itself with node, so the child pid is the daemon itself.
       d.kill(signal);
       await exited;
     },

@@ -45,6 +45,11 @@ export interface RunOptions {
 /** For spawn(): input is written to stdin (when it is a pipe); timeoutMs, if given, kills it. */
 export interface SpawnOptions extends RunOptions {
   stdio?: StdioOptions;
+  /**
+   * Enter only the network namespace (nsenter --net), keeping the host's mounts. `ip netns exec`
+   * remounts /sys for the namespace, which hides the cgroup hierarchy: the daemon needs it.
+   */
+  hostMounts?: boolean;
 }
 
 /** What the path servers answer with. */
@@ -439,6 +444,7 @@ async function pidsIn(ns: string): Promise<number[]> {
 /** Kills every process inside the namespace, then deletes it. Missing namespaces are fine. */
 async function removeNetns(ns: string): Promise<void> {
   for (const pid of await pidsIn(ns)) killQuietly(pid, 'SIGKILL');
+  await rm(`/etc/netns/${ns}`, { recursive: true, force: true });
   try {
     await exec('ip', ['netns', 'del', ns]);
   } catch (err) {
@@ -450,6 +456,7 @@ const SYNC_CLEANUP_SCRIPT = `for ns in "$@"; do
   [ -e "/run/netns/$ns" ] || [ -e "/var/run/netns/$ns" ] || continue
   for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
   ip netns del "$ns" 2>/dev/null
+  rm -rf "/etc/netns/$ns"
 done
 true`;
 
@@ -625,6 +632,11 @@ export class Lab {
     );
     // 4. routes, once every link on both ends is up.
     await Promise.all(ROLES.map((role) => this.ip(role, plan[role].routes.map((r) => `route add ${r.spec}`))));
+    // 5. The device's resolver is the Wi-Fi operator's DNS (what DHCP would have said), so no
+    //    lookup inside the lab ever heads for the host's own name servers. `ip netns exec`
+    //    bind-mounts /etc/netns/NAME/resolv.conf over /etc/resolv.conf.
+    mkdirSync(`/etc/netns/${this.names.dev}`, { recursive: true });
+    writeFileSync(`/etc/netns/${this.names.dev}/resolv.conf`, `nameserver ${LAB.dns.wifi.v4}\noptions timeout:1 attempts:1\n`);
   }
 
   /**
@@ -718,10 +730,13 @@ export class Lab {
     return inner;
   }
 
-  /** Spawns `ip netns exec NS argv...` in its own process group; killed by destroy(). */
+  /** Spawns `ip netns exec NS argv...` (or nsenter, see hostMounts) in its own process group; killed by destroy(). */
   spawn(role: Role, argv: string[], opts: SpawnOptions = {}): ChildProcess {
     if (this.destroyed || this.destroying !== null) throw new Error(`lab ${this.runId}: already destroyed`);
-    const child = spawn('ip', ['netns', 'exec', this.names[role], ...this.wrap(argv, opts)], {
+    const [cmd, ...args] = opts.hostMounts
+      ? ['nsenter', `--net=${this.nsPath(role)}`, '--', ...this.wrap(argv, opts)]
+      : ['ip', 'netns', 'exec', this.names[role], ...this.wrap(argv, opts)];
+    const child = spawn(cmd as string, args, {
       env: opts.env ?? process.env,
       cwd: opts.cwd,
       stdio: opts.stdio ?? 'pipe',

@@ -1,7 +1,7 @@
 /**
  * Typed access to the `waymark_native` N-API addon (native/addon/waymark_native.c): the socket
  * operations Node's `net` cannot do (netlink, SO_PEERCRED, SO_MARK, SO_BINDTODEVICE, Unix
- * sockets with SCM_RIGHTS fd passing).
+ * sockets with SCM_RIGHTS fd passing), and the kernel backstop's cgroup BPF socket marking.
  *
  * Conventions (enforced by the addon):
  *   - every socket it creates is non-blocking and close-on-exec, received fds are close-on-exec;
@@ -55,6 +55,17 @@ export interface WatchOptions {
 
 export type UnixSocketType = 'seqpacket' | 'stream';
 
+/** BPF_F_* attach flags as BPF_PROG_QUERY reports them. */
+export const BPF_F_ALLOW_OVERRIDE = 1;
+export const BPF_F_ALLOW_MULTI = 2;
+
+export interface CgroupSockPrograms {
+  /** Ids of the programs attached to the cgroup itself (not inherited) at INET_SOCK_CREATE. */
+  ids: number[];
+  /** Their attach flags: 0 (exclusive, what Waymark uses), BPF_F_ALLOW_OVERRIDE or BPF_F_ALLOW_MULTI. */
+  flags: number;
+}
+
 /** An Error from a failed system call inside the addon. */
 export interface NativeError extends Error {
   /** errno name, e.g. 'EAGAIN', 'EPERM', 'ENOBUFS', 'EMSGSIZE' */
@@ -62,6 +73,8 @@ export interface NativeError extends Error {
   /** negative errno, as Node's system errors (util.getSystemErrorName(errno) === code) */
   errno: number;
   syscall: string;
+  /** The cgroup directory, for the cgroup* functions. */
+  path?: string;
 }
 
 export function isNativeError(e: unknown, code?: string): e is NativeError {
@@ -95,6 +108,9 @@ interface NativeAddon {
   socketInfo(fd: number): SocketInfo;
   getBoundDevice(fd: number): string;
   bindToDevice(fd: number, ifname: string): void;
+  cgroupAttachSockMark(cgroupPath: string, mark: number): void;
+  cgroupDetachSockPrograms(cgroupPath: string): number;
+  cgroupQuerySockPrograms(cgroupPath: string): CgroupSockPrograms;
 }
 
 const ADDON_FUNCTIONS: readonly (keyof NativeAddon)[] = [
@@ -118,6 +134,9 @@ const ADDON_FUNCTIONS: readonly (keyof NativeAddon)[] = [
   'socketInfo',
   'getBoundDevice',
   'bindToDevice',
+  'cgroupAttachSockMark',
+  'cgroupDetachSockPrograms',
+  'cgroupQuerySockPrograms',
 ];
 
 /** Relative to this file once compiled (dist/src/native/index.js): the package root is 3 up. */
@@ -291,6 +310,42 @@ export function getBoundDevice(fd: number): string {
  */
 export function bindToDevice(fd: number, ifname: string): void {
   addon().bindToDevice(fd, ifname);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cgroup socket marking (the kernel backstop, src/backstop/)
+
+/**
+ * Makes every AF_INET/AF_INET6 socket created from now on by a process of the cgroup v2 directory
+ * `cgroupPath` (absolute path, e.g. /sys/fs/cgroup/waymark/exec-42) or of its descendants carry
+ * `mark` (SO_MARK) from birth: a 4-instruction BPF_PROG_TYPE_CGROUP_SOCK program at
+ * BPF_CGROUP_INET_SOCK_CREATE, loaded with the raw bpf() syscall. Sockets that already exist keep
+ * their mark.
+ *
+ * Idempotent and replacing: attached with flags 0 (exclusive), so calling it again on the same
+ * cgroup (daemon restart, mark change) swaps the program atomically, never stacks a second one.
+ * Programs attached there by someone else with other flags are detached first. The program
+ * lives as long as the attachment (until {@link cgroupDetachSockPrograms} or the cgroup's removal).
+ *
+ * Needs CAP_BPF + CAP_NET_ADMIN (or CAP_SYS_ADMIN). Errors are {@link NativeError}s with .path;
+ * a directory that is not on a cgroup2 file system is 'ENOTDIR'.
+ */
+export function cgroupAttachSockMark(cgroupPath: string, mark: number): void {
+  addon().cgroupAttachSockMark(cgroupPath, mark);
+}
+
+/**
+ * Detaches every program attached to the cgroup itself at BPF_CGROUP_INET_SOCK_CREATE (ours or
+ * not); returns how many. 0 when there were none. Needs CAP_NET_ADMIN (plus CAP_SYS_ADMIN for
+ * programs someone attached with BPF_F_ALLOW_MULTI).
+ */
+export function cgroupDetachSockPrograms(cgroupPath: string): number {
+  return addon().cgroupDetachSockPrograms(cgroupPath);
+}
+
+/** The programs attached to the cgroup itself at BPF_CGROUP_INET_SOCK_CREATE (BPF_PROG_QUERY). */
+export function cgroupQuerySockPrograms(cgroupPath: string): CgroupSockPrograms {
+  return addon().cgroupQuerySockPrograms(cgroupPath);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,45 @@
+/**
+ * The cgroup side of sessions as the daemon uses it (src/daemon/sessions.ts: CgroupBackend):
+ * SessionCgroups for the directories, the addon for the socket-marking BPF program.
+ */
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { cgroupAttachSockMark, cgroupDetachSockPrograms } from '../native/index.js';
+import type { CgroupBackend } from '../daemon/sessions.js';
+import { findCgroup2Mount, SessionCgroups, WAYMARK_CGROUP_DIR } from './cgroup.js';
+
+export async function createCgroupBackend(): Promise<CgroupBackend & { readonly mount: string }> {
+  const mount = await findCgroup2Mount();
+  const cgroups = new SessionCgroups(mount);
+  const nameOf = (rel: string): string => {
+    const prefix = `${WAYMARK_CGROUP_DIR}/`;
+    if (!rel.startsWith(prefix)) throw new Error(`not a session cgroup: ${rel}`);
+    return rel.slice(prefix.length);
+  };
+  return {
+    mount,
+    create: async (id) => (await cgroups.create(id)).relPath,
+    // Sessions move a process in; ending one moves the caller back where it came from.
+    movePid: (rel, pid) => (rel.startsWith(`${WAYMARK_CGROUP_DIR}/`) ? cgroups.movePid(nameOf(rel), pid)
+      : writeFile(join(mount, rel, 'cgroup.procs'), `${pid}\n`)),
+    isEmpty: async (rel) => {
+      try {
+        return !(await cgroups.populated(nameOf(rel)));
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') return true;
+        throw e;
+      }
+    },
+    exists: async (rel) => (await cgroups.list()).some((s) => s.relPath === rel),
+    remove: async (rel) => { await cgroups.removeIfEmpty(nameOf(rel)); },
+    watch: (rel, onChange) => {
+      const stop = cgroups.watchEmpty(nameOf(rel), onChange);
+      return { close: stop };
+    },
+    setMark: async (rel, mark) => {
+      const path = join(mount, rel);
+      if (mark === null) cgroupDetachSockPrograms(path);
+      else cgroupAttachSockMark(path, mark);
+    },
+  };
+}

@@ -1,0 +1,111 @@
+/**
+ * The nftables half of the kernel backstop (pure): for each session cgroup, the uplink devices
+ * its sockets may never leave by. The BPF mark (src/native: cgroupAttachSockMark) routes a
+ * session's sockets by its uplink's table; this chain catches what the mark cannot: a program
+ * that binds its socket to a denied device itself (SO_BINDTODEVICE, IP_UNICAST_IF), whose `oif`
+ * rule outranks the mark. It matches on the socket's cgroup, so it holds for static binaries and
+ * raw syscalls too.
+ *
+ * Rendered as nft text, to be placed inside the daemon's `table inet waymark { ... }`
+ * (src/nftables/ruleset.ts). For one session, the equivalent commands are
+ *
+ *   nft add chain inet waymark backstop '{ type filter hook output priority 0; policy accept; }'
+ *   nft add rule inet waymark backstop socket cgroupv2 level 2 '"unified/waymark/exec-42"' \
+ *       oifname '{ "wlan0", "wwan1" }' meta l4proto tcp reject with tcp reset
+ *   nft add rule inet waymark backstop socket cgroupv2 level 2 '"unified/waymark/exec-42"' \
+ *       oifname '{ "wlan0", "wwan1" }' drop
+ *
+ * TCP gets a reset (connect() fails at once with ECONNREFUSED instead of retrying SYNs into a
+ * drop until it times out); everything else is dropped, which a UDP sendmsg() reports at once as
+ * EPERM.
+ *
+ * nft (1.0.6) facts this relies on, checked by loading it:
+ *   - The path string is resolved against /sys/fs/cgroup, hard-wired in nft, whatever the
+ *     cgroup2 mount: on a hybrid system (cgroup2 at /sys/fs/cgroup/unified) it must read
+ *     "unified/waymark/exec-42"; an absolute path does not work. `level` is the depth in the
+ *     kernel's hierarchy (2 for waymark/exec-42), not the number of components of that string.
+ *   - The path becomes a cgroup id at load time: a missing cgroup fails the whole transaction
+ *     ("cgroupv2 path fails: No such file or directory"), so render only cgroups that exist, and
+ *     reload after a session cgroup was re-created.
+ *   - nft resolves the path in its own mount namespace: run it where /sys/fs/cgroup is mounted
+ *     (`nsenter --net=` enters a network namespace and keeps it; `ip netns exec` does not).
+ *   - nft's JSON input cannot express this match (and its JSON output omits the level).
+ */
+import { posix } from 'node:path';
+
+export interface BackstopSession {
+  /** Path relative to the cgroup2 mount, e.g. "waymark/exec-42" (SessionCgroup.relPath). */
+  readonly cgroup: string;
+  /** Interface names the session's sockets must never leave by. None: no rule. */
+  readonly deniedIfnames: readonly string[];
+}
+
+export interface BackstopOptions {
+  /** The cgroup2 mount point (findCgroup2Mount()); default /sys/fs/cgroup (pure cgroup v2). */
+  readonly cgroupMount?: string;
+  /** Chain name; default "backstop". */
+  readonly chain?: string;
+}
+
+/** Where nft looks up `socket cgroupv2` paths (nftables: SYSFS_CGROUPSV2_PATH). */
+export const NFT_CGROUP_ROOT = '/sys/fs/cgroup';
+export const BACKSTOP_CHAIN = 'backstop';
+
+/** A cgroup path component: what Waymark creates (SessionCgroups), nothing nft would misread. */
+const COMPONENT_RE = /^[A-Za-z0-9_@+:-][A-Za-z0-9_.@+:-]*$/;
+/** An interface name: 1..15 bytes, none of '/', ':', '"', '\', '*', whitespace (no wildcards). */
+const IFNAME_RE = /^[^/:"\\*\s]{1,15}$/;
+const CHAIN_RE = /^[A-Za-z][A-Za-z0-9_]{0,63}$/;
+
+function checkCgroup(cgroup: string): string[] {
+  const parts = cgroup.split('/');
+  if (!parts.every((p) => COMPONENT_RE.test(p))) {
+    throw new Error(`backstop: invalid cgroup path ${JSON.stringify(cgroup)} (relative to the cgroup2 mount, e.g. "waymark/exec-42")`);
+  }
+  return parts;
+}
+
+/**
+ * The string nft wants for a cgroup path relative to the cgroup2 mount: the path from
+ * /sys/fs/cgroup to the cgroup ("waymark/exec-42" on pure v2, "unified/waymark/exec-42" in
+ * hybrid mode).
+ */
+export function nftCgroupPath(cgroup: string, cgroupMount: string = NFT_CGROUP_ROOT): string {
+  checkCgroup(cgroup);
+  if (!cgroupMount.startsWith('/')) throw new Error(`backstop: cgroup2 mount must be absolute: ${cgroupMount}`);
+  return posix.relative(NFT_CGROUP_ROOT, posix.join(cgroupMount, cgroup));
+}
+
+/**
+ * The backstop chain for `sessions`, as lines to place inside `table inet waymark { ... }`
+ * (two-space indent, trailing newline), or '' when no session denies anything.
+ * Throws on a malformed cgroup path or interface name (they come from our own state).
+ */
+export function renderBackstop(sessions: readonly BackstopSession[], options: BackstopOptions = {}): string {
+  const chain = options.chain ?? BACKSTOP_CHAIN;
+  if (!CHAIN_RE.test(chain)) throw new Error(`backstop: invalid chain name ${JSON.stringify(chain)}`);
+  const q = (s: string): string => `"${s}"`; // validated: no quote or backslash inside
+  const rules: string[] = [];
+  for (const s of sessions) {
+    const level = checkCgroup(s.cgroup).length;
+    for (const name of s.deniedIfnames) {
+      if (!IFNAME_RE.test(name)) throw new Error(`backstop: invalid interface name ${JSON.stringify(name)}`);
+    }
+    const denied = [...new Set(s.deniedIfnames)].sort();
+    if (denied.length === 0) continue;
+    const match =
+      `socket cgroupv2 level ${level} ${q(nftCgroupPath(s.cgroup, options.cgroupMount))} ` +
+      `oifname { ${denied.map(q).join(', ')} }`;
+    const comment = `comment ${q(`waymark ${s.cgroup}`)}`;
+    rules.push(`    ${match} meta l4proto tcp reject with tcp reset ${comment}`);
+    rules.push(`    ${match} drop ${comment}`);
+  }
+  if (rules.length === 0) return '';
+  return [
+    `  chain ${chain} {`,
+    '    type filter hook output priority 0; policy accept;',
+    ...rules,
+    '  }',
+    '',
+  ].join('\n');
+}
