@@ -762,6 +762,73 @@ static napi_value js_bind_to_device(napi_env env, napi_callback_info info)
     return make_undefined(env);
 }
 
+/* tcpConnect(family: 4|6, addr: Buffer(4|16), port, ifname: string|undefined) -> fd
+ * A non-blocking TCP socket, bound to `ifname` first when given (the uplink the daemon decided),
+ * with its connect() started: the caller waits for writability and reads SO_ERROR (socketError).
+ * What the client API needs and Node's net module cannot do (bind to a device before connect). */
+static napi_value js_tcp_connect(napi_env env, napi_callback_info info)
+{
+    napi_value argv[4];
+    int64_t family, port;
+    void *addr;
+    size_t alen;
+    if (!get_args(env, info, 3, 4, argv, NULL)) return NULL;
+    if (!get_int(env, argv[0], "family", 4, 6, &family)) return NULL;
+    if (family != 4 && family != 6) return throw_range(env, "family must be 4 or 6");
+    if (!get_bytes(env, argv[1], &addr, &alen)) return NULL;
+    if (alen != (family == 4 ? 4u : 16u)) return throw_range(env, "address length does not match the family");
+    if (!get_int(env, argv[2], "port", 1, 65535, &port)) return NULL;
+    char name[IFNAMSIZ] = "";
+    size_t nlen = 0;
+    if (!is_undefined(env, argv[3]) && !get_string(env, argv[3], "ifname", name, sizeof name, &nlen)) return NULL;
+
+    struct sockaddr_storage ss;
+    socklen_t sslen;
+    memset(&ss, 0, sizeof ss);
+    if (family == 4) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+        in->sin_family = AF_INET;
+        in->sin_port = htons((uint16_t)port);
+        memcpy(&in->sin_addr, addr, 4);
+        sslen = sizeof *in;
+    } else {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((uint16_t)port);
+        memcpy(&in6->sin6_addr, addr, 16);
+        sslen = sizeof *in6;
+    }
+    int fd = socket(family == 4 ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return throw_errno(env, errno, "socket");
+    if (nlen > 0 && setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, name, (socklen_t)nlen) < 0) {
+        int err = errno;
+        close(fd);
+        return throw_errno(env, err, "setsockopt(SO_BINDTODEVICE)");
+    }
+    int r;
+    do {
+        r = connect(fd, (struct sockaddr *)&ss, sslen);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0 && errno != EINPROGRESS) {
+        int err = errno;
+        close(fd);
+        return throw_errno(env, err, "connect");
+    }
+    return make_int(env, fd);
+}
+
+/* socketError(fd) -> errno of a finished non-blocking connect (0: connected). */
+static napi_value js_socket_error(napi_env env, napi_callback_info info)
+{
+    napi_value argv[1];
+    int fd, err = 0;
+    socklen_t len = sizeof err;
+    if (!get_args(env, info, 1, 1, argv, NULL)) return NULL;
+    if (!get_fd(env, argv[0], &fd)) return NULL;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) return throw_errno(env, errno, "getsockopt(SO_ERROR)");
+    return make_int(env, err);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* The kernel backstop: cgroup v2 socket marking
  *
@@ -1235,9 +1302,9 @@ static napi_value js_watcher_unref(napi_env env, napi_callback_info info)
 
 static napi_value js_watch(napi_env env, napi_callback_info info)
 {
-    napi_value argv[3];
+    napi_value argv[4];
     int fd;
-    if (!get_args(env, info, 2, 3, argv, NULL)) return NULL;
+    if (!get_args(env, info, 2, 4, argv, NULL)) return NULL;
     if (!get_fd(env, argv[0], &fd)) return NULL;
     napi_valuetype t;
     if (napi_typeof(env, argv[1], &t) != napi_ok || t != napi_function)
@@ -1247,6 +1314,12 @@ static napi_value js_watch(napi_env env, napi_callback_info info)
         if (napi_typeof(env, argv[2], &t) != napi_ok || t != napi_boolean)
             return throw_type(env, "unref must be a boolean");
         napi_get_value_bool(env, argv[2], &unref);
+    }
+    bool writable = false; /* poll for writability instead (a connect in progress) */
+    if (!is_undefined(env, argv[3])) {
+        if (napi_typeof(env, argv[3], &t) != napi_ok || t != napi_boolean)
+            return throw_type(env, "writable must be a boolean");
+        napi_get_value_bool(env, argv[3], &writable);
     }
 
     uv_loop_t *loop;
@@ -1290,7 +1363,7 @@ static napi_value js_watch(napi_env env, napi_callback_info info)
         w->finalized = true;
         CHECK_NAPI(env, napi_generic_failure);
     }
-    r = uv_poll_start(&w->poll, UV_READABLE, watcher_on_poll);
+    r = uv_poll_start(&w->poll, writable ? UV_WRITABLE : UV_READABLE, watcher_on_poll);
     if (r < 0) {
         watcher_close(w, true);
         return throw_errno(env, -r, "uv_poll_start");
@@ -1307,6 +1380,8 @@ static napi_value init(napi_env env, napi_value exports)
 {
     napi_property_descriptor props[] = {
         FN("netlinkOpen", js_netlink_open),
+        FN("tcpConnect", js_tcp_connect),
+        FN("socketError", js_socket_error),
         FN("netlinkAddMembership", js_netlink_add_membership),
         FN("netlinkDropMembership", js_netlink_drop_membership),
         FN("netlinkPortId", js_netlink_port_id),

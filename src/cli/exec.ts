@@ -1,36 +1,48 @@
 /**
- * `waymark exec --uplink NAME -- CMD…`: runs CMD with every TCP/UDP socket steered to one uplink.
- * The daemon confirms the uplink exists and is up; libwaymark.so (LD_PRELOAD) binds each socket
- * to the uplink's device before it connects or sends (SO_BINDTODEVICE, allowed unprivileged),
- * and the daemon's `oif` rule routes it by that uplink's table. Destinations the uplink cannot
- * reach fail at once with ENETUNREACH: the library asks the kernel for the route the uplink's
- * fwmark would get (WAYMARK_MARK), because a device-bound socket itself would just time out.
+ * `waymark exec [--uplink NAME] [--need N]... [--deny NAME]... -- CMD…`
+ * Asks waymarkd for a session (a cgroup of its own, which this process joins and the command
+ * inherits; the daemon marks its sockets and fences off denied uplinks in the kernel), then runs
+ * CMD with libwaymark.so preloaded, so each connect() gets the daemon's per-destination decision.
+ * What is asked for here is a wish: the daemon checks it against the config.
  */
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import type { NeedName } from '../config/schema.js';
 import type { Client } from '../daemon/client.js';
 import { PACKAGE_ROOT } from '../version.js';
 
 export const PRELOAD_LIBRARY = join(PACKAGE_ROOT, 'native/preload/libwaymark.so');
 
-export async function execVia(client: Client, uplink: string, argv: readonly string[]): Promise<number> {
+export interface ExecWish {
+  readonly uplink?: string;
+  readonly needs: readonly NeedName[];
+  readonly deny: readonly string[];
+}
+
+export async function execWith(client: Client, wish: ExecWish, argv: readonly string[]): Promise<number> {
   const [cmd, ...args] = argv;
   if (!cmd) throw new Error('nothing to run: give a command after --');
   if (!existsSync(PRELOAD_LIBRARY)) throw new Error(`${PRELOAD_LIBRARY} is missing: run "npm run setup" (builds the C library)`);
-  const u = await client.call('uplink.resolve', { uplink });
-  client.close();
-  const preload = [PRELOAD_LIBRARY, process.env['LD_PRELOAD']].filter(Boolean).join(':');
-  const child = spawn(cmd, args, {
-    stdio: 'inherit',
-    env: { ...process.env, LD_PRELOAD: preload, WAYMARK_UPLINK: u.name, WAYMARK_DEVICE: u.ifname, WAYMARK_MARK: u.mark, WAYMARK_SOCKET: client.path },
+  const session = await client.call('exec.begin', {
+    ...(wish.uplink ? { uplink: wish.uplink } : {}), needs: wish.needs, deny: wish.deny, command: argv.join(' '),
   });
+  const preload = [PRELOAD_LIBRARY, process.env['LD_PRELOAD']].filter(Boolean).join(':');
+  const env: NodeJS.ProcessEnv = { ...process.env, LD_PRELOAD: preload, WAYMARK_SOCKET: client.path, WAYMARK_SESSION: session.id };
+  if (wish.uplink) env['WAYMARK_UPLINK'] = wish.uplink;
+  if (wish.needs.length) env['WAYMARK_NEEDS'] = wish.needs.join(',');
+  const child = spawn(cmd, args, { stdio: 'inherit', env });
   const forward = (sig: NodeJS.Signals): void => { child.kill(sig); };
   for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(s, forward);
-  return new Promise((resolve, reject) => {
+  const code = await new Promise<number>((resolve, reject) => {
     child.once('error', (e: NodeJS.ErrnoException) => reject(new Error(e.code === 'ENOENT' ? `${cmd}: command not found` : e.message)));
-    child.once('exit', (code, signal) => resolve(code ?? 128 + (signal ? signalNumber(signal) : 0)));
+    child.once('exit', (c, signal) => resolve(c ?? 128 + (signal ? signalNumber(signal) : 0)));
+  }).finally(async () => {
+    // Best effort: the daemon also ends the session when its cgroup empties.
+    await client.call('exec.end', { id: session.id }).catch(() => undefined);
+    client.close();
   });
+  return code;
 }
 
 function signalNumber(sig: NodeJS.Signals): number {

@@ -3,7 +3,8 @@
 import { Command } from 'commander';
 import { Client, DaemonError, defaultSocketPath } from '../daemon/client.js';
 import { VERSION } from '../version.js';
-import { execVia } from './exec.js';
+import { NEED_NAMES, type NeedName } from '../config/schema.js';
+import { execWith } from './exec.js';
 import { formatStatus } from './status.js';
 
 const program = new Command('waymark')
@@ -35,14 +36,21 @@ program
     process.stdout.write(`configuration loaded: generation ${r.generation}, ${r.uplinks} uplinks, ${r.destinations} destinations\n`);
   });
 
+const collect = (v: string, prev: string[]): string[] => [...prev, ...v.split(',').map((x) => x.trim()).filter(Boolean)];
+
 program
   .command('exec')
-  .description('run a command with its TCP and UDP sockets steered to one uplink')
-  .requiredOption('-u, --uplink <name>', 'uplink name (or its interface name)')
+  .description('run a command with its TCP and UDP sockets on the uplink the daemon decides for it')
+  .option('-u, --uplink <name>', 'use this uplink (name or interface name) for everything it reaches')
+  .option('-n, --need <need>', `what the connections need, repeatable: ${NEED_NAMES.join(', ')}`, collect, [])
+  .option('-d, --deny <uplink>', 'never use this uplink, repeatable', collect, [])
   .argument('<command...>', 'the command and its arguments (put them after --)')
-  .usage('--uplink NAME -- COMMAND [ARGS...]')
-  .action(async (argv: string[], o: { uplink: string }) => {
-    process.exitCode = await execVia(client(), o.uplink, argv);
+  .usage('[--uplink NAME] [--need NEED]... [--deny UPLINK]... -- COMMAND [ARGS...]')
+  .action(async (argv: string[], o: { uplink?: string; need: string[]; deny: string[] }) => {
+    const bad = o.need.filter((n) => !(NEED_NAMES as readonly string[]).includes(n));
+    if (bad.length) throw new Error(`unknown need ${bad.join(', ')} (known: ${NEED_NAMES.join(', ')})`);
+    const wish = { ...(o.uplink ? { uplink: o.uplink } : {}), needs: o.need as NeedName[], deny: o.deny };
+    process.exitCode = await execWith(client(), wish, argv);
   });
 
 program

@@ -38,8 +38,13 @@ export function formatStatus(s: StatusResult): string {
       d.name === 'internet' ? '(main table)' : `${d.active.ipv4 ?? '-'} / ${d.active.ipv6 ?? '-'}`,
     ]),
   );
+  const sessions = s.sessions && s.sessions.length > 0
+    ? '\n\n' + renderTable(['SESSION', 'UID', 'UPLINK', 'NEEDS', 'DENY', 'COMMAND'], s.sessions.map((x) => [
+      x.id, String(x.uid), x.uplink ?? '-', x.needs.join(',') || '-', x.deny.join(',') || '-', x.command.slice(0, 40),
+    ]))
+    : '';
   const r = s.lastReconcile;
   const footer = `waymarkd ${s.daemon.version} pid ${s.daemon.pid}, config ${s.daemon.configPath} (generation ${s.daemon.generation})`
     + (r ? `; last reconcile ${r.at} in ${r.durationMs} ms${r.errors.length ? `, ${r.errors.length} errors:\n  ${r.errors.join('\n  ')}` : ''}` : '');
-  return `${uplinks}\n\n${destinations}\n\n${footer}\n`;
+  return `${uplinks}\n\n${destinations}${sessions}\n\n${footer}\n`;
 }

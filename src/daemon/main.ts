@@ -1,7 +1,16 @@
 #!/usr/bin/env node
 /** waymarkd: the Waymark daemon. */
 import { Command, Option } from 'commander';
+import { mkdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { createCgroupBackend } from '../backstop/backend.js';
+import { renderBackstop } from '../backstop/nft.js';
 import { ConfigError, DEFAULT_CONFIG_PATH, loadConfigFile } from '../config/load.js';
+import { GenerationFile } from '../decision/generation.js';
+import { DecisionServer } from '../decision/server.js';
+import { DECIDE_SOCKET } from '../decision/wire.js';
+import { DecisionService } from './decisions.js';
+import { SessionService } from './sessions.js';
 import { VERSION } from '../version.js';
 import { Engine } from './engine.js';
 import { createLogger, type Level } from './log.js';
@@ -43,7 +52,28 @@ async function main(): Promise<void> {
     process.stdout.write(`${opts.config}: ok (${config.uplinks.length} uplinks, ${config.destinations.length} destinations)\n`);
     return;
   }
-  const engine = new Engine({ config, configPath: opts.config, store: new StateStore(opts.stateDir), log, version: VERSION });
+  const store = new StateStore(opts.stateDir);
+  const saved = await store.load((why) => log.warn('state file unreadable, starting fresh', { why }));
+  const runDir = dirname(opts.socket);
+  mkdirSync(runDir, { recursive: true, mode: 0o755 });
+  const generation = new GenerationFile(runDir);
+  generation.open();
+  const cgroups = await createCgroupBackend();
+  // The engine, the sessions and the decisions refer to each other through these callbacks.
+  let sessions: SessionService | undefined;
+  let decisions: DecisionService | undefined;
+  const engine = new Engine({
+    config, configPath: opts.config, store, log, version: VERSION, savedSlots: saved.slots,
+    onChange: () => {
+      decisions?.invalidate();
+      void sessions?.refresh().then(() => engine.refreshNft()).catch((e: Error) => log.error('session backstop update failed', { error: e.message }));
+    },
+    nftExtra: () => renderBackstop(sessions?.backstops() ?? [], { cgroupMount: cgroups.mount }),
+  });
+  sessions = new SessionService(engine, cgroups,
+    { save: (all) => store.update({ sessions: all.map((x) => ({ ...x, needs: [...x.needs], deny: [...x.deny] })) }) }, log);
+  decisions = new DecisionService(engine, sessions.registry, generation, log);
+  const decideServer = new DecisionServer(join(runDir, DECIDE_SOCKET), decisions, log);
 
   const reload = async (): Promise<ReloadResult> => {
     try {
@@ -61,7 +91,13 @@ async function main(): Promise<void> {
 
   const server = new ControlServer(opts.socket, {
     hello: async (): Promise<HelloResult> => ({ daemon: 'waymarkd', version: VERSION, protocol: PROTOCOL_VERSION, methods: Object.keys(METHODS) }),
-    status: () => engine.status(),
+    status: async () => ({
+      ...(await engine.status()),
+      sessions: (sessions as SessionService).registry.all().map((x) => ({
+        id: x.id, uid: x.uid, uplink: x.uplink ?? null, needs: [...x.needs], deny: [...x.deny], command: x.command, startedAt: x.startedAt,
+      })),
+      decisions: { ...decideServer.stats },
+    }),
     reload,
     'uplink.resolve': async (params): Promise<ResolveResult> => {
       const want = String(params['uplink']);
@@ -72,9 +108,15 @@ async function main(): Promise<void> {
       }
       return { name: s.spec.name, ifname: s.link.name, status: s.status, mark: `0x${s.mark.toString(16)}`, table: s.table };
     },
+    'exec.begin': (params, cred) => (sessions as SessionService).begin(params as Parameters<SessionService['begin']>[0], cred),
+    'exec.end': (params, cred) => (sessions as SessionService).end(String(params['id']), cred),
   }, log);
 
   await engine.start();
+  await sessions.restore(saved.sessions);
+  await sessions.refresh();
+  await engine.refreshNft();
+  decideServer.listen();
   await server.listen();
   log.info('waymarkd started', { version: VERSION, config: opts.config, socket: opts.socket, uplinks: config.uplinks.length });
 
@@ -84,6 +126,8 @@ async function main(): Promise<void> {
     stopping = true;
     log.info('stopping', { signal, keepState: opts.keepState });
     void (async () => {
+      decideServer.close();
+      sessions?.close();
       await server.close();
       await engine.stop(opts.keepState);
       process.exit(0);

@@ -73,6 +73,10 @@ export interface StatusResult {
   uplinks: UplinkStatusView[];
   destinations: DestinationStatusView[];
   lastReconcile: { at: string; durationMs: number; changes: number; errors: string[] } | null;
+  /** Running `waymark exec` sessions. */
+  sessions?: { id: string; uid: number; uplink: string | null; needs: string[]; deny: string[]; command: string; startedAt: string }[];
+  /** The decide socket: requests answered, malformed messages dropped, connected clients. */
+  decisions?: { requests: number; malformed: number; clients: number };
 }
 
 /** Each method: its params schema, and whether it changes state. */

@@ -9,7 +9,7 @@
  */
 import type { NeedName } from '../config/schema.js';
 import { destinationOfAddress, type DestinationSpec } from '../destination/destination.js';
-import type { Family } from '../net/prefix.js';
+import { contains, formatAddress, maskBytes, parseAddress, type Family } from '../net/prefix.js';
 import type { AppRule } from '../policy/app.js';
 import type { UplinkState } from '../uplink/state.js';
 import { compareForNeeds, satisfiesFilters } from './needs.js';
@@ -50,6 +50,17 @@ function carries(u: UplinkState, dest: DestinationSpec, family: Family): boolean
   return dest.via.includes(u.spec.name) && u.status === 'active' && (u.families.find((f) => f.family === family)?.routable ?? false);
 }
 
+function onLink(u: UplinkState, family: Family, addr: Uint8Array): boolean {
+  const text = formatAddress(family, addr);
+  if (u.spec.dns.includes(text)) return true;
+  const fs = u.families.find((f) => f.family === family);
+  return fs?.addresses.some((a) => {
+    const [ip = '', len = ''] = a.split('/');
+    const p = parseAddress(ip);
+    return p !== undefined && contains({ family, bytes: maskBytes(p.bytes, Number(len)), len: Number(len) }, family, addr);
+  }) ?? false;
+}
+
 export function decide(input: DecisionInput): Decision {
   const { uplinks, destinations, app, wish, family } = input;
   const destName = input.learnedDestination ?? destinationOfAddress(destinations, family, input.addr);
@@ -69,6 +80,9 @@ export function decide(input: DecisionInput): Decision {
     const u = findUplink(uplinks, wish.uplink);
     if (!u) return deny('ENETUNREACH', `no uplink named ${wish.uplink}`);
     if (!appAllows(u) || wish.deny.includes(u.spec.name)) return deny('EACCES', `uplink ${u.spec.name} is not allowed for ${appName}`);
+    // The uplink's own link and DNS servers are always reachable over it (the MMS APN's DNS is
+    // on the APN, not part of the MMS destination).
+    if (u.status === 'active' && onLink(u, family, input.addr)) return steer(u, 'on the uplink\'s own link');
     if (!carries(u, dest, family)) {
       return deny('ENETUNREACH', u.status === 'active' ? `uplink ${u.spec.name} does not reach ${dest.name} over IPv${family}` : `uplink ${u.spec.name} is ${u.status}`);
     }

@@ -51,6 +51,8 @@ export interface Watcher {
 export interface WatchOptions {
   /** Start unref'ed: the watcher alone does not keep the process running. */
   unref?: boolean;
+  /** Watch for writability instead of readability (a connect() in progress). */
+  writable?: boolean;
 }
 
 export type UnixSocketType = 'seqpacket' | 'stream';
@@ -98,7 +100,9 @@ interface NativeAddon {
   sendWithFds(fd: number, buf: Uint8Array, fds: number[]): number;
   recvWithFds(fd: number, size?: number): ReceivedMessage | null;
   close(fd: number): void;
-  watch(fd: number, onReadable: (err?: Error) => void, unref?: boolean): Watcher;
+  watch(fd: number, onReadable: (err?: Error) => void, unref?: boolean, writable?: boolean): Watcher;
+  tcpConnect(family: 4 | 6, addr: Uint8Array, port: number, ifname?: string): number;
+  socketError(fd: number): number;
   peerCred(fd: number): PeerCred;
   unixListen(path: string, type: UnixSocketType, backlog: number, mode: number): number;
   unixConnect(path: string, type: UnixSocketType): number;
@@ -125,6 +129,8 @@ const ADDON_FUNCTIONS: readonly (keyof NativeAddon)[] = [
   'recvWithFds',
   'close',
   'watch',
+  'tcpConnect',
+  'socketError',
   'peerCred',
   'unixListen',
   'unixConnect',
@@ -252,7 +258,20 @@ export function watch(
   onReadable: (err?: Error) => void,
   options: WatchOptions = {},
 ): Watcher {
-  return addon().watch(fd, onReadable, options.unref === true);
+  return addon().watch(fd, onReadable, options.unref === true, options.writable === true);
+}
+
+/**
+ * Starts a non-blocking TCP connect to addr:port, bound first to `ifname` when given; returns
+ * the fd at once. Wait for writability (watch with writable), then read socketError().
+ */
+export function tcpConnect(family: 4 | 6, addr: Uint8Array, port: number, ifname?: string): number {
+  return addon().tcpConnect(family, addr, port, ifname);
+}
+
+/** SO_ERROR: 0 once a non-blocking connect succeeded, else its errno (positive). */
+export function socketError(fd: number): number {
+  return addon().socketError(fd);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -44,6 +44,13 @@ describe('decide', () => {
     assert.equal(summary(to('198.51.100.10', { ...NO_WISH, uplink: 'nope' })), 'deny ENETUNREACH');
   });
 
+  it('reaches an uplink\'s own link and DNS servers over it', () => {
+    assert.equal(summary(to('10.64.0.1', { ...NO_WISH, uplink: 'mms' })), 'steer mms');
+    assert.equal(summary(to('fd00:64::1', { ...NO_WISH, uplink: 'wwan1' })), 'steer mms');
+    assert.equal(summary(to('10.8.0.1', { ...NO_WISH, uplink: 'office-vpn' })), 'steer office-vpn');
+    assert.equal(summary(to('10.8.0.1', { ...NO_WISH, uplink: 'mms' })), 'deny ENETUNREACH');
+  });
+
   it('never lets a request override the config', () => {
     const d = to('198.51.100.10', { ...NO_WISH, uplink: 'wifi' }, 'chat');
     assert.equal(summary(d), 'deny EACCES');

@@ -1,0 +1,168 @@
+/**
+ * Answers the LD_PRELOAD library and the client API (the decide socket): who is asking (from
+ * SO_PEERCRED and /proc, never from the message), what their session and app rule say, and
+ * what the pure decide() makes of it. Also resolves names of domain destinations through the
+ * DNS servers of the uplink that reaches them.
+ */
+import { INTERNET, destinationOfName } from '../destination/destination.js';
+import { decide, type Decision, type Wish } from '../decision/decide.js';
+import type { GenerationFile } from '../decision/generation.js';
+import { needsFromMask } from '../decision/needs.js';
+import type { Caller, DecisionHandlers } from '../decision/server.js';
+import { WM_ACTION, WM_RESOLVE, type DecideRequest, type DecideResponse, type ResolveRequest, type ResolveResponse } from '../decision/wire.js';
+import { resolveVia } from '../dns/resolver.js';
+import { identify, type AppIdentity } from '../identity/app.js';
+import { formatAddress, parseAddress, type Family } from '../net/prefix.js';
+import { ruleFor } from '../policy/app.js';
+import { mergeWish, wishOf, type SessionRegistry } from '../session/session.js';
+import type { Engine } from './engine.js';
+import type { Logger } from './log.js';
+
+/** How long the library may keep an answer; a generation bump ends it sooner. */
+const TTL_MS = { steer: 60_000, pass: 60_000, deny: 10_000 } as const;
+/** Identity is cached this long per pid: /proc reads would otherwise dominate a decision. */
+const IDENTITY_TTL_MS = 2_000;
+const ERRNO = { EACCES: 13, ENETUNREACH: 101 } as const;
+const DNS_TIMEOUT_MS = 2_000;
+
+interface Learned { destination: string; until: number }
+
+export class DecisionService implements DecisionHandlers {
+  private readonly identities = new Map<number, { id: AppIdentity; at: number }>();
+  /** Addresses learned from names of domain destinations: address text → destination. */
+  private readonly learned = new Map<string, Learned>();
+  private readonly dnsCache = new Map<string, { answer: ResolveResponse; until: number }>();
+  private readonly logged = new Map<string, number>();
+
+  constructor(
+    private readonly engine: Engine,
+    private readonly sessions: SessionRegistry,
+    private readonly generation: GenerationFile,
+    private readonly log: Logger,
+  ) {}
+
+  /** Policy or uplinks changed: every cached answer in every library is void. */
+  invalidate(): void {
+    this.dnsCache.clear();
+    this.generation.bump();
+  }
+
+  private who(caller: Caller): AppIdentity {
+    const now = Date.now();
+    const hit = this.identities.get(caller.pid);
+    if (hit && now - hit.at < IDENTITY_TTL_MS && hit.id.uid === caller.uid) return hit.id;
+    const id = identify(caller);
+    if (this.identities.size > 4096) this.identities.clear();
+    this.identities.set(caller.pid, { id, at: now });
+    return id;
+  }
+
+  private wishFor(id: AppIdentity, own: Wish): Wish {
+    const session = this.sessions.ofCgroup(id.cgroup);
+    return mergeWish(session ? wishOf(session) : undefined, own);
+  }
+
+  decideFor(id: AppIdentity, own: Wish, family: Family, addr: Uint8Array, destination?: string): Decision {
+    const config = this.engine.getConfig();
+    const app = ruleFor(config.apps, id);
+    const learned = destination ?? this.learnedDestination(family, addr);
+    return decide({
+      uplinks: this.engine.uplinkStates(), destinations: config.destinations, wish: this.wishFor(id, own), family, addr,
+      ...(app ? { app } : {}), ...(learned ? { learnedDestination: learned } : {}),
+    });
+  }
+
+  private learnedDestination(family: Family, addr: Uint8Array): string | undefined {
+    const key = formatAddress(family, addr);
+    const l = this.learned.get(key);
+    if (!l) return undefined;
+    if (l.until < Date.now()) {
+      this.learned.delete(key);
+      return undefined;
+    }
+    return l.destination;
+  }
+
+  decide(req: DecideRequest, caller: Caller): DecideResponse {
+    const id = this.who(caller);
+    const own: Wish = {
+      ...(req.uplink ? { uplink: req.uplink } : {}), needs: needsFromMask(req.needs), deny: [],
+      ...(req.destination ? { destination: req.destination } : {}),
+    };
+    const d = this.decideFor(id, own, req.family, req.addr);
+    const base = { seq: req.seq, generation: this.generation.value, ifindex: 0, mark: 0, err: 0, ifname: '', uplink: '' };
+    if (d.action === 'steer') {
+      return { ...base, action: WM_ACTION.STEER, ttlMs: TTL_MS.steer, ifindex: d.uplink.link?.index ?? 0, mark: d.uplink.mark, ifname: d.uplink.link?.name ?? '', uplink: d.uplink.spec.name };
+    }
+    if (d.action === 'deny') {
+      this.logDenial(id, `${formatAddress(req.family, req.addr)}:${req.port}/${req.proto}`, d);
+      return { ...base, action: WM_ACTION.DENY, ttlMs: TTL_MS.deny, err: ERRNO[d.err], uplink: req.uplink };
+    }
+    return { ...base, action: WM_ACTION.PASS, ttlMs: TTL_MS.pass };
+  }
+
+  /** Denials are logged once per app, target and reason every 10 s (the library caches them anyway). */
+  private logDenial(id: AppIdentity, target: string, d: Extract<Decision, { action: 'deny' }>): void {
+    const key = `${id.exe}|${id.uid}|${target}|${d.reason}`;
+    const now = Date.now();
+    if ((this.logged.get(key) ?? 0) > now - 10_000) return;
+    if (this.logged.size > 4096) this.logged.clear();
+    this.logged.set(key, now);
+    this.log.info('connection denied', { pid: id.pid, uid: id.uid, exe: id.exe, to: target, destination: d.destination, errno: d.err, why: d.reason });
+  }
+
+  async resolve(req: ResolveRequest, caller: Caller): Promise<ResolveResponse> {
+    const base = { seq: req.seq, generation: this.generation.value, ttlMs: 0, uplink: '', addrs: [] };
+    const config = this.engine.getConfig();
+    const destName = destinationOfName(config.destinations, req.name);
+    if (!destName || destName === INTERNET) return { ...base, status: WM_RESOLVE.NOT_OURS };
+    const id = this.who(caller);
+    const own: Wish = { ...(req.uplink ? { uplink: req.uplink } : {}), needs: needsFromMask(req.needs), deny: [] };
+    // Which uplink would carry this destination for this app: its DNS answers for it.
+    const families: Family[] = req.family === 6 ? [6] : req.family === 4 ? [4] : [4, 6];
+    let uplink;
+    for (const f of families) {
+      const d = this.decideFor(id, own, f, new Uint8Array(f === 4 ? 4 : 16), destName);
+      if (d.action === 'steer') { uplink = d.uplink; break; }
+      if (d.action === 'pass') {
+        const dest = config.destinations.find((x) => x.name === destName);
+        uplink = this.engine.uplinkStates().filter((u) => dest?.via.includes(u.spec.name) && u.status === 'active')
+          .sort((a, b) => b.spec.preference - a.spec.preference)[0];
+        if (uplink) break;
+      }
+    }
+    if (!uplink) {
+      this.log.info('name not resolved: no uplink may reach its destination', { name: req.name, destination: destName, pid: caller.pid });
+      return { ...base, status: WM_RESOLVE.DNS_FAILED };
+    }
+    if (uplink.spec.dns.length === 0) {
+      this.log.warn('name not resolved: the uplink has no DNS servers configured', { name: req.name, uplink: uplink.spec.name });
+      return { ...base, status: WM_RESOLVE.DNS_FAILED, uplink: uplink.spec.name };
+    }
+    const cacheKey = `${req.name.toLowerCase()}|${req.family}|${uplink.spec.name}`;
+    const cached = this.dnsCache.get(cacheKey);
+    if (cached && cached.until > Date.now()) return { ...cached.answer, seq: req.seq, generation: this.generation.value };
+    const answer = await resolveVia({
+      name: req.name, family: req.family, servers: uplink.spec.dns, mark: uplink.mark, timeoutMs: DNS_TIMEOUT_MS,
+    });
+    if (answer.status !== 'ok' || answer.addrs.length === 0) {
+      return { ...base, status: answer.status === 'nxdomain' ? WM_RESOLVE.NO_NAME : WM_RESOLVE.DNS_FAILED, uplink: uplink.spec.name };
+    }
+    const ttlMs = Math.max(1, Math.min(answer.ttlSec, 3600)) * 1000;
+    const addrs = answer.addrs.flatMap((a) => {
+      const p = parseAddress(a.address);
+      return p ? [{ family: p.family, addr: p.bytes }] : [];
+    });
+    let learnedNew = false;
+    for (const a of answer.addrs) {
+      if (!this.learned.has(a.address)) learnedNew = true;
+      this.learned.set(a.address, { destination: destName, until: Date.now() + ttlMs });
+    }
+    const res: ResolveResponse = { ...base, status: WM_RESOLVE.RESOLVED, ttlMs, uplink: uplink.spec.name, addrs };
+    this.dnsCache.set(cacheKey, { answer: res, until: Date.now() + ttlMs });
+    // A library may hold a decision for one of these addresses made before we knew its destination.
+    if (learnedNew) this.generation.bump();
+    this.log.debug('resolved', { name: req.name, uplink: uplink.spec.name, addrs: answer.addrs.map((a) => a.address) });
+    return res;
+  }
+}

@@ -1,0 +1,389 @@
+/**
+ * A DNS stub client that asks one uplink's DNS servers, over that uplink.
+ *
+ * Two uplinks may hold the same local address and even have a DNS server at the same IP (two
+ * APNs of one modem; 10.64.0.1 in the lab), so neither the source nor the destination address
+ * selects the path: the query socket carries the uplink's fwmark (SO_MARK, set by the daemon,
+ * which runs with CAP_NET_ADMIN) and/or is bound to the uplink's device (SO_BINDTODEVICE). Both
+ * are set after bind() and before the first send, so no packet ever leaves unsteered; the
+ * daemon's policy rules (fwmark / oif) then route it by the uplink's table.
+ *
+ * Behaviour:
+ *   - A and/or AAAA over UDP (both in parallel for family 0, on one socket per address family of
+ *     the servers), random query ids, replies checked for source, id, QR and the question;
+ *     anything else is a stray packet and ignored.
+ *   - Servers are tried in order; the next one is asked on timeout (each server gets an equal
+ *     share of `timeoutMs`), or at once on SERVFAIL/REFUSED/NOTIMP/FORMERR or a send error
+ *     (e.g. ENETUNREACH when the uplink is down). A late reply from an earlier server is still
+ *     accepted. The whole call is bounded by `timeoutMs` (default 2000).
+ *   - A truncated reply (TC) fails that query: there is no TCP fallback.
+ *   - CNAME chains in the answer section are followed (in any order, at most 16 links); the
+ *     addresses of the final name are returned, with the minimum TTL of the chain and the records.
+ *
+ * Results: 'ok' with addresses, or 'ok' with none (the name exists without addresses of that
+ * family: NODATA); 'nxdomain'; 'failed' (timeouts, server errors, truncation). A negative answer
+ * carries the RFC 2308 TTL from the authority SOA, 0 when there is none. For family 0 the two
+ * answers are merged: any addresses win; otherwise NXDOMAIN from either; otherwise a failure of
+ * either makes the whole 'failed'; otherwise 'ok' (NODATA for both).
+ *
+ * Local problems are errors, not answers: the promise rejects (a RangeError for a bad name,
+ * server or option; the socket's NativeError, e.g. EPERM from SO_MARK without CAP_NET_ADMIN or
+ * ENODEV from SO_BINDTODEVICE) and no query is sent.
+ */
+import { createSocket, type Socket } from 'node:dgram';
+import { randomInt } from 'node:crypto';
+import { isIP } from 'node:net';
+import { bindToDevice, setMark } from '../native/index.js';
+import { parseAddress } from '../net/prefix.js';
+import { CLASS, RCODE, TYPE, decodeMessage, encodeQuery, isQueryableName, sameName, type Message } from './wire.js';
+
+export interface DnsAddress {
+  family: 4 | 6;
+  address: string;
+}
+
+export interface DnsAnswer {
+  status: 'ok' | 'nxdomain' | 'failed';
+  addrs: DnsAddress[];
+  ttlSec: number;
+  /** The server whose reply decided the answer (absent when none did). */
+  server?: string;
+}
+
+export interface ResolveOptions {
+  /** The host name to look up (a trailing dot is allowed). */
+  name: string;
+  /** 4: A only, 6: AAAA only, 0: both in parallel. */
+  family: 0 | 4 | 6;
+  /** Server addresses (IPv4 or IPv6 literals, IPv6 may carry a %zone), asked in this order. */
+  servers: readonly string[];
+  /** SO_MARK for the query sockets (the uplink's fwmark; needs CAP_NET_ADMIN). */
+  mark?: number;
+  /** SO_BINDTODEVICE for the query sockets (the uplink's interface). */
+  ifname?: string;
+  /** Overall bound in milliseconds (default 2000). */
+  timeoutMs?: number;
+  /** Server port (default 53; tests use a random port). */
+  port?: number;
+}
+
+export const DEFAULT_TIMEOUT_MS = 2000;
+const MAX_CNAME_CHAIN = 16;
+
+/**
+ * The fd under a bound node:dgram socket (Node internals: `_handle.fd`). The fd stays owned by
+ * the socket: never close it directly.
+ */
+export function dgramFd(socket: Socket): number {
+  const handle: unknown = Reflect.get(socket, '_handle');
+  const fd: unknown = typeof handle === 'object' && handle !== null ? Reflect.get(handle, 'fd') : undefined;
+  if (typeof fd !== 'number' || !Number.isInteger(fd) || fd < 0) {
+    throw new TypeError('dgram socket has no file descriptor (not bound yet, or closed)');
+  }
+  return fd;
+}
+
+/**
+ * A UDP socket bound to an ephemeral port on the wildcard address of `family`, then bound to
+ * `ifname` and marked with `mark` (each when given) before it is handed out: nothing can have
+ * been sent through it unsteered. Rejects (and closes the socket) when a step fails.
+ * `created` sees the socket as soon as it exists (to close it if the caller gives up).
+ */
+export function openSteeredSocket(
+  family: 4 | 6,
+  steer: { mark?: number | undefined; ifname?: string | undefined },
+  created?: (s: Socket) => void,
+): Promise<Socket> {
+  return new Promise<Socket>((resolve, reject) => {
+    const s = createSocket({ type: family === 4 ? 'udp4' : 'udp6', ipv6Only: family === 6 });
+    created?.(s);
+    const fail = (e: unknown): void => {
+      try {
+        s.close();
+      } catch {
+        /* already closed */
+      }
+      reject(e instanceof Error ? e : new Error(String(e)));
+    };
+    s.once('error', fail);
+    s.bind({ port: 0, address: family === 4 ? '0.0.0.0' : '::' }, () => {
+      s.off('error', fail);
+      try {
+        const fd = dgramFd(s);
+        if (steer.ifname !== undefined) bindToDevice(fd, steer.ifname);
+        if (steer.mark !== undefined) setMark(fd, steer.mark);
+      } catch (e) {
+        fail(e);
+        return;
+      }
+      resolve(s);
+    });
+  });
+}
+
+/** Bytes of an address for comparison, zone ignored; undefined when not an address. */
+function addressKey(address: string): string | undefined {
+  const pct = address.indexOf('%');
+  const a = parseAddress(pct >= 0 ? address.slice(0, pct) : address);
+  return a === undefined ? undefined : `${a.family}:${Buffer.from(a.bytes).toString('hex')}`;
+}
+
+interface Server {
+  address: string;
+  family: 4 | 6;
+  key: string;
+}
+
+interface Outcome {
+  status: DnsAnswer['status'];
+  addrs: DnsAddress[];
+  ttlSec: number;
+  server?: string;
+}
+
+const FAILED: Outcome = { status: 'failed', addrs: [], ttlSec: 0 };
+
+/** The negative-caching TTL of a reply (RFC 2308 5): min(SOA TTL, SOA MINIMUM), 0 without SOA. */
+function negativeTtl(msg: Message): number {
+  let ttl: number | undefined;
+  for (const rr of msg.authority) {
+    if (rr.type === TYPE.SOA && rr.soaMinimum !== undefined) {
+      const t = Math.min(rr.ttl, rr.soaMinimum);
+      ttl = ttl === undefined ? t : Math.min(ttl, t);
+    }
+  }
+  return ttl ?? 0;
+}
+
+/** The outcome of a NOERROR reply: follow CNAMEs from `qname`, collect `qtype` of the final name. */
+function answerOf(msg: Message, qname: string, qtype: number, server: string): Outcome {
+  let current = qname;
+  let ttl = Infinity;
+  for (let hops = 0; ; hops++) {
+    const cname = msg.answers.find((rr) => rr.type === TYPE.CNAME && rr.klass === CLASS.IN && rr.data !== undefined && sameName(rr.name, current));
+    if (cname === undefined) break;
+    if (hops >= MAX_CNAME_CHAIN) return { ...FAILED, server };
+    current = cname.data!;
+    ttl = Math.min(ttl, cname.ttl);
+  }
+  const addrs: DnsAddress[] = [];
+  for (const rr of msg.answers) {
+    if (rr.type !== qtype || rr.klass !== CLASS.IN || rr.data === undefined || !sameName(rr.name, current)) continue;
+    addrs.push({ family: qtype === TYPE.A ? 4 : 6, address: rr.data });
+    ttl = Math.min(ttl, rr.ttl);
+  }
+  if (addrs.length === 0) return { status: 'ok', addrs, ttlSec: negativeTtl(msg), server };
+  return { status: 'ok', addrs, ttlSec: ttl, server };
+}
+
+function merge(a: Outcome, b: Outcome): Outcome {
+  if (a.addrs.length > 0 || b.addrs.length > 0) {
+    const withAddrs = [a, b].filter((o) => o.addrs.length > 0);
+    return {
+      status: 'ok',
+      addrs: withAddrs.flatMap((o) => o.addrs),
+      ttlSec: Math.min(...withAddrs.map((o) => o.ttlSec)),
+      server: withAddrs[0]!.server,
+    };
+  }
+  const nx = [a, b].find((o) => o.status === 'nxdomain');
+  if (nx !== undefined) return nx;
+  const failed = [a, b].find((o) => o.status === 'failed');
+  if (failed !== undefined) return failed;
+  return { status: 'ok', addrs: [], ttlSec: Math.min(a.ttlSec, b.ttlSec), server: a.server ?? b.server };
+}
+
+/** One bound, steered UDP socket per address family, shared by the queries of one call. */
+class Transport {
+  private readonly sockets = new Map<4 | 6, Socket>();
+  private readonly opened: Socket[] = [];
+
+  constructor(
+    private readonly mark: number | undefined,
+    private readonly ifname: string | undefined,
+    private readonly onMessage: (msg: Buffer, from: string, port: number) => void,
+  ) {}
+
+  /** Opens, binds and steers one socket per family; rejects on the first failure. */
+  async open(families: Iterable<4 | 6>): Promise<void> {
+    await Promise.all([...families].map(async (f) => this.sockets.set(f, await this.openOne(f))));
+  }
+
+  get(family: 4 | 6): Socket | undefined {
+    return this.sockets.get(family);
+  }
+
+  private async openOne(family: 4 | 6): Promise<Socket> {
+    const s = await openSteeredSocket(family, { mark: this.mark, ifname: this.ifname }, (sock) => this.opened.push(sock));
+    s.on('error', () => {
+      /* asynchronous socket errors: the query times out or moves on */
+    });
+    s.on('message', (msg, rinfo) => this.onMessage(msg, rinfo.address, rinfo.port));
+    return s;
+  }
+
+  close(): void {
+    for (const s of this.opened) {
+      try {
+        s.close();
+      } catch {
+        /* already closed */
+      }
+    }
+    this.opened.length = 0;
+    this.sockets.clear();
+  }
+}
+
+interface Attempt {
+  id: number;
+  server: Server;
+}
+
+/** One question (name, A or AAAA) asked of the servers in turn. */
+class Query {
+  readonly attempts: Attempt[] = [];
+  private next = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private done = false;
+  private readonly result: Promise<Outcome>;
+  private settle!: (o: Outcome) => void;
+
+  constructor(
+    readonly name: string,
+    readonly qtype: number,
+    private readonly servers: readonly Server[],
+    private readonly perServerMs: number,
+    private readonly port: number,
+    private readonly transport: Transport,
+    private readonly ids: Set<number>,
+  ) {
+    this.result = new Promise((resolve) => (this.settle = resolve));
+  }
+
+  start(): Promise<Outcome> {
+    this.advance();
+    return this.result;
+  }
+
+  finish(o: Outcome): void {
+    if (this.done) return;
+    this.done = true;
+    clearTimeout(this.timer);
+    this.settle(o);
+  }
+
+  /** Asks the next server, or fails when none is left. */
+  private advance(): void {
+    clearTimeout(this.timer);
+    if (this.done) return;
+    const server = this.servers[this.next++];
+    if (server === undefined) {
+      this.finish(FAILED);
+      return;
+    }
+    let id: number;
+    do id = randomInt(0, 0x10000);
+    while (this.ids.has(id));
+    this.ids.add(id);
+    const attempt: Attempt = { id, server };
+    this.attempts.push(attempt);
+    this.timer = setTimeout(() => this.advance(), this.perServerMs);
+    const socket = this.transport.get(server.family);
+    if (socket === undefined) {
+      this.advance();
+      return;
+    }
+    socket.send(encodeQuery(id, this.name, this.qtype), this.port, server.address, (err) => {
+      // Unreachable network (uplink down), no route...: the next server at once.
+      if (err && this.current() === attempt) this.advance();
+    });
+  }
+
+  private current(): Attempt | undefined {
+    return this.attempts[this.attempts.length - 1];
+  }
+
+  /** A reply whose id, source and question match one of our attempts. */
+  reply(msg: Message, attempt: Attempt): void {
+    if (this.done) return;
+    if (msg.tc) {
+      this.finish({ ...FAILED, server: attempt.server.address });
+      return;
+    }
+    if (msg.rcode === RCODE.NOERROR) this.finish(answerOf(msg, this.name, this.qtype, attempt.server.address));
+    else if (msg.rcode === RCODE.NXDOMAIN) this.finish({ status: 'nxdomain', addrs: [], ttlSec: negativeTtl(msg), server: attempt.server.address });
+    else if (this.current() === attempt) this.advance(); // SERVFAIL, REFUSED, ...: the next server
+  }
+
+  /** The attempt a reply belongs to, if it is one of ours from the right server. */
+  match(id: number, fromKey: string, port: number): Attempt | undefined {
+    if (port !== this.port) return undefined;
+    return this.attempts.find((a) => a.id === id && a.server.key === fromKey);
+  }
+}
+
+/** Looks `opts.name` up with the given servers, over the uplink selected by `mark`/`ifname`. */
+export async function resolveVia(opts: ResolveOptions): Promise<DnsAnswer> {
+  const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const port = opts.port ?? 53;
+  if (!isQueryableName(opts.name)) throw new RangeError(`not a host name: ${JSON.stringify(opts.name)}`);
+  if (opts.family !== 0 && opts.family !== 4 && opts.family !== 6) throw new RangeError(`bad family ${String(opts.family)}`);
+  if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) throw new RangeError(`bad timeoutMs ${timeoutMs}`);
+  if (!Number.isInteger(port) || port <= 0 || port > 65535) throw new RangeError(`bad port ${port}`);
+  if (opts.mark !== undefined && (!Number.isInteger(opts.mark) || opts.mark < 0 || opts.mark > 0xffffffff)) {
+    throw new RangeError(`bad mark ${opts.mark}`);
+  }
+  const servers: Server[] = opts.servers.map((address) => {
+    const pct = address.indexOf('%');
+    const family = isIP(pct >= 0 ? address.slice(0, pct) : address);
+    const key = addressKey(address);
+    if ((family !== 4 && family !== 6) || key === undefined) throw new RangeError(`not a server address: ${JSON.stringify(address)}`);
+    return { address, family, key };
+  });
+  if (servers.length === 0) return { ...FAILED };
+
+  const name = opts.name.replace(/\.$/, '');
+  const types = opts.family === 4 ? [TYPE.A] : opts.family === 6 ? [TYPE.AAAA] : [TYPE.A, TYPE.AAAA];
+  const queries: Query[] = [];
+  const ids = new Set<number>();
+  const perServerMs = Math.max(1, Math.floor(timeoutMs / servers.length));
+
+  const onMessage = (buf: Buffer, from: string, fromPort: number): void => {
+    if (buf.length < 12) return;
+    const id = buf.readUInt16BE(0);
+    if (!ids.has(id)) return; // stray
+    const fromKey = addressKey(from);
+    if (fromKey === undefined) return;
+    for (const q of queries) {
+      const attempt = q.match(id, fromKey, fromPort);
+      if (attempt === undefined) continue;
+      const msg = decodeMessage(buf);
+      // Not a reply to our question (or unreadable): ignore it, as a spoofing attempt would be.
+      if (msg === null || !msg.qr || msg.opcode !== 0 || msg.questions.length !== 1) return;
+      const question = msg.questions[0]!;
+      if (question.type !== q.qtype || question.klass !== CLASS.IN || !sameName(question.name, q.name)) return;
+      q.reply(msg, attempt);
+      return;
+    }
+  };
+
+  const transport = new Transport(opts.mark, opts.ifname, onMessage);
+  for (const t of types) queries.push(new Query(name, t, servers, perServerMs, port, transport, ids));
+  const overall = setTimeout(() => {
+    for (const q of queries) q.finish(FAILED);
+  }, timeoutMs);
+  try {
+    // Open (and steer) the sockets before any query can be sent; a setup error rejects here.
+    await transport.open(new Set(servers.map((s) => s.family)));
+    const outcomes = await Promise.all(queries.map((q) => q.start()));
+    const merged = outcomes.length === 2 ? merge(outcomes[0]!, outcomes[1]!) : outcomes[0]!;
+    const answer: DnsAnswer = { status: merged.status, addrs: merged.addrs, ttlSec: merged.ttlSec === Infinity ? 0 : merged.ttlSec };
+    if (merged.server !== undefined) answer.server = merged.server;
+    return answer;
+  } finally {
+    clearTimeout(overall);
+    for (const q of queries) q.finish(FAILED);
+    transport.close();
+  }
+}

@@ -1,0 +1,243 @@
+/**
+ * Interception end to end, in a lab the test builds: real unmodified clients under
+ * `waymark exec`, as root and as nobody, IPv4 and IPv6; per-destination decisions by the daemon;
+ * DNS of domain destinations through their uplink; the kernel backstop for a static Go binary;
+ * the daemon dying mid-run; many threads and forked children.
+ *
+ * The discriminating setup: `--need long-lived` makes the session's default (the cgroup mark) the
+ * cellular uplink, which cannot reach the MMSC. A connection to the MMSC only works when the
+ * library asked the daemon and bound the socket to the MMS APN (wwan1).
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { startDevice, type Device } from '../../src/lab/device.js';
+import { Lab, LAB, sweepStale } from '../../src/lab/lab.js';
+import { publicRoot } from '../../src/lab/public.js';
+import type { StatusResult } from '../../src/daemon/protocol.js';
+import { buildGoClient } from '../support/goclient.js';
+import { join } from 'node:path';
+
+let lab: Lab;
+let dev: Device;
+let goclient: string;
+
+before(async () => {
+  await sweepStale();
+  [lab, goclient] = await Promise.all([Lab.create(), buildGoClient()]);
+  dev = await startDevice(lab);
+}, { timeout: 180_000 });
+
+after(async () => {
+  await dev?.dispose();
+  await lab?.destroy();
+});
+
+const url = (addr: string): string => (addr.includes(':') ? `http://[${addr}]/` : `http://${addr}/`);
+
+const PY_BLOCKING = `import socket,sys
+s=socket.create_connection((sys.argv[1],80),3)
+s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+d=b""
+while True:
+  c=s.recv(4096)
+  if not c: break
+  d+=c
+print(d.split(b"\\r\\n\\r\\n",1)[1].decode().strip())`;
+const PY_ASYNCIO = `import asyncio,sys
+async def main():
+  r,w=await asyncio.wait_for(asyncio.open_connection(sys.argv[1],80),3)
+  w.write(b"GET / HTTP/1.0\\r\\n\\r\\n")
+  d=await r.read()
+  print(d.split(b"\\r\\n\\r\\n",1)[1].decode().strip())
+asyncio.run(main())`;
+const PY_UDP = `import socket,sys
+h=sys.argv[1]
+s=socket.socket(socket.AF_INET6 if ":" in h else socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.sendto(b"probe",(h,80))
+print(s.recvfrom(4096)[0].decode().strip())`;
+const NODE_NET = `const net=require("net");const s=net.connect({host:process.argv[1],port:80},()=>s.write("GET / HTTP/1.0\\r\\n\\r\\n"));let d="";s.on("data",c=>d+=c);s.on("end",()=>console.log(d.split("\\r\\n\\r\\n")[1].trim()));s.setTimeout(3000,()=>process.exit(2))`;
+const NODE_FETCH = `fetch(process.argv[1],{signal:AbortSignal.timeout(3000)}).then(r=>r.text()).then(t=>console.log(t.trim()),e=>{console.error(String(e.cause??e));process.exit(1)})`;
+const HTTP_GET = 'GET / HTTP/1.0\r\n\r\n';
+
+interface Client { name: string; argv(host: string): string[]; input?: string; udp?: boolean }
+const CLIENTS: readonly Client[] = [
+  { name: 'curl', argv: (h) => ['curl', '-sS', '-g', '--max-time', '3', url(h)] },
+  { name: 'wget', argv: (h) => ['wget', '-qO-', '-T', '3', url(h)] },
+  { name: 'python3 socket', argv: (h) => ['python3', '-c', PY_BLOCKING, h] },
+  { name: 'python3 asyncio', argv: (h) => ['python3', '-c', PY_ASYNCIO, h] },
+  { name: 'python3 UDP sendto', argv: (h) => ['python3', '-c', PY_UDP, h], udp: true },
+  { name: 'node net', argv: (h) => [process.execPath, '-e', NODE_NET, h] },
+  { name: 'node fetch', argv: (h) => [process.execPath, '-e', NODE_FETCH, url(h)] },
+  { name: 'socat TCP', argv: (h) => ['socat', '-T', '3', '-', h.includes(':') ? `TCP6:[${h}]:80` : `TCP4:${h}:80`], input: HTTP_GET },
+  { name: 'socat UDP', argv: (h) => ['socat', '-T', '3', '-', h.includes(':') ? `UDP6:[${h}]:80` : `UDP4:${h}:80`], input: 'probe\n', udp: true },
+];
+
+function lastJson(out: string): { server: string; path: string; proto: string } | null {
+  const line = out.trim().split('\n').reverse().find((l) => l.startsWith('{'));
+  try {
+    return line ? (JSON.parse(line) as { server: string; path: string; proto: string }) : null;
+  } catch {
+    return null;
+  }
+}
+
+async function underExec(args: string[], argv: string[], opts: { uid?: number; input?: string; env?: NodeJS.ProcessEnv } = {}) {
+  return dev.waymark(['exec', ...args, '--', ...argv], { timeoutMs: 15_000, ...opts });
+}
+
+async function status(): Promise<StatusResult> {
+  return JSON.parse((await dev.waymark(['status', '--json'])).stdout) as StatusResult;
+}
+
+describe('real clients land on the uplink the decision names', () => {
+  for (const user of [{ label: 'root', uid: undefined }, { label: 'nobody', uid: 65534 }]) {
+    for (const c of CLIENTS) {
+      it(`${c.name} as ${user.label}, v4 and v6, Internet by cellular (long-lived), MMSC by the MMS APN`, async () => {
+        // Node loads from a copy other users can read.
+        const argv = (h: string): string[] => {
+          const a = c.argv(h);
+          return a[0] === process.execPath && user.uid ? a : a;
+        };
+        for (const [host, expect] of [[LAB.internet.v4, 'wwan0'], [LAB.internet.v6, 'wwan0'], [LAB.mmsc.v4, 'wwan1'], [LAB.mmsc.v6, 'wwan1']] as const) {
+          const r = await underExec(['--need', 'long-lived'], argv(host), { ...(user.uid ? { uid: user.uid } : {}), ...(c.input ? { input: c.input } : {}) });
+          const reply = lastJson(r.stdout);
+          assert.equal(reply?.path, expect, `${c.name} → ${host}: exit ${r.code}\n${r.stdout}\n${r.stderr}`);
+          assert.equal(reply?.proto, c.udp ? 'udp' : 'tcp');
+        }
+      });
+    }
+  }
+
+  it('dig asks the DNS server of the uplink it is steered to (same address, different APN)', async () => {
+    const viaMms = await underExec(['--uplink', 'mms'], ['dig', `@${LAB.dns.mms.v4}`, LAB.mmsc.host, '+short', '+time=1', '+tries=1']);
+    assert.equal(viaMms.stdout.trim(), LAB.mmsc.v4, viaMms.stderr);
+    const viaCell = await underExec(['--uplink', 'cellular'], ['dig', `@${LAB.dns.cell.v4}`, LAB.mmsc.host, '+time=1', '+tries=1']);
+    assert.match(viaCell.stdout, /status: NXDOMAIN/, 'the cellular DNS at the same address does not know the MMSC');
+    const v6 = await underExec(['--uplink', 'mms'], ['dig', `@${LAB.dns.mms.v6}`, LAB.mmsc.host, 'AAAA', '+short', '+time=1', '+tries=1'], { uid: 65534 });
+    assert.equal(v6.stdout.trim(), LAB.mmsc.v6, v6.stderr);
+  });
+
+  it('a request is checked against the config: a denied or unreachable uplink fails with a clear error', async () => {
+    const r = await underExec(['--uplink', 'mms'], ['curl', '-sS', '--max-time', '3', url(LAB.internet.v4)]);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /refused/);
+    const unknown = await underExec(['--uplink', 'nope'], ['true']);
+    assert.equal(unknown.code, 69);
+  });
+});
+
+describe('names of domain destinations resolve through their uplink', () => {
+  it('corp.example via the VPN\'s DNS and connects via the VPN; the MMSC name via the MMS APN', async () => {
+    for (const [name, path, uid] of [[LAB.office.host, 'tun0', undefined], [LAB.mmsc.host, 'wwan1', undefined], [LAB.office.host, 'tun0', 65534]] as const) {
+      const r = await underExec([], ['curl', '-sS', '--max-time', '3', `http://${name}/`], uid ? { uid } : {});
+      assert.equal(lastJson(r.stdout)?.path, path, `${name}: ${r.stderr}`);
+    }
+    const py = await underExec([], ['python3', '-c', 'import socket;print(sorted({a[4][0] for a in socket.getaddrinfo("intranet.corp.example",80)}))']);
+    assert.equal(py.stdout.trim(), `['${LAB.office.v4}', '${LAB.office.v6}']`, py.stderr);
+    // An Internet name is not a destination's: the system resolver (the lab's Wi-Fi DNS) answers.
+    const www = await underExec([], ['python3', '-c', `import socket;print(socket.getaddrinfo("${LAB.internet.host}",80,socket.AF_INET)[0][4][0])`]);
+    assert.equal(www.stdout.trim(), LAB.internet.v4, www.stderr);
+  });
+});
+
+describe('the kernel backstop holds for a program that never loads the library', () => {
+  it('a static Go binary goes by its assigned uplink, and not by a denied one', async () => {
+    const assigned = await underExec(['--uplink', 'wwan0'], [goclient, url(LAB.internet.v4)], { uid: 65534 });
+    assert.equal(lastJson(assigned.stdout)?.path, 'wwan0', assigned.stderr);
+    // Without Waymark the main table's default route is Wi-Fi; with Wi-Fi denied it must not be used.
+    const plain = await lab.run('dev', [goclient, url(LAB.internet.v4)]);
+    assert.equal(lastJson(plain.stdout)?.path, 'wlan0', plain.stderr);
+    const denied = await underExec(['--deny', 'wifi'], [goclient, url(LAB.internet.v6)]);
+    assert.equal(lastJson(denied.stdout)?.path, 'wwan0', denied.stderr);
+    // Binding itself to the denied device does not get it through either.
+    const sneaky = await underExec(['--deny', 'wifi'], [goclient, '-bind', 'wlan0', '-timeout', '1s', url(LAB.internet.v4)]);
+    assert.notEqual(sneaky.code, 0, sneaky.stdout);
+    assert.equal(lastJson(sneaky.stdout), null);
+  });
+});
+
+describe('robustness', () => {
+  const LOOP = `import socket,sys,time
+host=sys.argv[1]; until=time.time()+float(sys.argv[2]); port=80
+while time.time()<until:
+  t=time.monotonic()
+  try:
+    s=socket.create_connection((host,port),2); s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n"); d=s.recv(4096); s.close()
+    body=d.split(b"\\r\\n\\r\\n",1)[1].decode().strip() if b"\\r\\n\\r\\n" in d else "{}"
+    print("ok", round((time.monotonic()-t)*1000,1), body, flush=True)
+  except OSError as e:
+    print("err", round((time.monotonic()-t)*1000,1), e.errno, flush=True)
+  time.sleep(0.05)`;
+
+  it('the daemon killed mid-run: programs keep going (fail open) without hanging; decisions resume after restart', async () => {
+    const child = dev.lab.spawn('dev', [process.execPath, join(publicRoot(), 'dist/src/cli/main.js'), '--socket', dev.socket, 'exec', '--need', 'long-lived', '--',
+      'python3', '-c', LOOP, LAB.mmsc.v4, '4']);
+    let out = '';
+    child.stdout?.setEncoding('utf8').on('data', (d: string) => (out += d));
+    const exited = new Promise((r) => child.once('exit', r));
+    await new Promise((r) => setTimeout(r, 1000));
+    const before = (await status()).decisions?.requests ?? 0;
+    assert.ok(before > 0);
+    await dev.stopDaemon('SIGKILL');
+    await new Promise((r) => setTimeout(r, 1000));
+    await dev.startDaemon();
+    await exited;
+    const lines = out.trim().split('\n').map((l) => l.split(' '));
+    const slow = lines.filter((l) => Number(l[1]) > 500);
+    const failed = lines.filter((l) => l[0] !== 'ok');
+    assert.ok(lines.length > 20, out);
+    assert.deepEqual(slow, [], 'no connect hangs');
+    assert.deepEqual(failed, [], 'fail open: every connect works');
+    assert.ok(lines.every((l) => (JSON.parse(l.slice(2).join(' ')) as { path: string }).path === 'wwan1'), out);
+    const s = await status();
+    assert.ok((s.decisions?.requests ?? 0) > 0, 'the restarted daemon answers decisions again');
+    assert.equal(s.sessions?.length, 0, 'the session ended with its program (re-adopted across the restart)');
+  });
+
+  it('fail closed: new decisions fail fast while the daemon is away', async () => {
+    await dev.stopDaemon('SIGKILL');
+    try {
+      const t0 = performance.now();
+      const r = await lab.run('dev', ['env', `LD_PRELOAD=${join(publicRoot(), 'native/preload/libwaymark.so')}`, `WAYMARK_SOCKET=${dev.socket}`, 'WAYMARK_FAIL=closed',
+        'curl', '-sS', '--max-time', '3', url(LAB.internet.v4)]);
+      assert.notEqual(r.code, 0);
+      assert.ok(performance.now() - t0 < 1500);
+      const open = await lab.run('dev', ['env', `LD_PRELOAD=${join(publicRoot(), 'native/preload/libwaymark.so')}`, `WAYMARK_SOCKET=${dev.socket}`,
+        'curl', '-sS', '--max-time', '3', url(LAB.internet.v4)]);
+      assert.equal(lastJson(open.stdout)?.path, 'wlan0', 'fail open: default routing');
+    } finally {
+      await dev.startDaemon();
+    }
+  });
+
+  it('1,000 connects from 16 threads, and forked + exec\'d children, all steered', async () => {
+    const THREADS = `import socket,threading,os,sys,json
+host=sys.argv[1]; res=[]; lock=threading.Lock()
+def work():
+  for i in range(63):
+    s=socket.create_connection((host,80),3); s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n"); d=b""
+    while True:
+      c=s.recv(4096)
+      if not c: break
+      d+=c
+    s.close()
+    with lock: res.append(json.loads(d.split(b"\\r\\n\\r\\n",1)[1])["path"])
+ts=[threading.Thread(target=work) for _ in range(16)]
+[t.start() for t in ts]; [t.join() for t in ts]
+kids=[]
+for i in range(4):
+  pid=os.fork()
+  if pid==0:
+    os.execvp("curl",["curl","-sS","--max-time","3","http://"+host+"/"])
+  kids.append(pid)
+codes=[os.waitpid(p,0)[1] for p in kids]
+print(json.dumps({"paths":{p:res.count(p) for p in set(res)},"n":len(res),"kids":codes}))`;
+    const r = await underExec(['--need', 'long-lived'], ['python3', '-c', THREADS, LAB.mmsc.v4], { uid: 65534 });
+    const lines = r.stdout.trim().split('\n');
+    const summary = JSON.parse(lines[lines.length - 1] ?? '{}') as { paths: Record<string, number>; n: number; kids: number[] };
+    assert.deepEqual(summary, { paths: { wwan1: 1008 }, n: 1008, kids: [0, 0, 0, 0] }, r.stderr);
+    const kids = lines.slice(0, -1).map((l) => (JSON.parse(l) as { path: string }).path);
+    assert.deepEqual(kids, ['wwan1', 'wwan1', 'wwan1', 'wwan1']);
+  });
+});
