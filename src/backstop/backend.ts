@@ -26,7 +26,9 @@ export async function createCgroupBackend(): Promise<CgroupBackend & { readonly 
       try {
         return !(await cgroups.populated(nameOf(rel)));
       } catch (e) {
-        if ((e as NodeJS.ErrnoException).code === 'ENOENT') return true;
+        // ENODEV: the cgroup was removed while its file was open.
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code === 'ENOENT' || code === 'ENODEV') return true;
         throw e;
       }
     },

@@ -7,7 +7,7 @@ import { MARK_MASK } from '../constants.js';
 import type { Config } from '../config/load.js';
 import { INTERNET } from '../destination/destination.js';
 import { formatPrefix } from '../net/prefix.js';
-import { counterName, renderRuleset } from '../nftables/ruleset.js';
+import { CHAINS, counterName, renderRuleset } from '../nftables/ruleset.js';
 import * as nft from '../nftables/nft.js';
 import { bestUplink, desiredState } from '../routing/desired.js';
 import { KernelRouting, watchKernel, type KernelSnapshot } from '../routing/kernel.js';
@@ -193,7 +193,7 @@ export class Engine {
     const body = renderRuleset(counted) + (this.opts.nftExtra?.() ?? '');
     if (body === this.nftApplied) return;
     try {
-      await nft.replaceTable(body);
+      await nft.updateTable(CHAINS, body);
       this.nftApplied = body;
     } catch (e) {
       const msg = e instanceof Error ? e.message : String(e);

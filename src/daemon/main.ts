@@ -136,6 +136,8 @@ async function main(): Promise<void> {
       process.exit(1);
     });
   };
+  // One failed background task must not take the daemon (and everyone's decisions) down.
+  process.on('unhandledRejection', (e) => log.error('unhandled failure', { error: e instanceof Error ? e.stack ?? e.message : String(e) }));
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGHUP', () => void reload().catch(() => undefined));

@@ -54,7 +54,7 @@ export class SessionService {
       if (!(await this.cgroups.exists(s.cgroup))) continue;
       this.registry.add(s);
       this.watchSession(s);
-      void this.reap(s); // it may have emptied while we were away
+      this.reapLater(s); // it may have emptied while we were away
     }
     if (saved.length > 0) this.log.info('sessions re-adopted', { count: this.registry.all().length, of: saved.length });
     await this.persist();
@@ -139,12 +139,27 @@ export class SessionService {
 
   private watchSession(s: Session): void {
     this.watchers.get(s.id)?.close();
-    this.watchers.set(s.id, this.cgroups.watch(s.cgroup, () => void this.reap(s)));
+    this.watchers.set(s.id, this.cgroups.watch(s.cgroup, () => this.reapLater(s)));
+  }
+
+  private readonly reaping = new Set<string>();
+
+  private reapLater(s: Session): void {
+    this.reap(s).catch((e: Error) => this.log.error('cannot end session', { session: s.id, error: e.message }));
   }
 
   /** Ends a session once nothing runs in its cgroup any more. */
   private async reap(s: Session): Promise<void> {
-    if (!this.registry.get(s.id) || !(await this.cgroups.isEmpty(s.cgroup))) return;
+    if (!this.registry.get(s.id) || this.reaping.has(s.id)) return;
+    this.reaping.add(s.id);
+    try {
+      if (await this.cgroups.isEmpty(s.cgroup)) await this.endEmpty(s);
+    } finally {
+      this.reaping.delete(s.id);
+    }
+  }
+
+  private async endEmpty(s: Session): Promise<void> {
     this.drop(s);
     try {
       await this.cgroups.remove(s.cgroup);

@@ -1,8 +1,11 @@
 /**
  * The nftables adapter. Waymark owns exactly one table (inet waymark) and never reads or writes
- * another. Each apply replaces the table in one `nft -f -` transaction:
- *   table inet waymark; delete table inet waymark; table inet waymark { ... }
- * (the first line makes the delete valid when the table does not exist yet).
+ * another. Each update is one `nft -f -` transaction that keeps the table and its counters
+ * (byte counts survive reloads and daemon restarts) and replaces the rules of each chain:
+ *   add table inet waymark
+ *   add chain inet waymark C { type filter hook H priority 0; policy accept; }   (each chain)
+ *   flush chain inet waymark C                                                   (each chain)
+ *   table inet waymark { counter ... { }  chain C { rules } }                    (adds)
  */
 import { execFile } from 'node:child_process';
 import { NFT_FAMILY, NFT_TABLE } from '../constants.js';
@@ -19,9 +22,23 @@ function nft(args: readonly string[], input?: string): Promise<string> {
   });
 }
 
-/** Replaces our table atomically with `body` (the statements inside `table inet waymark { }`). */
-export async function replaceTable(body: string): Promise<void> {
-  await nft(['-f', '-'], `table ${TABLE}\ndelete table ${TABLE}\ntable ${TABLE} {\n${body}}\n`);
+export interface BaseChain {
+  readonly name: string;
+  readonly hook: 'prerouting' | 'input' | 'forward' | 'output' | 'postrouting';
+}
+
+/** Atomically sets the rules of `chains` to what `body` (statements inside `table inet waymark { }`) says. */
+export async function updateTable(chains: readonly BaseChain[], body: string): Promise<void> {
+  const script = [
+    `add table ${TABLE}`,
+    ...chains.map((c) => `add chain ${TABLE} ${c.name} { type filter hook ${c.hook} priority 0; policy accept; }`),
+    ...chains.map((c) => `flush chain ${TABLE} ${c.name}`),
+    `table ${TABLE} {`,
+    body,
+    '}',
+    '',
+  ].join('\n');
+  await nft(['-f', '-'], script);
 }
 
 export async function deleteTable(): Promise<void> {

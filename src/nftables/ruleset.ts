@@ -1,7 +1,17 @@
 /**
- * What Waymark keeps in its nftables table, rendered as nft text (pure).
- * Today: per-uplink byte counters on the uplink's device, the base the accounting builds on.
+ * What Waymark keeps in its nftables table, rendered as nft text (pure): per-uplink byte
+ * counters on the uplink's device (the base the accounting builds on), and the chains they count
+ * in. The session backstop (src/backstop/nft.ts) adds its own chain.
  */
+import { BACKSTOP_CHAIN } from '../backstop/nft.js';
+import type { BaseChain } from './nft.js';
+
+/** Every base chain of our table; each update flushes and refills them all. */
+export const CHAINS: readonly BaseChain[] = [
+  { name: 'egress', hook: 'postrouting' },
+  { name: 'ingress', hook: 'prerouting' },
+  { name: BACKSTOP_CHAIN, hook: 'output' },
+];
 export interface CountedUplink {
   readonly name: string;
   readonly ifname: string;
