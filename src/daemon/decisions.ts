@@ -44,7 +44,8 @@ export class DecisionService implements DecisionHandlers {
   /** Policy or uplinks changed: every cached answer in every library is void. */
   invalidate(): void {
     this.dnsCache.clear();
-    this.generation.bump();
+    // Before the daemon opens it (start-up), opening will pick a fresh generation anyway.
+    if (this.generation.opened) this.generation.bump();
   }
 
   private who(caller: Caller): AppIdentity {
@@ -161,7 +162,7 @@ export class DecisionService implements DecisionHandlers {
     const res: ResolveResponse = { ...base, status: WM_RESOLVE.RESOLVED, ttlMs, uplink: uplink.spec.name, addrs };
     this.dnsCache.set(cacheKey, { answer: res, until: Date.now() + ttlMs });
     // A library may hold a decision for one of these addresses made before we knew its destination.
-    if (learnedNew) this.generation.bump();
+    if (learnedNew && this.generation.opened) this.generation.bump();
     this.log.debug('resolved', { name: req.name, uplink: uplink.spec.name, addrs: answer.addrs.map((a) => a.address) });
     return res;
   }

@@ -57,7 +57,6 @@ async function main(): Promise<void> {
   const runDir = dirname(opts.socket);
   mkdirSync(runDir, { recursive: true, mode: 0o755 });
   const generation = new GenerationFile(runDir);
-  generation.open();
   const cgroups = await createCgroupBackend();
   // The engine, the sessions and the decisions refer to each other through these callbacks.
   let sessions: SessionService | undefined;
@@ -117,6 +116,9 @@ async function main(): Promise<void> {
   await sessions.refresh();
   await engine.refreshNft();
   decideServer.listen();
+  // Only now: a new generation voids every library's cached answers, and from this very tick on
+  // the decide socket answers them, so none falls back to default routing in between.
+  generation.open();
   await server.listen();
   log.info('waymarkd started', { version: VERSION, config: opts.config, socket: opts.socket, uplinks: config.uplinks.length });
 

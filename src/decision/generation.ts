@@ -70,6 +70,11 @@ export class GenerationFile {
     }
   }
 
+  /** Whether open() has run (until close()). */
+  get opened(): boolean {
+    return this.fd !== undefined;
+  }
+
   /** The generation last written. */
   get value(): number {
     return this.current;
