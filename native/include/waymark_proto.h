@@ -79,6 +79,7 @@ enum wm_resolve_status {
     WM_NOT_OURS = 1,      /* no destination claims the name: use the system resolver */
     WM_NO_NAME = 2,       /* the uplink's DNS says the name does not exist */
     WM_DNS_FAILED = 3,    /* no answer from the uplink's DNS (timeout, SERVFAIL, uplink down) */
+    WM_REFUSED = 4,       /* policy allows this program no uplink that reaches the name's destination */
 };
 
 #define WM_MAX_ADDRS 16

@@ -92,6 +92,7 @@ async function addresses(client: DecisionClient, o: ConnectOptions, needs: numbe
   const r = await client.resolve({ family: 0, needs, uplink: o.uplink ?? '', name: o.host });
   if (r.status === WM_RESOLVE.RESOLVED) return r.addrs.map((a) => ({ family: a.family, bytes: a.addr }));
   if (r.status === WM_RESOLVE.NO_NAME) throw new WaymarkError('ENOTFOUND', `${o.host}: no such name (DNS of uplink ${r.uplink})`);
+  if (r.status === WM_RESOLVE.REFUSED) throw new WaymarkError('EACCES', `${o.host}: policy allows no uplink that reaches it`);
   if (r.status === WM_RESOLVE.DNS_FAILED) throw new WaymarkError('EAI_AGAIN', `${o.host}: the DNS of its uplink did not answer`);
   const found = await lookup(o.host, { all: true });
   return found.flatMap((f) => {

@@ -122,8 +122,10 @@ export class DecisionService implements DecisionHandlers {
     // Which uplink would carry this destination for this app: its DNS answers for it.
     const families: Family[] = req.family === 6 ? [6] : req.family === 4 ? [4] : [4, 6];
     let uplink;
+    let refused = false;
     for (const f of families) {
       const d = this.decideFor(id, own, f, new Uint8Array(f === 4 ? 4 : 16), destName);
+      if (d.action === 'deny' && d.err === 'EACCES') refused = true;
       if (d.action === 'steer') { uplink = d.uplink; break; }
       if (d.action === 'pass') {
         const dest = config.destinations.find((x) => x.name === destName);
@@ -133,8 +135,8 @@ export class DecisionService implements DecisionHandlers {
       }
     }
     if (!uplink) {
-      this.log.info('name not resolved: no uplink may reach its destination', { name: req.name, destination: destName, pid: caller.pid });
-      return { ...base, status: WM_RESOLVE.DNS_FAILED };
+      this.log.info('name not resolved: no uplink may reach its destination', { name: req.name, destination: destName, pid: caller.pid, refused });
+      return { ...base, status: refused ? WM_RESOLVE.REFUSED : WM_RESOLVE.DNS_FAILED };
     }
     if (uplink.spec.dns.length === 0) {
       this.log.warn('name not resolved: the uplink has no DNS servers configured', { name: req.name, uplink: uplink.spec.name });

@@ -10,7 +10,7 @@ export const GENERATION_FILE = 'generation';
 
 export const WM_TYPE = { DECIDE: 1, RESOLVE: 2 } as const;
 export const WM_ACTION = { PASS: 0, STEER: 1, DENY: 2 } as const;
-export const WM_RESOLVE = { RESOLVED: 0, NOT_OURS: 1, NO_NAME: 2, DNS_FAILED: 3 } as const;
+export const WM_RESOLVE = { RESOLVED: 0, NOT_OURS: 1, NO_NAME: 2, DNS_FAILED: 3, REFUSED: 4 } as const;
 export const WM_MAX_ADDRS = 16;
 
 /** Needs, by their names on the command line. */

@@ -141,6 +141,31 @@ describe('names of domain destinations resolve through their uplink', () => {
   });
 });
 
+describe('apps that ask for properties', () => {
+  const API = `const [mod, host, needs, sock] = process.argv.slice(1);
+const { connect } = await import(mod);
+try {
+  const c = await connect({ host, port: 80, needs: needs ? needs.split(',') : [], socketPath: sock, timeoutMs: 3000 });
+  c.socket.write('GET / HTTP/1.0\\r\\n\\r\\n');
+  let d = '';
+  c.socket.on('data', (x) => (d += x));
+  c.socket.on('end', () => console.log(JSON.stringify({ uplink: c.uplink, body: JSON.parse(d.split('\\r\\n\\r\\n')[1]) })));
+} catch (e) { console.log(JSON.stringify({ error: e.code })); }`;
+
+  it('the TypeScript API connects by need, by name, on the decided uplink', async () => {
+    const mod = join(publicRoot(), 'dist/src/api/index.js');
+    const run = async (host: string, needs: string): Promise<{ uplink?: string; body?: { path: string }; error?: string }> => {
+      const r = await lab.run('dev', [process.execPath, '--input-type=module', '-e', API, mod, host, needs, dev.socket], { uid: 65534 });
+      return JSON.parse(r.stdout.trim().split('\n').pop() || '{}') as { uplink?: string; body?: { path: string }; error?: string };
+    };
+    assert.deepEqual(await run(LAB.internet.v4, 'long-lived'), { uplink: 'cellular', body: (await run(LAB.internet.v4, 'long-lived')).body });
+    assert.equal((await run(LAB.internet.v6, 'long-lived')).body?.path, 'wwan0');
+    assert.equal((await run(LAB.internet.v4, 'cheapest')).body?.path, 'wlan0');
+    assert.equal((await run(LAB.office.host, '')).body?.path, 'tun0');
+    assert.equal((await run(LAB.mmsc.host, 'unmetered')).error, 'EACCES', 'the MMS APN is metered: no uplink satisfies the need');
+  });
+});
+
 describe('the kernel backstop holds for a program that never loads the library', () => {
   it('a static Go binary goes by its assigned uplink, and not by a denied one', async () => {
     const assigned = await underExec(['--uplink', 'wwan0'], [goclient, url(LAB.internet.v4)], { uid: 65534 });
