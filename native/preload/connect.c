@@ -1,6 +1,7 @@
 /* connect(): steer TCP and UDP sockets before the kernel picks a route for them.
  * A non-blocking connect's EINPROGRESS, EINTR and every other result of the real call pass
- * through untouched; a repeated connect() on a socket we already bound is left alone. */
+ * through untouched; a repeated connect() on a connecting or connected TCP socket, or on a
+ * socket already bound to a device, is left alone. */
 #include "common.h"
 
 #include <errno.h>
@@ -14,6 +15,7 @@ WAYMARK_EXPORT int connect(int fd, __CONST_SOCKADDR_ARG uaddr, socklen_t addrlen
         errno = ENOSYS;
         return -1;
     }
-    if (waymark_prepare(fd, addr, addrlen) < 0) return -1;
+    struct waymark_sock sock = WAYMARK_SOCK_INIT(fd);
+    if (waymark_prepare(&sock, addr, addrlen, 0, WAYMARK_USE_CONNECT, NULL, NULL) < 0) return -1;
     return waymark_real.connect(fd, addr, addrlen);
 }

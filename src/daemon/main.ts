@@ -129,6 +129,8 @@ async function main(): Promise<void> {
     log.info('stopping', { signal, keepState: opts.keepState });
     void (async () => {
       decideServer.close();
+      // Libraries drop their cached answers at once and fall back to their fail-open/closed mode.
+      if (generation.opened) generation.bump();
       sessions?.close();
       await server.close();
       await engine.stop(opts.keepState);
