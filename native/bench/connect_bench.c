@@ -9,6 +9,8 @@
  *    "min_us":25.0,"max_us":120.4}
  * Run the same command bare and under LD_PRELOAD=libwaymark.so to compare.
  *
+ *   connect_bench --serve ADDR PORT     the listener to measure against (accept + close)
+ *
  * HOST is a numeric IPv4 or IPv6 address (no resolver in the measured path).
  * --unique-ports BASE   connect i goes to port BASE+i, so under libwaymark.so each one needs a
  *                       decision of its own (the cache is per address and port): the cost of a
@@ -88,8 +90,31 @@ static int one(const struct sockaddr_storage *base, socklen_t len, int port)
     return err;
 }
 
+/* --serve ADDR PORT: the benchmark's listener. Accepts and closes as fast as it can, with a deep
+ * backlog, so that neither a full accept queue (a dropped SYN costs a 1 s retransmit) nor a slow
+ * server shows up in the client's numbers. Runs until killed. */
+static int serve(const char *addr, const char *port)
+{
+    struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST | AI_PASSIVE }, *ai = NULL;
+    if (getaddrinfo(addr, port, &hints, &ai) != 0) return usage();
+    int s = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one_ = 1;
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one_, sizeof one_);
+    if (s < 0 || bind(s, ai->ai_addr, ai->ai_addrlen) < 0 || listen(s, 4096) < 0) {
+        perror("connect_bench --serve");
+        return 1;
+    }
+    freeaddrinfo(ai);
+    printf("ready\n");
+    fflush(stdout);
+    for (;;) {
+        int c = accept4(s, NULL, NULL, SOCK_CLOEXEC);
+        if (c >= 0) close(c);
+    }
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 4 && strcmp(argv[1], "--serve") == 0) return serve(argv[2], argv[3]);
     if (argc < 4) return usage();
     const char *host = argv[1];
     long port = number(argv[2], 1, 65535), n = number(argv[3], 1, 100000000), base = -1, warmup = 0;
