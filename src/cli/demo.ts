@@ -11,41 +11,41 @@ import { Lab, LAB, destroyDetached, sweepStale, type Role } from '../lab/lab.js'
 
 const bold = (s: string): string => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
 
-interface Stop { uplink: string; target: keyof typeof TARGETS; family: 4 | 6; expect: 'ok' | 'fail' }
-const TARGETS = { internet: LAB.internet, mmsc: LAB.mmsc, office: LAB.office } as const;
+/** One stop of the tour: `waymark exec ARGS -- curl URL`, and whether it should get through. */
+interface Stop { args: readonly string[]; url: string; expect: 'ok' | 'fail'; note?: string }
+const url = (a: string): string => (a.includes(':') ? `http://[${a}]/` : `http://${a}/`);
+const via = (uplink: string, addr: string, expect: 'ok' | 'fail' = 'ok'): Stop => ({ args: ['--uplink', uplink], url: url(addr), expect });
 
 const TOUR: readonly Stop[] = [
-  { uplink: 'wifi', target: 'internet', family: 4, expect: 'ok' },
-  { uplink: 'wifi', target: 'internet', family: 6, expect: 'ok' },
-  { uplink: 'cellular', target: 'internet', family: 4, expect: 'ok' },
-  { uplink: 'cellular', target: 'internet', family: 6, expect: 'ok' },
-  { uplink: 'mms', target: 'mmsc', family: 4, expect: 'ok' },
-  { uplink: 'mms', target: 'mmsc', family: 6, expect: 'ok' },
-  { uplink: 'office-vpn', target: 'office', family: 4, expect: 'ok' },
-  { uplink: 'office-vpn', target: 'office', family: 6, expect: 'ok' },
-  { uplink: 'mms', target: 'internet', family: 4, expect: 'fail' },
-  { uplink: 'wifi', target: 'mmsc', family: 4, expect: 'fail' },
+  via('wifi', LAB.internet.v4), via('wifi', LAB.internet.v6),
+  via('cellular', LAB.internet.v4), via('cellular', LAB.internet.v6),
+  via('mms', LAB.mmsc.v4), via('mms', LAB.mmsc.v6),
+  via('office-vpn', LAB.office.v4), via('office-vpn', LAB.office.v6),
+  via('mms', LAB.internet.v4, 'fail'), via('wifi', LAB.mmsc.v4, 'fail'),
+  { args: ['--need', 'long-lived'], url: url(LAB.internet.v4), expect: 'ok', note: 'a long TCP session: cellular, which does not come and go' },
+  { args: ['--need', 'long-lived'], url: url(LAB.mmsc.v4), expect: 'ok', note: 'same program, the MMSC: only the MMS APN reaches it' },
+  { args: ['--need', 'cheapest'], url: url(LAB.internet.v6), expect: 'ok', note: 'the flat-rate Wi-Fi' },
+  { args: [], url: `http://${LAB.office.host}/`, expect: 'ok', note: 'resolved by the VPN\'s DNS, connected via the VPN' },
+  { args: [], url: `http://${LAB.mmsc.host}/`, expect: 'ok', note: 'resolved by the MMS APN\'s DNS' },
 ];
 
 async function tourStop(dev: Device, s: Stop): Promise<string> {
-  const t = TARGETS[s.target];
-  const addr = s.family === 4 ? t.v4 : t.v6;
-  const url = s.family === 4 ? `http://${addr}/` : `http://[${addr}]/`;
   const t0 = performance.now();
-  const r = await dev.waymark(['exec', '--uplink', s.uplink, '--', 'curl', '-sS', '-g', '--max-time', '3', url], { timeoutMs: 8000 });
+  const r = await dev.waymark(['exec', ...s.args, '--', 'curl', '-sS', '-g', '--max-time', '3', s.url], { timeoutMs: 8000 });
   const ms = Math.round(performance.now() - t0);
-  const what = `waymark exec --uplink ${s.uplink.padEnd(10)} -- curl ${url}`.padEnd(70);
+  const what = `waymark exec ${[...s.args, '--'].join(' ')} curl ${s.url}`.padEnd(72);
+  const note = s.note ? `  (${s.note})` : '';
   if (r.code === 0) {
     try {
       const reply = JSON.parse(r.stdout) as { server: string; path: string; remote: string };
-      return `${what} → ${reply.server} answered; arrived via ${bold(reply.path)} from ${reply.remote} (${ms} ms)`;
+      return `${what} → ${reply.server} answered; arrived via ${bold(reply.path)} from ${reply.remote} (${ms} ms)${note}`;
     } catch {
       return `${what} → unexpected answer: ${r.stdout.trim()}`;
     }
   }
   const lines = r.stderr.trim().split('\n');
   // Prefer the library's own explanation over curl's generic one.
-  const err = (lines.find((l) => l.startsWith('waymark:')) ?? lines.pop() ?? '').replace(/^waymark: \[\d+\] /, '').replace(/^curl: \(\d+\) /, '');
+  const err = (lines.find((l) => l.startsWith('waymark:')) ?? lines.pop() ?? '').replace(/^waymark: (\[\d+\] )?/, '').replace(/^curl: \(\d+\) /, '');
   return `${what} → ${s.expect === 'fail' ? 'refused at once, as it should' : 'FAILED'}: ${err} (${ms} ms)`;
 }
 
@@ -61,7 +61,7 @@ export async function runDemo(opts: { shell: boolean }): Promise<number> {
     process.stdout.write(`waymarkd is running inside ${lab.ns('dev')} (log: ${join(dev.dir, 'waymarkd.log')})\n\n`);
     process.stdout.write(bold('$ waymark status') + '\n');
     process.stdout.write((await dev.waymark(['status'])).stdout + '\n');
-    process.stdout.write(bold('Tour: each program steered to one uplink; the server reports which way it came in') + '\n');
+    process.stdout.write(bold('Tour: programs under `waymark exec`; each server reports which uplink the connection came in by') + '\n');
     for (const stop of TOUR) {
       const line = await tourStop(dev, stop);
       const ok = stop.expect === 'ok' ? line.includes(' answered; ') : line.includes('refused at once');
