@@ -4,7 +4,7 @@
  * as mktemp makes them) is out of their reach. Only the runtime parts are copied; the copy is
  * removed when the process exits. When the package is already reachable, it is used as is.
  */
-import { chmodSync, cpSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, cpSync, existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { PACKAGE_ROOT } from '../version.js';
 
@@ -18,6 +18,14 @@ function reachableByOthers(path: string): boolean {
     if ((statSync(p).mode & 0o001) === 0) return false;
     if (dirname(p) === p) return true;
   }
+}
+
+/** A file of the package (e.g. something a test built after the copy was made), as another user can read it. */
+export function publicPath(rel: string): string {
+  const root = publicRoot();
+  const path = join(root, rel);
+  if (root !== PACKAGE_ROOT && !existsSync(path)) cpSync(join(PACKAGE_ROOT, rel), path, { recursive: true });
+  return path;
 }
 
 export function publicRoot(): string {

@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { startDevice, type Device } from '../../src/lab/device.js';
 import { Lab, LAB, sweepStale } from '../../src/lab/lab.js';
-import { publicRoot } from '../../src/lab/public.js';
+import { publicPath, publicRoot } from '../../src/lab/public.js';
 import type { StatusResult } from '../../src/daemon/protocol.js';
 import { buildGoClient } from '../support/goclient.js';
 import { join } from 'node:path';
@@ -23,7 +23,8 @@ let goclient: string;
 
 before(async () => {
   await sweepStale();
-  [lab, goclient] = await Promise.all([Lab.create(), buildGoClient()]);
+  [lab] = await Promise.all([Lab.create(), buildGoClient()]);
+  goclient = publicPath('build/goclient'); // also run as nobody
   dev = await startDevice(lab);
 }, { timeout: 180_000 });
 
@@ -94,13 +95,8 @@ describe('real clients land on the uplink the decision names', () => {
   for (const user of [{ label: 'root', uid: undefined }, { label: 'nobody', uid: 65534 }]) {
     for (const c of CLIENTS) {
       it(`${c.name} as ${user.label}, v4 and v6, Internet by cellular (long-lived), MMSC by the MMS APN`, async () => {
-        // Node loads from a copy other users can read.
-        const argv = (h: string): string[] => {
-          const a = c.argv(h);
-          return a[0] === process.execPath && user.uid ? a : a;
-        };
         for (const [host, expect] of [[LAB.internet.v4, 'wwan0'], [LAB.internet.v6, 'wwan0'], [LAB.mmsc.v4, 'wwan1'], [LAB.mmsc.v6, 'wwan1']] as const) {
-          const r = await underExec(['--need', 'long-lived'], argv(host), { ...(user.uid ? { uid: user.uid } : {}), ...(c.input ? { input: c.input } : {}) });
+          const r = await underExec(['--need', 'long-lived'], c.argv(host), { ...(user.uid ? { uid: user.uid } : {}), ...(c.input ? { input: c.input } : {}) });
           const reply = lastJson(r.stdout);
           assert.equal(reply?.path, expect, `${c.name} → ${host}: exit ${r.code}\n${r.stdout}\n${r.stderr}`);
           assert.equal(reply?.proto, c.udp ? 'udp' : 'tcp');
