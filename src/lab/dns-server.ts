@@ -15,6 +15,7 @@ import { parseArgs } from 'node:util';
 import {
   CLASS, QNAME_OFFSET, RCODE, TYPE, addressRdata, canonicalName, encodeHeader, encodeRecord, parseQuestion, responseFlags,
 } from '../dns/wire.js';
+import { fail as failWith, serveUntilStopped } from './server-life.js';
 
 const TTL = 60;
 
@@ -24,8 +25,7 @@ interface Records {
 }
 
 function fail(message: string): never {
-  process.stderr.write(`dns-server: ${message}\n`);
-  process.exit(2);
+  return failWith('dns-server', message);
 }
 
 function header(id: number, queryFlags: number, rcode: number, qd: number, an: number): Buffer {
@@ -105,22 +105,15 @@ function main(): void {
     });
   });
 
-  const stop = (): void => {
-    for (const s of sockets) s.close();
-    process.exit(0);
-  };
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
-  if (values['exit-on-stdin-eof']) {
-    process.stdin.on('end', stop);
-    process.stdin.on('close', stop);
-    process.stdin.resume();
-  }
-
-  Promise.all(pending).then(
-    () => process.stdout.write(`${JSON.stringify({ ready: 'dns-server', name: values.name, listen, port })}\n`),
-    (err: unknown) => fail(`cannot listen: ${err instanceof Error ? err.message : String(err)}`),
-  );
+  serveUntilStopped({
+    server: 'dns-server',
+    listening: pending,
+    ready: { name: values.name, listen, port },
+    close: () => {
+      for (const s of sockets) s.close();
+    },
+    exitOnStdinEof: values['exit-on-stdin-eof'] === true,
+  });
 }
 
 main();

@@ -15,6 +15,7 @@ import { createServer, type Server } from 'node:http';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { BlockList, isIP } from 'node:net';
 import { parseArgs } from 'node:util';
+import { fail as failWith, serveUntilStopped } from './server-life.js';
 
 interface PathEntry {
   readonly list: BlockList;
@@ -22,8 +23,7 @@ interface PathEntry {
 }
 
 function fail(message: string): never {
-  process.stderr.write(`path-server: ${message}\n`);
-  process.exit(2);
+  return failWith('path-server', message);
 }
 
 function parseMap(spec: string): PathEntry {
@@ -127,23 +127,16 @@ function main(): void {
     );
   }
 
-  const stop = (): void => {
-    for (const s of servers) s.close();
-    for (const s of sockets) s.close();
-    process.exit(0);
-  };
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
-  if (values['exit-on-stdin-eof']) {
-    process.stdin.on('end', stop);
-    process.stdin.on('close', stop);
-    process.stdin.resume();
-  }
-
-  Promise.all(pending).then(
-    () => process.stdout.write(`${JSON.stringify({ ready: 'path-server', name, listen, port })}\n`),
-    (err: unknown) => fail(`cannot listen: ${err instanceof Error ? err.message : String(err)}`),
-  );
+  serveUntilStopped({
+    server: 'path-server',
+    listening: pending,
+    ready: { name, listen, port },
+    close: () => {
+      for (const s of servers) s.close();
+      for (const s of sockets) s.close();
+    },
+    exitOnStdinEof: values['exit-on-stdin-eof'] === true,
+  });
 }
 
 main();
