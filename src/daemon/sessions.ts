@@ -33,6 +33,9 @@ export interface SessionStore {
   save(sessions: readonly Session[]): Promise<void>;
 }
 
+/** Sessions one unprivileged user may hold at once: each costs a cgroup and nftables rules. */
+const MAX_SESSIONS_PER_USER = 64;
+
 const hex = (n: number): string => `0x${(n >>> 0).toString(16).padStart(8, '0')}`;
 
 export class SessionService {
@@ -82,6 +85,9 @@ export class SessionService {
   }
 
   async begin(p: { uplink?: string; needs: NeedName[]; deny: string[]; command: string }, caller: PeerCred): Promise<ExecBeginResult> {
+    if (caller.uid !== 0 && this.registry.all().filter((x) => x.uid === caller.uid).length >= MAX_SESSIONS_PER_USER) {
+      throw new RequestError({ code: 'EPERM', message: `too many sessions (at most ${MAX_SESSIONS_PER_USER} per user)` });
+    }
     const states = this.engine.uplinkStates();
     let uplink: string | undefined;
     if (p.uplink) {
