@@ -15,7 +15,9 @@ import { Lab, LAB, sweepStale } from '../../src/lab/lab.js';
 import { publicPath, publicRoot } from '../../src/lab/public.js';
 import type { StatusResult } from '../../src/daemon/protocol.js';
 import { buildGoClient } from '../support/goclient.js';
+import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
+import { PACKAGE_ROOT } from '../../src/version.js';
 
 let lab: Lab;
 let dev: Device;
@@ -147,6 +149,22 @@ try {
   c.socket.on('data', (x) => (d += x));
   c.socket.on('end', () => console.log(JSON.stringify({ uplink: c.uplink, body: JSON.parse(d.split('\\r\\n\\r\\n')[1]) })));
 } catch (e) { console.log(JSON.stringify({ error: e.code })); }`;
+
+  it('the C API (libwaymark-client) connects by need, by name, on the decided uplink', async () => {
+    const lib = publicPath('native/client');
+    const bin = join(publicRoot(), 'build', 'client_demo'); // build/ is git-ignored
+    execFileSync('cc', ['-Wall', '-Werror', '-D_GNU_SOURCE', '-I', join(PACKAGE_ROOT, 'native/include'), '-o', bin, join(PACKAGE_ROOT, 'test/fixtures/client_demo.c'),
+      '-L', lib, '-lwaymark-client', `-Wl,-rpath,${lib}`]);
+    const run = async (host: string, needs: string): Promise<{ uplink?: string; body?: { path: string } | null; error?: string }> => {
+      const r = await lab.run('dev', [bin, host, needs], { uid: 65534, env: { ...process.env, WAYMARK_SOCKET: dev.socket } });
+      return JSON.parse(r.stdout.trim() || '{}') as { uplink?: string; body?: { path: string } | null; error?: string };
+    };
+    const cell = await run(LAB.internet.v6, 'long-lived');
+    assert.deepEqual([cell.uplink, cell.body?.path], ['cellular', 'wwan0']);
+    assert.equal((await run(LAB.internet.v4, 'cheapest')).body?.path, 'wlan0');
+    assert.equal((await run(LAB.office.host, '')).body?.path, 'tun0');
+    assert.equal((await run(LAB.mmsc.host, 'unmetered')).error, 'EACCES');
+  });
 
   it('the TypeScript API connects by need, by name, on the decided uplink', async () => {
     const mod = join(publicRoot(), 'dist/src/api/index.js');
