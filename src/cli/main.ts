@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /** waymark: the command-line client of waymarkd. */
 import { Command } from 'commander';
-import { Client, DaemonError, defaultSocketPath } from '../daemon/client.js';
+import { Client, DaemonError, DaemonUnavailable, defaultSocketPath } from '../daemon/client.js';
 import { VERSION } from '../version.js';
 import { NEED_NAMES, type NeedName } from '../config/schema.js';
 import { execWith } from './exec.js';
@@ -77,5 +77,5 @@ program.parseAsync().catch((e: unknown) => {
     process.exit(e.code === 'EPERM' ? 77 : e.code === 'EINVAL' ? 65 : 69);
   }
   process.stderr.write(`waymark: ${e instanceof Error ? e.message : String(e)}\n`);
-  process.exit(1);
+  process.exit(e instanceof DaemonUnavailable ? 69 : 1);
 });

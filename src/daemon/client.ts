@@ -12,6 +12,11 @@ export class DaemonError extends Error {
   }
 }
 
+/** waymarkd cannot be reached at all (not running, or no access to its socket). */
+export class DaemonUnavailable extends Error {
+  override name = 'DaemonUnavailable';
+}
+
 export function defaultSocketPath(): string {
   return process.env['WAYMARK_SOCKET'] ?? DEFAULT_SOCKET;
 }
@@ -35,7 +40,7 @@ export class Client {
       });
       s.once('error', (e: NodeJS.ErrnoException) => {
         const why = e.code === 'ENOENT' || e.code === 'ECONNREFUSED' ? `waymarkd is not running (no socket at ${this.path})` : e.message;
-        const err = new Error(why);
+        const err = new DaemonUnavailable(why);
         reject(err);
         for (const w of this.waiting.values()) w.reject(err);
         this.waiting.clear();

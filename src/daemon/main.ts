@@ -14,7 +14,7 @@ import { SessionService } from './sessions.js';
 import { VERSION } from '../version.js';
 import { Engine } from './engine.js';
 import { createLogger, type Level } from './log.js';
-import { DEFAULT_SOCKET, METHODS, PROTOCOL_VERSION, type HelloResult, type ReloadResult, type ResolveResult } from './protocol.js';
+import { DEFAULT_SOCKET, METHODS, PROTOCOL_VERSION, type HelloResult, type ReloadResult } from './protocol.js';
 import { ControlServer, RequestError } from './server.js';
 import { DEFAULT_STATE_DIR, StateStore } from './state.js';
 
@@ -98,15 +98,6 @@ async function main(): Promise<void> {
       decisions: { ...decideServer.stats },
     }),
     reload,
-    'uplink.resolve': async (params): Promise<ResolveResult> => {
-      const want = String(params['uplink']);
-      const s = engine.uplinkStates().find((u) => u.spec.name === want || u.link?.name === want);
-      if (!s) throw new RequestError({ code: 'ENOENT', message: `no uplink named "${want}" (see waymark status)` });
-      if (s.status !== 'active' || !s.link) {
-        throw new RequestError({ code: 'ENETDOWN', message: `uplink ${s.spec.name} is ${s.status}` });
-      }
-      return { name: s.spec.name, ifname: s.link.name, status: s.status, mark: `0x${s.mark.toString(16)}`, table: s.table };
-    },
     'exec.begin': (params, cred) => (sessions as SessionService).begin(params as Parameters<SessionService['begin']>[0], cred),
     'exec.end': (params, cred) => (sessions as SessionService).end(String(params['id']), cred),
   }, log);

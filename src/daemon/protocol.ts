@@ -84,7 +84,6 @@ export const METHODS = {
   hello: { privileged: false, params: z.object({}).strict() },
   status: { privileged: false, params: z.object({}).strict() },
   reload: { privileged: true, params: z.object({}).strict() },
-  'uplink.resolve': { privileged: false, params: z.object({ uplink: z.string().min(1).max(64) }).strict() },
   /** Starts an exec session: a cgroup for the caller (moved into it) and its wish. */
   'exec.begin': {
     privileged: false,
@@ -102,7 +101,6 @@ export type Method = keyof typeof METHODS;
 
 export interface HelloResult { daemon: 'waymarkd'; version: string; protocol: number; methods: string[] }
 export interface ReloadResult { generation: number; uplinks: number; destinations: number }
-export interface ResolveResult { name: string; ifname: string; status: string; mark: string; table: number }
 export interface ExecBeginResult {
   id: string;
   cgroup: string;
@@ -117,7 +115,6 @@ export interface Results {
   hello: HelloResult;
   status: StatusResult;
   reload: ReloadResult;
-  'uplink.resolve': ResolveResult;
   'exec.begin': ExecBeginResult;
   'exec.end': Record<string, never>;
 }

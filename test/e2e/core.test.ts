@@ -271,7 +271,7 @@ describe('configuration', () => {
         if (got.split('\n').length > 4) { s.end(); resolve(got); }
       });
       s.on('error', reject);
-      s.write('not json\n{"v":9,"id":1,"method":"status"}\n{"v":1,"id":2,"method":"nope"}\n{"v":1,"id":3,"method":"uplink.resolve","params":{"uplink":7}}\n');
+      s.write('not json\n{"v":9,"id":1,"method":"status"}\n{"v":1,"id":2,"method":"nope"}\n{"v":1,"id":3,"method":"exec.begin","params":{"uplink":7}}\n');
     });
     const codes = replies.trim().split('\n').map((l) => (JSON.parse(l) as { error?: { code: string } }).error?.code);
     assert.deepEqual(codes, ['EPROTO', 'EPROTO', 'ENOSYS', 'EINVAL']);
