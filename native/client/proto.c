@@ -7,6 +7,8 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -213,6 +215,7 @@ void wm_conn_forget(struct wm_conn *c)
 /* How long wm_call() polls for an answer before it sleeps in poll(): long enough for a Node
  * daemon on another CPU to wake up and answer (measured p99 ~150-250 us on a 2-vCPU VM). */
 #define WM_SPIN_NS 300000
+static atomic_int spinners; /* threads of this process polling for an answer right now */
 
 /* Waits for `events` on c->fd until the deadline: 1 ready, 0 timed out, -errno. */
 static int wait_for(const struct wm_conn *c, short events, int64_t deadline_ns)
@@ -261,18 +264,32 @@ int wm_call(struct wm_conn *c, struct wm_header *req, size_t req_size, struct wm
     } buf;
     /* The daemon usually answers within tens of microseconds. Polling for that long before
      * sleeping saves this thread a wake-up (on a VM, an inter-processor interrupt and a vCPU
-     * reschedule: tens of µs more); only first decisions ever wait here. */
-    const int64_t spin_until = wm_now_ns() + WM_SPIN_NS;
+     * reschedule: tens of µs more); only first decisions ever wait here. One thread of the
+     * process polls at a time: many spinning threads would take the CPU the daemon needs. */
+    bool spinning = atomic_fetch_add(&spinners, 1) == 0;
+    if (!spinning) atomic_fetch_sub(&spinners, 1);
+    const int64_t spin_until = spinning ? wm_now_ns() + WM_SPIN_NS : 0;
     for (;;) {
         ssize_t n = recv(c->fd, &buf, sizeof buf, MSG_DONTWAIT | MSG_TRUNC);
         if (n < 0) {
             if (errno == EINTR) continue;
-            if (errno != EAGAIN) return fail_conn(c, errno);
-            if (wm_now_ns() < spin_until) continue;
+            if (errno != EAGAIN) {
+                if (spinning) atomic_fetch_sub(&spinners, 1);
+                return fail_conn(c, errno);
+            }
+            if (spinning && wm_now_ns() < spin_until) continue;
+            if (spinning) {
+                atomic_fetch_sub(&spinners, 1);
+                spinning = false;
+            }
             int w = wait_for(c, POLLIN, deadline_ns);
             if (w == 0) return -ETIMEDOUT;
             if (w < 0) return fail_conn(c, -w);
             continue;
+        }
+        if (spinning) {
+            atomic_fetch_sub(&spinners, 1);
+            spinning = false;
         }
         if (n == 0) return fail_conn(c, ECONNRESET); /* orderly shutdown by the daemon */
         if ((size_t)n < sizeof buf.h || buf.h.magic != WM_MAGIC || buf.h.version != WM_VERSION ||
