@@ -15,8 +15,12 @@ const gw = (oif: number, gateway: string, dstLen = 0): RouteMsg => ({
   family: gateway.includes(':') ? 6 : 4, table: 254, type: RTN.UNICAST, protocol: 3, scope: 0, dstLen, oif, gateway,
 });
 
-export function exampleConfig(extra = ''): Config {
-  return parseConfig(readFileSync(EXAMPLE_CONFIG, 'utf8') + extra);
+/** The shipped example config; `apps` (its last section) replaced by `apps` when given. */
+export function exampleConfig(apps?: string): Config {
+  const text = readFileSync(EXAMPLE_CONFIG, 'utf8');
+  if (apps === undefined) return parseConfig(text);
+  const at = text.search(/^(# Per-app defaults[^\n]*\n(#[^\n]*\n)*)?apps:/m);
+  return parseConfig((at < 0 ? text : text.slice(0, at)) + apps);
 }
 
 /** Links, addresses and main-table routes of the lab's device; flags per interface may be overridden. */

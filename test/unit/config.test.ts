@@ -33,6 +33,22 @@ describe('config', () => {
     assert.equal(c.uplinks.find((u) => u.name === 'wifi')?.metered, false);
     assert.deepEqual(c.destinations.map((d) => d.name), ['mms', 'office', 'internet']);
     assert.deepEqual(c.uplinks.find((u) => u.name === 'mms')?.gateway, { 4: '10.64.0.1', 6: 'fd00:64::1' });
+    assert.deepEqual(c.apps.map((a) => [a.name, a.uplinks, a.needs]), [['chat', ['cellular'], ['long-lived']], ['browser', ['wifi', 'cellular'], []]]);
+  });
+
+  it('checks apps: known uplinks, not both allowed and denied, something to match', () => {
+    const found = issues(base + `apps:
+  - name: a
+    match: { exe: /usr/bin/a }
+    uplinks: [wifi, nope]
+    deny: [wifi]
+  - name: b
+    match: {}
+`);
+    assert.deepEqual(found.map((i) => [i.line, i.field]), [[15, 'apps[1].match']]);
+    const refs = issues(base + 'apps:\n  - name: a\n    match: { exe: /usr/bin/a }\n    uplinks: [wifi, nope]\n    deny: [wifi]\n');
+    assert.deepEqual(refs.map((i) => [i.line, i.field]), [[12, 'apps[0].uplinks[1]'], [13, 'apps[0].deny[0]']]);
+    assert.match(refs[1]?.message ?? '', /both allowed and denied/);
   });
 
   it('adds the built-in internet destination over every uplink when not configured', () => {
