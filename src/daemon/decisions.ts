@@ -11,6 +11,7 @@ import { needsFromMask } from '../decision/needs.js';
 import type { Caller, DecisionHandlers } from '../decision/server.js';
 import { WM_ACTION, WM_RESOLVE, type DecideRequest, type DecideResponse, type ResolveRequest, type ResolveResponse } from '../decision/wire.js';
 import { resolveVia } from '../dns/resolver.js';
+import { bestUplink } from '../routing/desired.js';
 import { identify, type AppIdentity } from '../identity/app.js';
 import { formatAddress, parseAddress, type Family } from '../net/prefix.js';
 import { ruleFor } from '../policy/app.js';
@@ -128,9 +129,9 @@ export class DecisionService implements DecisionHandlers {
       if (d.action === 'deny' && d.err === 'EACCES') refused = true;
       if (d.action === 'steer') { uplink = d.uplink; break; }
       if (d.action === 'pass') {
+        // No opinion: the uplink the destination's routing rule uses for this family.
         const dest = config.destinations.find((x) => x.name === destName);
-        uplink = this.engine.uplinkStates().filter((u) => dest?.via.includes(u.spec.name) && u.status === 'active')
-          .sort((a, b) => b.spec.preference - a.spec.preference)[0];
+        uplink = dest ? bestUplink(this.engine.uplinkStates(), dest, f) : undefined;
         if (uplink) break;
       }
     }
