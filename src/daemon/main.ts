@@ -58,20 +58,19 @@ async function main(): Promise<void> {
   mkdirSync(runDir, { recursive: true, mode: 0o755 });
   const generation = new GenerationFile(runDir);
   const cgroups = await createCgroupBackend();
-  // The engine, the sessions and the decisions refer to each other through these callbacks.
-  let sessions: SessionService | undefined;
-  let decisions: DecisionService | undefined;
-  const engine = new Engine({
+  // The engine calls back into the sessions and decisions (declared below, used only once
+  // engine.start() runs).
+  const engine: Engine = new Engine({
     config, configPath: opts.config, store, log, version: VERSION, savedSlots: saved.slots,
     onChange: () => {
-      decisions?.invalidate();
-      void sessions?.refresh().then(() => engine.refreshNft()).catch((e: Error) => log.error('session backstop update failed', { error: e.message }));
+      decisions.invalidate();
+      void sessions.refresh().then(() => engine.refreshNft()).catch((e: Error) => log.error('session backstop update failed', { error: e.message }));
     },
-    nftExtra: () => renderBackstop(sessions?.backstops() ?? [], { cgroupMount: cgroups.mount }),
+    nftExtra: () => renderBackstop(sessions.backstops(), { cgroupMount: cgroups.mount }),
   });
-  sessions = new SessionService(engine, cgroups,
+  const sessions: SessionService = new SessionService(engine, cgroups,
     { save: (all) => store.update({ sessions: all.map((x) => ({ ...x, needs: [...x.needs], deny: [...x.deny] })) }) }, log);
-  decisions = new DecisionService(engine, sessions.registry, generation, log);
+  const decisions = new DecisionService(engine, sessions.registry, generation, log);
   const decideServer = new DecisionServer(join(runDir, DECIDE_SOCKET), decisions, log);
 
   const reload = async (): Promise<ReloadResult> => {
@@ -92,14 +91,14 @@ async function main(): Promise<void> {
     hello: async (): Promise<HelloResult> => ({ daemon: 'waymarkd', version: VERSION, protocol: PROTOCOL_VERSION, methods: Object.keys(METHODS) }),
     status: async () => ({
       ...(await engine.status()),
-      sessions: (sessions as SessionService).registry.all().map((x) => ({
+      sessions: sessions.registry.all().map((x) => ({
         id: x.id, uid: x.uid, uplink: x.uplink ?? null, needs: [...x.needs], deny: [...x.deny], command: x.command, startedAt: x.startedAt,
       })),
       decisions: { ...decideServer.stats },
     }),
     reload,
-    'exec.begin': (params, cred) => (sessions as SessionService).begin(params as Parameters<SessionService['begin']>[0], cred),
-    'exec.end': (params, cred) => (sessions as SessionService).end(String(params['id']), cred),
+    'exec.begin': (params, cred) => sessions.begin(params as Parameters<SessionService['begin']>[0], cred),
+    'exec.end': (params, cred) => sessions.end(String(params['id']), cred),
   }, log);
 
   await engine.start();
@@ -122,7 +121,7 @@ async function main(): Promise<void> {
       decideServer.close();
       // Libraries drop their cached answers at once and fall back to their fail-open/closed mode.
       if (generation.opened) generation.bump();
-      sessions?.close();
+      sessions.close();
       await server.close();
       await engine.stop(opts.keepState);
       process.exit(0);
