@@ -15,6 +15,9 @@ for pair in ip:iproute2 nft:nftables curl:curl wget:wget socat:socat dig:dnsutil
 done
 # The tests run Debian's python3 as an unprivileged user (a pyenv shim under /root is out of reach).
 [ -x /usr/bin/python3 ] || missing="$missing python3"
+# The N-API addon needs node_api.h: shipped with upstream Node, in libnode-dev for Debian's nodejs.
+node_include=$(node -p "require('path').resolve(process.execPath, '../../include/node')")
+[ -f "$node_include/node_api.h" ] || missing="$missing libnode-dev"
 if [ -n "$missing" ]; then
   if [ "$(id -u)" -ne 0 ]; then say "missing Debian packages:$missing (run as root to install them)"; exit 1; fi
   say "installing Debian packages:$missing"
