@@ -25,6 +25,7 @@ const TTL_MS = { steer: 60_000, pass: 60_000, deny: 10_000 } as const;
 const IDENTITY_TTL_MS = 2_000;
 const ERRNO = { EACCES: 13, ENETUNREACH: 101 } as const;
 const DNS_TIMEOUT_MS = 2_000;
+const NO_DENY: readonly string[] = Object.freeze([]);
 
 interface Learned { destination: string; until: number }
 
@@ -70,11 +71,12 @@ export class DecisionService implements DecisionHandlers {
     const learned = destination ?? this.learnedDestination(family, addr);
     return decide({
       uplinks: this.engine.uplinkStates(), destinations: config.destinations, wish: this.wishFor(id, own), family, addr,
-      ...(app ? { app } : {}), ...(learned ? { learnedDestination: learned } : {}),
+      app, learnedDestination: learned,
     });
   }
 
   private learnedDestination(family: Family, addr: Uint8Array): string | undefined {
+    if (this.learned.size === 0) return undefined;
     const key = formatAddress(family, addr);
     const l = this.learned.get(key);
     if (!l) return undefined;
@@ -85,22 +87,32 @@ export class DecisionService implements DecisionHandlers {
     return l.destination;
   }
 
+  /**
+   * On the path of every first decision: written without object spreads, which cost
+   * microseconds each on Node 20 (measured), and V8 keeps one shape for every answer.
+   */
   decide(req: DecideRequest, caller: Caller): DecideResponse {
     const id = this.who(caller);
-    const own: Wish = {
-      ...(req.uplink ? { uplink: req.uplink } : {}), needs: needsFromMask(req.needs), deny: [],
-      ...(req.destination ? { destination: req.destination } : {}),
-    };
+    const own: Wish = { uplink: req.uplink || undefined, needs: needsFromMask(req.needs), deny: NO_DENY, destination: req.destination || undefined };
     const d = this.decideFor(id, own, req.family, req.addr);
-    const base = { seq: req.seq, generation: this.generation.value, ifindex: 0, mark: 0, err: 0, ifname: '', uplink: '' };
+    const r: DecideResponse = {
+      seq: req.seq, action: WM_ACTION.PASS, err: 0, ifindex: 0, mark: 0, ttlMs: TTL_MS.pass, generation: this.generation.value, ifname: '', uplink: '',
+    };
     if (d.action === 'steer') {
-      return { ...base, action: WM_ACTION.STEER, ttlMs: TTL_MS.steer, ifindex: d.uplink.link?.index ?? 0, mark: d.uplink.mark, ifname: d.uplink.link?.name ?? '', uplink: d.uplink.spec.name };
-    }
-    if (d.action === 'deny') {
+      r.action = WM_ACTION.STEER;
+      r.ttlMs = TTL_MS.steer;
+      r.ifindex = d.uplink.link?.index ?? 0;
+      r.mark = d.uplink.mark;
+      r.ifname = d.uplink.link?.name ?? '';
+      r.uplink = d.uplink.spec.name;
+    } else if (d.action === 'deny') {
       this.logDenial(id, `${formatAddress(req.family, req.addr)}:${req.port}/${req.proto}`, d);
-      return { ...base, action: WM_ACTION.DENY, ttlMs: TTL_MS.deny, err: ERRNO[d.err], uplink: req.uplink };
+      r.action = WM_ACTION.DENY;
+      r.ttlMs = TTL_MS.deny;
+      r.err = ERRNO[d.err];
+      r.uplink = req.uplink;
     }
-    return { ...base, action: WM_ACTION.PASS, ttlMs: TTL_MS.pass };
+    return r;
   }
 
   /** Denials are logged once per app, target and reason every 10 s (the library caches them anyway). */

@@ -8,8 +8,13 @@ import type { NeedName, UplinkKind } from '../config/schema.js';
 import { NEEDS } from './wire.js';
 import type { UplinkSpec } from '../uplink/uplink.js';
 
-export function needsFromMask(mask: number): NeedName[] {
-  return (Object.keys(NEEDS) as NeedName[]).filter((n) => (mask & NEEDS[n]) !== 0);
+const NEED_BITS = Object.entries(NEEDS) as [NeedName, number][];
+const NO_NEEDS: readonly NeedName[] = Object.freeze([]);
+
+/** On every decision's path: most requests carry no needs at all. */
+export function needsFromMask(mask: number): readonly NeedName[] {
+  if (mask === 0) return NO_NEEDS;
+  return NEED_BITS.filter(([, bit]) => (mask & bit) !== 0).map(([n]) => n);
 }
 
 export function needsToMask(needs: readonly NeedName[]): number {

@@ -77,10 +77,11 @@ function cstr(buf: Buffer, off: number, len: number): string | undefined {
   return slice.subarray(0, nul).toString('utf8');
 }
 
+/** Writes a NUL-terminated string into a zeroed field, in place (no intermediate Buffer). */
 function putStr(buf: Buffer, off: number, len: number, s: string): void {
-  const b = Buffer.from(s, 'utf8');
-  if (b.length >= len) throw new RangeError(`"${s}" does not fit in ${len - 1} bytes`);
-  b.copy(buf, off);
+  if (s === '') return;
+  if (Buffer.byteLength(s, 'utf8') >= len) throw new RangeError(`"${s}" does not fit in ${len - 1} bytes`);
+  buf.write(s, off, len - 1, 'utf8');
 }
 
 function header(buf: Buffer, type: number, seq: number): void {

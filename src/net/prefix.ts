@@ -102,8 +102,15 @@ export function overlaps(a: Prefix, b: Prefix): boolean {
   return equalBytes(maskBytes(a.bytes, len), maskBytes(b.bytes, len));
 }
 
+/** On every decision's path: compares in place, allocating nothing. */
 export function contains(p: Prefix, family: Family, addr: Uint8Array): boolean {
-  return p.family === family && equalBytes(maskBytes(addr, p.len), p.bytes);
+  if (p.family !== family) return false;
+  const full = p.len >> 3;
+  for (let i = 0; i < full; i++) if (addr[i] !== p.bytes[i]) return false;
+  const rest = p.len & 7;
+  if (rest === 0) return true;
+  const mask = (0xff << (8 - rest)) & 0xff;
+  return ((addr[full] ?? 0) & mask) === (p.bytes[full] ?? 0);
 }
 
 export function isLinkLocal(family: Family, bytes: Uint8Array): boolean {
