@@ -112,6 +112,8 @@ export class SessionService {
       await this.refresh();
       await this.engine.refreshNft();
       // Only now, with the backstop in place, does the caller (and so its command) join it.
+      // SO_PEERCRED names the pid at connect time: make sure it is still that user's process.
+      if (!ownedBy(caller.pid, caller.uid)) throw new Error(`process ${caller.pid} is gone or no longer the caller's`);
       await this.cgroups.movePid(cgroup, caller.pid);
     } catch (e) {
       this.drop(session);
@@ -135,7 +137,7 @@ export class SessionService {
     if (caller.uid !== 0 && caller.uid !== s.uid) throw new RequestError({ code: 'EPERM', message: `session ${id} is not yours` });
     // The caller (waymark exec) leaves, so an empty session can go at once.
     const origin = this.origins.get(id);
-    if (origin !== undefined && cgroupOf(caller.pid) === '/' + s.cgroup) {
+    if (origin !== undefined && ownedBy(caller.pid, caller.uid) && cgroupOf(caller.pid) === '/' + s.cgroup) {
       // If this fails the caller stays in; the watcher ends the session when it exits.
       await this.cgroups.movePid(origin.replace(/^\//, ''), caller.pid).catch(() => undefined);
     }
@@ -192,6 +194,16 @@ export class SessionService {
   close(): void {
     for (const w of this.watchers.values()) w.close();
     this.watchers.clear();
+  }
+}
+
+/** Whether `pid` is (still) a process of `uid` (its real uid, from /proc). */
+function ownedBy(pid: number, uid: number): boolean {
+  try {
+    const line = readFileSync(`/proc/${pid}/status`, 'utf8').split('\n').find((l) => l.startsWith('Uid:'));
+    return line !== undefined && Number(line.slice(4).trim().split(/\s+/)[0]) === uid;
+  } catch {
+    return false;
   }
 }
 
