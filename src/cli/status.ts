@@ -13,7 +13,7 @@ function bytes(n: number): string {
 
 export function formatStatus(s: StatusResult): string {
   const uplinks = renderTable(
-    ['UPLINK', 'KIND', 'STATE', 'DEVICE', 'ADDRESSES', 'GATEWAY', 'COST/MB', 'METERED', 'TABLE', 'MARK', 'TX/RX'],
+    ['UPLINK', 'KIND', 'STATE', 'DEVICE', 'ADDRESSES', 'GATEWAY', 'DNS', 'COST/MB', 'METERED', 'TABLE', 'MARK', 'TX/RX'],
     s.uplinks.map((u) => [
       u.name + (u.roaming ? ' (roaming)' : ''),
       u.kind,
@@ -21,6 +21,7 @@ export function formatStatus(s: StatusResult): string {
       u.ifname ?? '-',
       u.addresses.join(' ') || '-',
       [u.gateways.ipv4, u.gateways.ipv6].filter(Boolean).join(' ') || '-',
+      u.dns.servers.length ? u.dns.servers.join(' ') + (u.dns.source === 'link' ? ' (link)' : '') : '-',
       `${u.cost.perMB} ${u.cost.currency}` + (u.cost.perMinute ? ` +${u.cost.perMinute}/min` : ''),
       u.metered ? 'yes' : 'no',
       String(u.table),

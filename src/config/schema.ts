@@ -58,7 +58,7 @@ export const uplinkSchema = z.strictObject({
   preference: z.number().int().min(0).max(1000).default(100),
   /** Next hops when the kernel's main table has none for this link (an APN without a default route). */
   gateway: z.strictObject({ ipv4: address.optional(), ipv6: address.optional() }).optional(),
-  /** DNS servers of this uplink; otherwise what the link reports. */
+  /** DNS servers of this uplink; otherwise what its link announces (IPv6 RDNSS). */
   dns: z.array(address).optional(),
 });
 

@@ -151,15 +151,15 @@ export class DecisionService implements DecisionHandlers {
       this.log.info('name not resolved: no uplink may reach its destination', { name: req.name, destination: destName, pid: caller.pid, refused });
       return { ...base, status: refused ? WM_RESOLVE.REFUSED : WM_RESOLVE.DNS_FAILED };
     }
-    if (uplink.spec.dns.length === 0) {
-      this.log.warn('name not resolved: the uplink has no DNS servers configured', { name: req.name, uplink: uplink.spec.name });
+    if (uplink.dns.length === 0) {
+      this.log.warn('name not resolved: the uplink has no DNS servers (none configured, none announced)', { name: req.name, uplink: uplink.spec.name });
       return { ...base, status: WM_RESOLVE.DNS_FAILED, uplink: uplink.spec.name };
     }
     const cacheKey = `${req.name.toLowerCase()}|${req.family}|${uplink.spec.name}`;
     const cached = this.dnsCache.get(cacheKey);
     if (cached && cached.until > Date.now()) return { ...cached.answer, seq: req.seq, generation: this.generation.value };
     const answer = await resolveVia({
-      name: req.name, family: req.family, servers: uplink.spec.dns, mark: uplink.mark, timeoutMs: DNS_TIMEOUT_MS,
+      name: req.name, family: req.family, servers: uplink.dns, mark: uplink.mark, timeoutMs: DNS_TIMEOUT_MS,
     });
     if (answer.status !== 'ok' || answer.addrs.length === 0) {
       return { ...base, status: answer.status === 'nxdomain' ? WM_RESOLVE.NO_NAME : WM_RESOLVE.DNS_FAILED, uplink: uplink.spec.name };

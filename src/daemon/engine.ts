@@ -10,6 +10,7 @@ import { formatPrefix } from '../net/prefix.js';
 import { CHAINS, counterName, renderRuleset } from '../nftables/ruleset.js';
 import * as nft from '../nftables/nft.js';
 import { bestUplink, desiredState } from '../routing/desired.js';
+import { decodeRdnss, type RdnssMsg } from '../netlink/message.js';
 import { KernelRouting, watchKernel, type KernelSnapshot } from '../routing/kernel.js';
 import { isEmpty, plan } from '../routing/reconcile.js';
 import { describeRoute, describeRule } from '../routing/describe.js';
@@ -54,6 +55,7 @@ export class Engine {
   private recent: number[] = [];
   private nftApplied: string | undefined;
   private stopped = false;
+  private readonly linkDns = new Map<number, { servers: readonly string[]; until: number }>();
   /** What decisions depend on, to tell callers when it changed. */
   private fingerprint = '';
 
@@ -65,8 +67,10 @@ export class Engine {
     this.slots = assignSlots(this.config.uplinks.map((u) => u.name), new Map(Object.entries(this.opts.savedSlots)));
     await this.persistSlots();
     // Subscribe before the first snapshot so no change can slip between the two.
-    this.watcher = watchKernel((lost) => {
+    this.watcher = watchKernel((lost, m) => {
       if (lost) this.opts.log.warn('netlink events lost, resynchronising');
+      const rdnss = m ? decodeRdnss(m) : undefined;
+      if (rdnss) this.noteLinkDns(rdnss);
       this.schedule();
     });
     await this.reconcileNow();
@@ -81,6 +85,25 @@ export class Engine {
     await this.reconcileNow();
     this.opts.onChange?.();
     return this.generation;
+  }
+
+  /** DNS servers a router announced on a link, kept for their lifetime (RFC 8106). */
+  private noteLinkDns(r: RdnssMsg): void {
+    if (r.lifetimeSec === 0) this.linkDns.delete(r.ifindex);
+    else this.linkDns.set(r.ifindex, { servers: r.servers, until: Date.now() + r.lifetimeSec * 1000 });
+    this.opts.log.info('link DNS servers announced', { ifindex: r.ifindex, servers: r.servers, lifetime: r.lifetimeSec });
+    // Expiry is a change too: look again when the announcement runs out.
+    if (r.lifetimeSec > 0) setTimeout(() => this.schedule(), r.lifetimeSec * 1000 + 10).unref();
+  }
+
+  private validLinkDns(): Map<number, readonly string[]> {
+    const now = Date.now();
+    const out = new Map<number, readonly string[]>();
+    for (const [ifindex, d] of this.linkDns) {
+      if (d.until > now) out.set(ifindex, d.servers);
+      else this.linkDns.delete(ifindex);
+    }
+    return out;
   }
 
   /** Re-renders the nftables table now (after sessions changed). */
@@ -154,7 +177,7 @@ export class Engine {
     const t0 = performance.now();
     const snap = await this.kernel.snapshot();
     const mainRoutes = snap.routes.filter((r) => r.table === MAIN_TABLE);
-    this.states = uplinkStates(this.config.uplinks, this.slots, { links: snap.links, addrs: snap.addrs, routes: mainRoutes });
+    this.states = uplinkStates(this.config.uplinks, this.slots, { links: snap.links, addrs: snap.addrs, routes: mainRoutes, linkDns: this.validLinkDns() });
     const desired = desiredState(this.states, this.config.destinations);
     const p = plan(desired, snap.rules, snap.routes);
     const errors: string[] = [];
@@ -173,7 +196,7 @@ export class Engine {
       }
     }
     await this.applyNft(errors);
-    const fp = JSON.stringify(this.states.map((u) => [u.spec.name, u.status, u.link?.index, u.families]));
+    const fp = JSON.stringify(this.states.map((u) => [u.spec.name, u.status, u.link?.index, u.families, u.dns]));
     if (fp !== this.fingerprint) {
       this.fingerprint = fp;
       this.opts.onChange?.();
@@ -221,6 +244,7 @@ export class Engine {
         ifindex: s.link?.index ?? null,
         addresses: s.families.flatMap((f) => f.addresses),
         gateways: { ipv4: fam(4)?.gateway ?? null, ipv6: fam(6)?.gateway ?? null },
+        dns: { servers: [...s.dns], source: s.dnsSource },
         cost: { ...s.spec.cost },
         metered: s.spec.metered,
         roaming: s.spec.roaming,

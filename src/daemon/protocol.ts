@@ -47,6 +47,8 @@ export interface UplinkStatusView {
   ifindex: number | null;
   addresses: string[];
   gateways: { ipv4: string | null; ipv6: string | null };
+  /** DNS servers of the uplink and where they come from (the config, or the link's router). */
+  dns: { servers: string[]; source: 'config' | 'link' | 'none' };
   cost: { perMB: number; perMinute: number; currency: string };
   metered: boolean;
   roaming: boolean;

@@ -52,7 +52,7 @@ function carries(u: UplinkState, dest: DestinationSpec, family: Family): boolean
 
 function onLink(u: UplinkState, family: Family, addr: Uint8Array): boolean {
   const text = formatAddress(family, addr);
-  if (u.spec.dns.includes(text)) return true;
+  if (u.dns.includes(text)) return true;
   const fs = u.families.find((f) => f.family === family);
   return fs?.addresses.some((a) => {
     const [ip = '', len = ''] = a.split('/');

@@ -11,6 +11,7 @@ export const RTM = {
   NEWADDR: 20, DELADDR: 21, GETADDR: 22,
   NEWROUTE: 24, DELROUTE: 25, GETROUTE: 26,
   NEWRULE: 32, DELRULE: 33, GETRULE: 34,
+  NEWNDUSEROPT: 68,
 } as const;
 export const NLM_F = {
   REQUEST: 0x1, MULTI: 0x2, ACK: 0x4,
@@ -19,7 +20,7 @@ export const NLM_F = {
 /** Legacy multicast group bits (1 << (RTNLGRP_x - 1)). */
 export const RTMGRP = {
   LINK: 0x1, IPV4_IFADDR: 0x10, IPV4_ROUTE: 0x40, IPV4_RULE: 0x80,
-  IPV6_IFADDR: 0x100, IPV6_ROUTE: 0x400, IPV6_RULE: 0x40000,
+  IPV6_IFADDR: 0x100, IPV6_ROUTE: 0x400, IPV6_RULE: 0x40000, ND_USEROPT: 0x80000,
 } as const;
 export const AF_INET = 2;
 export const AF_INET6 = 10;
@@ -280,6 +281,36 @@ export function encodeRule(r: RuleMsg): Buffer {
   if (r.src !== undefined) parts.push(attr(FRA.SRC, addrBytes(r.src)));
   if (r.dst !== undefined) parts.push(attr(FRA.DST, addrBytes(r.dst)));
   return Buffer.concat(parts);
+}
+
+/** DNS servers a router announced on a link (RFC 8106 RDNSS, passed up by the kernel). */
+export interface RdnssMsg {
+  readonly ifindex: number;
+  readonly servers: readonly string[];
+  /** 0: withdraw them. */
+  readonly lifetimeSec: number;
+}
+
+const ND_OPT_RDNSS = 25;
+const ICMPV6_ROUTER_ADVERT = 134;
+
+/** The RDNSS option of an RTM_NEWNDUSEROPT (struct nduseroptmsg + ND options), if it carries one. */
+export function decodeRdnss(m: NlMessage): RdnssMsg | undefined {
+  const b = m.body;
+  if (m.type !== RTM.NEWNDUSEROPT || b.length < 16 || b.readUInt8(0) !== AF_INET6 || b.readUInt8(8) !== ICMPV6_ROUTER_ADVERT) return undefined;
+  const end = Math.min(b.length, 16 + b.readUInt16LE(2));
+  for (let off = 16; off + 8 <= end; ) {
+    const type = b.readUInt8(off);
+    const len = b.readUInt8(off + 1) * 8;
+    if (len === 0 || off + len > end) return undefined;
+    if (type === ND_OPT_RDNSS && len >= 24) {
+      const servers: string[] = [];
+      for (let a = off + 8; a + 16 <= off + len; a += 16) servers.push(formatAddress(6, b.subarray(a, a + 16)));
+      return { ifindex: b.readInt32LE(4), servers, lifetimeSec: b.readUInt32BE(off + 4) };
+    }
+    off += len;
+  }
+  return undefined;
 }
 
 /** Body of a dump request: an all-zero family header of the right size for the message type. */

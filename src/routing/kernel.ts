@@ -64,12 +64,13 @@ export class KernelRouting {
 }
 
 /**
- * Calls `onChange` for every link, address, route or rule change (both families), and with
+ * Calls `onChange` for every link, address, route or rule change (both families) and every
+ * router-announced option (RDNSS), and with
  * `lost = true` when the kernel dropped events (the caller then resynchronises anyway).
  */
 export function watchKernel(onChange: (lost: boolean, m?: NlMessage) => void): { close(): void } {
   const groups = RTMGRP.LINK | RTMGRP.IPV4_IFADDR | RTMGRP.IPV6_IFADDR | RTMGRP.IPV4_ROUTE | RTMGRP.IPV6_ROUTE
-    | RTMGRP.IPV4_RULE | RTMGRP.IPV6_RULE;
+    | RTMGRP.IPV4_RULE | RTMGRP.IPV6_RULE | RTMGRP.ND_USEROPT;
   const s = new RtnlSocket(groups, (m) => onChange(m === undefined, m));
   return { close: () => s.close() };
 }

@@ -30,6 +30,9 @@ export interface UplinkState {
   readonly status: UplinkStatus;
   readonly link?: { readonly index: number; readonly name: string; readonly flags: number };
   readonly families: readonly FamilyState[];
+  /** DNS servers: from the config, else what the link reports (router advertisements). */
+  readonly dns: readonly string[];
+  readonly dnsSource: 'config' | 'link' | 'none';
 }
 
 export interface KernelView {
@@ -37,6 +40,8 @@ export interface KernelView {
   readonly addrs: readonly AddrMsg[];
   /** Routes of the main table (others are ignored). */
   readonly routes: readonly RouteMsg[];
+  /** DNS servers links reported (RDNSS), by interface index; still valid ones only. */
+  readonly linkDns?: ReadonlyMap<number, readonly string[]>;
 }
 
 export function uplinkStates(
@@ -48,8 +53,11 @@ export function uplinkStates(
   return specs.map((spec) => {
     const slot = slots.get(spec.name);
     if (slot === undefined) throw new Error(`no slot for uplink ${spec.name}`);
-    const base = { spec, slot, table: tableForSlot(slot), mark: markForSlot(slot) };
     const link = links.find((l) => matchesInterface(spec.match, l.name));
+    const reported = link ? kernel.linkDns?.get(link.index) ?? [] : [];
+    const dns = spec.dns.length > 0 ? { dns: spec.dns, dnsSource: 'config' as const }
+      : reported.length > 0 ? { dns: reported, dnsSource: 'link' as const } : { dns: [], dnsSource: 'none' as const };
+    const base = { spec, slot, table: tableForSlot(slot), mark: markForSlot(slot), ...dns };
     if (!link) return { ...base, status: 'absent', families: [] };
     const linkInfo = { index: link.index, name: link.name, flags: link.flags };
     const families = ([4, 6] as const).map((f) => familyState(f, spec, link, kernel));

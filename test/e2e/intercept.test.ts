@@ -16,6 +16,7 @@ import { publicPath, publicRoot } from '../../src/lab/public.js';
 import type { StatusResult } from '../../src/daemon/protocol.js';
 import { buildGoClient } from '../support/goclient.js';
 import { execFileSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PACKAGE_ROOT } from '../../src/version.js';
 
@@ -136,6 +137,35 @@ describe('names of domain destinations resolve through their uplink', () => {
     // An Internet name is not a destination's: the system resolver (the lab's Wi-Fi DNS) answers.
     const www = await underExec([], ['python3', '-c', `import socket;print(socket.getaddrinfo("${LAB.internet.host}",80,socket.AF_INET)[0][4][0])`]);
     assert.equal(www.stdout.trim(), LAB.internet.v4, www.stderr);
+  });
+});
+
+describe('DNS servers the link announces', () => {
+  it('a router advertisement\'s RDNSS gives an uplink its DNS; a domain destination resolves and connects through it', async () => {
+    const original = readFileSync(dev.configPath, 'utf8');
+    // A destination known only by its domain, reached over Wi-Fi, whose DNS is not configured.
+    writeFileSync(dev.configPath, original.replace('destinations:\n', 'destinations:\n  - name: home\n    domains: [example.net]\n    via: [wifi]\n'));
+    try {
+      assert.equal((await dev.waymark(['reload'])).code, 0);
+      // The device takes DNS servers (only) from router advertisements on wlan0.
+      await lab.run('dev', ['sysctl', '-qw', 'net.ipv6.conf.wlan0.accept_ra=1', 'net.ipv6.conf.wlan0.accept_ra_defrtr=0',
+        'net.ipv6.conf.wlan0.autoconf=0', 'net.ipv6.conf.wlan0.accept_ra_pinfo=0']);
+      const ra = await lab.run('wifi', ['python3', join(PACKAGE_ROOT, 'test/fixtures/send_ra.py'), 'dev', LAB.dns.wifi.v6]);
+      assert.equal(ra.code, 0, ra.stderr);
+      let wifi;
+      for (let i = 0; i < 50 && wifi?.dns.source !== 'link'; i++) {
+        await new Promise((r) => setTimeout(r, 20));
+        wifi = (await status()).uplinks.find((u) => u.name === 'wifi');
+      }
+      assert.deepEqual(wifi?.dns, { servers: [LAB.dns.wifi.v6], source: 'link' });
+      // long-lived alone would pick cellular; the name's destination only goes over Wi-Fi.
+      const r = await underExec(['--need', 'long-lived'], ['curl', '-sS', '--max-time', '3', `http://${LAB.internet.host}/`]);
+      assert.equal(lastJson(r.stdout)?.path, 'wlan0', r.stderr);
+      assert.match(readFileSync(join(dev.dir, 'waymarkd.log'), 'utf8'), /msg=resolved name=www\.example\.net uplink=wifi/);
+    } finally {
+      writeFileSync(dev.configPath, original);
+      await dev.waymark(['reload']);
+    }
   });
 });
 

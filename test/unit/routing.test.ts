@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { MARK_MASK, PRIO_DESTINATION, PRIO_MARK, PRIO_OIF, PRIO_SOURCE, RTPROT_WAYMARK, TABLE_BASE } from '../../src/constants.js';
-import { FR_ACT, RTN, type RouteMsg, type RuleMsg } from '../../src/netlink/message.js';
+import { decodeRdnss, FR_ACT, RTM, RTN, type RouteMsg, type RuleMsg } from '../../src/netlink/message.js';
 import { describeRule } from '../../src/routing/describe.js';
 import { desiredState } from '../../src/routing/desired.js';
 import { isEmpty, plan } from '../../src/routing/reconcile.js';
@@ -64,6 +64,25 @@ describe('desired routing state', () => {
     assert.equal(down.routes.filter((r) => r.table === wifi).length, 0);
     const wifiRules = down.rules.filter((r) => r.table === wifi || r.fwmark === (slots.get('wifi') ?? 0) << 24);
     assert.deepEqual(wifiRules.map((r) => [r.priority, r.action]), [[PRIO_MARK, FR_ACT.UNREACHABLE], [PRIO_MARK, FR_ACT.UNREACHABLE]]);
+  });
+});
+
+describe('router-announced DNS', () => {
+  it('reads the RDNSS option of an RTM_NEWNDUSEROPT, as the kernel sends it', () => {
+    // Captured from a real router advertisement (test/fixtures/send_ra.py) on this kernel.
+    const body = Buffer.from('0a0028000200000086000000000000001905000000000258fd000050000000000000000000000001fd000050000000000000000000000053', 'hex');
+    const m = { type: RTM.NEWNDUSEROPT, flags: 0, seq: 0, pid: 0, body };
+    assert.deepEqual(decodeRdnss(m), { ifindex: 2, servers: ['fd00:50::1', 'fd00:50::53'], lifetimeSec: 600 });
+    assert.equal(decodeRdnss({ ...m, body: body.subarray(0, 20) }), undefined, 'truncated');
+    assert.equal(decodeRdnss({ ...m, type: RTM.NEWLINK }), undefined);
+  });
+
+  it('an uplink without configured DNS uses what its link announced', () => {
+    const states = uplinkStates(config.uplinks, slots, { ...labKernel(), linkDns: new Map([[2, ['fd00:50::1']], [4, ['fd00:64::99']]]) });
+    const byName = new Map(states.map((s) => [s.spec.name, s]));
+    assert.deepEqual([byName.get('wifi')?.dns, byName.get('wifi')?.dnsSource], [['fd00:50::1'], 'link']);
+    assert.deepEqual([byName.get('mms')?.dns, byName.get('mms')?.dnsSource], [['10.64.0.1'], 'config'], 'configured DNS wins');
+    assert.equal(byName.get('cellular')?.dnsSource, 'none');
   });
 });
 
