@@ -41,7 +41,20 @@ export class DecisionService implements DecisionHandlers {
     private readonly sessions: SessionRegistry,
     private readonly generation: GenerationFile,
     private readonly log: Logger,
+    /** Called when the set of learnt addresses changed (the kernel routes them too). */
+    private readonly onLearned: () => void = () => undefined,
   ) {}
+
+  /** Valid learnt addresses by destination. */
+  learnedHosts(): Map<string, string[]> {
+    const now = Date.now();
+    const out = new Map<string, string[]>();
+    for (const [addr, l] of this.learned) {
+      if (l.until <= now) continue;
+      out.set(l.destination, [...(out.get(l.destination) ?? []), addr]);
+    }
+    return out;
+  }
 
   /** Policy or uplinks changed: every cached answer in every library is void. */
   invalidate(): void {
@@ -80,7 +93,8 @@ export class DecisionService implements DecisionHandlers {
     const key = formatAddress(family, addr);
     const l = this.learned.get(key);
     if (!l) return undefined;
-    if (l.until < Date.now()) {
+    // Expired, or its destination is gone from the config: the address speaks for itself again.
+    if (l.until < Date.now() || !this.engine.getConfig().destinations.some((d) => d.name === l.destination)) {
       this.learned.delete(key);
       return undefined;
     }
@@ -178,6 +192,10 @@ export class DecisionService implements DecisionHandlers {
     this.dnsCache.set(cacheKey, { answer: res, until: Date.now() + ttlMs });
     // A library may hold a decision for one of these addresses made before we knew its destination.
     if (learnedNew && this.generation.opened) this.generation.bump();
+    if (learnedNew) {
+      this.onLearned();
+      setTimeout(() => this.onLearned(), ttlMs + 10).unref(); // and once they expire
+    }
     this.log.debug('resolved', { name: req.name, uplink: uplink.spec.name, addrs: answer.addrs.map((a) => a.address) });
     return res;
   }

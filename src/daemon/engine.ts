@@ -5,7 +5,7 @@
  */
 import { MARK_MASK } from '../constants.js';
 import type { Config } from '../config/load.js';
-import { INTERNET } from '../destination/destination.js';
+import { INTERNET, withLearnedHosts } from '../destination/destination.js';
 import { formatPrefix } from '../net/prefix.js';
 import { CHAINS, counterName, renderRuleset } from '../nftables/ruleset.js';
 import * as nft from '../nftables/nft.js';
@@ -36,6 +36,8 @@ export interface EngineOptions {
   readonly version: string;
   /** Called after a reconcile or reload that changed what decisions depend on (config, uplinks). */
   readonly onChange?: () => void;
+  /** Addresses learnt for domain destinations (destination → addresses), routed like their destination. */
+  readonly learnedHosts?: () => ReadonlyMap<string, readonly string[]>;
   /** Extra statements for our nftables table (the session backstop), rendered on every reconcile. */
   readonly nftExtra?: () => string;
 }
@@ -178,7 +180,7 @@ export class Engine {
     const snap = await this.kernel.snapshot();
     const mainRoutes = snap.routes.filter((r) => r.table === MAIN_TABLE);
     this.states = uplinkStates(this.config.uplinks, this.slots, { links: snap.links, addrs: snap.addrs, routes: mainRoutes, linkDns: this.validLinkDns() });
-    const desired = desiredState(this.states, this.config.destinations);
+    const desired = desiredState(this.states, withLearnedHosts(this.config.destinations, this.opts.learnedHosts?.() ?? new Map()));
     const p = plan(desired, snap.rules, snap.routes);
     const errors: string[] = [];
     let changes = 0;

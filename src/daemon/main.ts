@@ -67,10 +67,11 @@ async function main(): Promise<void> {
       void sessions.refresh().then(() => engine.refreshNft()).catch((e: Error) => log.error('session backstop update failed', { error: e.message }));
     },
     nftExtra: () => renderBackstop(sessions.backstops(), { cgroupMount: cgroups.mount }),
+    learnedHosts: () => decisions.learnedHosts(),
   });
   const sessions: SessionService = new SessionService(engine, cgroups,
     { save: (all) => store.update({ sessions: all.map((x) => ({ ...x, needs: [...x.needs], deny: [...x.deny] })) }) }, log);
-  const decisions = new DecisionService(engine, sessions.registry, generation, log);
+  const decisions: DecisionService = new DecisionService(engine, sessions.registry, generation, log, () => engine.schedule());
   const decideServer = new DecisionServer(join(runDir, DECIDE_SOCKET), decisions, log);
 
   const reload = async (): Promise<ReloadResult> => {

@@ -1,5 +1,5 @@
 /** Destinations: where traffic goes (the Internet, the MMS service, an office network). */
-import { contains, type Family, type Prefix } from '../net/prefix.js';
+import { contains, parseAddress, type Family, type Prefix } from '../net/prefix.js';
 
 /** The built-in default destination: everything no other destination claims. */
 export const INTERNET = 'internet';
@@ -38,4 +38,31 @@ export function destinationOfName(destinations: readonly DestinationSpec[], host
     }
   }
   return best?.name;
+}
+
+/**
+ * The destinations with the addresses learnt for their domains added as host prefixes, so the
+ * kernel routes those addresses like the rest of the destination, for programs without the
+ * library too. An address inside any configured prefix is left to that prefix (configured
+ * prefixes win); at most `max` addresses are added.
+ */
+export function withLearnedHosts(
+  destinations: readonly DestinationSpec[],
+  learned: ReadonlyMap<string, readonly string[]>,
+  max = 512,
+): DestinationSpec[] {
+  let budget = max;
+  return destinations.map((d) => {
+    const hosts = learned.get(d.name);
+    if (!hosts || d.name === INTERNET) return d;
+    const extra: Prefix[] = [];
+    for (const h of hosts) {
+      const a = parseAddress(h);
+      if (!a || budget <= 0) continue;
+      if (destinations.some((o) => o.prefixes.some((p) => contains(p, a.family, a.bytes)))) continue;
+      extra.push({ family: a.family, bytes: a.bytes, len: a.family === 4 ? 32 : 128 });
+      budget--;
+    }
+    return extra.length === 0 ? d : { ...d, prefixes: [...d.prefixes, ...extra] };
+  });
 }

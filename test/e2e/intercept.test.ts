@@ -162,10 +162,18 @@ describe('DNS servers the link announces', () => {
       const r = await underExec(['--need', 'long-lived'], ['curl', '-sS', '--max-time', '3', `http://${LAB.internet.host}/`]);
       assert.equal(lastJson(r.stdout)?.path, 'wlan0', r.stderr);
       assert.match(readFileSync(join(dev.dir, 'waymarkd.log'), 'utf8'), /msg=resolved name=www\.example\.net uplink=wifi/);
+      // The kernel routes the learnt addresses like their destination, for programs without the library too.
+      const wifiTable = wifi?.table;
+      const rules = (await lab.run('dev', ['ip', '-4', 'rule'])).stdout;
+      assert.match(rules, new RegExp(`to ${LAB.internet.v4.replace(/\./g, '\\.')} lookup ${wifiTable} proto 87`), rules);
+      const route = (await lab.run('dev', ['ip', '-6', 'route', 'get', LAB.internet.v6])).stdout;
+      assert.match(route, /dev wlan0/);
     } finally {
       writeFileSync(dev.configPath, original);
       await dev.waymark(['reload']);
     }
+    // With the destination gone, so are its learnt routes.
+    assert.doesNotMatch((await lab.run('dev', ['ip', '-4', 'rule'])).stdout, new RegExp(`to ${LAB.internet.v4.replace(/\./g, '\\.')} `));
   });
 });
 

@@ -3,6 +3,8 @@ import { describe, it } from 'node:test';
 import { MARK_MASK, PRIO_DESTINATION, PRIO_MARK, PRIO_OIF, PRIO_SOURCE, RTPROT_WAYMARK, TABLE_BASE } from '../../src/constants.js';
 import { decodeRdnss, FR_ACT, RTM, RTN, type RouteMsg, type RuleMsg } from '../../src/netlink/message.js';
 import { describeRule } from '../../src/routing/describe.js';
+import { withLearnedHosts } from '../../src/destination/destination.js';
+import { formatPrefix } from '../../src/net/prefix.js';
 import { desiredState } from '../../src/routing/desired.js';
 import { isEmpty, plan } from '../../src/routing/reconcile.js';
 import { uplinkStates } from '../../src/uplink/state.js';
@@ -83,6 +85,19 @@ describe('router-announced DNS', () => {
     assert.deepEqual([byName.get('wifi')?.dns, byName.get('wifi')?.dnsSource], [['fd00:50::1'], 'link']);
     assert.deepEqual([byName.get('mms')?.dns, byName.get('mms')?.dnsSource], [['10.64.0.1'], 'config'], 'configured DNS wins');
     assert.equal(byName.get('cellular')?.dnsSource, 'none');
+  });
+});
+
+describe('learnt addresses of domain destinations', () => {
+  it('are routed like their destination, unless a configured prefix already covers them', () => {
+    const configured = exampleConfig().destinations;
+    const home = { name: 'home', prefixes: [], domains: ['example.net'], via: ['wifi'] };
+    const dests = withLearnedHosts([home, ...configured], new Map([['home', ['198.51.100.10', '2001:db8:100::10', '10.200.0.10']], ['internet', ['192.0.2.1']]]));
+    assert.deepEqual(dests.find((d) => d.name === 'home')?.prefixes.map(formatPrefix), ['198.51.100.10/32', '2001:db8:100::10/128'], 'the MMS prefix keeps 10.200.0.10');
+    assert.deepEqual(dests.find((d) => d.name === 'internet')?.prefixes, []);
+    const { states: st } = labStates(config);
+    const rules = desiredState(st, dests).rules.filter((r) => r.priority === PRIO_DESTINATION && r.dst === '198.51.100.10');
+    assert.deepEqual(rules.map((r) => [r.dstLen, r.table]), [[32, TABLE_BASE + (slots.get('wifi') ?? 0)]]);
   });
 });
 
