@@ -2,14 +2,14 @@
  *
  *   - AF_NETLINK sockets (rtnetlink dumps, multicast groups) polled by the Node event loop
  *   - SO_PEERCRED, SO_MARK, SO_BINDTODEVICE, SO_DOMAIN/SO_TYPE/SO_PROTOCOL
- *   - Unix sockets (seqpacket or stream) with SCM_RIGHTS fd passing, the transport of the
- *     decision protocol between libwaymark.so and the daemon
+ *   - Unix sockets (seqpacket or stream), the transport of the decision protocol between
+ *     libwaymark.so and the daemon
  *   - the kernel backstop: a 4-instruction cgroup BPF program that marks every socket created
  *     in a cgroup v2 (raw bpf() syscall, no libbpf)
  *
  * Conventions:
- *   - every socket is created non-blocking and close-on-exec; received fds are close-on-exec
- *   - "would block" is not an error: recv/accept/recvWithFds return null
+ *   - every socket is created non-blocking and close-on-exec
+ *   - "would block" is not an error: recv/accept return null
  *   - a failed system call throws an Error with .code (errno name, 'EPERM'), .errno (negative, as
  *     Node's own system errors, so util.getSystemErrorName(err.errno) works) and .syscall
  *   - a bad argument throws a TypeError/RangeError with .code 'ERR_INVALID_ARG_TYPE'/'ERR_OUT_OF_RANGE'
@@ -51,7 +51,6 @@
 #define MAX_RECV_SIZE (16 * 1024 * 1024)
 #define NETLINK_RCVBUF (4 * 1024 * 1024)
 /* SCM_MAX_FD in the kernel: the most fds one message can carry. */
-#define MAX_FDS 253
 
 /* ------------------------------------------------------------------------------------------ */
 /* Errors and argument helpers                                                                 */
@@ -401,138 +400,6 @@ static napi_value js_send(napi_env env, napi_callback_info info)
     while (n < 0 && errno == EINTR);
     if (n < 0) return throw_errno(env, errno, "send");
     return make_int(env, n);
-}
-
-/* sendWithFds(fd, buf, fds) -> bytes sent; the fds travel as one SCM_RIGHTS message. */
-static napi_value js_send_with_fds(napi_env env, napi_callback_info info)
-{
-    napi_value argv[3];
-    int fd;
-    void *data;
-    size_t len;
-    if (!get_args(env, info, 3, 3, argv, NULL)) return NULL;
-    if (!get_fd(env, argv[0], &fd)) return NULL;
-    if (!get_bytes(env, argv[1], &data, &len)) return NULL;
-    bool is_array = false;
-    if (napi_is_array(env, argv[2], &is_array) != napi_ok || !is_array)
-        return throw_type(env, "fds must be an array of numbers");
-    uint32_t nfds;
-    CHECK_NAPI(env, napi_get_array_length(env, argv[2], &nfds));
-    if (nfds > MAX_FDS) return throw_range(env, "fds: at most 253 descriptors per message");
-    if (nfds > 0 && len == 0)
-        return throw_range(env, "buf must not be empty when passing fds");
-
-    int fds[MAX_FDS];
-    for (uint32_t i = 0; i < nfds; i++) {
-        napi_value el;
-        CHECK_NAPI(env, napi_get_element(env, argv[2], i, &el));
-        if (!get_fd(env, el, &fds[i])) return NULL;
-    }
-    union {
-        char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
-        struct cmsghdr align;
-    } control;
-    memset(&control, 0, sizeof control);
-    struct iovec iov = { .iov_base = data, .iov_len = len };
-    struct msghdr msg;
-    memset(&msg, 0, sizeof msg);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    if (nfds > 0) {
-        msg.msg_control = control.buf;
-        msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-        memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
-    }
-    ssize_t n;
-    do n = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-    while (n < 0 && errno == EINTR);
-    if (n < 0) return throw_errno(env, errno, "sendmsg");
-    return make_int(env, n);
-}
-
-static void close_fds(const int *fds, size_t n)
-{
-    for (size_t i = 0; i < n; i++) close(fds[i]);
-}
-
-/* recvWithFds(fd, size = 65536) -> { data, fds, eof } | null
- * Received fds are close-on-exec and owned by the caller. eof is true on an orderly shutdown
- * of a stream or seqpacket peer (zero bytes, no fds); zero-length records are therefore not
- * usable as messages on those socket types. */
-static napi_value js_recv_with_fds(napi_env env, napi_callback_info info)
-{
-    napi_value argv[2];
-    int fd;
-    size_t size;
-    if (!get_args(env, info, 1, 2, argv, NULL)) return NULL;
-    if (!get_fd(env, argv[0], &fd)) return NULL;
-    if (!get_size(env, argv[1], &size)) return NULL;
-
-    void *buf = malloc(size);
-    if (buf == NULL) return throw_errno(env, ENOMEM, "recvmsg");
-    union {
-        char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
-        struct cmsghdr align;
-    } control;
-    struct iovec iov = { .iov_base = buf, .iov_len = size };
-    struct msghdr msg;
-    memset(&msg, 0, sizeof msg);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.buf;
-    msg.msg_controllen = sizeof control.buf;
-    ssize_t n;
-    do n = recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-    while (n < 0 && errno == EINTR);
-    if (n < 0) {
-        int err = errno;
-        free(buf);
-        if (err == EAGAIN || err == EWOULDBLOCK) return make_null(env);
-        return throw_errno(env, err, "recvmsg");
-    }
-
-    int fds[MAX_FDS];
-    size_t nfds = 0;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-        size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (size_t i = 0; i < k && nfds < MAX_FDS; i++)
-            memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-    }
-    if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
-        /* Never hand out a partial request: drop it and its descriptors. */
-        close_fds(fds, nfds);
-        free(buf);
-        return throw_errno(env, EMSGSIZE, "recvmsg");
-    }
-
-    bool eof = false;
-    if (n == 0 && nfds == 0) {
-        int type = 0;
-        eof = getsockopt_int(fd, SOL_SOCKET, SO_TYPE, &type) == 0 && type != SOCK_DGRAM;
-    }
-
-    napi_value result, data, arr, v;
-    napi_status st = napi_create_buffer_copy(env, (size_t)n, buf, NULL, &data);
-    free(buf);
-    if (st != napi_ok || napi_create_object(env, &result) != napi_ok ||
-        napi_create_array_with_length(env, nfds, &arr) != napi_ok) {
-        close_fds(fds, nfds);
-        CHECK_NAPI(env, napi_generic_failure);
-    }
-    for (size_t i = 0; i < nfds; i++) {
-        napi_create_int32(env, fds[i], &v);
-        napi_set_element(env, arr, (uint32_t)i, v);
-    }
-    napi_get_boolean(env, eof, &v);
-    napi_set_named_property(env, result, "data", data);
-    napi_set_named_property(env, result, "fds", arr);
-    napi_set_named_property(env, result, "eof", v);
-    return result;
 }
 
 /* close(fd). EINTR counts as closed (Linux always releases the fd). */
@@ -1388,8 +1255,6 @@ static napi_value init(napi_env env, napi_value exports)
         FN("netlinkSend", js_netlink_send),
         FN("recv", js_recv),
         FN("send", js_send),
-        FN("sendWithFds", js_send_with_fds),
-        FN("recvWithFds", js_recv_with_fds),
         FN("close", js_close),
         FN("watch", js_watch),
         FN("peerCred", js_peer_cred),

@@ -1,11 +1,11 @@
 /**
  * Typed access to the `waymark_native` N-API addon (native/addon/waymark_native.c): the socket
  * operations Node's `net` cannot do (netlink, SO_PEERCRED, SO_MARK, SO_BINDTODEVICE, Unix
- * sockets with SCM_RIGHTS fd passing), and the kernel backstop's cgroup BPF socket marking.
+ * sockets), and the kernel backstop's cgroup BPF socket marking.
  *
  * Conventions (enforced by the addon):
- *   - every socket it creates is non-blocking and close-on-exec, received fds are close-on-exec;
- *   - "would block" is not an error: recv/accept/recvWithFds return null;
+ *   - every socket it creates is non-blocking and close-on-exec;
+ *   - "would block" is not an error: recv/accept return null;
  *   - a failed system call throws a {@link NativeError} (.code 'EPERM', .errno negative as in
  *     Node's own system errors, .syscall); bad arguments throw TypeError/RangeError;
  *   - fds are plain numbers the caller owns: close them with {@link close}.
@@ -29,14 +29,6 @@ export interface SocketInfo {
   type: number;
   /** IPPROTO_* or the netlink protocol */
   protocol: number;
-}
-
-export interface ReceivedMessage {
-  data: Buffer;
-  /** Received descriptors, close-on-exec, owned by the caller. */
-  fds: number[];
-  /** Orderly shutdown by the peer (stream/seqpacket): zero bytes and no fds. */
-  eof: boolean;
 }
 
 export interface Watcher {
@@ -97,8 +89,6 @@ interface NativeAddon {
   netlinkSend(fd: number, buf: Uint8Array): void;
   recv(fd: number, size?: number): Buffer | null;
   send(fd: number, buf: Uint8Array): number;
-  sendWithFds(fd: number, buf: Uint8Array, fds: number[]): number;
-  recvWithFds(fd: number, size?: number): ReceivedMessage | null;
   close(fd: number): void;
   watch(fd: number, onReadable: (err?: Error) => void, unref?: boolean, writable?: boolean): Watcher;
   tcpConnect(family: 4 | 6, addr: Uint8Array, port: number, ifname?: string): number;
@@ -125,8 +115,6 @@ const ADDON_FUNCTIONS: readonly (keyof NativeAddon)[] = [
   'netlinkSend',
   'recv',
   'send',
-  'sendWithFds',
-  'recvWithFds',
   'close',
   'watch',
   'tcpConnect',
@@ -226,20 +214,6 @@ export function recv(fd: number, size?: number): Buffer | null {
 /** send() with MSG_NOSIGNAL; returns bytes sent; a full socket throws 'EAGAIN'. */
 export function send(fd: number, buf: Uint8Array): number {
   return addon().send(fd, buf);
-}
-
-/** Sends `buf` with `fds` attached as SCM_RIGHTS (buf must not be empty when fds are sent). */
-export function sendWithFds(fd: number, buf: Uint8Array, fds: number[]): number {
-  return addon().sendWithFds(fd, buf, fds);
-}
-
-/**
- * Receives one message and any SCM_RIGHTS descriptors (close-on-exec); null when nothing is
- * queued. `eof` marks an orderly shutdown of a stream/seqpacket peer. A truncated message is
- * dropped (its fds closed) and thrown as 'EMSGSIZE'.
- */
-export function recvWithFds(fd: number, size?: number): ReceivedMessage | null {
-  return addon().recvWithFds(fd, size);
 }
 
 export function close(fd: number): void {
