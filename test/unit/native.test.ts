@@ -1,7 +1,7 @@
 /**
  * The waymark_native addon against real sockets: netlink dump, watch(), SO_PEERCRED, seqpacket
- * listen/accept with SCM_RIGHTS fd passing, SO_MARK/SO_BINDTODEVICE on a received socket, and
- * error objects. Needs `npx node-gyp rebuild` first. The mark tests need root (CAP_NET_ADMIN).
+ * listen/accept and messages, SO_MARK/SO_BINDTODEVICE on a TCP socket, and error objects.
+ * Needs `make -C native` first. The mark tests need root (CAP_NET_ADMIN).
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
