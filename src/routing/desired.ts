@@ -10,7 +10,7 @@ import {
 } from '../constants.js';
 import { INTERNET, type DestinationSpec } from '../destination/destination.js';
 import { FR_ACT, RT_SCOPE, RTN, type RouteMsg, type RuleMsg } from '../netlink/message.js';
-import { formatAddress, maskBytes, parseAddress, formatPrefix, type Family } from '../net/prefix.js';
+import { formatAddress, maskBytes, parseAddress, type Family, type Prefix } from '../net/prefix.js';
 import type { FamilyState, UplinkState } from '../uplink/state.js';
 
 export interface DesiredState {
@@ -47,6 +47,10 @@ function via(family: Family, table: number, oif: number, fs: FamilyState, dst?: 
   };
 }
 
+/** A configured prefix as the route and rule fields want it. */
+const parts = (p: Prefix): { addr: string; len: number; family: Family } => ({ addr: formatAddress(p.family, p.bytes), len: p.len, family: p.family });
+
+/** An interface address "addr/len" as its network. */
 function prefixParts(text: string): { addr: string; len: number; family: Family } {
   const [a = '', l = ''] = text.split('/');
   const parsed = parseAddress(a);
@@ -120,8 +124,7 @@ export function desiredState(uplinks: readonly UplinkState[], destinations: read
       }
       routes.push(reachesInternet ? via(f, u.table, oif, fs) : unreachable(f, u.table));
       for (const d of others) {
-        for (const text of d.prefixes.map(formatPrefix)) {
-          const p = prefixParts(text);
+        for (const p of d.prefixes.map(parts)) {
           if (p.family !== f) continue;
           routes.push(d.via.includes(u.spec.name) ? via(f, u.table, oif, fs, p) : unreachable(f, u.table, p));
         }
@@ -131,8 +134,7 @@ export function desiredState(uplinks: readonly UplinkState[], destinations: read
 
   // Destination prefixes go by the best uplink that reaches them, or nowhere.
   for (const d of others) {
-    for (const text of d.prefixes.map(formatPrefix)) {
-      const p = prefixParts(text);
+    for (const p of d.prefixes.map(parts)) {
       const best = bestUplink(uplinks, d, p.family);
       rules.push(rule(p.family, PRIO_DESTINATION, { dst: p.addr, dstLen: p.len, ...(best ? { table: best.table } : {}) }));
     }
