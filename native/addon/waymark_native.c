@@ -16,6 +16,7 @@
  *   - EINTR is retried everywhere except close()
  */
 #include <errno.h>
+#include <sched.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stddef.h>
@@ -383,6 +384,39 @@ static napi_value js_recv(napi_env env, napi_callback_info info)
     free(buf);
     CHECK_NAPI(env, st);
     return result;
+}
+
+/* recvInto(fd, buf) -> the length of one message received into buf, or null (would block).
+ * Allocates nothing: for hot paths that reuse one buffer. A message longer than buf is consumed
+ * and thrown as EMSGSIZE; 0 is EOF on a stream or seqpacket socket. */
+static napi_value js_recv_into(napi_env env, napi_callback_info info)
+{
+    napi_value argv[2];
+    int fd;
+    void *data;
+    size_t len;
+    if (!get_args(env, info, 2, 2, argv, NULL)) return NULL;
+    if (!get_fd(env, argv[0], &fd)) return NULL;
+    if (!get_bytes(env, argv[1], &data, &len)) return NULL;
+    if (len == 0) return throw_range(env, "buf must not be empty");
+    ssize_t n;
+    do n = recv(fd, data, len, MSG_DONTWAIT | MSG_TRUNC);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return make_null(env);
+        return throw_errno(env, errno, "recv");
+    }
+    if ((size_t)n > len) return throw_errno(env, EMSGSIZE, "recv");
+    return make_int(env, n);
+}
+
+/* yieldCpu(): sched_yield(). Lets another runnable task on this CPU go first; returns at once
+ * when there is none. For busy polling that must not take the CPU from anybody. */
+static napi_value js_yield_cpu(napi_env env, napi_callback_info info)
+{
+    (void)info;
+    sched_yield();
+    return make_undefined(env);
 }
 
 /* send(fd, buf) -> bytes sent. Never raises SIGPIPE. EAGAIN is thrown (code 'EAGAIN'). */
@@ -1254,6 +1288,8 @@ static napi_value init(napi_env env, napi_value exports)
         FN("netlinkPortId", js_netlink_port_id),
         FN("netlinkSend", js_netlink_send),
         FN("recv", js_recv),
+        FN("recvInto", js_recv_into),
+        FN("yieldCpu", js_yield_cpu),
         FN("send", js_send),
         FN("close", js_close),
         FN("watch", js_watch),

@@ -1,13 +1,13 @@
 #!/usr/bin/env node
 /** waymarkd: the Waymark daemon. */
-import { Command, Option } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { createCgroupBackend } from '../backstop/backend.js';
 import { renderBackstop } from '../backstop/nft.js';
 import { ConfigError, DEFAULT_CONFIG_PATH, loadConfigFile } from '../config/load.js';
 import { GenerationFile } from '../decision/generation.js';
-import { DecisionServer } from '../decision/server.js';
+import { DEFAULT_BUSY_POLL_US, DecisionServer } from '../decision/server.js';
 import { DECIDE_SOCKET } from '../decision/wire.js';
 import { DecisionService } from './decisions.js';
 import { SessionService } from './sessions.js';
@@ -26,13 +26,21 @@ const program = new Command('waymarkd')
   .option('--keep-state', 'leave rules, routes and the nftables table in place on exit', false)
   .option('--check', 'validate the configuration and exit', false)
   .addOption(new Option('--log-level <level>', 'least severe level logged').choices(['debug', 'info', 'warn', 'error']).default('info'))
+  .addOption(new Option('--busy-poll-us <µs>', 'after a decision request, poll this long (yielding the CPU) before sleeping: answers the next first connect of a burst without a wake-up; 0 turns it off')
+    .default(DEFAULT_BUSY_POLL_US).argParser(busyPollUs))
   .version(VERSION)
   .addHelpText('after', `
 Signals: SIGHUP reloads the configuration (a bad file is rejected and the running one stays);
 SIGTERM/SIGINT stop cleanly, removing Waymark's kernel state unless --keep-state is given.
 Environment: WAYMARK_CONFIG and WAYMARK_SOCKET set the defaults of --config and --socket.`);
 
-interface Opts { config: string; socket: string; stateDir: string; keepState: boolean; check: boolean; logLevel: Level }
+interface Opts { config: string; socket: string; stateDir: string; keepState: boolean; check: boolean; logLevel: Level; busyPollUs: number }
+
+function busyPollUs(v: string): number {
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || n > 100_000) throw new InvalidArgumentError('a whole number of microseconds, 0 to 100000');
+  return n;
+}
 
 async function main(): Promise<void> {
   program.parse();
@@ -72,7 +80,7 @@ async function main(): Promise<void> {
   const sessions: SessionService = new SessionService(engine, cgroups,
     { save: (all) => store.update({ sessions: all.map((x) => ({ ...x, needs: [...x.needs], deny: [...x.deny] })) }) }, log);
   const decisions: DecisionService = new DecisionService(engine, sessions.registry, generation, log, () => engine.schedule());
-  const decideServer = new DecisionServer(join(runDir, DECIDE_SOCKET), decisions, log);
+  const decideServer = new DecisionServer(join(runDir, DECIDE_SOCKET), decisions, log, { busyPollUs: opts.busyPollUs });
 
   const reload = async (): Promise<ReloadResult> => {
     try {

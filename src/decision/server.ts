@@ -22,9 +22,16 @@
  *   - At most `maxClients` connections (default 1024) are kept; beyond that a new connection is
  *     accepted and closed at once (the library sees EOF and falls back without waiting), counted
  *     in `stats.rejected`.
- *   - Cost per request: one recv (a copy of at most RECV_SIZE bytes), the decode, the handler, the
- *     encode, one send. Nothing is logged per request above debug level (and debug lines are only
- *     built for malformed messages).
+ *   - Cost per request: one recv into a buffer the server reuses (the decoders copy what they
+ *     keep), the decode, the handler, the encode, one send. Nothing is logged per request above
+ *     debug level (and debug lines are only built for malformed messages).
+ *   - Busy polling (`busyPollUs`): after a decision request the event loop keeps polling, yielding
+ *     the CPU at every turn, for a moment instead of sleeping. A program's first connects come in
+ *     bursts and each one waits for its answer; an idle CPU takes tens of µs to wake (measured on
+ *     a 2-vCPU VM: a C ping-pong over a Unix socket takes 25-30 µs p50 when the answering side
+ *     sleeps, 5 µs when it polls). Yielding keeps it from taking the CPU from anybody: any
+ *     runnable task goes first. The window is measured in wall time, so it ends as soon after
+ *     the last request on a busy machine as on an idle one.
  *
  * A zero-length seqpacket message cannot be told from EOF by recv(): it closes the connection.
  */
@@ -55,6 +62,8 @@ export interface DecisionServerOptions {
   mode?: number;
   /** listen() backlog (default 128). */
   backlog?: number;
+  /** How long the event loop polls without sleeping after a decision request, in µs (default {@link DEFAULT_BUSY_POLL_US}; 0: never). */
+  busyPollUs?: number;
 }
 
 export interface DecisionStats {
@@ -70,9 +79,12 @@ export interface DecisionStats {
   readonly handlerErrors: number;
   /** Answers not delivered: the client was gone or its receive queue full. */
   readonly droppedReplies: number;
+  /** Event-loop turns spent busy polling (see `busyPollUs`). */
+  readonly busyPollTurns: number;
 }
 
 export const DEFAULT_MAX_CLIENTS = 1024;
+export const DEFAULT_BUSY_POLL_US = 200;
 export const ERROR_LOG_INTERVAL_MS = 10_000;
 /** Larger than any request: a bigger message is consumed and reported by recv() as EMSGSIZE. */
 const RECV_SIZE = 1024;
@@ -101,8 +113,11 @@ export class DecisionServer {
   private socketIno: number | undefined;
   private readonly clients = new Set<Client>();
   private readonly maxClients: number;
-  private counters = { requests: 0, malformed: 0, rejected: 0, handlerErrors: 0, droppedReplies: 0 };
+  private counters = { requests: 0, malformed: 0, rejected: 0, handlerErrors: 0, droppedReplies: 0, busyPollTurns: 0 };
   private lastErrorLog = -Infinity;
+  private readonly rx = Buffer.allocUnsafe(RECV_SIZE);
+  private readonly busyPollMs: number;
+  private busy = { until: 0, polling: false };
   private suppressedErrors = 0;
 
   constructor(
@@ -112,6 +127,7 @@ export class DecisionServer {
     private readonly options: DecisionServerOptions = {},
   ) {
     this.maxClients = options.maxClients ?? DEFAULT_MAX_CLIENTS;
+    this.busyPollMs = (options.busyPollUs ?? DEFAULT_BUSY_POLL_US) / 1000;
   }
 
   get stats(): DecisionStats {
@@ -232,9 +248,9 @@ export class DecisionServer {
       return;
     }
     for (let i = 0; i < BATCH && client.open; i++) {
-      let msg: Buffer | null;
+      let n: number | null;
       try {
-        msg = native.recv(client.fd, RECV_SIZE);
+        n = native.recvInto(client.fd, this.rx);
       } catch (e) {
         if (native.isNativeError(e, 'EMSGSIZE')) {
           this.malformed(client, 'oversized');
@@ -243,13 +259,13 @@ export class DecisionServer {
         this.drop(client); // ECONNRESET...
         return;
       }
-      if (msg === null) return;
-      if (msg.length === 0) {
+      if (n === null) return;
+      if (n === 0) {
         this.drop(client); // EOF
         return;
       }
       try {
-        this.handle(client, msg);
+        this.handle(client, this.rx.subarray(0, n));
       } catch (e) {
         // A bug of ours: keep it inside this connection rather than crash the daemon.
         this.log.error('decide socket: request handling failed; closing the connection', { error: (e as Error).message, pid: client.caller.pid });
@@ -272,6 +288,7 @@ export class DecisionServer {
         return;
       }
       this.counters.requests++;
+      this.keepPolling();
       let out: DecideResponse | Promise<DecideResponse>;
       try {
         out = this.handlers.decide(req, client.caller);
@@ -339,6 +356,26 @@ export class DecisionServer {
       if (!native.isNativeError(e, 'EAGAIN')) this.drop(client);
     }
   }
+
+  /** Busy polling (see the top of this file): (re)opens the window after a decision request. */
+  private keepPolling(): void {
+    if (this.busyPollMs <= 0) return;
+    this.busy.until = performance.now() + this.busyPollMs;
+    if (this.busy.polling) return;
+    this.busy.polling = true;
+    setImmediate(this.pollTurn);
+  }
+
+  /** One turn: a pending immediate makes libuv's next epoll_wait non-blocking. */
+  private readonly pollTurn = (): void => {
+    if (this.listenFd === undefined || performance.now() >= this.busy.until) {
+      this.busy.polling = false;
+      return;
+    }
+    this.counters.busyPollTurns++;
+    native.yieldCpu();
+    setImmediate(this.pollTurn);
+  };
 
   private malformed(client: Client, why: string): void {
     this.counters.malformed++;

@@ -88,6 +88,8 @@ interface NativeAddon {
   netlinkPortId(fd: number): number;
   netlinkSend(fd: number, buf: Uint8Array): void;
   recv(fd: number, size?: number): Buffer | null;
+  recvInto(fd: number, buf: Uint8Array): number | null;
+  yieldCpu(): void;
   send(fd: number, buf: Uint8Array): number;
   close(fd: number): void;
   watch(fd: number, onReadable: (err?: Error) => void, unref?: boolean, writable?: boolean): Watcher;
@@ -209,6 +211,20 @@ export function netlinkSend(fd: number, buf: Uint8Array): void {
  */
 export function recv(fd: number, size?: number): Buffer | null {
   return addon().recv(fd, size);
+}
+
+/**
+ * One message received into `buf` (reused: nothing is allocated): its length, or null when
+ * nothing is queued. A longer message is consumed and throws 'EMSGSIZE'; 0 is EOF on a stream
+ * or seqpacket socket.
+ */
+export function recvInto(fd: number, buf: Uint8Array): number | null {
+  return addon().recvInto(fd, buf);
+}
+
+/** sched_yield(): another runnable task on this CPU goes first; returns at once if there is none. */
+export function yieldCpu(): void {
+  addon().yieldCpu();
 }
 
 /** send() with MSG_NOSIGNAL; returns bytes sent; a full socket throws 'EAGAIN'. */

@@ -406,6 +406,29 @@ describe('DecisionServer', () => {
     c.close();
   });
 
+  it('busy polls for busyPollUs after a decision request, then sleeps; busyPollUs 0 never polls', async () => {
+    const idle = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+    for (const busyPollUs of [2000, 0]) {
+      const p = path.join(dir, `busy-${busyPollUs}.sock`);
+      const s = new DecisionServer(p, handlers, memoryLogger([]), { busyPollUs });
+      s.listen();
+      const c = new Client(p);
+      try {
+        c.send(decideReq(1));
+        await c.reply();
+        await idle(30); // far beyond 2 ms
+        const turns = s.stats.busyPollTurns;
+        await idle(30);
+        assert.equal(s.stats.busyPollTurns, turns, 'polling has stopped');
+        if (busyPollUs === 0) assert.equal(turns, 0);
+        else assert.ok(turns > 0, 'polled after the request');
+      } finally {
+        c.close();
+        s.close();
+      }
+    }
+  });
+
   it('round trip timing (printed, not asserted)', async () => {
     const c = new Client(sockPath);
     try {
