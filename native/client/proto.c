@@ -7,6 +7,7 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -265,7 +266,8 @@ int wm_call(struct wm_conn *c, struct wm_header *req, size_t req_size, struct wm
     /* The daemon usually answers within tens of microseconds. Polling for that long before
      * sleeping saves this thread a wake-up (on a VM, an inter-processor interrupt and a vCPU
      * reschedule: tens of µs more); only first decisions ever wait here. One thread of the
-     * process polls at a time: many spinning threads would take the CPU the daemon needs. */
+     * process polls at a time: many spinning threads would take the CPU the daemon needs. Each
+     * turn yields: if the daemon (or anything else) is runnable on this CPU, it goes first. */
     bool spinning = atomic_fetch_add(&spinners, 1) == 0;
     if (!spinning) atomic_fetch_sub(&spinners, 1);
     const int64_t spin_until = spinning ? wm_now_ns() + WM_SPIN_NS : 0;
@@ -277,7 +279,10 @@ int wm_call(struct wm_conn *c, struct wm_header *req, size_t req_size, struct wm
                 if (spinning) atomic_fetch_sub(&spinners, 1);
                 return fail_conn(c, errno);
             }
-            if (spinning && wm_now_ns() < spin_until) continue;
+            if (spinning && wm_now_ns() < spin_until) {
+                sched_yield(); /* the daemon may be waiting for this very CPU */
+                continue;
+            }
             if (spinning) {
                 atomic_fetch_sub(&spinners, 1);
                 spinning = false;
