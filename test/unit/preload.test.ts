@@ -328,8 +328,20 @@ def udp_multi(sends, port, family):
         pass
     return {'results': results, 'seen': captured(caps, port), 'loopback': got_lo, 'dev': dev(s)}
 
-def nonblocking(host, port):
-    listener(host, port)
+def bump(path):
+    with open(path, 'r+b') as f:
+        g = struct.unpack('<I', f.read(4))[0]
+        f.seek(0)
+        f.write(struct.pack('<I', g + 1))
+    return g + 1
+
+def nonblocking(host, port, gen_file):
+    # A listener of its own that keeps the accepted end open: the socket under test must stay
+    # connected (then half-closed) rather than follow a peer that hangs up.
+    srv = socket.socket(fam(host), socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((host, port))
+    srv.listen(8)
     c = socket.socket(fam(host), socket.SOCK_STREAM)
     c.setblocking(False)
     try:
@@ -339,12 +351,26 @@ def nonblocking(host, port):
         first = name(e)
     select.select([], [c], [], 5)
     so_error = c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    peer, _ = srv.accept()
     try:
         c.connect((host, port))  # again, as event loops do
         again = 'ok'
     except OSError as e:
         again = name(e)
-    return {'result': first, 'so_error': so_error, 'again': again, 'dev': dev(c)}
+    # Shut down both ways, a TCP socket polls POLLHUP like one that never connected (and POLLIN):
+    # still not one to steer, even with the cached answer voided (a new generation).
+    c.shutdown(socket.SHUT_RDWR)
+    bump(gen_file)
+    try:
+        c.connect((host, port))
+        after_shutdown = 'ok'
+    except OSError as e:
+        after_shutdown = name(e)
+    state = c.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+    peer.close()
+    srv.close()
+    return {'result': first, 'so_error': so_error, 'again': again, 'after_shutdown': after_shutdown,
+            'state_after_shutdown': state, 'dev': dev(c)}
 
 def threads(host, port, n, per):
     for t in range(4):
@@ -459,16 +485,12 @@ for step in json.loads(sys.argv[1]):
     elif op == 'udp-multi':
         out.append(udp_multi(step['sends'], step['port'], step.get('family', 4)))
     elif op == 'nonblocking':
-        out.append(nonblocking(step['host'], step['port']))
+        out.append(nonblocking(step['host'], step['port'], step['file']))
     elif op == 'sleep':
         time.sleep(step['s'])
         out.append({})
     elif op == 'bump':
-        with open(step['file'], 'r+b') as f:
-            g = struct.unpack('<I', f.read(4))[0]
-            f.seek(0)
-            f.write(struct.pack('<I', g + 1))
-        out.append({'generation': g + 1})
+        out.append({'generation': bump(step['file'])})
     elif op == 'threads':
         out.append(threads(step['host'], step['port'], step['threads'], step['per']))
     elif op == 'fork':
@@ -766,15 +788,16 @@ describe('libwaymark.so (LD_PRELOAD)', { skip }, () => {
     assert.deepEqual(denied.out.map((r) => r.result), ['ENETUNREACH', 'ENETUNREACH']);
   });
 
-  it('keeps non-blocking connect semantics (EINPROGRESS, completion, repeated connect)', async () => {
-    const { out: [steered] } = await run([{ op: 'nonblocking', host: A, port: nextPort() }]);
-    const { out: [baseline] } = await run([{ op: 'nonblocking', host: A, port: nextPort() }], { preload: false });
+  it('keeps non-blocking connect semantics (EINPROGRESS, completion, repeated connect, after shutdown)', async () => {
+    const { out: [steered] } = await run([{ op: 'nonblocking', host: A, port: nextPort(), file: daemon.genPath }]);
+    const { out: [baseline] } = await run([{ op: 'nonblocking', host: A, port: nextPort(), file: daemon.genPath }], { preload: false });
     assert.ok(steered && baseline);
     assert.ok(steered.result === 'EINPROGRESS' || steered.result === 'ok', String(steered.result));
     assert.equal(steered.so_error, 0);
+    assert.notEqual(steered.state_after_shutdown, 7, 'half-closed, not CLOSE (which TCP_INFO cannot tell from never connected)');
     assert.deepEqual({ ...steered, dev: '' }, baseline);
     assert.equal(steered.dev, 'up0');
-    assert.equal(daemon.decides.length, 1, 'the repeated connect on a connected socket asks nothing');
+    assert.equal(daemon.decides.length, 1, 'the repeated connects on a connected socket ask nothing');
   });
 
   it('getaddrinfo/gethostbyname: names the daemon resolves, refuses or does not claim', async () => {
