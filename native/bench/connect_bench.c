@@ -17,9 +17,11 @@
  *                       first decision. Without listeners there the connects are refused (the
  *                       peer answers RST): that is fine as long as the bare run is made the same
  *                       way; "refused" counts them and they are timed like the others.
- * --warmup K            K untimed connects to PORT first (under libwaymark.so: the daemon
- *                       connection is made and PORT's decision cached; in --unique-ports mode
- *                       the measured ports stay undecided).
+ * --warmup K            K untimed connects first, made like the measured ones: to PORT (under
+ *                       libwaymark.so: the daemon connection is made and PORT's decision
+ *                       cached), or with --unique-ports to the K ports below BASE (each one a
+ *                       decision: the daemon's decision path is warm, as in a daemon that has
+ *                       been running a while, and the measured ports stay undecided).
  *
  * TIME_WAIT: every socket gets SO_LINGER {on, 0 s} right after socket(), so close() sends a RST
  * and leaves no TIME_WAIT socket behind: tens of thousands of connects in a row would otherwise
@@ -132,6 +134,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "connect_bench: --unique-ports %ld with N=%ld goes past port 65535\n", base, n);
         return 2;
     }
+    if (base >= 0 && base - warmup < 1) {
+        fprintf(stderr, "connect_bench: --warmup %ld needs --unique-ports above %ld\n", warmup, warmup);
+        return 2;
+    }
     struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST }, *ai = NULL;
     int e = getaddrinfo(host, NULL, &hints, &ai);
     if (e != 0) {
@@ -143,7 +149,7 @@ int main(int argc, char **argv)
     memcpy(&sa, ai->ai_addr, len);
     freeaddrinfo(ai);
 
-    for (long i = 0; i < warmup; i++) one(&sa, len, (int)port);
+    for (long i = 0; i < warmup; i++) one(&sa, len, base >= 0 ? (int)(base - warmup + i) : (int)port);
 
     double *us = malloc(sizeof *us * (size_t)n);
     if (us == NULL) return 1;
