@@ -13,6 +13,7 @@
  */
 import { z } from 'zod';
 import { NEED_NAMES } from '../config/schema.js';
+import type { DecisionStats } from '../decision/server.js';
 
 export const PROTOCOL_VERSION = 1;
 export const MAX_LINE = 64 * 1024;
@@ -78,7 +79,8 @@ export interface StatusResult {
   /** Running `waymark exec` sessions. */
   sessions?: { id: string; uid: number; uplink: string | null; needs: string[]; deny: string[]; command: string; startedAt: string }[];
   /** The decide socket: requests answered, malformed messages dropped, connected clients. */
-  decisions?: { requests: number; malformed: number; clients: number };
+  /** The decide socket's counters. */
+  decisions?: DecisionStats;
 }
 
 /** Each method: its params schema, and whether it changes state. */
