@@ -1,7 +1,7 @@
 /**
  * Interception end to end, in a lab the test builds: real unmodified clients under
  * `waymark exec`, as root and as nobody, IPv4 and IPv6; per-destination decisions by the daemon;
- * DNS of domain destinations through their uplink; the kernel backstop for a static Go binary;
+ * DNS of domain destinations through their uplink; the kernel backstop for a static Go binary and an io_uring-only program;
  * the daemon dying mid-run; many threads and forked children.
  *
  * The discriminating setup: `--need long-lived` makes the session's default (the cgroup mark) the
@@ -229,6 +229,28 @@ describe('the kernel backstop holds for a program that never loads the library',
     assert.equal(lastJson(denied.stdout)?.path, 'wwan0', denied.stderr);
     // Binding itself to the denied device does not get it through either.
     const sneaky = await underExec(['--deny', 'wifi'], [goclient, '-bind', 'wlan0', '-timeout', '1s', url(LAB.internet.v4)]);
+    assert.notEqual(sneaky.code, 0, sneaky.stdout);
+    assert.equal(lastJson(sneaky.stdout), null);
+  });
+
+  const ioUringOff = ((): string | false => {
+    try {
+      return readFileSync('/proc/sys/kernel/io_uring_disabled', 'utf8').trim() === '0' ? false : 'io_uring is disabled here (kernel.io_uring_disabled)';
+    } catch {
+      return false; // kernels before 6.6 have no such switch
+    }
+  })();
+
+  it('so does a program whose socket lives entirely in io_uring (socket, connect, send, recv)', { skip: ioUringOff }, async () => {
+    const bin = join(publicRoot(), 'build', 'uring_client'); // also run as nobody
+    execFileSync('cc', ['-Wall', '-Werror', '-O2', '-o', bin, join(PACKAGE_ROOT, 'test/fixtures/uring_client.c')]);
+    const assigned = await underExec(['--uplink', 'wwan0'], [bin, LAB.internet.v4, '80'], { uid: 65534 });
+    assert.equal(lastJson(assigned.stdout)?.path, 'wwan0', assigned.stderr);
+    const plain = await lab.run('dev', [bin, LAB.internet.v4, '80']);
+    assert.equal(lastJson(plain.stdout)?.path, 'wlan0', plain.stderr);
+    const denied = await underExec(['--deny', 'wifi'], [bin, LAB.internet.v6, '80']);
+    assert.equal(lastJson(denied.stdout)?.path, 'wwan0', denied.stderr);
+    const sneaky = await underExec(['--deny', 'wifi'], [bin, '-bind', 'wlan0', '-timeout', '1', LAB.internet.v4, '80']);
     assert.notEqual(sneaky.code, 0, sneaky.stdout);
     assert.equal(lastJson(sneaky.stdout), null);
   });
