@@ -663,6 +663,27 @@ static napi_value js_bind_to_device(napi_env env, napi_callback_info info)
     return make_undefined(env);
 }
 
+/* udpSocket(family) -> fd: a non-blocking, close-on-exec UDP socket (IPv6-only for family 6),
+ * not bound yet, so that marks and device bindings can be set before anything is sent; then
+ * node:dgram takes it over with socket.bind({ fd }). */
+static napi_value js_udp_socket(napi_env env, napi_callback_info info)
+{
+    napi_value argv[1];
+    int64_t family;
+    if (!get_args(env, info, 1, 1, argv, NULL)) return NULL;
+    if (!get_int(env, argv[0], "family", 4, 6, &family)) return NULL;
+    if (family != 4 && family != 6) return throw_range(env, "family must be 4 or 6");
+    int fd = socket(family == 4 ? AF_INET : AF_INET6, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return throw_errno(env, errno, "socket");
+    int on = 1;
+    if (family == 6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof on) < 0) {
+        int err = errno;
+        close(fd);
+        return throw_errno(env, err, "setsockopt(IPV6_V6ONLY)");
+    }
+    return make_int(env, fd);
+}
+
 /* tcpConnect(family: 4|6, addr: Buffer(4|16), port, ifname: string|undefined) -> fd
  * A non-blocking TCP socket, bound to `ifname` first when given (the uplink the daemon decided),
  * with its connect() started: the caller waits for writability and reads SO_ERROR (socketError).
@@ -1282,6 +1303,7 @@ static napi_value init(napi_env env, napi_value exports)
     napi_property_descriptor props[] = {
         FN("netlinkOpen", js_netlink_open),
         FN("tcpConnect", js_tcp_connect),
+        FN("udpSocket", js_udp_socket),
         FN("socketError", js_socket_error),
         FN("netlinkAddMembership", js_netlink_add_membership),
         FN("netlinkDropMembership", js_netlink_drop_membership),

@@ -33,7 +33,7 @@
 import { createSocket, type Socket } from 'node:dgram';
 import { randomInt } from 'node:crypto';
 import { isIP } from 'node:net';
-import { bindToDevice, setMark } from '../native/index.js';
+import { bindToDevice, close as closeFd, setMark, udpSocket } from '../native/index.js';
 import { parseAddress } from '../net/prefix.js';
 import { CLASS, RCODE, TYPE, decodeMessage, encodeQuery, isQueryableName, sameName, type Message } from './wire.js';
 
@@ -70,31 +70,40 @@ export interface ResolveOptions {
 export const DEFAULT_TIMEOUT_MS = 2000;
 const MAX_CNAME_CHAIN = 16;
 
-/**
- * The fd under a bound node:dgram socket (Node internals: `_handle.fd`). The fd stays owned by
- * the socket: never close it directly.
- */
-export function dgramFd(socket: Socket): number {
-  const handle: unknown = Reflect.get(socket, '_handle');
-  const fd: unknown = typeof handle === 'object' && handle !== null ? Reflect.get(handle, 'fd') : undefined;
-  if (typeof fd !== 'number' || !Number.isInteger(fd) || fd < 0) {
-    throw new TypeError('dgram socket has no file descriptor (not bound yet, or closed)');
-  }
-  return fd;
+/** A query socket and its fd (owned by the socket: never close the fd directly). */
+export interface SteeredSocket {
+  readonly socket: Socket;
+  readonly fd: number;
 }
 
 /**
- * A UDP socket bound to an ephemeral port on the wildcard address of `family`, then bound to
- * `ifname` and marked with `mark` (each when given) before it is handed out: nothing can have
- * been sent through it unsteered. Rejects (and closes the socket) when a step fails.
- * `created` sees the socket as soon as it exists (to close it if the caller gives up).
+ * A UDP socket of `family`, bound to `ifname` and marked with `mark` (each when given) before
+ * node:dgram takes it over (`bind({ fd })`, which leaves it to pick an ephemeral port at the
+ * first send): nothing can have been sent through it unsteered. Rejects (and closes the
+ * socket) when a step fails. `created` sees the socket as soon as it exists (to close it if
+ * the caller gives up).
  */
 export function openSteeredSocket(
   family: 4 | 6,
   steer: { mark?: number | undefined; ifname?: string | undefined },
   created?: (s: Socket) => void,
-): Promise<Socket> {
-  return new Promise<Socket>((resolve, reject) => {
+): Promise<SteeredSocket> {
+  return new Promise<SteeredSocket>((resolve, reject) => {
+    let fd: number;
+    try {
+      fd = udpSocket(family);
+    } catch (e) {
+      reject(e instanceof Error ? e : new Error(String(e)));
+      return;
+    }
+    try {
+      if (steer.ifname !== undefined) bindToDevice(fd, steer.ifname);
+      if (steer.mark !== undefined) setMark(fd, steer.mark);
+    } catch (e) {
+      closeFd(fd);
+      reject(e instanceof Error ? e : new Error(String(e)));
+      return;
+    }
     const s = createSocket({ type: family === 4 ? 'udp4' : 'udp6', ipv6Only: family === 6 });
     created?.(s);
     const fail = (e: unknown): void => {
@@ -106,18 +115,15 @@ export function openSteeredSocket(
       reject(e instanceof Error ? e : new Error(String(e)));
     };
     s.once('error', fail);
-    s.bind({ port: 0, address: family === 4 ? '0.0.0.0' : '::' }, () => {
-      s.off('error', fail);
-      try {
-        const fd = dgramFd(s);
-        if (steer.ifname !== undefined) bindToDevice(fd, steer.ifname);
-        if (steer.mark !== undefined) setMark(fd, steer.mark);
-      } catch (e) {
-        fail(e);
-        return;
-      }
-      resolve(s);
-    });
+    try {
+      s.bind({ fd }, () => {
+        s.off('error', fail);
+        resolve({ socket: s, fd });
+      });
+    } catch (e) {
+      closeFd(fd); // not adopted by the socket
+      fail(e);
+    }
   });
 }
 
@@ -214,7 +220,7 @@ class Transport {
   }
 
   private async openOne(family: 4 | 6): Promise<Socket> {
-    const s = await openSteeredSocket(family, { mark: this.mark, ifname: this.ifname }, (sock) => this.opened.push(sock));
+    const { socket: s } = await openSteeredSocket(family, { mark: this.mark, ifname: this.ifname }, (sock) => this.opened.push(sock));
     s.on('error', () => {
       /* asynchronous socket errors: the query times out or moves on */
     });

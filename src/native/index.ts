@@ -94,6 +94,7 @@ interface NativeAddon {
   close(fd: number): void;
   watch(fd: number, onReadable: (err?: Error) => void, unref?: boolean, writable?: boolean): Watcher;
   tcpConnect(family: 4 | 6, addr: Uint8Array, port: number, ifname?: string): number;
+  udpSocket(family: 4 | 6): number;
   socketError(fd: number): number;
   peerCred(fd: number): PeerCred;
   unixListen(path: string, type: UnixSocketType, backlog: number, mode: number): number;
@@ -116,10 +117,13 @@ const ADDON_FUNCTIONS: readonly (keyof NativeAddon)[] = [
   'netlinkPortId',
   'netlinkSend',
   'recv',
+  'recvInto',
+  'yieldCpu',
   'send',
   'close',
   'watch',
   'tcpConnect',
+  'udpSocket',
   'socketError',
   'peerCred',
   'unixListen',
@@ -257,6 +261,14 @@ export function watch(
  */
 export function tcpConnect(family: 4 | 6, addr: Uint8Array, port: number, ifname?: string): number {
   return addon().tcpConnect(family, addr, port, ifname);
+}
+
+/**
+ * A new non-blocking UDP socket (IPv6-only for 6), not yet bound: set its mark or device, then
+ * hand it to node:dgram with `socket.bind({ fd })`, which owns it from then on.
+ */
+export function udpSocket(family: 4 | 6): number {
+  return addon().udpSocket(family);
 }
 
 /** SO_ERROR: 0 once a non-blocking connect succeeded, else its errno (positive). */

@@ -15,10 +15,11 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
 import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
+import { readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
 import * as native from '../../src/native/index.js';
-import { dgramFd, openSteeredSocket, resolveVia, type DnsAnswer } from '../../src/dns/resolver.js';
+import { openSteeredSocket, resolveVia, type DnsAnswer } from '../../src/dns/resolver.js';
 import {
   CLASS, FLAG, QNAME_OFFSET, RCODE, TYPE, decodeMessage, encodeHeader, encodeName, encodeQuery, encodeQuestion, encodeRecord,
   isQueryableName, parseQuestion, responseFlags,
@@ -378,34 +379,37 @@ describe('resolveVia against a scripted server', () => {
 // Steering
 
 describe('query sockets are steered before they send', () => {
-  it('sets SO_MARK and SO_BINDTODEVICE on the bound dgram socket', { skip: !isRoot && 'SO_MARK needs CAP_NET_ADMIN' }, async () => {
+  it('sets SO_MARK and SO_BINDTODEVICE on the socket before node:dgram takes it over', { skip: !isRoot && 'SO_MARK needs CAP_NET_ADMIN' }, async () => {
     for (const family of [4, 6] as const) {
-      const s = await openSteeredSocket(family, { mark: 0x2a000000, ifname: 'lo' });
+      const { socket: s, fd } = await openSteeredSocket(family, { mark: 0x2a000000, ifname: 'lo' });
       try {
-        const fd = dgramFd(s);
         assert.equal(native.getMark(fd), 0x2a000000);
         assert.equal(native.getBoundDevice(fd), 'lo');
         assert.equal(native.socketInfo(fd).family, family === 4 ? 2 : 10);
+        // node:dgram owns it: it sends and receives through it.
+        const echo = createSocket(family === 4 ? 'udp4' : 'udp6');
+        await new Promise<void>((r) => echo.bind(0, family === 4 ? '127.0.0.1' : '::1', r));
+        const got = new Promise<string>((r) => echo.once('message', (m) => r(m.toString())));
+        s.send('ping', echo.address().port, family === 4 ? '127.0.0.1' : '::1');
+        assert.equal(await got, 'ping');
+        echo.close();
       } finally {
         s.close();
       }
     }
     const plain = await openSteeredSocket(4, {});
     try {
-      assert.equal(native.getMark(dgramFd(plain)), 0);
-      assert.equal(native.getBoundDevice(dgramFd(plain)), '');
+      assert.equal(native.getMark(plain.fd), 0);
+      assert.equal(native.getBoundDevice(plain.fd), '');
     } finally {
-      plain.close();
+      plain.socket.close();
     }
   });
 
-  it('dgramFd refuses a socket that is not bound', () => {
-    const s: Socket = createSocket('udp4');
-    try {
-      assert.throws(() => dgramFd(s), TypeError);
-    } finally {
-      s.close();
-    }
+  it('a device that does not exist is an error, and leaves no socket behind', async () => {
+    const before = readdirSync('/proc/self/fd').length;
+    await assert.rejects(openSteeredSocket(4, { ifname: 'no-such-dev0' }), /ENODEV/);
+    assert.equal(readdirSync('/proc/self/fd').length, before);
   });
 
   it('resolves with a mark and a device binding on loopback', { skip: !isRoot && 'SO_MARK needs CAP_NET_ADMIN' }, async () => {
