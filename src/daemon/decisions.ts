@@ -21,7 +21,13 @@ import type { Logger } from './log.js';
 
 /** How long the library may keep an answer; a generation bump ends it sooner. */
 const TTL_MS = { steer: 60_000, pass: 60_000, deny: 10_000 } as const;
-/** Identity is cached this long per pid: /proc reads would otherwise dominate a decision. */
+/**
+ * Identity is cached per decide connection (the server hands the same Caller object for every
+ * request of one connection), for this long: /proc reads (~80 µs) would otherwise dominate a
+ * decision. Per connection, not per pid: the library's connection is close-on-exec, so a
+ * program that execs another asks over a new connection and is identified anew at once, and an
+ * entry goes with its connection. The TTL only catches a process moved to another cgroup.
+ */
 const IDENTITY_TTL_MS = 2_000;
 const ERRNO = { EACCES: 13, ENETUNREACH: 101 } as const;
 const DNS_TIMEOUT_MS = 2_000;
@@ -30,7 +36,7 @@ const NO_DENY: readonly string[] = Object.freeze([]);
 interface Learned { destination: string; until: number }
 
 export class DecisionService implements DecisionHandlers {
-  private readonly identities = new Map<number, { id: AppIdentity; at: number }>();
+  private readonly identities = new WeakMap<Caller, { id: AppIdentity; at: number }>();
   /** Addresses learned from names of domain destinations: address text → destination. */
   private readonly learned = new Map<string, Learned>();
   private readonly dnsCache = new Map<string, { answer: ResolveResponse; until: number }>();
@@ -65,11 +71,10 @@ export class DecisionService implements DecisionHandlers {
 
   private who(caller: Caller): AppIdentity {
     const now = Date.now();
-    const hit = this.identities.get(caller.pid);
-    if (hit && now - hit.at < IDENTITY_TTL_MS && hit.id.uid === caller.uid) return hit.id;
+    const hit = this.identities.get(caller);
+    if (hit && now - hit.at < IDENTITY_TTL_MS) return hit.id;
     const id = identify(caller);
-    if (this.identities.size > 4096) this.identities.clear();
-    this.identities.set(caller.pid, { id, at: now });
+    this.identities.set(caller, { id, at: now });
     return id;
   }
 

@@ -50,6 +50,7 @@ export interface Caller {
   readonly gid: number;
 }
 
+/** `caller` is one object per connection, the same for all its requests (handlers may key caches on it). */
 export interface DecisionHandlers {
   decide(req: DecideRequest, caller: Caller): DecideResponse | Promise<DecideResponse>;
   resolve(req: ResolveRequest, caller: Caller): Promise<ResolveResponse>;

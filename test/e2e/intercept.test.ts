@@ -177,6 +177,33 @@ describe('DNS servers the link announces', () => {
   });
 });
 
+describe('who is asking', () => {
+  it('a program that execs another is identified anew at once: the new program gets its own app rule', async () => {
+    const original = readFileSync(dev.configPath, 'utf8');
+    // socat's rule sends it over cellular; python3 has none and goes by the destination (Wi-Fi first).
+    writeFileSync(dev.configPath, original.replace('apps:\n', 'apps:\n  - name: relay\n    match: { exe: /usr/bin/socat }\n    uplinks: [cellular]\n'));
+    try {
+      assert.equal((await dev.waymark(['reload'])).code, 0);
+      // Same pid, within the same second: python3 connects, then becomes socat, which connects.
+      const PY = `import os,socket,sys
+h=sys.argv[1]; s=socket.create_connection((h,80),2); s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+d=b""
+while True:
+  x=s.recv(4096)
+  if not x: break
+  d+=x
+print(d.split(b"\\r\\n\\r\\n",1)[1].decode().strip(), flush=True)
+os.execv("/usr/bin/socat",["socat","-T2","-","TCP:"+h+":80"])`;
+      const r = await underExec([], ['python3', '-c', PY, LAB.internet.v4], { input: 'GET / HTTP/1.0\r\n\r\n' });
+      const paths = r.stdout.split('\n').filter((l) => l.startsWith('{')).map((l) => (JSON.parse(l) as { path: string }).path);
+      assert.deepEqual(paths, ['wlan0', 'wwan0'], r.stdout + r.stderr);
+    } finally {
+      writeFileSync(dev.configPath, original);
+      await dev.waymark(['reload']);
+    }
+  });
+});
+
 describe('apps that ask for properties', () => {
   const API = `const [mod, host, needs, sock] = process.argv.slice(1);
 const { connect } = await import(mod);
