@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 
 import {
-  appOfUnit, flatpakOfUnit, identify, parseCgroupFile, parseFlatpakInfo, startTimeOf, unitOf,
+  appOfUnit, commOf, flatpakOfUnit, identify, parseCgroupFile, parseFlatpakInfo, startTimeOf, unitOf,
 } from '../../src/identity/app.js';
 
 /** A /proc/PID/stat line; comm may hold spaces and parentheses. */
@@ -22,7 +22,6 @@ const HYBRID_V1 = ['12:pids:/', '11:memory:/', '1:name=systemd:/'];
 interface FakeProc {
   stat?: string;
   exe?: string;
-  comm?: string;
   cgroup?: string;
   flatpakInfo?: string | { symlinkTo: string };
 }
@@ -32,7 +31,6 @@ function writeProc(root: string, pid: number, p: FakeProc): void {
   mkdirSync(path.join(dir, 'root'), { recursive: true });
   if (p.stat !== undefined) writeFileSync(path.join(dir, 'stat'), p.stat);
   if (p.exe !== undefined) symlinkSync(p.exe, path.join(dir, 'exe'));
-  if (p.comm !== undefined) writeFileSync(path.join(dir, 'comm'), p.comm);
   if (p.cgroup !== undefined) writeFileSync(path.join(dir, 'cgroup'), p.cgroup);
   if (typeof p.flatpakInfo === 'string') writeFileSync(path.join(dir, 'root', '.flatpak-info'), p.flatpakInfo);
   else if (p.flatpakInfo !== undefined) symlinkSync(p.flatpakInfo.symlinkTo, path.join(dir, 'root', '.flatpak-info'));
@@ -41,10 +39,12 @@ function writeProc(root: string, pid: number, p: FakeProc): void {
 const caller = (pid: number) => ({ pid, uid: 1000, gid: 1000 });
 
 describe('unit and cgroup parsing', () => {
-  it('finds the start time after a comm with spaces and parentheses', () => {
+  it('finds the comm and the start time after it, with spaces and parentheses in the comm', () => {
     assert.equal(startTimeOf(statLine(5, 'a) (b c', 987654)), '987654');
     assert.equal(startTimeOf('garbage'), null);
     assert.equal(startTimeOf('5 (x) S 1'), null);
+    assert.equal(commOf(statLine(5, 'a) (b c', 987654)), 'a) (b c');
+    assert.equal(commOf('garbage'), null);
   });
 
   it('reads the v2 line and the v1 name=systemd line', () => {
@@ -97,7 +97,6 @@ describe('identify() on a fake /proc', () => {
     writeProc(root, 1234, {
       stat: statLine(1234, 'bar (worker)', 5000),
       exe: '/app/bin/bar (deleted)',
-      comm: 'bar (worker)\n',
       cgroup: [...HYBRID_V1, '0::/user.slice/user-1000.slice/user@1000.service/app.slice/app-flatpak-org.foo.Bar-1234.scope', ''].join('\n'),
       flatpakInfo: '[Application]\nname=org.foo.Bar\nruntime=runtime/org.freedesktop.Platform/x86_64/23.08\n',
     });
@@ -105,22 +104,20 @@ describe('identify() on a fake /proc', () => {
     writeProc(root, 2000, {
       stat: statLine(2000, 'nginx', 100),
       exe: '/usr/sbin/nginx',
-      comm: 'nginx\n',
       cgroup: ['12:pids:/system.slice/nginx.service', '1:name=systemd:/system.slice/nginx.service', '0::/', ''].join('\n'),
     });
     // A planted symlink as .flatpak-info: ignored; the scope name still counts.
     writeProc(root, 3000, {
       stat: statLine(3000, 'x', 1),
       exe: '/usr/bin/x',
-      comm: 'x\n',
       cgroup: '0::/user.slice/user-1000.slice/user@1000.service/app.slice/app-flatpak-org.real.App-5.scope\n',
       flatpakInfo: { symlinkTo: secret },
     });
     // waymark exec's own cgroup, no unit; unreadable exe (no link).
-    writeProc(root, 4000, { stat: statLine(4000, 'curl', 77), comm: 'curl\n', cgroup: '0::/waymark/exec-4000\n' });
+    writeProc(root, 4000, { stat: statLine(4000, 'curl', 77), cgroup: '0::/waymark/exec-4000\n' });
     // A process that is gone (only a directory left) and one with a broken stat.
     mkdirSync(path.join(root, '5000'));
-    writeProc(root, 6000, { stat: 'nonsense', comm: 'y\n' });
+    writeProc(root, 6000, { stat: 'nonsense' });
   });
   after(() => rmSync(root, { recursive: true, force: true }));
 
