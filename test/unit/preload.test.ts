@@ -795,7 +795,8 @@ describe('libwaymark.so (LD_PRELOAD)', { skip }, () => {
     assert.ok(steered.result === 'EINPROGRESS' || steered.result === 'ok', String(steered.result));
     assert.equal(steered.so_error, 0);
     assert.notEqual(steered.state_after_shutdown, 7, 'half-closed, not CLOSE (which TCP_INFO cannot tell from never connected)');
-    assert.deepEqual({ ...steered, dev: '' }, baseline);
+    // FIN_WAIT1 or FIN_WAIT2 depending on timing: compared above, not here.
+    assert.deepEqual({ ...steered, dev: '', state_after_shutdown: 0 }, { ...baseline, state_after_shutdown: 0 });
     assert.equal(steered.dev, 'up0');
     assert.equal(daemon.decides.length, 1, 'the repeated connects on a connected socket ask nothing');
   });
