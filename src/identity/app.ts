@@ -52,7 +52,7 @@ export interface AppIdentity {
   startTime: string | null;
 }
 
-const MAX_FLATPAK_INFO = 64 * 1024;
+const MAX_FLATPAK_INFO = 64 * 1024; // fits procBuf
 
 /** One buffer for every procfs read: identify() is synchronous, so reads never overlap. */
 const procBuf = Buffer.allocUnsafe(64 * 1024);
@@ -70,18 +70,23 @@ function readText(path: string): string | null {
     return null;
   }
   try {
-    let off = 0;
-    while (off < procBuf.length) {
-      const n = readSync(fd, procBuf, off, procBuf.length - off, null);
-      if (n <= 0) break;
-      off += n;
-    }
-    return procBuf.toString('latin1', 0, off);
+    return readRest(fd, 'latin1');
   } catch {
     return null;
   } finally {
     closeSync(fd);
   }
+}
+
+/** Reads fd to its end (at most procBuf's 64 KiB) as text. */
+function readRest(fd: number, encoding: 'latin1' | 'utf8'): string {
+  let off = 0;
+  while (off < procBuf.length) {
+    const n = readSync(fd, procBuf, off, procBuf.length - off, null);
+    if (n <= 0) break;
+    off += n;
+  }
+  return procBuf.toString(encoding, 0, off);
 }
 
 /** Field 2 (comm) of /proc/PID/stat, the same as /proc/PID/comm: between the first '(' and the last ')'. */
@@ -196,14 +201,7 @@ function readSmallRegularFile(path: string): string | null {
   try {
     const st = fstatSync(fd);
     if (!st.isFile() || st.size > MAX_FLATPAK_INFO) return null;
-    const buf = Buffer.alloc(Math.min(st.size, MAX_FLATPAK_INFO));
-    let off = 0;
-    while (off < buf.length) {
-      const n = readSync(fd, buf, off, buf.length - off, off);
-      if (n <= 0) break;
-      off += n;
-    }
-    return buf.toString('utf8', 0, off);
+    return readRest(fd, 'utf8');
   } catch {
     return null;
   } finally {
