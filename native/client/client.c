@@ -102,7 +102,7 @@ static int ask(struct call *c, struct wm_header *req, size_t req_size, struct wm
             if (err != 0) break;
             fresh = true;
         }
-        err = wm_call(&c->conn, req, req_size, resp, resp_size, deadline);
+        err = wm_call(&c->conn, req, req_size, resp, resp_size, deadline, c->s.prompt_timeout_ms);
         if (err == 0) return 0;
         if (err == -ECONNRESET && !fresh) continue;
         break;

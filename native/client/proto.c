@@ -22,6 +22,7 @@ _Static_assert(sizeof(struct wm_decide_req) == 104, "wm_decide_req");
 _Static_assert(sizeof(struct wm_decide_resp) == 84, "wm_decide_resp");
 _Static_assert(sizeof(struct wm_resolve_req) == 312, "wm_resolve_req");
 _Static_assert(sizeof(struct wm_resolve_resp) == 384, "wm_resolve_resp");
+_Static_assert(sizeof(struct wm_pending) == 24, "wm_pending");
 
 int (*wm_sys_connect)(int, const struct sockaddr *, socklen_t);
 
@@ -40,13 +41,13 @@ static void note(struct wm_settings *s, const char *fmt, const char *what)
     snprintf(s->notes + used, sizeof s->notes - used, fmt, what);
 }
 
-static int env_ms(struct wm_settings *s, const char *name, int fallback)
+static int env_ms(struct wm_settings *s, const char *name, int fallback, long max)
 {
     const char *v = env(name);
     if (v == NULL) return fallback;
     char *end;
     long ms = strtol(v, &end, 10);
-    if (*end != '\0' || ms < 1 || ms > 60000) {
+    if (*end != '\0' || ms < 1 || ms > max) {
         note(s, "%s not understood", name);
         return fallback;
     }
@@ -131,8 +132,9 @@ void wm_settings_load(struct wm_settings *s)
     s->wish_ok = copy_wish(s->uplink, sizeof s->uplink, env("WAYMARK_UPLINK")) &&
                  copy_wish(s->destination, sizeof s->destination, env("WAYMARK_DESTINATION"));
     if (!s->wish_ok) note(s, "%s does not fit the protocol (31 bytes)", "WAYMARK_UPLINK/DESTINATION");
-    s->timeout_ms = env_ms(s, "WAYMARK_TIMEOUT_MS", WM_DEFAULT_TIMEOUT_MS);
-    s->resolve_timeout_ms = env_ms(s, "WAYMARK_RESOLVE_TIMEOUT_MS", WM_DEFAULT_RESOLVE_TIMEOUT_MS);
+    s->timeout_ms = env_ms(s, "WAYMARK_TIMEOUT_MS", WM_DEFAULT_TIMEOUT_MS, 60000);
+    s->resolve_timeout_ms = env_ms(s, "WAYMARK_RESOLVE_TIMEOUT_MS", WM_DEFAULT_RESOLVE_TIMEOUT_MS, 60000);
+    s->prompt_timeout_ms = env_ms(s, "WAYMARK_PROMPT_TIMEOUT_MS", WM_DEFAULT_PROMPT_TIMEOUT_MS, 600000);
     const char *fail = env("WAYMARK_FAIL");
     s->fail_closed = fail != NULL && strcmp(fail, "closed") == 0;
     if (fail != NULL && strcmp(fail, "open") != 0 && strcmp(fail, "closed") != 0)
@@ -239,7 +241,7 @@ static int fail_conn(struct wm_conn *c, int err)
 }
 
 int wm_call(struct wm_conn *c, struct wm_header *req, size_t req_size, struct wm_header *resp,
-            size_t resp_size, int64_t deadline_ns)
+            size_t resp_size, int64_t deadline_ns, int prompt_ms)
 {
     if (c->fd < 0) return -ENOTCONN;
     c->seq++;
@@ -301,6 +303,17 @@ int wm_call(struct wm_conn *c, struct wm_header *req, size_t req_size, struct wm
             buf.h.len != (uint32_t)n || (size_t)n > sizeof buf)
             return fail_conn(c, EPROTO);
         if (buf.h.seq != req->seq) continue; /* stale: the answer to an abandoned request */
+        if (buf.h.type == WM_PENDING) {
+            /* The answer waits for the user: wait for it as long as the daemon says, capped. */
+            struct wm_pending p;
+            if ((size_t)n != sizeof p) return fail_conn(c, EPROTO);
+            memcpy(&p, &buf, sizeof p);
+            int64_t cap = prompt_ms > 0 ? prompt_ms : 0;
+            int64_t wait_ms = (int64_t)p.wait_ms < cap ? (int64_t)p.wait_ms : cap;
+            if (wait_ms > 0 && wm_now_ns() + wait_ms * 1000000 > deadline_ns)
+                deadline_ns = wm_now_ns() + wait_ms * 1000000;
+            continue;
+        }
         if (buf.h.type != req->type || (size_t)n != resp_size) return fail_conn(c, EPROTO);
         memcpy(resp, &buf, resp_size);
         return 0;

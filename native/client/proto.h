@@ -22,6 +22,7 @@
 
 #define WM_DEFAULT_TIMEOUT_MS 50           /* a decision: connect + send + receive */
 #define WM_DEFAULT_RESOLVE_TIMEOUT_MS 5000 /* a name: the daemon asks the uplink's DNS */
+#define WM_DEFAULT_PROMPT_TIMEOUT_MS 60000 /* an answer that waits for the user (WM_PENDING) */
 #define WM_SUN_PATH_MAX sizeof(((struct sockaddr_un *)0)->sun_path)
 
 /* Everything both libraries take from the environment (secure_getenv: nothing in AT_SECURE
@@ -34,6 +35,8 @@
  *   WAYMARK_DESTINATION         requested destination, at most 31 bytes
  *   WAYMARK_TIMEOUT_MS          bound of one decision, default 50 (1..60000)
  *   WAYMARK_RESOLVE_TIMEOUT_MS  bound of one name resolution, default 5000 (1..60000)
+ *   WAYMARK_PROMPT_TIMEOUT_MS   most a request waits once the daemon said the answer waits for
+ *                               the user (WM_PENDING), default 60000 (1..600000)
  *   WAYMARK_FAIL                open (default) | closed: when the daemon cannot answer
  *   WAYMARK_DISABLE             1: do nothing at all
  *   WAYMARK_DEBUG               set and not "0": explain on stderr */
@@ -47,6 +50,7 @@ struct wm_settings {
     char destination[32];
     int timeout_ms;
     int resolve_timeout_ms;
+    int prompt_timeout_ms;
     bool fail_closed;
     bool disabled;
     bool debug;
@@ -95,13 +99,14 @@ void wm_conn_forget(struct wm_conn *c);
 /* One request and its response. The caller fills the request's body and h.type; wm_call sets
  * magic, version, seq and len, sends it and waits until the deadline for a response of
  * exactly resp_size bytes with the same type and seq. Responses with another seq (answers to
- * requests that timed out earlier) are dropped. Returns 0 or -errno:
+ * requests that timed out earlier) are dropped. A WM_PENDING for this seq moves the deadline to
+ * its wait_ms from now, at most prompt_ms (0: WM_PENDING is not honoured). Returns 0 or -errno:
  *   ETIMEDOUT   no answer in time (the connection stays: a late answer will be dropped)
  *   ECONNRESET  the daemon closed the connection (c is closed)
  *   EPROTO      a malformed answer (c is closed: the stream cannot be trusted any more)
  *   other       from send/recv/poll (c is closed) */
 int wm_call(struct wm_conn *c, struct wm_header *req, size_t req_size, struct wm_header *resp,
-            size_t resp_size, int64_t deadline_ns);
+            size_t resp_size, int64_t deadline_ns, int prompt_ms);
 
 /* A WM_DECIDE request for a destination. family AF_INET (addr: 4 bytes) or AF_INET6 (16),
  * port in host order, proto IPPROTO_TCP or IPPROTO_UDP. uplink/destination may be NULL.

@@ -29,6 +29,7 @@
  *
  * Environment (read at each call): WAYMARK_SOCKET (where the daemon is), WAYMARK_TIMEOUT_MS and
  * WAYMARK_RESOLVE_TIMEOUT_MS (bounds of the daemon's answers, default 50 and 5000),
+ * WAYMARK_PROMPT_TIMEOUT_MS (bound of an answer the daemon says waits for the user, 60000),
  * WAYMARK_FAIL=closed (like WAYMARK_STRICT), WAYMARK_DISABLE=1 (never ask the daemon).
  * WAYMARK_NEEDS, WAYMARK_UPLINK and WAYMARK_DESTINATION (set by `waymark exec`) complete a
  * request: their needs are added, and the uplink/destination apply when the request has none. */

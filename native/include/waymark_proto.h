@@ -4,7 +4,8 @@
  * Transport: a SOCK_SEQPACKET Unix socket, DECIDE_SOCKET in the directory of the control socket
  * (default /run/waymark/decide.sock; the library derives the directory from $WAYMARK_SOCKET).
  * One request, one response, matched by seq; every message is one of the fixed-size structs
- * below, host byte order (both ends run on the same machine). The daemon identifies the caller by
+ * below, host byte order (both ends run on the same machine). Before the response the daemon
+ * may send a WM_PENDING with the same seq: the answer waits for the user (a prompt). The daemon identifies the caller by
  * SO_PEERCRED, never by what the message says; a request field is a wish checked against policy.
  * A malformed message (bad magic, version, type or length) is dropped and answered with nothing.
  *
@@ -26,6 +27,7 @@
 enum wm_type {
     WM_DECIDE = 1,        /* wm_decide_req -> wm_decide_resp */
     WM_RESOLVE = 2,       /* wm_resolve_req -> wm_resolve_resp */
+    WM_PENDING = 3,       /* daemon to client only: wm_pending, before the response to a request */
 };
 
 enum wm_action {
@@ -72,6 +74,17 @@ struct wm_decide_resp {
     uint32_t generation;  /* generation the answer belongs to */
     char ifname[16];      /* WM_STEER */
     char uplink[32];      /* the uplink's name, for messages */
+};
+
+/* "The answer to request seq waits for the user": a decided answer is bounded by the caller's
+ * own timeout (WAYMARK_TIMEOUT_MS, 50 ms by default); after a WM_PENDING the caller waits up to
+ * wait_ms from its arrival instead, capped by WAYMARK_PROMPT_TIMEOUT_MS (default 60 s). The
+ * response follows with the same seq; without one in time the caller fails open or closed as
+ * for any timeout. h.type is WM_PENDING, h.seq the request's. */
+struct wm_pending {
+    struct wm_header h;
+    uint32_t wait_ms;
+    uint32_t pad;
 };
 
 enum wm_resolve_status {

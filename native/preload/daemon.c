@@ -8,7 +8,8 @@
  *   ours any more is forgotten, never closed or written to. The socket is close-on-exec.
  * - Every request is bounded: WAYMARK_TIMEOUT_MS (default 50) for a decision, from the start
  *   of the connect to the end of the answer; WAYMARK_RESOLVE_TIMEOUT_MS (default 5000) for a
- *   name, which the daemon resolves over the uplink's DNS.
+ *   name, which the daemon resolves over the uplink's DNS. Only an answer the daemon says waits
+ *   for the user (WM_PENDING) is waited for longer: WAYMARK_PROMPT_TIMEOUT_MS (default 60 s).
  * - After any failure (no socket, refused, timeout, malformed answer) nobody asks again for
  *   BACKOFF_MS: the callers get -EAGAIN at once and apply WAYMARK_FAIL, so a machine without a
  *   daemon pays one failed connect() a second, not one per call.
@@ -74,7 +75,7 @@ static int transact(struct wm_header *req, size_t req_size, struct wm_header *re
                 if (exit_key_ok) pthread_setspecific(exit_key, l);
             }
         }
-        err = wm_call(&l->conn, req, req_size, resp, resp_size, deadline);
+        err = wm_call(&l->conn, req, req_size, resp, resp_size, deadline, s->prompt_timeout_ms);
         if (err == 0) return 0;
         if (err == -ECONNRESET && !fresh) continue; /* the daemon restarted: once more */
         break;

@@ -75,9 +75,11 @@ static void do_init(void)
     const struct wm_settings *s = &waymark_config.s;
     if (!found) waymark_debug("cannot resolve the real functions: %s", dlerror());
     if (s->notes[0] != '\0') waymark_debug("environment: %s", s->notes);
-    waymark_debug("loaded: %s, daemon %s, fail %s, timeout %d ms, uplink %s, needs 0x%x",
+    waymark_debug("loaded: %s, daemon %s, fail %s, timeout %d ms (%d ms for a prompt), "
+                  "uplink %s, needs 0x%x",
                   s->disabled ? "disabled" : waymark_config.active ? "active" : "inactive",
                   s->decide_path, s->fail_closed ? "closed" : "open", s->timeout_ms,
+                  s->prompt_timeout_ms,
                   s->uplink[0] != '\0' ? s->uplink : "(any)", (unsigned)s->needs);
     errno = saved;
 }

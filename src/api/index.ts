@@ -31,6 +31,8 @@ export interface ConnectOptions {
   readonly destination?: string;
   /** For the whole attempt, every address included. Default 10 s. */
   readonly timeoutMs?: number;
+  /** How long to wait when the daemon says the answer waits for the user (a prompt). Default 60 s. */
+  readonly promptTimeoutMs?: number;
   /** waymarkd's control socket; the decide socket is next to it. Default $WAYMARK_SOCKET or /run/waymark/waymarkd.sock. */
   readonly socketPath?: string;
 }
@@ -54,7 +56,7 @@ const ERRNO_NAME: Record<number, string> = { 13: 'EACCES', 101: 'ENETUNREACH' };
 
 export async function connect(o: ConnectOptions): Promise<Connection> {
   const deadline = Date.now() + (o.timeoutMs ?? 10_000);
-  const client = new DecisionClient(decideSocketPath(o.socketPath), o.timeoutMs ?? 10_000);
+  const client = new DecisionClient(decideSocketPath(o.socketPath), o.timeoutMs ?? 10_000, o.promptTimeoutMs ?? 60_000);
   const needs = needsToMask(o.needs ?? []);
   try {
     const addrs = await addresses(client, o, needs);

@@ -5,7 +5,7 @@
 import { dirname, join } from 'node:path';
 import * as native from '../native/index.js';
 import {
-  decodeDecideResponse, decodeResolveResponse, encodeDecideRequest, encodeResolveRequest, readHeader, DECIDE_SOCKET, WM_TYPE,
+  decodeDecideResponse, decodePending, decodeResolveResponse, encodeDecideRequest, encodeResolveRequest, readHeader, DECIDE_SOCKET, WM_TYPE,
   type DecideRequest, type DecideResponse, type ResolveRequest, type ResolveResponse,
 } from './wire.js';
 
@@ -13,7 +13,7 @@ export function decideSocketPath(controlSocket = process.env['WAYMARK_SOCKET'] ?
   return join(dirname(controlSocket), DECIDE_SOCKET);
 }
 
-type Pending = { resolve(b: Buffer): void; reject(e: Error): void; timer: NodeJS.Timeout };
+type Pending = { resolve(b: Buffer): void; reject(e: Error): void; timer: NodeJS.Timeout | undefined };
 
 export class DecisionClient {
   private fd: number | undefined;
@@ -21,7 +21,11 @@ export class DecisionClient {
   private seq = 1;
   private readonly pending = new Map<number, Pending>();
 
-  constructor(readonly path = decideSocketPath(), private readonly timeoutMs = 2000) {}
+  /**
+   * `timeoutMs` bounds an answer; after a WM_PENDING (the answer waits for the user) it is the
+   * daemon's wait, at most `promptTimeoutMs`.
+   */
+  constructor(readonly path = decideSocketPath(), private readonly timeoutMs = 2000, private readonly promptTimeoutMs = 60_000) {}
 
   private open(): number {
     if (this.fd !== undefined) return this.fd;
@@ -45,6 +49,11 @@ export class DecisionClient {
       const h = readHeader(msg);
       const p = h ? this.pending.get(h.seq) : undefined;
       if (!h || !p) continue; // stale or foreign: drop
+      if (h.type === WM_TYPE.PENDING) {
+        const wait = decodePending(msg);
+        if (wait) this.arm(h.seq, p, Math.min(wait.waitMs, this.promptTimeoutMs));
+        continue;
+      }
       this.pending.delete(h.seq);
       clearTimeout(p.timer);
       p.resolve(msg);
@@ -57,19 +66,26 @@ export class DecisionClient {
     this.close();
   }
 
+  /** (Re)starts the time limit of request `seq`. */
+  private arm(seq: number, p: Pending, ms: number): void {
+    clearTimeout(p.timer);
+    p.timer = setTimeout(() => {
+      this.pending.delete(seq);
+      p.reject(Object.assign(new Error(`waymarkd did not decide within ${ms} ms`), { code: 'ETIMEDOUT' }));
+    }, ms);
+  }
+
   private request(buf: Buffer, seq: number): Promise<Buffer> {
     const fd = this.open();
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(seq);
-        reject(Object.assign(new Error(`waymarkd did not decide within ${this.timeoutMs} ms`), { code: 'ETIMEDOUT' }));
-      }, this.timeoutMs);
-      this.pending.set(seq, { resolve, reject, timer });
+      const p: Pending = { resolve, reject, timer: undefined };
+      this.arm(seq, p, this.timeoutMs);
+      this.pending.set(seq, p);
       try {
         native.send(fd, buf);
       } catch (e) {
         this.pending.delete(seq);
-        clearTimeout(timer);
+        clearTimeout(p.timer);
         reject(e instanceof Error ? e : new Error(String(e)));
       }
     });

@@ -10,7 +10,8 @@
  *     version, type, unterminated strings, bad family...) is counted in `stats.malformed` and
  *     dropped without a reply. Nothing a client sends can throw out of a watcher.
  *   - Replies may leave out of order (resolve is asynchronous); the library matches `seq`. The
- *     reply's seq is always the request's, whatever the handler put there.
+ *     reply's seq is always the request's, whatever the handler put there. A decision that waits
+ *     for the user ({@link DeferredAnswer}) is preceded by a WM_PENDING with the same seq.
  *   - A handler that throws (or rejects, or returns a response that cannot be encoded) gets a
  *     fail-closed answer instead of silence, so the program fails at once rather than after the
  *     library's timeout: DECIDE -> DENY with ENETUNREACH, RESOLVE -> DNS_FAILED; both with
@@ -40,7 +41,7 @@ import { dirname } from 'node:path';
 import * as native from '../native/index.js';
 import type { Logger } from '../daemon/log.js';
 import {
-  WM_ACTION, WM_RESOLVE, WM_TYPE, decodeDecideRequest, decodeResolveRequest, encodeDecideResponse, encodeResolveResponse,
+  WM_ACTION, WM_RESOLVE, WM_TYPE, decodeDecideRequest, decodeResolveRequest, encodeDecideResponse, encodePending, encodeResolveResponse,
   readHeader, type DecideRequest, type DecideResponse, type ResolveRequest, type ResolveResponse,
 } from './wire.js';
 
@@ -50,9 +51,18 @@ export interface Caller {
   readonly gid: number;
 }
 
+/**
+ * An answer that waits for the user (a prompt): the server sends WM_PENDING with `waitMs` at
+ * once, so the library waits up to that long (capped by its WAYMARK_PROMPT_TIMEOUT_MS) instead
+ * of its usual bound, then the answer when `answer` settles.
+ */
+export class DeferredAnswer<T> {
+  constructor(readonly waitMs: number, readonly answer: Promise<T>) {}
+}
+
 /** `caller` is one object per connection, the same for all its requests (handlers may key caches on it). */
 export interface DecisionHandlers {
-  decide(req: DecideRequest, caller: Caller): DecideResponse | Promise<DecideResponse>;
+  decide(req: DecideRequest, caller: Caller): DecideResponse | Promise<DecideResponse> | DeferredAnswer<DecideResponse>;
   resolve(req: ResolveRequest, caller: Caller): Promise<ResolveResponse>;
 }
 
@@ -292,7 +302,13 @@ export class DecisionServer {
       this.keepPolling();
       let out: DecideResponse | Promise<DecideResponse>;
       try {
-        out = this.handlers.decide(req, client.caller);
+        const got = this.handlers.decide(req, client.caller);
+        if (got instanceof DeferredAnswer) {
+          this.reply(client, req.seq, { seq: req.seq, waitMs: got.waitMs }, encodePending);
+          out = got.answer;
+        } else {
+          out = got;
+        }
       } catch (e) {
         this.handlerFailed('decide', e, client);
         this.reply(client, req.seq, denyResponse(req.seq), encodeDecideResponse);

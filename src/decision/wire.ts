@@ -8,7 +8,7 @@ export const WM_VERSION = 1;
 export const DECIDE_SOCKET = 'decide.sock';
 export const GENERATION_FILE = 'generation';
 
-export const WM_TYPE = { DECIDE: 1, RESOLVE: 2 } as const;
+export const WM_TYPE = { DECIDE: 1, RESOLVE: 2, PENDING: 3 } as const;
 export const WM_ACTION = { PASS: 0, STEER: 1, DENY: 2 } as const;
 export const WM_RESOLVE = { RESOLVED: 0, NOT_OURS: 1, NO_NAME: 2, DNS_FAILED: 3, REFUSED: 4 } as const;
 export const WM_MAX_ADDRS = 16;
@@ -24,7 +24,7 @@ export const NEEDS = {
 } as const;
 export type NeedName = keyof typeof NEEDS;
 
-export const SIZES = { header: 16, decideReq: 104, decideResp: 84, resolveReq: 312, resolveResp: 384, addr: 20 } as const;
+export const SIZES = { header: 16, decideReq: 104, decideResp: 84, resolveReq: 312, resolveResp: 384, addr: 20, pending: 24 } as const;
 
 const AF_INET = 2;
 const AF_INET6 = 10;
@@ -154,6 +154,25 @@ export function decodeDecideResponse(buf: Buffer): DecideResponse | undefined {
     seq: h.seq, action: buf.readUInt8(16), err: buf.readUInt16LE(18), ifindex: buf.readUInt32LE(20), mark: buf.readUInt32LE(24),
     ttlMs: buf.readUInt32LE(28), generation: buf.readUInt32LE(32), ifname, uplink,
   };
+}
+
+/** WM_PENDING: the answer to request `seq` waits for the user; wait up to `waitMs` for it. */
+export interface Pending {
+  seq: number;
+  waitMs: number;
+}
+
+export function encodePending(p: Pending): Buffer {
+  const buf = Buffer.alloc(SIZES.pending);
+  header(buf, WM_TYPE.PENDING, p.seq);
+  buf.writeUInt32LE(p.waitMs >>> 0, 16);
+  return buf;
+}
+
+export function decodePending(buf: Buffer): Pending | undefined {
+  const h = readHeader(buf);
+  if (!h || h.type !== WM_TYPE.PENDING || buf.length !== SIZES.pending) return undefined;
+  return { seq: h.seq, waitMs: buf.readUInt32LE(16) };
 }
 
 export function decodeResolveRequest(buf: Buffer): ResolveRequest | undefined {

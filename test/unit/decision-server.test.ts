@@ -16,10 +16,11 @@ import path from 'node:path';
 
 import * as native from '../../src/native/index.js';
 import type { Logger } from '../../src/daemon/log.js';
-import { DecisionServer, type Caller, type DecisionHandlers } from '../../src/decision/server.js';
+import { DecisionServer, DeferredAnswer, type Caller, type DecisionHandlers } from '../../src/decision/server.js';
+import { DecisionClient } from '../../src/decision/client.js';
 import { GenerationFile, GENERATION_FILE_SIZE } from '../../src/decision/generation.js';
 import {
-  SIZES, WM_ACTION, WM_MAGIC, WM_RESOLVE, WM_TYPE, decodeDecideResponse, decodeResolveResponse, encodeDecideRequest,
+  SIZES, WM_ACTION, WM_MAGIC, WM_RESOLVE, WM_TYPE, decodeDecideResponse, decodePending, decodeResolveResponse, encodeDecideRequest,
   encodeResolveRequest, type DecideRequest, type DecideResponse, type ResolveRequest,
 } from '../../src/decision/wire.js';
 
@@ -404,6 +405,44 @@ describe('DecisionServer', () => {
     assert.equal(c.eof, true);
     assert.equal(server.stats.clients, 0);
     c.close();
+  });
+
+  it('a deferred answer (waiting for the user) is announced by WM_PENDING, then sent with the same seq', async () => {
+    const p = path.join(dir, 'deferred.sock');
+    let settle: (r: DecideResponse) => void = () => undefined;
+    const s = new DecisionServer(p, {
+      ...handlers,
+      decide: () => new DeferredAnswer(30_000, new Promise<DecideResponse>((r) => { settle = r; })),
+    }, memoryLogger([]));
+    s.listen();
+    const c = new Client(p);
+    try {
+      c.send(decideReq(21));
+      assert.deepEqual(decodePending(await c.reply()), { seq: 21, waitMs: 30_000 });
+      settle({ seq: 0, action: WM_ACTION.STEER, err: 0, ifindex: 3, mark: 0, ttlMs: 1000, generation: 42, ifname: 'wlan0', uplink: 'wifi' });
+      const r = decodeDecideResponse(await c.reply());
+      assert.equal(r?.seq, 21);
+      assert.equal(r?.ifname, 'wlan0');
+      // The TypeScript client waits past its usual bound (50 ms here) for such an answer, up to its prompt bound.
+      const ts = new DecisionClient(p, 50, 1_000);
+      try {
+        const asked = ts.decide({ family: 4, proto: 'tcp', port: 80, needs: 0, addr: Uint8Array.from([192, 0, 2, 1]), uplink: '', destination: '' });
+        await new Promise((r) => setTimeout(r, 200));
+        settle({ seq: 0, action: WM_ACTION.PASS, err: 0, ifindex: 0, mark: 0, ttlMs: 1000, generation: 42, ifname: '', uplink: '' });
+        assert.equal((await asked).action, WM_ACTION.PASS);
+        const capped = new DecisionClient(p, 50, 100);
+        try {
+          await assert.rejects(capped.decide({ family: 4, proto: 'tcp', port: 81, needs: 0, addr: Uint8Array.from([192, 0, 2, 1]), uplink: '', destination: '' }), { code: 'ETIMEDOUT' });
+        } finally {
+          capped.close();
+        }
+      } finally {
+        ts.close();
+      }
+    } finally {
+      c.close();
+      s.close();
+    }
   });
 
   it('busy polls for busyPollUs after a decision request, then sleeps; busyPollUs 0 never polls', async () => {

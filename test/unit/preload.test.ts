@@ -37,7 +37,7 @@ const ENETUNREACH = 101;
 
 type DecideFields = Partial<Omit<wire.DecideResponse, 'seq'>>;
 /** An answer, no answer, raw bytes, or an answer sent `later` ms after the request. */
-type DecideAnswer = DecideFields | 'silent' | Buffer | { later: number; answer: DecideFields };
+type DecideAnswer = DecideFields | 'silent' | Buffer | { later: number; answer: DecideFields; pendingMs?: number };
 type ResolveAnswer = Partial<Omit<wire.ResolveResponse, 'seq'>> | 'silent';
 type Seen<T> = T & { pid: number; conn: number };
 
@@ -133,6 +133,7 @@ class FakeDaemon {
           generation: this.generation(), ifname: '', uplink: '', ...f,
         });
         if ('later' in a) {
+          if (a.pendingMs !== undefined) native.send(fd, wire.encodePending({ seq: r.seq, waitMs: a.pendingMs }));
           const late = encode(a.answer);
           setTimeout(() => { try { native.send(fd, late); } catch { /* gone */ } }, a.later).unref();
           continue;
@@ -738,6 +739,16 @@ describe('libwaymark.so (LD_PRELOAD)', { skip }, () => {
     const closed = await run([{ op: 'tcp', host: A, port: nextPort() }], { env: { WAYMARK_FAIL: 'closed', WAYMARK_TIMEOUT_MS: '20' } });
     assert.equal(closed.out[0]!.result, 'ENETUNREACH');
     assert.ok(closed.out[0]!.ms < 100, `took ${closed.out[0]!.ms} ms with WAYMARK_TIMEOUT_MS=20`);
+  });
+
+  it('an answer that waits for the user (WM_PENDING) is waited for, up to WAYMARK_PROMPT_TIMEOUT_MS', async () => {
+    daemon.decide = () => ({ later: 300, pendingMs: 5_000, answer: daemon.steer('up0') });
+    const asked = await run([{ op: 'tcp', host: A, port: nextPort() }]);
+    assert.deepEqual([asked.out[0]!.result, asked.out[0]!.dev], ['ok', 'up0'], 'steered by the answer that came after 300 ms');
+    assert.ok(asked.out[0]!.ms >= 290, `took ${asked.out[0]!.ms} ms`);
+    const capped = await run([{ op: 'tcp', host: A, port: nextPort() }], { env: { WAYMARK_PROMPT_TIMEOUT_MS: '100' } });
+    assert.deepEqual([capped.out[0]!.result, capped.out[0]!.dev], ['ok', ''], 'gave up after 100 ms: fails open');
+    assert.ok(capped.out[0]!.ms >= 90 && capped.out[0]!.ms < 290, `took ${capped.out[0]!.ms} ms`);
   });
 
   it('a malformed answer fails open; a late answer to an abandoned request is dropped by seq', async () => {

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import {
   decodeDecideRequest, decodeDecideResponse, decodeResolveRequest, decodeResolveResponse, encodeDecideRequest,
-  encodeDecideResponse, encodeResolveRequest, encodeResolveResponse, SIZES, WM_ACTION, WM_RESOLVE,
+  decodePending, encodeDecideResponse, encodePending, encodeResolveRequest, encodeResolveResponse, SIZES, WM_ACTION, WM_RESOLVE,
 } from '../../src/decision/wire.js';
 import { PACKAGE_ROOT } from '../../src/version.js';
 
@@ -25,13 +25,14 @@ describe('decision wire format: C header and TypeScript agree', () => {
   it('has the same struct sizes', () => {
     const lines = run(Buffer.alloc(0)).toString().trim().split('\n');
     const sizes = (JSON.parse(lines[lines.length - 1] ?? '{}') as { sizes: number[] }).sizes;
-    assert.deepEqual(sizes, [SIZES.header, SIZES.decideReq, SIZES.decideResp, SIZES.resolveReq, SIZES.resolveResp, SIZES.addr]);
+    assert.deepEqual(sizes, [SIZES.header, SIZES.decideReq, SIZES.decideResp, SIZES.resolveReq, SIZES.resolveResp, SIZES.addr, SIZES.pending]);
   });
 
   it('a request encoded in TypeScript reads right in C', () => {
     const req = encodeDecideRequest({ seq: 9, family: 4, proto: 'udp', port: 5353, needs: 0x21, addr: Uint8Array.from([10, 200, 0, 10]), uplink: 'mms', destination: 'mms' });
     const out = JSON.parse(run(req).toString().split('\n')[0] ?? '') as Record<string, unknown>;
     assert.deepEqual(out, { type: 1, seq: 9, len: SIZES.decideReq, family: 2, proto: 17, port: 5353, needs: 0x21, a0: 10, a3: 10, uplink: 'mms', destination: 'mms' });
+    assert.deepEqual(JSON.parse(run(encodePending({ seq: 12, waitMs: 30_000 })).toString().split('\n')[0] ?? ''), { type: 3, seq: 12, len: SIZES.pending, wait_ms: 30_000 });
     const res = encodeResolveRequest({ seq: 1, family: 6, needs: 8, uplink: '', name: 'intranet.corp.example' });
     assert.deepEqual(JSON.parse(run(res).toString().split('\n')[0] ?? ''), { type: 2, family: 10, needs: 8, uplink: '', name: 'intranet.corp.example' });
   });
@@ -53,6 +54,8 @@ describe('decision wire format: C header and TypeScript agree', () => {
     const badFamily = Buffer.from(req); badFamily[16] = 7;
     assert.equal(decodeDecideRequest(badFamily), undefined, 'family');
     assert.equal(decodeResolveRequest(req), undefined, 'wrong type');
+    assert.deepEqual(decodePending(encodePending({ seq: 4, waitMs: 1500 })), { seq: 4, waitMs: 1500 });
+    assert.equal(decodePending(req), undefined, 'not a WM_PENDING');
     const resp = encodeResolveResponse({ seq: 3, status: WM_RESOLVE.RESOLVED, ttlMs: 1000, generation: 5, uplink: 'office-vpn', addrs: [{ family: 4, addr: Uint8Array.from([172, 16, 5, 10]) }] });
     assert.deepEqual(decodeResolveResponse(resp)?.addrs, [{ family: 4, addr: Uint8Array.from([172, 16, 5, 10]) }]);
     assert.equal(encodeDecideResponse({ seq: 1, action: 0, err: 0, ifindex: 0, mark: 0, ttlMs: 0, generation: 0, ifname: '', uplink: '' }).length, SIZES.decideResp);
