@@ -47,5 +47,12 @@ export function formatStatus(s: StatusResult): string {
   const r = s.lastReconcile;
   const footer = `waymarkd ${s.daemon.version} pid ${s.daemon.pid}, config ${s.daemon.configPath} (generation ${s.daemon.generation})`
     + (r ? `; last reconcile ${r.at} in ${r.durationMs} ms${r.errors.length ? `, ${r.errors.length} errors:\n  ${r.errors.join('\n  ')}` : ''}` : '');
-  return `${uplinks}\n\n${destinations}${sessions}\n\n${footer}\n`;
+  const d = s.decisions;
+  const decisions = d
+    ? `\ndecide socket: ${d.clients} connections, ${d.requests} requests`
+      + (d.malformed || d.rejected || d.handlerErrors || d.droppedReplies
+        ? ` (${d.malformed} malformed, ${d.rejected} refused connections, ${d.handlerErrors} handler errors, ${d.droppedReplies} answers dropped)`
+        : '')
+    : '';
+  return `${uplinks}\n\n${destinations}${sessions}\n\n${footer}${decisions}\n`;
 }

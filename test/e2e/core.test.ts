@@ -126,6 +126,7 @@ describe('status', () => {
     const text = (await dev.waymark(['status'])).stdout;
     assert.match(text, /^mms\s+cellular\s+active\s+wwan1\s+10\.64\.0\.2\/24/m);
     assert.match(text, /^office\s+172\.16\.5\.0\/24 fd00:16:5::\/64\s+corp\.example\s+office-vpn/m);
+    assert.match(text, /^decide socket: \d+ connections, \d+ requests$/m);
   });
 });
 
