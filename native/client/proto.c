@@ -182,6 +182,14 @@ int wm_conn_open(struct wm_conn *c, const char *path, int64_t deadline_ns)
         close(fd);
         return err == EAGAIN ? -ETIMEDOUT : -err;
     }
+    /* The listener's credentials: our own pid means this process is waymarkd itself (the library
+     * loaded into it, say by /etc/ld.so.preload): it would wait for an answer only it can give. */
+    struct ucred peer;
+    socklen_t peer_len = sizeof peer;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &peer_len) == 0 && peer.pid == getpid()) {
+        close(fd);
+        return -EDEADLK;
+    }
     struct stat st;
     if (fstat(fd, &st) < 0) {
         int err = errno;

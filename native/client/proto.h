@@ -84,7 +84,8 @@ struct wm_conn {
 #define WM_CONN_INIT { .fd = -1, .pid = 0, .dev = 0, .ino = 0, .seq = 0 }
 
 /* Connects (SOCK_SEQPACKET, close-on-exec, non-blocking) before the deadline. 0 or -errno:
- * ENOENT/ECONNREFUSED (no daemon), EACCES, ETIMEDOUT (backlog full until the deadline), ... */
+ * ENOENT/ECONNREFUSED (no daemon), EACCES, ETIMEDOUT (backlog full until the deadline),
+ * EDEADLK (the socket's listener is this very process: we are waymarkd), ... */
 int wm_conn_open(struct wm_conn *c, const char *path, int64_t deadline_ns);
 
 /* Whether c->fd is still the socket wm_conn_open() made, in this process. */

@@ -185,7 +185,7 @@ enum waymark_prep waymark_prepare(struct waymark_sock *sock, const struct sockad
                                   socklen_t addrlen, int flags, enum waymark_use use,
                                   uint32_t *ifindex, bool *v4)
 {
-    if (!waymark_config.active || addr == NULL) return WAYMARK_PREP_PASS;
+    if (!waymark_config.active || addr == NULL || waymark_in_daemon()) return WAYMARK_PREP_PASS;
     int saved = errno;
     struct waymark_key k;
     bool is_v4 = false;
@@ -215,6 +215,10 @@ enum waymark_prep waymark_prepare(struct waymark_sock *sock, const struct sockad
     if (!waymark_cache_get(&k, &a)) {
         struct wm_decide_resp r;
         int err = waymark_ask_decide(&k, &r);
+        if (err == -EDEADLK) { /* we are the daemon */
+            errno = saved;
+            return WAYMARK_PREP_PASS;
+        }
         if (err != 0) {
             if (err != -EAGAIN && waymark_config.s.debug)
                 waymark_debug("fd %d to %s: no decision (%s), failing %s", sock->fd,

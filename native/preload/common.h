@@ -154,7 +154,8 @@ void waymark_registry_init(void);
 /* ---- daemon.c ----------------------------------------------------------------------------- */
 
 /* Asks the daemon. 0 and a checked response, or -errno (the daemon could not answer: absent,
- * timed out, broken answer, or inside the back-off after such a failure: -EAGAIN). */
+ * timed out, broken answer, or inside the back-off after such a failure: -EAGAIN; -EDEADLK:
+ * this process is the daemon, see waymark_in_daemon()). */
 int waymark_ask_decide(const struct waymark_key *k, struct wm_decide_resp *out);
 int waymark_ask_resolve(const char *name, int family, struct wm_resolve_resp *out);
 
@@ -163,5 +164,9 @@ void waymark_daemon_init(void);
 
 /* Inside the back-off after a failure: asking now would answer -EAGAIN at once. Lock-free. */
 bool waymark_daemon_backing_off(void);
+
+/* This process is waymarkd itself (its decide socket's listener): nothing is ever steered or
+ * resolved here, fail-closed or not. Lock-free. */
+bool waymark_in_daemon(void);
 
 #endif

@@ -27,6 +27,7 @@ static __thread struct waymark_link tls_link = { .conn = WM_CONN_INIT, .prev = N
 static pthread_key_t exit_key;
 static bool exit_key_ok;
 static int64_t backoff_until_ns; /* atomic */
+static bool in_daemon;           /* atomic: this process is waymarkd itself */
 
 static void thread_exit(void *p)
 {
@@ -43,6 +44,11 @@ void waymark_daemon_init(void)
 static void back_off(void)
 {
     __atomic_store_n(&backoff_until_ns, wm_now_ns() + BACKOFF_NS, __ATOMIC_RELAXED);
+}
+
+bool waymark_in_daemon(void)
+{
+    return __atomic_load_n(&in_daemon, __ATOMIC_RELAXED);
 }
 
 bool waymark_daemon_backing_off(void)
@@ -68,6 +74,12 @@ static int transact(struct wm_header *req, size_t req_size, struct wm_header *re
         bool fresh = false;
         if (l->conn.fd < 0) {
             err = s->path_ok ? wm_conn_open(&l->conn, s->decide_path, deadline) : -ENAMETOOLONG;
+            if (err == -EDEADLK) {
+                /* Loaded into waymarkd itself: stand aside for good, whatever WAYMARK_FAIL says. */
+                __atomic_store_n(&in_daemon, true, __ATOMIC_RELAXED);
+                waymark_debug("this process is waymarkd itself: leaving its sockets alone");
+                return err;
+            }
             if (err != 0) break;
             fresh = true;
             if (!l->listed) {

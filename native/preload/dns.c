@@ -47,12 +47,13 @@ static bool local_name(const char *name)
 
 static enum outcome ask(const char *name, int family, int flags, struct wm_resolve_resp *r)
 {
-    if (!waymark_config.active || name == NULL || name[0] == '\0') return REAL;
+    if (!waymark_config.active || name == NULL || name[0] == '\0' || waymark_in_daemon()) return REAL;
     if (family != AF_UNSPEC && family != AF_INET && family != AF_INET6) return REAL;
     if ((flags & AI_NUMERICHOST) || strlen(name) >= sizeof((struct wm_resolve_req *)0)->name ||
         numeric(name) || local_name(name))
         return REAL;
     int err = waymark_ask_resolve(name, family, r);
+    if (err == -EDEADLK) return REAL; /* we are the daemon */
     if (err != 0) {
         if (err != -EAGAIN) waymark_debug("resolve %s: no answer (%s)", name, strerror(-err));
         return waymark_config.s.fail_closed ? AGAIN : REAL;

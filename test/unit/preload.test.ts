@@ -487,6 +487,13 @@ for step in json.loads(sys.argv[1]):
         out.append(udp_multi(step['sends'], step['port'], step.get('family', 4)))
     elif op == 'nonblocking':
         out.append(nonblocking(step['host'], step['port'], step['file']))
+    elif op == 'listen_decide':
+        # This process becomes "the daemon": it listens on the decide socket (and never answers).
+        l = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        l.bind(step['path'])
+        l.listen(4)
+        state['decide_listener'] = l
+        out.append({})
     elif op == 'sleep':
         time.sleep(step['s'])
         out.append({})
@@ -749,6 +756,23 @@ describe('libwaymark.so (LD_PRELOAD)', { skip }, () => {
     const capped = await run([{ op: 'tcp', host: A, port: nextPort() }], { env: { WAYMARK_PROMPT_TIMEOUT_MS: '100' } });
     assert.deepEqual([capped.out[0]!.result, capped.out[0]!.dev], ['ok', ''], 'gave up after 100 ms: fails open');
     assert.ok(capped.out[0]!.ms >= 90 && capped.out[0]!.ms < 290, `took ${capped.out[0]!.ms} ms`);
+  });
+
+  it('inside waymarkd itself (the decide socket\'s listener is this process) it stands aside, even failing closed', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'wm-self-'));
+    try {
+      const { out, stderr } = await run([
+        { op: 'listen_decide', path: path.join(dir, wire.DECIDE_SOCKET) },
+        { op: 'tcp', host: A, port: nextPort() },
+        { op: 'tcp', host: A, port: nextPort() },
+      ], { socket: path.join(dir, 'waymarkd.sock'), env: { WAYMARK_FAIL: 'closed', WAYMARK_DEBUG: '1' } });
+      const tcp = out.filter((r) => 'dev' in r);
+      assert.deepEqual(tcp.map((r) => [r.result, r.dev]), [['ok', ''], ['ok', '']], stderr);
+      assert.ok(tcp.every((r) => r.ms < 40), `no wait for an answer: ${tcp.map((r) => r.ms).join(', ')} ms`);
+      assert.match(stderr, /this process is waymarkd itself/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('a malformed answer fails open; a late answer to an abandoned request is dropped by seq', async () => {
