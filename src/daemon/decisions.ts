@@ -23,7 +23,7 @@ import type { Logger } from './log.js';
 const TTL_MS = { steer: 60_000, pass: 60_000, deny: 10_000 } as const;
 /**
  * Identity is cached per decide connection (the server hands the same Caller object for every
- * request of one connection), for this long: /proc reads (~80 µs) would otherwise dominate a
+ * request of one connection), for this long: /proc reads (~45 µs) would otherwise dominate a
  * decision. Per connection, not per pid: the library's connection is close-on-exec, so a
  * program that execs another asks over a new connection and is identified anew at once, and an
  * entry goes with its connection. The TTL only catches a process moved to another cgroup.

@@ -13,7 +13,7 @@ export function decideSocketPath(controlSocket = process.env['WAYMARK_SOCKET'] ?
   return join(dirname(controlSocket), DECIDE_SOCKET);
 }
 
-type Pending = { resolve(b: Buffer): void; reject(e: Error): void; timer: NodeJS.Timeout | undefined };
+type Pending = { resolve(b: Buffer): void; reject(e: Error): void; timer: NodeJS.Timeout | undefined; deadline: number };
 
 export class DecisionClient {
   private fd: number | undefined;
@@ -50,8 +50,10 @@ export class DecisionClient {
       const p = h ? this.pending.get(h.seq) : undefined;
       if (!h || !p) continue; // stale or foreign: drop
       if (h.type === WM_TYPE.PENDING) {
+        // As the C library: the deadline moves to the daemon's wait (capped), never earlier.
         const wait = decodePending(msg);
-        if (wait) this.arm(h.seq, p, Math.min(wait.waitMs, this.promptTimeoutMs));
+        const ms = wait ? Math.min(wait.waitMs, this.promptTimeoutMs) : 0;
+        if (Date.now() + ms > p.deadline) this.arm(h.seq, p, ms);
         continue;
       }
       this.pending.delete(h.seq);
@@ -69,6 +71,7 @@ export class DecisionClient {
   /** (Re)starts the time limit of request `seq`. */
   private arm(seq: number, p: Pending, ms: number): void {
     clearTimeout(p.timer);
+    p.deadline = Date.now() + ms;
     p.timer = setTimeout(() => {
       this.pending.delete(seq);
       p.reject(Object.assign(new Error(`waymarkd did not decide within ${ms} ms`), { code: 'ETIMEDOUT' }));
@@ -78,7 +81,7 @@ export class DecisionClient {
   private request(buf: Buffer, seq: number): Promise<Buffer> {
     const fd = this.open();
     return new Promise((resolve, reject) => {
-      const p: Pending = { resolve, reject, timer: undefined };
+      const p: Pending = { resolve, reject, timer: undefined, deadline: 0 };
       this.arm(seq, p, this.timeoutMs);
       this.pending.set(seq, p);
       try {
