@@ -149,13 +149,21 @@ const ROUTER_SYSCTLS = [
   'net.ipv6.conf.default.accept_ra=0',
 ];
 
-/** Forward-chain anti-spoofing of an access network: subscribers may only use their prefix. */
+/**
+ * An access network's filter: forward-chain anti-spoofing (subscribers may only use their
+ * prefix), and a resolver for subscribers only, as a home router's or an operator's is: DNS
+ * from the Internet side is dropped (a device asking it over another uplink gets no answer).
+ */
 function forwardFilter(p4: string, p6: string): string {
   return `table inet waymark_lab {
   chain forward {
     type filter hook forward priority filter; policy accept;
     iifname "dev" ip saddr != ${p4} counter drop
     iifname "dev" ip6 saddr != ${p6} counter drop
+  }
+  chain input {
+    type filter hook input priority filter; policy accept;
+    iifname "inet" meta l4proto { tcp, udp } th dport 53 counter drop
   }
 }
 `;
