@@ -31,6 +31,7 @@
  *     (`nsenter --net=` enters a network namespace and keeps it; `ip netns exec` does not).
  *   - nft's JSON input cannot express this match (and its JSON output omits the level).
  */
+import { isIP } from 'node:net';
 import { posix } from 'node:path';
 
 export interface BackstopSession {
@@ -38,6 +39,8 @@ export interface BackstopSession {
   readonly cgroup: string;
   /** Interface names the session's sockets must never leave by. None: no rule. */
   readonly deniedIfnames: readonly string[];
+  /** DNS servers of the session's uplink (its `dns:`, or what its link announced); none: no redirect. */
+  readonly dns?: readonly string[];
 }
 
 export interface BackstopOptions {
@@ -50,6 +53,10 @@ export interface BackstopOptions {
 /** Where nft looks up `socket cgroupv2` paths (nftables: SYSFS_CGROUPSV2_PATH). */
 export const NFT_CGROUP_ROOT = '/sys/fs/cgroup';
 export const BACKSTOP_CHAIN = 'backstop';
+/** The optional nat chain that sends a session's DNS queries to its uplink's servers. */
+export const BACKSTOP_DNS_CHAIN = 'backstop_dns';
+/** Before conntrack's own nat (srcnat 100, dstnat -100): the usual place of a dnat. */
+export const BACKSTOP_DNS_PRIORITY = -100;
 
 /** A cgroup path component: what Waymark creates (SessionCgroups), nothing nft would misread. */
 const COMPONENT_RE = /^[A-Za-z0-9_@+:-][A-Za-z0-9_.@+:-]*$/;
@@ -104,6 +111,45 @@ export function renderBackstop(sessions: readonly BackstopSession[], options: Ba
   return [
     `  chain ${chain} {`,
     '    type filter hook output priority 0; policy accept;',
+    ...rules,
+    '  }',
+    '',
+  ].join('\n');
+}
+
+/**
+ * The DNS redirect of the sessions whose uplink has DNS servers: a session's sockets leave by
+ * its uplink (the mark), so the system resolver's queries would go to whatever /etc/resolv.conf
+ * names over that uplink, and a LAN resolver (a home router's) does not answer over cellular.
+ * So their port-53 traffic (UDP and TCP) to any non-local address goes to the uplink's own
+ * first server of that family instead; a resolver on this host (systemd-resolved's 127.0.0.53)
+ * is left alone. Lines for inside `table inet waymark { }`, or '' when no session needs one
+ * (then the chain does not exist at all: see nft.ts on optional chains). Equivalent to
+ *
+ *   nft add chain inet waymark backstop_dns '{ type nat hook output priority -100; policy accept; }'
+ *   nft add rule inet waymark backstop_dns socket cgroupv2 level 2 '"waymark/exec-42"' \
+ *       meta nfproto ipv4 meta l4proto '{ tcp, udp }' th dport 53 fib daddr type != local \
+ *       dnat ip to 10.64.0.1
+ */
+export function renderBackstopDns(sessions: readonly BackstopSession[], options: BackstopOptions = {}): string {
+  const q = (s: string): string => `"${s}"`;
+  const rules: string[] = [];
+  for (const s of sessions) {
+    const servers = s.dns ?? [];
+    const v4 = servers.find((a) => isIP(a) === 4);
+    const v6 = servers.find((a) => isIP(a) === 6);
+    if (v4 === undefined && v6 === undefined) continue;
+    const level = checkCgroup(s.cgroup).length;
+    const match = `socket cgroupv2 level ${level} ${q(nftCgroupPath(s.cgroup, options.cgroupMount))}`;
+    const dns = 'meta l4proto { tcp, udp } th dport 53 fib daddr type != local';
+    const comment = `comment ${q(`waymark ${s.cgroup} dns`)}`;
+    if (v4 !== undefined) rules.push(`    ${match} meta nfproto ipv4 ${dns} dnat ip to ${v4} ${comment}`);
+    if (v6 !== undefined) rules.push(`    ${match} meta nfproto ipv6 ${dns} dnat ip6 to ${v6} ${comment}`);
+  }
+  if (rules.length === 0) return '';
+  return [
+    `  chain ${BACKSTOP_DNS_CHAIN} {`,
+    `    type nat hook output priority ${BACKSTOP_DNS_PRIORITY}; policy accept;`,
     ...rules,
     '  }',
     '',

@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { findUplink } from '../decision/decide.js';
 import type { PeerCred } from '../native/index.js';
+import type { BackstopSession } from '../backstop/nft.js';
 import { backstopFor, type Backstop } from '../session/backstop.js';
 import { SessionRegistry, type Session } from '../session/session.js';
 import type { Engine } from './engine.js';
@@ -64,8 +65,11 @@ export class SessionService {
   }
 
   /** Rendered into our nftables table by the engine. */
-  backstops(): { cgroup: string; deniedIfnames: readonly string[] }[] {
-    return this.registry.all().map((s) => ({ cgroup: s.cgroup, deniedIfnames: this.applied.get(s.id)?.deniedIfnames ?? [] }));
+  backstops(): BackstopSession[] {
+    return this.registry.all().map((s) => {
+      const b = this.applied.get(s.id);
+      return { cgroup: s.cgroup, deniedIfnames: b?.deniedIfnames ?? [], dns: b?.uplink?.dns ?? [] };
+    });
   }
 
   /** Recomputes every session's backstop (uplinks or config changed); re-marks where it moved. */

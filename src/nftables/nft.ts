@@ -6,6 +6,11 @@
  *   add chain inet waymark C { type filter hook H priority 0; policy accept; }   (each chain)
  *   flush chain inet waymark C                                                   (each chain)
  *   table inet waymark { counter ... { }  chain C { rules } }                    (adds)
+ * An optional chain (a nat chain: while one exists the kernel tracks every connection of the
+ * namespace) is deleted instead and exists only while the body declares it, type and hook
+ * included:
+ *   add chain inet waymark D { type nat hook H priority P; policy accept; }
+ *   delete chain inet waymark D
  */
 import { execFile } from 'node:child_process';
 import { NFT_FAMILY, NFT_TABLE } from '../constants.js';
@@ -25,14 +30,23 @@ function nft(args: readonly string[], input?: string): Promise<string> {
 export interface BaseChain {
   readonly name: string;
   readonly hook: 'prerouting' | 'input' | 'forward' | 'output' | 'postrouting';
+  /** Default filter. */
+  readonly type?: 'filter' | 'nat';
+  /** Default 0. */
+  readonly priority?: number;
+  /** Deleted at each update; present only while the body declares it (see above). */
+  readonly optional?: boolean;
 }
+
+const declaration = (c: BaseChain): string =>
+  `{ type ${c.type ?? 'filter'} hook ${c.hook} priority ${c.priority ?? 0}; policy accept; }`;
 
 /** Atomically sets the rules of `chains` to what `body` (statements inside `table inet waymark { }`) says. */
 export async function updateTable(chains: readonly BaseChain[], body: string): Promise<void> {
   const script = [
     `add table ${TABLE}`,
-    ...chains.map((c) => `add chain ${TABLE} ${c.name} { type filter hook ${c.hook} priority 0; policy accept; }`),
-    ...chains.map((c) => `flush chain ${TABLE} ${c.name}`),
+    ...chains.map((c) => `add chain ${TABLE} ${c.name} ${declaration(c)}`),
+    ...chains.map((c) => `${c.optional ? 'delete' : 'flush'} chain ${TABLE} ${c.name}`),
     `table ${TABLE} {`,
     body,
     '}',

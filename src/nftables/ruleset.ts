@@ -3,14 +3,15 @@
  * counters on the uplink's device (the base the accounting builds on), and the chains they count
  * in. The session backstop (src/backstop/nft.ts) adds its own chain.
  */
-import { BACKSTOP_CHAIN } from '../backstop/nft.js';
+import { BACKSTOP_CHAIN, BACKSTOP_DNS_CHAIN, BACKSTOP_DNS_PRIORITY } from '../backstop/nft.js';
 import type { BaseChain } from './nft.js';
 
-/** Every base chain of our table; each update flushes and refills them all. */
+/** Every base chain of our table; each update flushes and refills them all (or, optional ones, deletes and re-declares them when needed). */
 export const CHAINS: readonly BaseChain[] = [
   { name: 'egress', hook: 'postrouting' },
   { name: 'ingress', hook: 'prerouting' },
   { name: BACKSTOP_CHAIN, hook: 'output' },
+  { name: BACKSTOP_DNS_CHAIN, hook: 'output', type: 'nat', priority: BACKSTOP_DNS_PRIORITY, optional: true },
 ];
 export interface CountedUplink {
   readonly name: string;

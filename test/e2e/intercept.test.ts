@@ -260,6 +260,26 @@ describe('the kernel backstop holds for a program that never loads the library',
     assert.equal(lastJson(sneaky.stdout), null);
   });
 
+  it('a session resolves names through its uplink\'s DNS: the LAN resolver in resolv.conf does not answer over cellular', async () => {
+    // resolv.conf names the Wi-Fi router's resolver, which (like any home router's) answers its
+    // own LAN only; a session's sockets, the resolver's included, leave by the session's uplink.
+    const name = `http://${LAB.internet.host}/`;
+    const curl = await underExec(['--uplink', 'cellular'], ['curl', '-sS', '--max-time', '3', name]);
+    assert.equal(lastJson(curl.stdout)?.path, 'wwan0', curl.stderr);
+    const go = await underExec(['--uplink', 'cellular'], [goclient, name], { uid: 65534 });
+    assert.equal(lastJson(go.stdout)?.path, 'wwan0', go.stderr);
+    // Outside a session nothing is redirected, and with the sessions gone so is the nat chain.
+    const plain = await lab.run('dev', [goclient, name]);
+    assert.equal(lastJson(plain.stdout)?.path, 'wlan0', plain.stderr);
+    let table = '';
+    for (let i = 0; i < 40; i++) { // the daemon sees a session end by inotify, then updates nftables
+      table = (await lab.run('dev', ['nft', 'list', 'table', 'inet', 'waymark'])).stdout;
+      if (!table.includes('backstop_dns')) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.doesNotMatch(table, /backstop_dns/);
+  });
+
   const ioUringOff = ((): string | false => {
     try {
       return readFileSync('/proc/sys/kernel/io_uring_disabled', 'utf8').trim() === '0' ? false : 'io_uring is disabled here (kernel.io_uring_disabled)';

@@ -32,7 +32,7 @@ import {
   parsePopulated,
   type SessionCgroup,
 } from '../../src/backstop/cgroup.js';
-import { nftCgroupPath, renderBackstop } from '../../src/backstop/nft.js';
+import { nftCgroupPath, renderBackstop, renderBackstopDns } from '../../src/backstop/nft.js';
 import * as native from '../../src/native/index.js';
 import { buildGoClient } from '../support/goclient.js';
 
@@ -99,6 +99,32 @@ describe('backstop: pure parts', () => {
     assert.equal(nftCgroupPath('waymark/exec-42'), 'waymark/exec-42');
     assert.equal(nftCgroupPath('waymark/exec-42', '/sys/fs/cgroup/unified'), 'unified/waymark/exec-42');
     assert.equal(nftCgroupPath('waymark/exec-42', '/run/cg2'), '../../../run/cg2/waymark/exec-42');
+  });
+
+  it('redirects the DNS of sessions whose uplink has servers to the first of each family, nothing else', () => {
+    const text = renderBackstopDns(
+      [
+        { cgroup: 'waymark/exec-42', deniedIfnames: [], dns: ['fd00:64::1', '10.64.0.1', '10.64.0.9'] },
+        { cgroup: 'waymark/exec-43', deniedIfnames: ['wlan0'], dns: [] },
+        { cgroup: 'waymark/exec-44', deniedIfnames: [] },
+      ],
+      { cgroupMount: '/sys/fs/cgroup/unified' },
+    );
+    const m = 'socket cgroupv2 level 2 "unified/waymark/exec-42"';
+    const dns = 'meta l4proto { tcp, udp } th dport 53 fib daddr type != local';
+    assert.equal(
+      text,
+      [
+        '  chain backstop_dns {',
+        '    type nat hook output priority -100; policy accept;',
+        `    ${m} meta nfproto ipv4 ${dns} dnat ip to 10.64.0.1 comment "waymark waymark/exec-42 dns"`,
+        `    ${m} meta nfproto ipv6 ${dns} dnat ip6 to fd00:64::1 comment "waymark waymark/exec-42 dns"`,
+        '  }',
+        '',
+      ].join('\n'),
+    );
+    assert.equal(renderBackstopDns([{ cgroup: 'waymark/x', deniedIfnames: [], dns: ['not-an-address'] }]), '', 'no chain at all: no conntrack');
+    assert.throws(() => renderBackstopDns([{ cgroup: 'waymark/../x', deniedIfnames: [], dns: ['10.0.0.1'] }]), /invalid cgroup/);
   });
 
   it('renders one reject and one drop rule per session, only for sessions that deny something', () => {

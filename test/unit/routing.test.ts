@@ -84,7 +84,9 @@ describe('router-announced DNS', () => {
     const byName = new Map(states.map((s) => [s.spec.name, s]));
     assert.deepEqual([byName.get('wifi')?.dns, byName.get('wifi')?.dnsSource], [['fd00:50::1'], 'link']);
     assert.deepEqual([byName.get('mms')?.dns, byName.get('mms')?.dnsSource], [['10.64.0.1'], 'config'], 'configured DNS wins');
-    assert.equal(byName.get('cellular')?.dnsSource, 'none');
+    assert.deepEqual([byName.get('cellular')?.dns, byName.get('cellular')?.dnsSource], [['10.64.0.1', 'fd00:64::1'], 'config']);
+    const silent = uplinkStates(config.uplinks, slots, labKernel()).find((s) => s.spec.name === 'wifi');
+    assert.deepEqual([silent?.dns, silent?.dnsSource], [[], 'none'], 'neither configured nor announced');
   });
 });
 
