@@ -15,13 +15,22 @@
 
 /** First routing table id; uplink slot N (1..MAX_SLOTS) uses table TABLE_BASE + N. */
 export const TABLE_BASE = 0x5c00; // 23552: far from every neighbour listed above
-/** Uplink slots are 1..63: six mark bits. Slot 0 means "no uplink chosen". */
-export const MAX_SLOTS = 63;
+/**
+ * Uplink slots are 1..30. Slot 0 means "no uplink chosen". The six mark bits hold a slot (five
+ * bits) and a "soft" flag; both flags set on slot 31 is the deny value.
+ */
+export const MAX_SLOTS = 30;
 
 /** Mark bits Waymark owns: bits 24..29. Slot N is encoded as N << MARK_SHIFT under MARK_MASK. */
 export const MARK_SHIFT = 24;
 export const MARK_MASK = 0x3f000000;
-/** Slot reserved for "denied": a socket carrying it is routed to an unreachable table. */
+/**
+ * Soft marks: slot N | SOFT_FLAG means "uplink N unless the destination needs another" (the
+ * default of a `waymark exec --need/--deny` session), looked up after the destination rules;
+ * a plain mark (an `--uplink` session) wins over them.
+ */
+export const SOFT_FLAG = 0x20000000;
+/** The mark value reserved for "denied": a socket carrying it is unreachable. */
 export const DENY_SLOT = 63;
 
 /**
@@ -33,13 +42,16 @@ export const DENY_SLOT = 63;
  *   4300  fwmark SLOT/MASK lookup TABLE     socket marked for an uplink (cgroup BPF at creation)
  *   4400  from ADDR lookup TABLE           socket bound to an address only this uplink holds
  *   4500  to PREFIX lookup TABLE           destination reachable only over some uplinks
- * Gaps of 100 leave room for administrator rules between the steps.
+ *   4550  fwmark SLOT|SOFT/MASK lookup TABLE  socket marked for an uplink "unless the destination
+ *                                          says otherwise" (a session that only states needs)
+ * Gaps leave room for administrator rules between the steps.
  */
 export const PRIO_DENY = 4100;
 export const PRIO_OIF = 4200;
 export const PRIO_MARK = 4300;
 export const PRIO_SOURCE = 4400;
 export const PRIO_DESTINATION = 4500;
+export const PRIO_SOFT_MARK = 4550;
 /** Any rule in [PRIO_MIN, PRIO_MAX] stamped with RTPROT_WAYMARK is ours. */
 export const PRIO_MIN = 4100;
 export const PRIO_MAX = 4599;
@@ -56,6 +68,9 @@ export function tableForSlot(slot: number): number {
 }
 export function markForSlot(slot: number): number {
   return (slot << MARK_SHIFT) >>> 0;
+}
+export function softMarkForSlot(slot: number): number {
+  return (markForSlot(slot) | SOFT_FLAG) >>> 0;
 }
 export function isOurTable(table: number): boolean {
   return table > TABLE_BASE && table <= TABLE_BASE + MAX_SLOTS;

@@ -6,7 +6,7 @@
  * it or fails at once with ENETUNREACH, it never leaks onto another uplink.
  */
 import {
-  DENY_SLOT, MARK_MASK, markForSlot, PRIO_DENY, PRIO_DESTINATION, PRIO_MARK, PRIO_OIF, PRIO_SOURCE, RTPROT_WAYMARK,
+  DENY_SLOT, MARK_MASK, markForSlot, PRIO_DENY, PRIO_DESTINATION, PRIO_MARK, PRIO_OIF, PRIO_SOFT_MARK, PRIO_SOURCE, RTPROT_WAYMARK,
 } from '../constants.js';
 import { INTERNET, type DestinationSpec } from '../destination/destination.js';
 import { FR_ACT, RT_SCOPE, RTN, type RouteMsg, type RuleMsg } from '../netlink/message.js';
@@ -90,15 +90,17 @@ export function desiredState(uplinks: readonly UplinkState[], destinations: read
 
   for (const u of uplinks) {
     const mark = { fwmark: u.mark, fwmask: MARK_MASK };
+    const soft = { fwmark: u.softMark, fwmask: MARK_MASK };
     if (u.status !== 'active' || !u.link) {
       // Withdrawn: nothing routes to it; sockets still marked for it fail instead of leaking.
-      for (const f of FAMILIES) rules.push(rule(f, PRIO_MARK, mark));
+      for (const f of FAMILIES) rules.push(rule(f, PRIO_MARK, mark), rule(f, PRIO_SOFT_MARK, soft));
       continue;
     }
     const oif = u.link.index;
     const reachesInternet = internet?.via.includes(u.spec.name) ?? false;
     for (const f of FAMILIES) {
       rules.push(rule(f, PRIO_MARK, { ...mark, table: u.table }));
+      rules.push(rule(f, PRIO_SOFT_MARK, { ...soft, table: u.table }));
       rules.push(rule(f, PRIO_OIF, { oifname: u.link.name, table: u.table }));
       const fs = u.families.find((x) => x.family === f);
       if (!fs || !fs.routable) {

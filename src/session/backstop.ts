@@ -29,7 +29,8 @@ export function backstopFor(s: Session, uplinks: readonly UplinkState[], destina
       ? { mark: requested.mark, uplink: requested, deniedIfnames }
       : { mark: markForSlot(DENY_SLOT), uplink: null, deniedIfnames };
   }
-  // Otherwise new sockets default to the uplink the session would get for the Internet.
+  // Otherwise new sockets default to the uplink the session would get for the Internet, softly:
+  // a destination reachable over some uplinks only (the MMSC, the office) still goes by them.
   const d = decide({ uplinks, destinations, wish: wishOf(s), family: 4, addr: new Uint8Array(4), learnedDestination: INTERNET });
-  return d.action === 'steer' ? { mark: d.uplink.mark, uplink: d.uplink, deniedIfnames } : { mark: null, uplink: null, deniedIfnames };
+  return d.action === 'steer' ? { mark: d.uplink.softMark, uplink: d.uplink, deniedIfnames } : { mark: null, uplink: null, deniedIfnames };
 }

@@ -3,14 +3,14 @@
  * its uplink across reloads and restarts (it is persisted), so marks already set on live sockets
  * keep meaning the same uplink.
  */
-import { DENY_SLOT, MAX_SLOTS } from '../constants.js';
+import { MAX_SLOTS } from '../constants.js';
 
 export function assignSlots(names: readonly string[], previous: ReadonlyMap<string, number>): Map<string, number> {
   const out = new Map<string, number>();
   const used = new Set<number>();
   for (const n of names) {
     const s = previous.get(n);
-    if (s !== undefined && s >= 1 && s < DENY_SLOT && !used.has(s)) {
+    if (s !== undefined && s >= 1 && s <= MAX_SLOTS && !used.has(s)) {
       out.set(n, s);
       used.add(s);
     }
@@ -19,7 +19,7 @@ export function assignSlots(names: readonly string[], previous: ReadonlyMap<stri
   for (const n of names) {
     if (out.has(n)) continue;
     while (used.has(next)) next++;
-    if (next >= DENY_SLOT || next > MAX_SLOTS) throw new Error(`too many uplinks: at most ${DENY_SLOT - 1} are supported`);
+    if (next > MAX_SLOTS) throw new Error(`too many uplinks: at most ${MAX_SLOTS} are supported`);
     out.set(n, next);
     used.add(next);
   }

@@ -2,7 +2,7 @@
  * What each configured uplink is right now, derived purely from the config, its slot and what the
  * kernel reports (links, addresses, main-table routes). No I/O here.
  */
-import { markForSlot, tableForSlot } from '../constants.js';
+import { markForSlot, softMarkForSlot, tableForSlot } from '../constants.js';
 import { IFF, RT_SCOPE, type AddrMsg, type LinkMsg, type RouteMsg } from '../netlink/message.js';
 import { isLinkLocal, parseAddress, type Family } from '../net/prefix.js';
 import { matchesInterface, type UplinkSpec } from './uplink.js';
@@ -27,6 +27,8 @@ export interface UplinkState {
   readonly slot: number;
   readonly table: number;
   readonly mark: number;
+  /** The soft mark: this uplink unless the destination needs another (constants.ts). */
+  readonly softMark: number;
   readonly status: UplinkStatus;
   readonly link?: { readonly index: number; readonly name: string; readonly flags: number };
   readonly families: readonly FamilyState[];
@@ -57,7 +59,7 @@ export function uplinkStates(
     const reported = link ? kernel.linkDns?.get(link.index) ?? [] : [];
     const dns = spec.dns.length > 0 ? { dns: spec.dns, dnsSource: 'config' as const }
       : reported.length > 0 ? { dns: reported, dnsSource: 'link' as const } : { dns: [], dnsSource: 'none' as const };
-    const base = { spec, slot, table: tableForSlot(slot), mark: markForSlot(slot), ...dns };
+    const base = { spec, slot, table: tableForSlot(slot), mark: markForSlot(slot), softMark: softMarkForSlot(slot), ...dns };
     if (!link) return { ...base, status: 'absent', families: [] };
     const linkInfo = { index: link.index, name: link.name, flags: link.flags };
     const families = ([4, 6] as const).map((f) => familyState(f, spec, link, kernel));

@@ -260,6 +260,19 @@ describe('the kernel backstop holds for a program that never loads the library',
     assert.equal(lastJson(sneaky.stdout), null);
   });
 
+  it('a session that states needs only is a soft default: destinations reachable over some uplinks still go by them', async () => {
+    // long-lived makes cellular the default; the MMSC is reachable over the MMS APN only.
+    const internet = await underExec(['--need', 'long-lived'], [goclient, url(LAB.internet.v4)]);
+    assert.equal(lastJson(internet.stdout)?.path, 'wwan0', internet.stderr);
+    const mmsc = await underExec(['--need', 'long-lived'], [goclient, url(LAB.mmsc.v4)]);
+    assert.equal(lastJson(mmsc.stdout)?.path, 'wwan1', mmsc.stderr);
+    const office = await underExec(['--need', 'long-lived'], [goclient, url(LAB.office.v6)]);
+    assert.equal(lastJson(office.stdout)?.path, 'tun0', office.stderr);
+    // --uplink is a hard choice: the MMSC is not reachable over cellular.
+    const pinned = await underExec(['--uplink', 'cellular'], [goclient, '-timeout', '1s', url(LAB.mmsc.v4)]);
+    assert.notEqual(pinned.code, 0, pinned.stdout);
+  });
+
   it('a session resolves names through its uplink\'s DNS: the LAN resolver in resolv.conf does not answer over cellular', async () => {
     // resolv.conf names the Wi-Fi router's resolver, which (like any home router's) answers its
     // own LAN only; a session's sockets, the resolver's included, leave by the session's uplink.

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { MARK_MASK, PRIO_DESTINATION, PRIO_MARK, PRIO_OIF, PRIO_SOURCE, RTPROT_WAYMARK, TABLE_BASE } from '../../src/constants.js';
+import { MARK_MASK, PRIO_DESTINATION, PRIO_MARK, PRIO_OIF, PRIO_SOFT_MARK, PRIO_SOURCE, RTPROT_WAYMARK, softMarkForSlot, TABLE_BASE } from '../../src/constants.js';
 import { decodeRdnss, FR_ACT, RTM, RTN, type RouteMsg, type RuleMsg } from '../../src/netlink/message.js';
 import { describeRule } from '../../src/routing/describe.js';
 import { withLearnedHosts } from '../../src/destination/destination.js';
@@ -33,6 +33,8 @@ describe('desired routing state', () => {
     const mark = `0x${(wifi << 24).toString(16)}/0x${MARK_MASK.toString(16)}`;
     assert.ok(text.includes(`ip -4 rule pref ${PRIO_MARK} fwmark ${mark} lookup ${TABLE_BASE + wifi} proto ${RTPROT_WAYMARK}`), text.join('\n'));
     assert.ok(text.includes(`ip -6 rule pref ${PRIO_OIF} oif wwan1 lookup ${TABLE_BASE + (slots.get('mms') ?? 0)} proto ${RTPROT_WAYMARK}`));
+    const soft = `0x${softMarkForSlot(wifi).toString(16)}/0x${MARK_MASK.toString(16)}`;
+    assert.ok(text.includes(`ip -4 rule pref ${PRIO_SOFT_MARK} fwmark ${soft} lookup ${TABLE_BASE + wifi} proto ${RTPROT_WAYMARK}`), text.join('\n'));
   });
 
   it('source rules only for addresses held by one uplink', () => {
@@ -66,6 +68,8 @@ describe('desired routing state', () => {
     assert.equal(down.routes.filter((r) => r.table === wifi).length, 0);
     const wifiRules = down.rules.filter((r) => r.table === wifi || r.fwmark === (slots.get('wifi') ?? 0) << 24);
     assert.deepEqual(wifiRules.map((r) => [r.priority, r.action]), [[PRIO_MARK, FR_ACT.UNREACHABLE], [PRIO_MARK, FR_ACT.UNREACHABLE]]);
+    const softRules = down.rules.filter((r) => r.fwmark === softMarkForSlot(slots.get('wifi') ?? 0));
+    assert.deepEqual(softRules.map((r) => [r.priority, r.action]), [[PRIO_SOFT_MARK, FR_ACT.UNREACHABLE], [PRIO_SOFT_MARK, FR_ACT.UNREACHABLE]]);
   });
 });
 

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { DENY_SLOT, markForSlot } from '../../src/constants.js';
+import { DENY_SLOT, markForSlot, softMarkForSlot } from '../../src/constants.js';
 import { backstopFor } from '../../src/session/backstop.js';
 import { mergeWish, SessionRegistry, type Session } from '../../src/session/session.js';
 import { exampleConfig, labKernel, labStates } from '../support/fixture.js';
@@ -25,13 +25,14 @@ describe('sessions', () => {
 
   it('mark new sockets for the requested uplink and fence off every other device', () => {
     const b = backstopFor(session({ uplink: 'wwan1' }), states, config.destinations);
-    assert.equal(b.mark, markForSlot(slots.get('mms') ?? 0));
+    assert.equal(b.mark, markForSlot(slots.get('mms') ?? 0), 'a plain mark: the requested uplink for everything');
     assert.deepEqual([...b.deniedIfnames].sort(), ['tun0', 'wlan0', 'wwan0']);
   });
 
   it('mark by needs for the Internet, deny only what the needs exclude', () => {
     const b = backstopFor(session({ needs: ['unmetered'] }), states, config.destinations);
     assert.equal(b.uplink?.spec.name, 'wifi');
+    assert.equal(b.mark, softMarkForSlot(slots.get('wifi') ?? 0), 'soft: destinations reachable over other uplinks still go by them');
     assert.deepEqual([...b.deniedIfnames].sort(), ['wwan0', 'wwan1']);
     const d = backstopFor(session({ deny: ['wifi'] }), states, config.destinations);
     assert.equal(d.uplink?.spec.name, 'cellular');
