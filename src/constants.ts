@@ -7,7 +7,8 @@
  *     1000+ifindex (Android), NetworkManager/systemd-networkd use main or admin-chosen ids.
  *   - fwmark bits: 0x00ff0000 (Tailscale), 0x0000c000 (kube-proxy/Docker), 0x00000f00 (Cilium),
  *     0x0000ca6c (wg-quick's default fwmark 51820). Calico's default 0xffff0000 does overlap;
- *     the mask below can be moved with WAYMARK_* settings if ever needed (docs/kernel.md).
+ *     moving the mask means changing it here and in native/include/waymark_kernel.h (it is not
+ *     a setting).
  *   - rule priorities: 0 (local), 5210..5270 (Tailscale), 32764/32765 (wg-quick),
  *     32766/32767 (main/default). Ours sit below Tailscale so an explicitly chosen uplink wins
  *     even while a full-tunnel VPN or exit node is up, and leave gaps for the administrator.
