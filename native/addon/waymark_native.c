@@ -95,6 +95,14 @@ static napi_value throw_range(napi_env env, const char *msg)
     return NULL;
 }
 
+/* For a socket being set up: closes fd (keeping errno for the message) and throws the failure. */
+static napi_value close_and_throw(napi_env env, int fd, const char *syscall)
+{
+    int err = errno;
+    close(fd);
+    return throw_errno(env, err, syscall);
+}
+
 #define CHECK_NAPI(env, call)                                                                   \
     do {                                                                                        \
         if ((call) != napi_ok) {                                                                \
@@ -275,9 +283,7 @@ static napi_value js_netlink_open(napi_env env, napi_callback_info info)
     sa.nl_family = AF_NETLINK;
     sa.nl_groups = (uint32_t)groups;
     if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-        int err = errno;
-        close(fd);
-        return throw_errno(env, err, "bind");
+        return close_and_throw(env, fd, "bind");
     }
     return make_int(env, fd);
 }
@@ -534,9 +540,7 @@ static napi_value js_unix_connect(napi_env env, napi_callback_info info)
     do r = connect(fd, (struct sockaddr *)&sun, alen);
     while (r < 0 && errno == EINTR);
     if (r < 0) {
-        int err = errno;
-        close(fd);
-        return throw_errno(env, err, "connect");
+        return close_and_throw(env, fd, "connect");
     }
     return make_int(env, fd);
 }
@@ -663,6 +667,15 @@ static napi_value js_bind_to_device(napi_env env, napi_callback_info info)
     return make_undefined(env);
 }
 
+/* An address family as JavaScript names it: 4 or 6. */
+static bool get_family(napi_env env, napi_value v, int64_t *family)
+{
+    if (!get_int(env, v, "family", 4, 6, family)) return false;
+    if (*family == 4 || *family == 6) return true;
+    throw_range(env, "family must be 4 or 6");
+    return false;
+}
+
 /* udpSocket(family) -> fd: a non-blocking, close-on-exec UDP socket (IPv6-only for family 6),
  * not bound yet, so that marks and device bindings can be set before anything is sent; then
  * node:dgram takes it over with socket.bind({ fd }). */
@@ -671,15 +684,12 @@ static napi_value js_udp_socket(napi_env env, napi_callback_info info)
     napi_value argv[1];
     int64_t family;
     if (!get_args(env, info, 1, 1, argv, NULL)) return NULL;
-    if (!get_int(env, argv[0], "family", 4, 6, &family)) return NULL;
-    if (family != 4 && family != 6) return throw_range(env, "family must be 4 or 6");
+    if (!get_family(env, argv[0], &family)) return NULL;
     int fd = socket(family == 4 ? AF_INET : AF_INET6, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return throw_errno(env, errno, "socket");
     int on = 1;
     if (family == 6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof on) < 0) {
-        int err = errno;
-        close(fd);
-        return throw_errno(env, err, "setsockopt(IPV6_V6ONLY)");
+        return close_and_throw(env, fd, "setsockopt(IPV6_V6ONLY)");
     }
     return make_int(env, fd);
 }
@@ -695,8 +705,7 @@ static napi_value js_tcp_connect(napi_env env, napi_callback_info info)
     void *addr;
     size_t alen;
     if (!get_args(env, info, 3, 4, argv, NULL)) return NULL;
-    if (!get_int(env, argv[0], "family", 4, 6, &family)) return NULL;
-    if (family != 4 && family != 6) return throw_range(env, "family must be 4 or 6");
+    if (!get_family(env, argv[0], &family)) return NULL;
     if (!get_bytes(env, argv[1], &addr, &alen)) return NULL;
     if (alen != (family == 4 ? 4u : 16u)) return throw_range(env, "address length does not match the family");
     if (!get_int(env, argv[2], "port", 1, 65535, &port)) return NULL;
@@ -723,18 +732,14 @@ static napi_value js_tcp_connect(napi_env env, napi_callback_info info)
     int fd = socket(family == 4 ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return throw_errno(env, errno, "socket");
     if (nlen > 0 && setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, name, (socklen_t)nlen) < 0) {
-        int err = errno;
-        close(fd);
-        return throw_errno(env, err, "setsockopt(SO_BINDTODEVICE)");
+        return close_and_throw(env, fd, "setsockopt(SO_BINDTODEVICE)");
     }
     int r;
     do {
         r = connect(fd, (struct sockaddr *)&ss, sslen);
     } while (r < 0 && errno == EINTR);
     if (r < 0 && errno != EINPROGRESS) {
-        int err = errno;
-        close(fd);
-        return throw_errno(env, err, "connect");
+        return close_and_throw(env, fd, "connect");
     }
     return make_int(env, fd);
 }

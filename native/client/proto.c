@@ -318,8 +318,8 @@ int wm_call(struct wm_conn *c, struct wm_header *req, size_t req_size, struct wm
             memcpy(&p, &buf, sizeof p);
             int64_t cap = prompt_ms > 0 ? prompt_ms : 0;
             int64_t wait_ms = (int64_t)p.wait_ms < cap ? (int64_t)p.wait_ms : cap;
-            if (wait_ms > 0 && wm_now_ns() + wait_ms * 1000000 > deadline_ns)
-                deadline_ns = wm_now_ns() + wait_ms * 1000000;
+            int64_t until = wm_now_ns() + wait_ms * 1000000;
+            if (until > deadline_ns) deadline_ns = until; /* later, never earlier */
             continue;
         }
         if (buf.h.type != req->type || (size_t)n != resp_size) return fail_conn(c, EPROTO);

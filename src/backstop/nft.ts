@@ -83,6 +83,12 @@ export function nftCgroupPath(cgroup: string, cgroupMount: string = NFT_CGROUP_R
   return posix.relative(NFT_CGROUP_ROOT, posix.join(cgroupMount, cgroup));
 }
 
+/** `socket cgroupv2 level N "path"`: matches the sockets of one session cgroup. */
+function cgroupMatch(cgroup: string, options: BackstopOptions): string {
+  const level = checkCgroup(cgroup).length;
+  return `socket cgroupv2 level ${level} "${nftCgroupPath(cgroup, options.cgroupMount)}"`;
+}
+
 /**
  * The backstop chain for `sessions`, as lines to place inside `table inet waymark { ... }`
  * (two-space indent, trailing newline), or '' when no session denies anything.
@@ -94,15 +100,13 @@ export function renderBackstop(sessions: readonly BackstopSession[], options: Ba
   const q = (s: string): string => `"${s}"`; // validated: no quote or backslash inside
   const rules: string[] = [];
   for (const s of sessions) {
-    const level = checkCgroup(s.cgroup).length;
+    checkCgroup(s.cgroup);
     for (const name of s.deniedIfnames) {
       if (!IFNAME_RE.test(name)) throw new Error(`backstop: invalid interface name ${JSON.stringify(name)}`);
     }
     const denied = [...new Set(s.deniedIfnames)].sort();
     if (denied.length === 0) continue;
-    const match =
-      `socket cgroupv2 level ${level} ${q(nftCgroupPath(s.cgroup, options.cgroupMount))} ` +
-      `oifname { ${denied.map(q).join(', ')} }`;
+    const match = `${cgroupMatch(s.cgroup, options)} oifname { ${denied.map(q).join(', ')} }`;
     const comment = `comment ${q(`waymark ${s.cgroup}`)}`;
     rules.push(`    ${match} meta l4proto tcp reject with tcp reset ${comment}`);
     rules.push(`    ${match} drop ${comment}`);
@@ -139,8 +143,7 @@ export function renderBackstopDns(sessions: readonly BackstopSession[], options:
     const v4 = servers.find((a) => isIP(a) === 4);
     const v6 = servers.find((a) => isIP(a) === 6);
     if (v4 === undefined && v6 === undefined) continue;
-    const level = checkCgroup(s.cgroup).length;
-    const match = `socket cgroupv2 level ${level} ${q(nftCgroupPath(s.cgroup, options.cgroupMount))}`;
+    const match = cgroupMatch(s.cgroup, options);
     const dns = 'meta l4proto { tcp, udp } th dport 53 fib daddr type != local';
     const comment = `comment ${q(`waymark ${s.cgroup} dns`)}`;
     if (v4 !== undefined) rules.push(`    ${match} meta nfproto ipv4 ${dns} dnat ip to ${v4} ${comment}`);
