@@ -134,7 +134,7 @@ export class Engine {
       const p = plan({ rules: [], routes: [] }, snap.rules, snap.routes);
       const res = await this.kernel.apply(p);
       for (const e of res.errors) this.opts.log.error('cleanup step failed', { error: e.message });
-      await nft.deleteTable().catch((e: Error) => this.opts.log.error('nftables cleanup failed', { error: e.message }));
+      await nft.deleteTable().catch((e: unknown) => this.opts.log.error('nftables cleanup failed', { error: e instanceof Error ? e.message : String(e) }));
       this.opts.log.info('removed kernel state', { changes: res.applied });
     }
     this.kernel.close();
@@ -154,7 +154,7 @@ export class Engine {
     if (delay > 1) this.opts.log.warn('kernel state keeps changing under us; slowing down');
     this.timer = setTimeout(() => {
       this.timer = undefined;
-      void this.reconcileNow().catch((e: Error) => this.opts.log.error('reconcile failed', { error: e.message }));
+      void this.reconcileNow().catch((e: unknown) => this.opts.log.error('reconcile failed', { error: e instanceof Error ? e.message : String(e) }));
     }, delay);
   }
 
@@ -228,8 +228,8 @@ export class Engine {
   }
 
   private async persistSlots(): Promise<void> {
-    await this.opts.store.update({ slots: Object.fromEntries(this.slots) }).catch((e: Error) =>
-      this.opts.log.error('cannot save state', { error: e.message }));
+    await this.opts.store.update({ slots: Object.fromEntries(this.slots) }).catch((e: unknown) =>
+      this.opts.log.error('cannot save state', { error: e instanceof Error ? e.message : String(e) }));
   }
 
   async status(): Promise<StatusResult> {

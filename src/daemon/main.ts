@@ -72,7 +72,7 @@ async function main(): Promise<void> {
     config, configPath: opts.config, store, log, version: VERSION, savedSlots: saved.slots,
     onChange: () => {
       decisions.invalidate();
-      void sessions.refresh().then(() => engine.refreshNft()).catch((e: Error) => log.error('session backstop update failed', { error: e.message }));
+      void sessions.refresh().then(() => engine.refreshNft()).catch((e: unknown) => log.error('session backstop update failed', { error: e instanceof Error ? e.message : String(e) }));
     },
     nftExtra: () => {
       const backstops = sessions.backstops();
@@ -137,8 +137,8 @@ async function main(): Promise<void> {
       await server.close();
       await engine.stop(opts.keepState);
       process.exit(0);
-    })().catch((e: Error) => {
-      log.error('unclean stop', { error: e.message });
+    })().catch((e: unknown) => {
+      log.error('unclean stop', { error: e instanceof Error ? e.message : String(e) });
       process.exit(1);
     });
   };

@@ -157,7 +157,7 @@ export class SessionService {
   private readonly reaping = new Set<string>();
 
   private reapLater(s: Session): void {
-    this.reap(s).catch((e: Error) => this.log.error('cannot end session', { session: s.id, error: e.message }));
+    this.reap(s).catch((e: unknown) => this.log.error('cannot end session', { session: s.id, error: e instanceof Error ? e.message : String(e) }));
   }
 
   /** Ends a session once nothing runs in its cgroup any more. */
@@ -178,7 +178,7 @@ export class SessionService {
     } catch (e) {
       this.log.warn('cannot remove session cgroup', { session: s.id, error: (e as Error).message });
     }
-    await this.engine.refreshNft().catch((e: Error) => this.log.error('nftables update failed', { error: e.message }));
+    await this.engine.refreshNft().catch((e: unknown) => this.log.error('nftables update failed', { error: e instanceof Error ? e.message : String(e) }));
     await this.persist();
     this.log.info('session ended', { session: s.id });
   }
@@ -192,7 +192,7 @@ export class SessionService {
   }
 
   private async persist(): Promise<void> {
-    await this.store.save(this.registry.all()).catch((e: Error) => this.log.error('cannot save sessions', { error: e.message }));
+    await this.store.save(this.registry.all()).catch((e: unknown) => this.log.error('cannot save sessions', { error: e instanceof Error ? e.message : String(e) }));
   }
 
   close(): void {
