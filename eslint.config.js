@@ -8,6 +8,8 @@
 // - no-floating-promises: node:test's test/it/describe return promises the runner tracks itself.
 // - restrict-template-expressions: numbers in messages are fine; objects, nullish, any and
 //   booleans still need an explicit String() (the strict default forbids numbers too, 190 sites).
+// - prefer-promise-reject-errors: passing on a caught `unknown` (reject(err) in a catch) is
+//   propagation, as `throw err` is for only-throw-error; a new rejection still needs an Error.
 // - switch-exhaustiveness-check (not in strict): a switch over a union without a default must
 //   name every member, so adding a protocol method or an error code shows every switch to update.
 // - off no-non-null-assertion: with noUncheckedIndexedAccess, `x[i]!` after a length or `has`
@@ -34,6 +36,7 @@ export default defineConfig(
       '@typescript-eslint/no-floating-promises': ['error', {
         allowForKnownSafeCalls: [{ from: 'package', package: 'node:test', name: ['test', 'it', 'describe', 'suite'] }],
       }],
+      '@typescript-eslint/prefer-promise-reject-errors': ['error', { allowThrowingUnknown: true }],
       '@typescript-eslint/restrict-template-expressions': ['error', { allowNumber: true }],
       '@typescript-eslint/switch-exhaustiveness-check': 'error',
       '@typescript-eslint/no-non-null-assertion': 'off',

@@ -102,7 +102,7 @@ function zodIssue(
 /** Offset of the node at `path` (or of the key `key` inside that map), falling back to the nearest parent. */
 function locateNode(doc: Document, path: Path, key?: string): number | undefined {
   for (let n = path.length; n >= 0; n--) {
-    const node = doc.getIn(path.slice(0, n), true) as unknown;
+    const node = doc.getIn(path.slice(0, n), true);
     if (node && typeof node === 'object' && 'range' in node) {
       if (key !== undefined && n === path.length && isMap(node)) {
         const pair = node.items.find((p) => isScalar(p.key) && p.key.value === key);

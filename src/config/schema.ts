@@ -29,7 +29,7 @@ const domain = z
   .string()
   .regex(/^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/i, 'must be a DNS domain such as corp.example');
 
-const money = z.number().nonnegative().finite();
+const money = z.number().nonnegative(); // zod 4 numbers are finite already
 
 export const costSchema = z.strictObject({
   /** Price of one megabyte (10^6 bytes) in `currency`. */

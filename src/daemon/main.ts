@@ -100,7 +100,7 @@ async function main(): Promise<void> {
   };
 
   const server = new ControlServer(opts.socket, {
-    hello: async (): Promise<HelloResult> => ({ daemon: 'waymarkd', version: VERSION, protocol: PROTOCOL_VERSION, methods: Object.keys(METHODS) }),
+    hello: () => Promise.resolve<HelloResult>({ daemon: 'waymarkd', version: VERSION, protocol: PROTOCOL_VERSION, methods: Object.keys(METHODS) }),
     status: async () => ({
       ...(await engine.status()),
       sessions: sessions.registry.all().map((x) => ({

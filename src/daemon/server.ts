@@ -113,7 +113,7 @@ export class ControlServer {
       return this.fail(id, { code: 'EINVAL', message: `bad params: ${why}` }, cred);
     }
     try {
-      const result = await this.handlers[m](params.data as Record<string, unknown>, cred);
+      const result = await this.handlers[m](params.data, cred);
       return { v: PROTOCOL_VERSION, id, ok: true, result };
     } catch (e) {
       if (e instanceof RequestError) return this.fail(id, e.wire, cred);

@@ -71,7 +71,7 @@ function main(): void {
   });
   const listen = values.listen ?? fail('at least one --listen ADDRESS is required');
   const port = Number(values.port);
-  if (!Number.isInteger(port) || port < 0 || port > 65535) fail(`bad --port ${String(values.port)}`);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) fail(`bad --port ${values.port}`);
 
   const zone = new Map<string, Records>();
   for (const spec of values.record ?? []) {
@@ -112,7 +112,7 @@ function main(): void {
     close: () => {
       for (const s of sockets) s.close();
     },
-    exitOnStdinEof: values['exit-on-stdin-eof'] === true,
+    exitOnStdinEof: values['exit-on-stdin-eof'],
   });
 }
 

@@ -511,8 +511,8 @@ function checkTool(cmd: string, args: string[], hint: string): void {
     execFileSync(cmd, args, { stdio: 'ignore', timeout: 5000 });
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new Error(`lab: \`${cmd}\` not found on PATH: ${hint}`);
-    throw new Error(`lab: \`${cmd} ${args.join(' ')}\` failed: ${err instanceof Error ? err.message : String(err)}`);
+    if (code === 'ENOENT') throw new Error(`lab: \`${cmd}\` not found on PATH: ${hint}`, { cause: err });
+    throw new Error(`lab: \`${cmd} ${args.join(' ')}\` failed: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
   }
 }
 
@@ -744,7 +744,7 @@ export class Lab {
     const [cmd, ...args] = opts.hostMounts
       ? ['nsenter', `--net=${this.nsPath(role)}`, '--', ...this.wrap(argv, opts)]
       : ['ip', 'netns', 'exec', this.names[role], ...this.wrap(argv, opts)];
-    const child = spawn(cmd as string, args, {
+    const child = spawn(cmd, args, {
       env: opts.env ?? process.env,
       cwd: opts.cwd,
       stdio: opts.stdio ?? 'pipe',

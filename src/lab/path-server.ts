@@ -75,7 +75,7 @@ function main(): void {
   const name = values.name ?? fail('--name is required');
   const listen = values.listen ?? fail('at least one --listen ADDRESS is required');
   const port = Number(values.port);
-  if (!Number.isInteger(port) || port < 0 || port > 65535) fail(`bad --port ${String(values.port)}`);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) fail(`bad --port ${values.port}`);
   const entries = (values.map ?? []).map(parseMap);
 
   const reply = (remote: string, proto: 'tcp' | 'udp'): string =>
@@ -135,7 +135,7 @@ function main(): void {
       for (const s of servers) s.close();
       for (const s of sockets) s.close();
     },
-    exitOnStdinEof: values['exit-on-stdin-eof'] === true,
+    exitOnStdinEof: values['exit-on-stdin-eof'],
   });
 }
 

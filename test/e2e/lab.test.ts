@@ -138,7 +138,7 @@ describe('path servers', () => {
       server: 'internet', path: 'wwan0', remote: 'fd00:64::2', proto: 'udp',
     });
     const socat = await sh('dev', `echo hi | socat -t 0.3 - UDP4:${LAB.office.v4}:80`);
-    assert.equal(JSON.parse(socat).path, 'tun0');
+    assert.equal((JSON.parse(socat) as { path?: unknown }).path, 'tun0');
   });
 
   test('the office server answers through tun0 by the main table (v4 and v6)', async () => {
@@ -265,7 +265,7 @@ describe('link control and processes', () => {
     assert.equal(r.signal, 'SIGKILL');
     assert.ok(performance.now() - t0 < 3000);
     for (const pid of pidsOf(lab.ns('dev'))) {
-      let cmd = '';
+      let cmd: string;
       try {
         cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ');
       } catch {
