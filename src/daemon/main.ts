@@ -14,7 +14,7 @@ import { SessionService } from './sessions.js';
 import { VERSION } from '../version.js';
 import { Engine } from './engine.js';
 import { createLogger, type Level } from './log.js';
-import { DEFAULT_SOCKET, METHODS, PROTOCOL_VERSION, type HelloResult, type ReloadResult } from './protocol.js';
+import { DEFAULT_SOCKET, METHODS, PROTOCOL_VERSION, type ExecBeginParams, type HelloResult, type ReloadResult } from './protocol.js';
 import { ControlServer, RequestError } from './server.js';
 import { DEFAULT_STATE_DIR, StateStore } from './state.js';
 
@@ -81,7 +81,7 @@ async function main(): Promise<void> {
     learnedHosts: () => decisions.learnedHosts(),
   });
   const sessions: SessionService = new SessionService(engine, cgroups,
-    { save: (all) => store.update({ sessions: all.map((x) => ({ ...x, needs: [...x.needs], deny: [...x.deny] })) }) }, log);
+    { save: (all) => store.update({ sessions: all.map((x) => ({ ...x, needs: [...x.needs], deny: [...x.deny], apps: [...x.apps] })) }) }, log);
   const decisions: DecisionService = new DecisionService(engine, sessions.registry, generation, log, () => engine.schedule());
   const decideServer = new DecisionServer(join(runDir, DECIDE_SOCKET), decisions, log, { busyPollUs: opts.busyPollUs });
 
@@ -89,6 +89,9 @@ async function main(): Promise<void> {
     try {
       const next = await loadConfigFile(opts.config);
       const generation = await engine.replaceConfig(next);
+      // Running sessions are held to the new app rules before the caller hears back.
+      await sessions.refresh();
+      await engine.refreshNft();
       log.info('configuration reloaded', { file: opts.config, generation });
       return { generation, uplinks: next.uplinks.length, destinations: next.destinations.length };
     } catch (e) {
@@ -109,7 +112,7 @@ async function main(): Promise<void> {
       decisions: { ...decideServer.stats },
     }),
     reload,
-    'exec.begin': (params, cred) => sessions.begin(params as Parameters<SessionService['begin']>[0], cred),
+    'exec.begin': (params, cred) => sessions.begin(params as ExecBeginParams, cred),
     'exec.end': (params, cred) => sessions.end(String(params['id']), cred),
   }, log);
 

@@ -10,6 +10,13 @@ import { NEED_NAMES } from '../config/schema.js';
 
 export const DEFAULT_STATE_DIR = '/var/lib/waymark';
 
+const appFactsSchema = z.object({
+  uid: z.number().int().nonnegative(),
+  exe: z.string().nullable(),
+  unit: z.string().nullable(),
+  flatpakId: z.string().nullable(),
+});
+
 const sessionSchema = z.object({
   id: z.string(),
   cgroup: z.string(),
@@ -17,9 +24,11 @@ const sessionSchema = z.object({
   uplink: z.string().optional(),
   needs: z.array(z.enum(NEED_NAMES)),
   deny: z.array(z.string()),
+  /** Missing in files of older versions: all that is known then is the starter's uid, whose rules apply. */
+  apps: z.array(appFactsSchema).optional(),
   command: z.string(),
   startedAt: z.string(),
-});
+}).transform(({ apps, ...s }) => ({ ...s, apps: apps ?? [{ uid: s.uid, exe: null, unit: null, flatpakId: null }] }));
 
 const stateSchema = z.object({
   version: z.literal(1),
