@@ -38,7 +38,7 @@ export interface SessionStore {
 }
 
 /** Sessions one unprivileged user may hold at once: each costs a cgroup and nftables rules. */
-const MAX_SESSIONS_PER_USER = 64;
+export const MAX_SESSIONS_PER_USER = 64;
 /** App facts one session carries (its own, its program's, and those inherited from the sessions it was started in). */
 const MAX_APP_FACTS = 64;
 
@@ -110,11 +110,38 @@ export class SessionService {
     }
   }
 
-  async begin(p: ExecBeginParams, caller: PeerCred): Promise<ExecBeginResult> {
-    if (caller.uid !== 0 && this.registry.all().filter((x) => x.uid === caller.uid).length >= MAX_SESSIONS_PER_USER) {
+  /** Begins not yet finished, per uid: they hold a place under the cap from their first tick on. */
+  private readonly pending = new Map<number, number>();
+
+  /**
+   * Counts a begin of `uid` against the cap at once (synchronously: concurrent begins each see
+   * the others), or refuses it. The returned release is idempotent; call it when the session is
+   * in the registry (where it counts from then on) or has failed.
+   */
+  private reserve(uid: number): () => void {
+    if (uid === 0) return () => undefined;
+    const held = this.registry.all().filter((x) => x.uid === uid).length + (this.pending.get(uid) ?? 0);
+    if (held >= MAX_SESSIONS_PER_USER) {
       throw new RequestError({ code: 'EPERM', message: `too many sessions (at most ${MAX_SESSIONS_PER_USER} per user)` });
     }
-    return this.start(p, caller);
+    this.pending.set(uid, (this.pending.get(uid) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const n = (this.pending.get(uid) ?? 1) - 1;
+      if (n > 0) this.pending.set(uid, n);
+      else this.pending.delete(uid);
+    };
+  }
+
+  async begin(p: ExecBeginParams, caller: PeerCred): Promise<ExecBeginResult> {
+    const release = this.reserve(caller.uid);
+    try {
+      return await this.start(p, caller, release);
+    } finally {
+      release();
+    }
   }
 
   /**
@@ -171,13 +198,14 @@ export class SessionService {
     };
   }
 
-  private async start(p: ExecBeginParams, caller: PeerCred): Promise<ExecBeginResult> {
+  private async start(p: ExecBeginParams, caller: PeerCred, release: () => void): Promise<ExecBeginResult> {
     const wish = this.sessionFor(p, caller);
     const id = `exec-${caller.pid}-${randomBytes(3).toString('hex')}`;
     const cgroup = await this.cgroups.create(id);
     const session: Session = { id, cgroup, ...wish, startedAt: new Date().toISOString() };
     try {
       this.origins.set(id, cgroupOf(caller.pid));
+      release(); // from here on the registry counts it
       this.registry.add(session);
       await this.refresh();
       await this.engine.refreshNft();
