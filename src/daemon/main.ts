@@ -11,6 +11,7 @@ import { DEFAULT_BUSY_POLL_US, DecisionServer } from '../decision/server.js';
 import { DECIDE_SOCKET } from '../decision/wire.js';
 import { DecisionService } from './decisions.js';
 import { SessionService } from './sessions.js';
+import { mayChangeState } from './access.js';
 import { VERSION } from '../version.js';
 import { Engine } from './engine.js';
 import { createLogger, type Level } from './log.js';
@@ -104,9 +105,10 @@ async function main(): Promise<void> {
 
   const server = new ControlServer(opts.socket, {
     hello: async (): Promise<HelloResult> => ({ daemon: 'waymarkd', version: VERSION, protocol: PROTOCOL_VERSION, methods: Object.keys(METHODS) }),
-    status: async () => ({
+    status: async (_params, cred) => ({
       ...(await engine.status()),
-      sessions: sessions.registry.all().map((x) => ({
+      // Sessions name users and command lines (arguments may hold secrets): to others, only their own.
+      sessions: sessions.registry.all().filter((x) => x.uid === cred.uid || mayChangeState(cred)).map((x) => ({
         id: x.id, uid: x.uid, uplink: x.uplink ?? null, needs: [...x.needs], deny: [...x.deny], command: x.command, startedAt: x.startedAt,
       })),
       decisions: { ...decideServer.stats },

@@ -77,7 +77,7 @@ export interface StatusResult {
   uplinks: UplinkStatusView[];
   destinations: DestinationStatusView[];
   lastReconcile: { at: string; durationMs: number; changes: number; errors: string[] } | null;
-  /** Running `waymark exec` sessions. */
+  /** Running `waymark exec` sessions: all of them for root and the waymark group, the caller's own for others. */
   sessions?: { id: string; uid: number; uplink: string | null; needs: string[]; deny: string[]; command: string; startedAt: string }[];
   /** The decide socket: requests answered, malformed messages dropped, connected clients. */
   /** The decide socket's counters. */

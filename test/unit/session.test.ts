@@ -5,7 +5,7 @@ import { backstopFor } from '../../src/session/backstop.js';
 import { mergeWish, SessionRegistry, type Session } from '../../src/session/session.js';
 import { allowsUplink, policyFor, type AppFacts } from '../../src/policy/app.js';
 import { StateStore } from '../../src/daemon/state.js';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { exampleConfig, labKernel, labStates } from '../support/fixture.js';
@@ -128,5 +128,15 @@ describe('the state file', () => {
     writeFileSync(file, JSON.stringify(OLD));
     const loaded = await new StateStore(dir).load((why) => assert.fail(why));
     assert.deepEqual(loaded.sessions[0]?.apps, [{ uid: 4242, exe: null, unit: null, flatpakId: null }]);
+  }));
+
+  it('is 0600 whatever the mode of the file it replaces or of a temp file left by a crash', () => withDir(async (dir, file) => {
+    writeFileSync(file, JSON.stringify(OLD), { mode: 0o644 });
+    writeFileSync(`${file}.${process.pid}.tmp`, 'stale', { mode: 0o666 }); // must not be reused with its mode
+    const store = new StateStore(dir);
+    await store.load((why) => assert.fail(why));
+    await store.update({ slots: { wifi: 2 } });
+    assert.equal(statSync(file).mode & 0o777, 0o600);
+    assert.equal((JSON.parse(readFileSync(file, 'utf8')) as { slots: Record<string, number> }).slots['wifi'], 2);
   }));
 });
