@@ -11,7 +11,7 @@
  */
 import assert from 'node:assert/strict';
 import { type ChildProcess } from 'node:child_process';
-import { chmodSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, readFileSync, realpathSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { StatusResult } from '../../src/daemon/protocol.js';
@@ -169,6 +169,35 @@ describe('a session never grants what the app rules deny', () => {
       assert.notEqual(code, 0);
     } finally {
       running.child.kill('SIGKILL');
+      await useConfig(RULED);
+    }
+  });
+
+  it('the program\'s own rule applies too, and never instead of the starter\'s', async () => {
+    // The Go client's rule would allow cellular; uid 4242's forbids it: both apply.
+    await useConfig(configWith(`apps:
+  - name: goclient
+    match: { exe: ${realpathSync(goclient)} }
+    uplinks: [cellular, wifi]
+  - name: restricted
+    match: { uid: ${USER} }
+    deny: [cellular]
+  - name: no-mms
+    match: { exe: /usr/bin/curl }
+    deny: [mms]
+`));
+    try {
+      const both = await exec(['--uplink', 'cellular'], [goclient, INTERNET], { uid: USER });
+      assert.equal(both.code, 77, `${both.stdout}\n${both.stderr}`);
+      assert.match(both.stderr, /not allowed for app restricted\+goclient/);
+      // Positive control: a user no rule names gets what the program's rule allows.
+      const other = await exec(['--uplink', 'cellular'], [goclient, INTERNET], { uid: OTHER });
+      assert.equal(pathOf(other.stdout), 'wwan0', other.stderr);
+      // And the program's rule alone narrows: curl may not pin the MMS APN, whoever starts it.
+      const curl = await exec(['--uplink', 'mms'], ['curl', '-sS', '--max-time', '3', url(LAB.mmsc.v4)], { uid: OTHER, env: { ...process.env, WAYMARK_DISABLE: '1' } });
+      assert.equal(curl.code, 77, `${curl.stdout}\n${curl.stderr}`);
+      assert.match(curl.stderr, /not allowed for app no-mms/);
+    } finally {
       await useConfig(RULED);
     }
   });
