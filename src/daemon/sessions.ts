@@ -17,7 +17,6 @@ import type { Engine } from './engine.js';
 import type { Logger } from './log.js';
 import type { ExecBeginParams, ExecBeginResult } from './protocol.js';
 import { RequestError } from './server.js';
-import type { NeedName } from '../config/schema.js';
 
 /** The kernel side of sessions (src/backstop): cgroups and their socket-creation program. */
 export interface CgroupBackend {
