@@ -6,10 +6,10 @@
  * What is asked for here is a wish: the daemon checks it against the config.
  */
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { accessSync, constants, existsSync, realpathSync, statSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import type { NeedName } from '../config/schema.js';
-import type { Client } from '../daemon/client.js';
+import { DaemonError, type Client } from '../daemon/client.js';
 import { PACKAGE_ROOT } from '../version.js';
 
 export const PRELOAD_LIBRARY = join(PACKAGE_ROOT, 'native/preload/libwaymark.so');
@@ -20,13 +20,54 @@ export interface ExecWish {
   readonly deny: readonly string[];
 }
 
+/** EX_USAGE (sysexits.h): the command line asks for something that cannot be. */
+export const EXIT_USAGE = 64;
+
+/** Why a wish contradicts itself (as far as names given here tell), or null. */
+export function contradiction(wish: ExecWish): string | null {
+  return wish.uplink !== undefined && wish.deny.includes(wish.uplink)
+    ? `--uplink ${wish.uplink} and --deny ${wish.uplink} contradict each other: the session could reach nothing`
+    : null;
+}
+
+/** The executable a command names, as the kernel will show it (/proc/PID/exe), when it can be found. */
+function resolveExecutable(cmd: string): string | undefined {
+  const candidates = cmd.includes('/') ? [resolve(cmd)] : (process.env['PATH'] ?? '').split(':').filter(Boolean).map((d) => join(d, cmd));
+  for (const c of candidates) {
+    try {
+      accessSync(c, constants.X_OK);
+      const real = realpathSync(c);
+      if (statSync(real).isFile()) return real;
+    } catch {
+      /* not this one */
+    }
+  }
+  return undefined;
+}
+
 export async function execWith(client: Client, wish: ExecWish, argv: readonly string[]): Promise<number> {
   const [cmd, ...args] = argv;
   if (!cmd) throw new Error('nothing to run: give a command after --');
+  const bad = contradiction(wish);
+  if (bad !== null) {
+    process.stderr.write(`waymark: ${bad}\n`);
+    return EXIT_USAGE;
+  }
   if (!existsSync(PRELOAD_LIBRARY)) throw new Error(`${PRELOAD_LIBRARY} is missing: run "npm run setup" (builds the C library)`);
-  const session = await client.call('exec.begin', {
-    ...(wish.uplink ? { uplink: wish.uplink } : {}), needs: wish.needs, deny: wish.deny, command: argv.join(' '),
-  });
+  // The program's executable lets the daemon apply its app rule too (it can only narrow the session).
+  const exe = resolveExecutable(cmd);
+  let session;
+  try {
+    session = await client.call('exec.begin', {
+      ...(wish.uplink ? { uplink: wish.uplink } : {}), needs: wish.needs, deny: wish.deny, command: argv.join(' '), ...(exe ? { exe } : {}),
+    });
+  } catch (e) {
+    // The daemon found the wish contradictory once names were resolved (--uplink wlan0 --deny wifi).
+    if (!(e instanceof DaemonError) || e.code !== 'EINVAL') throw e;
+    client.close();
+    process.stderr.write(`waymark: ${e.message}\n`);
+    return EXIT_USAGE;
+  }
   const preload = [PRELOAD_LIBRARY, process.env['LD_PRELOAD']].filter(Boolean).join(':');
   const env: NodeJS.ProcessEnv = { ...process.env, LD_PRELOAD: preload, WAYMARK_SOCKET: client.path, WAYMARK_SESSION: session.id };
   if (wish.uplink) env['WAYMARK_UPLINK'] = wish.uplink;

@@ -74,7 +74,7 @@ Examples:
 program.parseAsync().catch((e: unknown) => {
   if (e instanceof DaemonError) {
     process.stderr.write(`waymark: ${e.message} [${e.code}]\n`);
-    process.exit(e.code === 'EPERM' ? 77 : e.code === 'EINVAL' ? 65 : 69);
+    process.exit(e.code === 'EPERM' || e.code === 'EACCES' ? 77 : e.code === 'EINVAL' ? 65 : 69);
   }
   process.stderr.write(`waymark: ${e instanceof Error ? e.message : String(e)}\n`);
   process.exit(e instanceof DaemonUnavailable ? 69 : 1);

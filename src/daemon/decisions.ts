@@ -14,7 +14,7 @@ import { resolveVia } from '../dns/resolver.js';
 import { bestUplink } from '../routing/desired.js';
 import { identify, type AppIdentity } from '../identity/app.js';
 import { formatAddress, parseAddress, type Family } from '../net/prefix.js';
-import { ruleFor } from '../policy/app.js';
+import { policyFor } from '../policy/app.js';
 import { mergeWish, wishOf, type SessionRegistry } from '../session/session.js';
 import type { Engine } from './engine.js';
 import type { Logger } from './log.js';
@@ -78,18 +78,15 @@ export class DecisionService implements DecisionHandlers {
     return id;
   }
 
-  private wishFor(id: AppIdentity, own: Wish): Wish {
-    const session = this.sessions.ofCgroup(id.cgroup);
-    return mergeWish(session ? wishOf(session) : undefined, own);
-  }
-
   decideFor(id: AppIdentity, own: Wish, family: Family, addr: Uint8Array, destination?: string): Decision {
     const config = this.engine.getConfig();
-    const app = ruleFor(config.apps, id);
+    // In a session, the rules of its app facts (its starter's, ...) bind the process as well as its own.
+    const session = this.sessions.ofCgroup(id.cgroup);
+    const app = session ? policyFor(config.apps, id, session.apps) : policyFor(config.apps, id);
     const learned = destination ?? this.learnedDestination(family, addr);
     return decide({
-      uplinks: this.engine.uplinkStates(), destinations: config.destinations, wish: this.wishFor(id, own), family, addr,
-      app, learnedDestination: learned,
+      uplinks: this.engine.uplinkStates(), destinations: config.destinations, wish: mergeWish(session ? wishOf(session) : undefined, own),
+      family, addr, app, learnedDestination: learned,
     });
   }
 

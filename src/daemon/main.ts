@@ -11,10 +11,11 @@ import { DEFAULT_BUSY_POLL_US, DecisionServer } from '../decision/server.js';
 import { DECIDE_SOCKET } from '../decision/wire.js';
 import { DecisionService } from './decisions.js';
 import { SessionService } from './sessions.js';
+import { mayChangeState } from './access.js';
 import { VERSION } from '../version.js';
 import { Engine } from './engine.js';
 import { createLogger, type Level } from './log.js';
-import { DEFAULT_SOCKET, METHODS, PROTOCOL_VERSION, type HelloResult, type ReloadResult } from './protocol.js';
+import { DEFAULT_SOCKET, METHODS, PROTOCOL_VERSION, type ExecBeginParams, type HelloResult, type ReloadResult } from './protocol.js';
 import { ControlServer, RequestError } from './server.js';
 import { DEFAULT_STATE_DIR, StateStore } from './state.js';
 
@@ -81,7 +82,7 @@ async function main(): Promise<void> {
     learnedHosts: () => decisions.learnedHosts(),
   });
   const sessions: SessionService = new SessionService(engine, cgroups,
-    { save: (all) => store.update({ sessions: all.map((x) => ({ ...x, needs: [...x.needs], deny: [...x.deny] })) }) }, log);
+    { save: (all) => store.update({ sessions: all.map((x) => ({ ...x, needs: [...x.needs], deny: [...x.deny], apps: [...x.apps] })) }) }, log);
   const decisions: DecisionService = new DecisionService(engine, sessions.registry, generation, log, () => engine.schedule());
   const decideServer = new DecisionServer(join(runDir, DECIDE_SOCKET), decisions, log, { busyPollUs: opts.busyPollUs });
 
@@ -89,6 +90,9 @@ async function main(): Promise<void> {
     try {
       const next = await loadConfigFile(opts.config);
       const generation = await engine.replaceConfig(next);
+      // Running sessions are held to the new app rules before the caller hears back.
+      await sessions.refresh();
+      await engine.refreshNft();
       log.info('configuration reloaded', { file: opts.config, generation });
       return { generation, uplinks: next.uplinks.length, destinations: next.destinations.length };
     } catch (e) {
@@ -101,15 +105,16 @@ async function main(): Promise<void> {
 
   const server = new ControlServer(opts.socket, {
     hello: () => Promise.resolve<HelloResult>({ daemon: 'waymarkd', version: VERSION, protocol: PROTOCOL_VERSION, methods: Object.keys(METHODS) }),
-    status: async () => ({
+    status: async (_params, cred) => ({
       ...(await engine.status()),
-      sessions: sessions.registry.all().map((x) => ({
+      // Sessions name users and command lines (arguments may hold secrets): to others, only their own.
+      sessions: sessions.registry.all().filter((x) => x.uid === cred.uid || mayChangeState(cred)).map((x) => ({
         id: x.id, uid: x.uid, uplink: x.uplink ?? null, needs: [...x.needs], deny: [...x.deny], command: x.command, startedAt: x.startedAt,
       })),
       decisions: { ...decideServer.stats },
     }),
     reload,
-    'exec.begin': (params, cred) => sessions.begin(params as Parameters<SessionService['begin']>[0], cred),
+    'exec.begin': (params, cred) => sessions.begin(params as ExecBeginParams, cred),
     'exec.end': (params, cred) => sessions.end(String(params['id']), cred),
   }, log);
 

@@ -27,7 +27,8 @@ export const requestSchema = z.object({
 });
 export type Request = z.infer<typeof requestSchema>;
 
-export type ErrorCode = 'EPROTO' | 'EPERM' | 'EINVAL' | 'ENOENT' | 'ENETDOWN' | 'ENOSYS' | 'EIO';
+/** EPERM: the caller may not do this at all; EACCES: the policy (apps:, the session it runs in) does not allow what it asked for. */
+export type ErrorCode = 'EPROTO' | 'EPERM' | 'EACCES' | 'EINVAL' | 'ENOENT' | 'ENETDOWN' | 'ENOSYS' | 'EIO';
 
 export interface WireError {
   readonly code: ErrorCode;
@@ -76,7 +77,7 @@ export interface StatusResult {
   uplinks: UplinkStatusView[];
   destinations: DestinationStatusView[];
   lastReconcile: { at: string; durationMs: number; changes: number; errors: string[] } | null;
-  /** Running `waymark exec` sessions. */
+  /** Running `waymark exec` sessions: all of them for root and the waymark group, the caller's own for others. */
   sessions?: { id: string; uid: number; uplink: string | null; needs: string[]; deny: string[]; command: string; startedAt: string }[];
   /** The decide socket: requests answered, malformed messages dropped, connected clients. */
   /** The decide socket's counters. */
@@ -96,12 +97,15 @@ export const METHODS = {
       needs: z.array(z.enum(NEED_NAMES)).max(8).default([]),
       deny: z.array(z.string().min(1).max(31)).max(64).default([]),
       command: z.string().max(4096).default(''),
+      /** The program's executable as the client resolved it: its app rule applies too (it can only narrow). */
+      exe: z.string().min(2).max(4096).startsWith('/').optional(),
     }).strict(),
   },
   /** Ends a session of the caller's (root may end any). */
   'exec.end': { privileged: false, params: z.object({ id: z.string().regex(/^[a-z0-9-]{1,40}$/) }).strict() },
 } as const;
 export type Method = keyof typeof METHODS;
+export type ExecBeginParams = z.infer<(typeof METHODS)['exec.begin']['params']>;
 
 export interface HelloResult { daemon: 'waymarkd'; version: string; protocol: number; methods: string[] }
 export interface ReloadResult { generation: number; uplinks: number; destinations: number }

@@ -8,13 +8,15 @@ import { randomBytes } from 'node:crypto';
 import { findUplink } from '../decision/decide.js';
 import type { PeerCred } from '../native/index.js';
 import type { BackstopSession } from '../backstop/nft.js';
+import { identify } from '../identity/app.js';
+import { allowsUplink, policyFor, type AppFacts } from '../policy/app.js';
 import { backstopFor, type Backstop } from '../session/backstop.js';
-import { SessionRegistry, type Session } from '../session/session.js';
+import { SessionRegistry, sessionPolicy, type Session } from '../session/session.js';
+import type { UplinkState } from '../uplink/state.js';
 import type { Engine } from './engine.js';
 import type { Logger } from './log.js';
-import type { ExecBeginResult } from './protocol.js';
+import type { ExecBeginParams, ExecBeginResult } from './protocol.js';
 import { RequestError } from './server.js';
-import type { NeedName } from '../config/schema.js';
 
 /** The kernel side of sessions (src/backstop): cgroups and their socket-creation program. */
 export interface CgroupBackend {
@@ -35,9 +37,28 @@ export interface SessionStore {
 }
 
 /** Sessions one unprivileged user may hold at once: each costs a cgroup and nftables rules. */
-const MAX_SESSIONS_PER_USER = 64;
+export const MAX_SESSIONS_PER_USER = 64;
+/** App facts one session carries (its own, its program's, and those inherited from the sessions it was started in). */
+const MAX_APP_FACTS = 64;
 
 const hex = (n: number): string => `0x${(n >>> 0).toString(16).padStart(8, '0')}`;
+
+function uniqueFacts(facts: readonly AppFacts[]): AppFacts[] {
+  const seen = new Set<string>();
+  return facts.filter((f) => {
+    const key = JSON.stringify([f.uid, f.exe, f.unit, f.flatpakId]);
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
+}
+
+/** A session's own restrictions, for messages. */
+function describe(s: Session): string {
+  const parts = [s.uplink ? `pinned to ${s.uplink}` : '', s.deny.length ? `denying ${s.deny.join(',')}` : '', s.needs.length ? `needing ${s.needs.join(',')}` : ''];
+  const text = parts.filter(Boolean).join(', ');
+  return text ? ` (${text})` : '';
+}
 
 export class SessionService {
   readonly registry = new SessionRegistry();
@@ -76,7 +97,7 @@ export class SessionService {
   async refresh(): Promise<void> {
     const config = this.engine.getConfig();
     for (const s of this.registry.all()) {
-      const b = backstopFor(s, this.engine.uplinkStates(), config.destinations);
+      const b = backstopFor(s, this.engine.uplinkStates(), config.destinations, config.apps);
       const before = this.applied.get(s.id);
       this.applied.set(s.id, b);
       if (before !== undefined && before.mark === b.mark) continue;
@@ -88,30 +109,102 @@ export class SessionService {
     }
   }
 
-  async begin(p: { uplink?: string; needs: NeedName[]; deny: string[]; command: string }, caller: PeerCred): Promise<ExecBeginResult> {
-    if (caller.uid !== 0 && this.registry.all().filter((x) => x.uid === caller.uid).length >= MAX_SESSIONS_PER_USER) {
+  /** Begins not yet finished, per uid: they hold a place under the cap from their first tick on. */
+  private readonly pending = new Map<number, number>();
+
+  /**
+   * Counts a begin of `uid` against the cap at once (synchronously: concurrent begins each see
+   * the others), or refuses it. The returned release is idempotent; call it when the session is
+   * in the registry (where it counts from then on) or has failed.
+   */
+  private reserve(uid: number): () => void {
+    if (uid === 0) return () => undefined;
+    const held = this.registry.all().filter((x) => x.uid === uid).length + (this.pending.get(uid) ?? 0);
+    if (held >= MAX_SESSIONS_PER_USER) {
       throw new RequestError({ code: 'EPERM', message: `too many sessions (at most ${MAX_SESSIONS_PER_USER} per user)` });
     }
+    this.pending.set(uid, (this.pending.get(uid) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const n = (this.pending.get(uid) ?? 1) - 1;
+      if (n > 0) this.pending.set(uid, n);
+      else this.pending.delete(uid);
+    };
+  }
+
+  async begin(p: ExecBeginParams, caller: PeerCred): Promise<ExecBeginResult> {
+    const release = this.reserve(caller.uid);
+    try {
+      return await this.start(p, caller, release);
+    } finally {
+      release();
+    }
+  }
+
+  /**
+   * The session a wish asks for, as the policy lets it be: checked exactly as the decision path
+   * checks a program's wish (policyFor, allowsUplink), and, started from inside a session,
+   * inheriting all of that session's restrictions. Throws what the caller is told.
+   */
+  private sessionFor(p: ExecBeginParams, caller: PeerCred): Omit<Session, 'id' | 'cgroup' | 'startedAt'> {
     const states = this.engine.uplinkStates();
-    let uplink: string | undefined;
+    const config = this.engine.getConfig();
+    const who = identify(caller);
+    if (who.startTime === null) throw new RequestError({ code: 'EIO', message: `process ${caller.pid} is gone` });
+    const parent = this.registry.ofCgroup(who.cgroup);
+    let uplink: UplinkState | undefined;
     if (p.uplink) {
-      const u = findUplink(states, p.uplink);
-      if (!u) throw new RequestError({ code: 'ENOENT', message: `no uplink named "${p.uplink}" (see waymark status)` });
-      if (u.status !== 'active') throw new RequestError({ code: 'ENETDOWN', message: `uplink ${u.spec.name} is ${u.status}` });
-      uplink = u.spec.name;
+      uplink = findUplink(states, p.uplink);
+      if (!uplink) throw new RequestError({ code: 'ENOENT', message: `no uplink named "${p.uplink}" (see waymark status)` });
     }
-    for (const d of p.deny) {
-      if (!findUplink(states, d)) throw new RequestError({ code: 'ENOENT', message: `no uplink named "${d}" (see waymark status)` });
+    const deny = p.deny.map((d) => {
+      const u = findUplink(states, d);
+      if (!u) throw new RequestError({ code: 'ENOENT', message: `no uplink named "${d}" (see waymark status)` });
+      return u.spec.name;
+    });
+    if (uplink && deny.includes(uplink.spec.name)) {
+      throw new RequestError({ code: 'EINVAL', message: `contradictory wish: uplink ${uplink.spec.name} is both asked for and denied` });
     }
-    const deny = p.deny.map((d) => findUplink(states, d)?.spec.name ?? d);
+    const own: AppFacts = { uid: who.uid, exe: who.exe, unit: who.unit, flatpakId: who.flatpakId };
+    // The program as the client names it (its resolved executable): one more rule, never a looser one.
+    const program: AppFacts[] = p.exe !== undefined ? [{ ...own, exe: p.exe }] : [];
+    const apps = uniqueFacts([own, ...program, ...(parent?.apps ?? [])]);
+    if (apps.length > MAX_APP_FACTS) throw new RequestError({ code: 'EPERM', message: 'sessions nested too deep' });
+    if (parent && uplink) {
+      // Inside a session, only what that session's own backstop lets through may be pinned.
+      const fence = backstopFor(parent, states, config.destinations, config.apps);
+      if (uplink.link && fence.deniedIfnames.includes(uplink.link.name)) {
+        throw new RequestError({ code: 'EACCES', message: `uplink ${uplink.spec.name} is not allowed: this runs in session ${parent.id}${describe(parent)}, and a session started from it may only narrow that` });
+      }
+    }
+    const pinned = uplink?.spec.name ?? parent?.uplink;
+    if (pinned !== undefined) {
+      const app = policyFor(config.apps, own, apps.slice(1));
+      if (!allowsUplink(app, pinned)) {
+        throw new RequestError({ code: 'EACCES', message: `uplink ${pinned} is not allowed for app ${app?.name ?? '?'} (see apps: in the configuration)${uplink ? '' : `; session ${parent?.id ?? ''} it runs in is pinned to it`}` });
+      }
+    }
+    if (uplink && uplink.status !== 'active') throw new RequestError({ code: 'ENETDOWN', message: `uplink ${uplink.spec.name} is ${uplink.status}` });
+    return {
+      uid: caller.uid,
+      ...(pinned !== undefined ? { uplink: pinned } : {}),
+      needs: [...new Set([...(parent?.needs ?? []), ...p.needs])],
+      deny: [...new Set([...(parent?.deny ?? []), ...deny])],
+      apps,
+      command: p.command.slice(0, 200),
+    };
+  }
+
+  private async start(p: ExecBeginParams, caller: PeerCred, release: () => void): Promise<ExecBeginResult> {
+    const wish = this.sessionFor(p, caller);
     const id = `exec-${caller.pid}-${randomBytes(3).toString('hex')}`;
     const cgroup = await this.cgroups.create(id);
-    const session: Session = {
-      id, cgroup, uid: caller.uid, ...(uplink ? { uplink } : {}), needs: p.needs, deny, command: p.command.slice(0, 200),
-      startedAt: new Date().toISOString(),
-    };
+    const session: Session = { id, cgroup, ...wish, startedAt: new Date().toISOString() };
     try {
       this.origins.set(id, cgroupOf(caller.pid));
+      release(); // from here on the registry counts it
       this.registry.add(session);
       await this.refresh();
       await this.engine.refreshNft();
@@ -128,7 +221,10 @@ export class SessionService {
     this.watchSession(session);
     await this.persist();
     const b = this.applied.get(id);
-    this.log.info('session started', { session: id, uid: caller.uid, pid: caller.pid, uplink, needs: p.needs, deny, mark: b?.mark != null ? hex(b.mark) : 'none' });
+    this.log.info('session started', {
+      session: id, uid: caller.uid, pid: caller.pid, uplink: session.uplink, needs: session.needs, deny: session.deny,
+      app: sessionPolicy(this.engine.getConfig().apps, session)?.name, mark: b?.mark != null ? hex(b.mark) : 'none',
+    });
     return {
       id, cgroup, uplink: b?.uplink?.spec.name ?? null, ifname: b?.uplink?.link?.name ?? null,
       backstop: { mark: b?.mark != null ? hex(b.mark) : null, deniedIfnames: [...(b?.deniedIfnames ?? [])] },

@@ -3,12 +3,19 @@
  * (temp file, fsync, rename) so a crash leaves either the old or the new file, never half of one.
  * Each part has one owner that updates only its part; writes are serialised.
  */
-import { mkdir, open, readFile, rename } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { NEED_NAMES } from '../config/schema.js';
 
 export const DEFAULT_STATE_DIR = '/var/lib/waymark';
+
+const appFactsSchema = z.object({
+  uid: z.number().int().nonnegative(),
+  exe: z.string().nullable(),
+  unit: z.string().nullable(),
+  flatpakId: z.string().nullable(),
+});
 
 const sessionSchema = z.object({
   id: z.string(),
@@ -17,9 +24,11 @@ const sessionSchema = z.object({
   uplink: z.string().optional(),
   needs: z.array(z.enum(NEED_NAMES)),
   deny: z.array(z.string()),
+  /** Missing in files of older versions: all that is known then is the starter's uid, whose rules apply. */
+  apps: z.array(appFactsSchema).optional(),
   command: z.string(),
   startedAt: z.string(),
-});
+}).transform(({ apps, ...s }) => ({ ...s, apps: apps ?? [{ uid: s.uid, exe: null, unit: null, flatpakId: null }] }));
 
 const stateSchema = z.object({
   version: z.literal(1),
@@ -64,10 +73,17 @@ export class StateStore {
     return this.state;
   }
 
+  /**
+   * Sessions name users and their command lines: the file is root's alone (0600). The temp file
+   * is created with that mode (exclusively: a leftover of a crash is removed first, never
+   * reused with its old mode), so the data is never readable by others, and the rename puts
+   * it in place of an older file with whatever mode that had.
+   */
   private async save(state: PersistedState): Promise<void> {
     await mkdir(this.dir, { recursive: true, mode: 0o755 });
     const tmp = `${this.file}.${process.pid}.tmp`;
-    const fh = await open(tmp, 'w', 0o644);
+    await rm(tmp, { force: true });
+    const fh = await open(tmp, 'wx', 0o600);
     try {
       await fh.writeFile(JSON.stringify(state, null, 2) + '\n');
       await fh.sync();

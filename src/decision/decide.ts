@@ -10,7 +10,7 @@
 import type { NeedName } from '../config/schema.js';
 import { destinationOfAddress, type DestinationSpec } from '../destination/destination.js';
 import { contains, formatAddress, maskBytes, parseAddress, type Family } from '../net/prefix.js';
-import type { AppRule } from '../policy/app.js';
+import { allowsUplink, type AppRule } from '../policy/app.js';
 import type { UplinkState } from '../uplink/state.js';
 import { compareForNeeds, satisfiesFilters } from './needs.js';
 
@@ -33,7 +33,7 @@ export type Decision =
 export interface DecisionInput {
   readonly uplinks: readonly UplinkState[];
   readonly destinations: readonly DestinationSpec[];
-  /** A rule matching the app, if any. */
+  /** What the policy says for the app, if any rule matches (policyFor in src/policy/app.ts). */
   readonly app?: AppRule;
   readonly wish: Wish;
   readonly family: Family;
@@ -72,8 +72,7 @@ export function decide(input: DecisionInput): Decision {
   if (wish.destination && wish.destination !== dest.name) {
     return deny('EACCES', `the address belongs to destination ${dest.name}, not ${wish.destination}`);
   }
-  const appAllows = (u: UplinkState): boolean =>
-    !(app?.deny.includes(u.spec.name) ?? false) && (app?.uplinks === undefined || app.uplinks.includes(u.spec.name));
+  const appAllows = (u: UplinkState): boolean => allowsUplink(app, u.spec.name);
   const appName = app ? `app ${app.name}` : 'this app';
 
   if (wish.uplink) {

@@ -5,6 +5,7 @@
  */
 import type { NeedName } from '../config/schema.js';
 import type { Wish } from '../decision/decide.js';
+import { policyFor, type AppFacts, type AppRule } from '../policy/app.js';
 
 export interface Session {
   readonly id: string;
@@ -15,6 +16,12 @@ export interface Session {
   readonly uplink?: string;
   readonly needs: readonly NeedName[];
   readonly deny: readonly string[];
+  /**
+   * The app facts whose rules bind every process of the session (policyFor applies them all):
+   * the starter's (from the kernel), the program's as far as known (the executable the client
+   * named: it can only add a rule), and those of the session it was started from, if any.
+   */
+  readonly apps: readonly AppFacts[];
   /** The command line, for status and logs only (not verified, never used to grant anything). */
   readonly command: string;
   readonly startedAt: string;
@@ -22,6 +29,12 @@ export interface Session {
 
 export function wishOf(s: Session): Wish {
   return { ...(s.uplink ? { uplink: s.uplink } : {}), needs: s.needs, deny: s.deny };
+}
+
+/** What the policy allows every process of the session (each process's own rule applies too). */
+export function sessionPolicy(rules: readonly AppRule[], s: Session): AppRule | undefined {
+  const [first, ...more] = s.apps;
+  return first ? policyFor(rules, first, more) : undefined;
 }
 
 /** Merges a session's wish with what a program asked for itself (both wishes, session first). */
