@@ -13,6 +13,7 @@ import { bestUplink, desiredState } from '../routing/desired.js';
 import { decodeRdnss, type RdnssMsg } from '../netlink/message.js';
 import { KernelRouting, watchKernel, type KernelSnapshot } from '../routing/kernel.js';
 import { isEmpty, plan } from '../routing/reconcile.js';
+import { SrcValidMark } from '../routing/sysctl.js';
 import { describeRoute, describeRule } from '../routing/describe.js';
 import { assignSlots } from '../uplink/slots.js';
 import { uplinkStates, type UplinkState } from '../uplink/state.js';
@@ -56,6 +57,7 @@ export class Engine {
   private timer: NodeJS.Timeout | undefined;
   private recent: number[] = [];
   private nftApplied: string | undefined;
+  private readonly srcValidMark = new SrcValidMark();
   private stopped = false;
   private readonly linkDns = new Map<number, { servers: readonly string[]; until: number }>();
   /** What decisions depend on, to tell callers when it changed. */
@@ -135,6 +137,7 @@ export class Engine {
       const res = await this.kernel.apply(p);
       for (const e of res.errors) this.opts.log.error('cleanup step failed', { error: e.message });
       await nft.deleteTable().catch((e: Error) => this.opts.log.error('nftables cleanup failed', { error: e.message }));
+      for (const e of await this.srcValidMark.restore()) this.opts.log.error('cannot restore a kernel setting', { error: e });
       this.opts.log.info('removed kernel state', { changes: res.applied });
     }
     this.kernel.close();
@@ -197,6 +200,11 @@ export class Engine {
         this.opts.log.error('kernel change failed', { error: e.message });
       }
     }
+    const rpath = this.states.flatMap((s) => (s.status === 'active' && s.link ? [s.link.name] : []));
+    for (const e of await this.srcValidMark.apply(rpath)) {
+      errors.push(e);
+      this.opts.log.error('kernel setting failed', { error: e });
+    }
     await this.applyNft(errors);
     const fp = JSON.stringify(this.states.map((u) => [u.spec.name, u.status, u.link?.index, u.families, u.dns]));
     if (fp !== this.fingerprint) {
@@ -214,7 +222,9 @@ export class Engine {
   }
 
   private async applyNft(errors: string[]): Promise<void> {
-    const counted = this.states.flatMap((s) => (s.link ? [{ name: s.spec.name, ifname: s.link.name }] : []));
+    const counted = this.states.flatMap((s) => (s.link
+      ? [{ name: s.spec.name, ifname: s.link.name, ...(s.status === 'active' ? { mark: s.mark } : {}) }]
+      : []));
     const body = renderRuleset(counted) + (this.opts.nftExtra?.() ?? '');
     if (body === this.nftApplied) return;
     try {

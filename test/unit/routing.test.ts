@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { MARK_MASK, PRIO_DESTINATION, PRIO_MARK, PRIO_OIF, PRIO_SOFT_MARK, PRIO_SOURCE, RTPROT_WAYMARK, softMarkForSlot, TABLE_BASE } from '../../src/constants.js';
+import { MARK_MASK, markForSlot, PRIO_DESTINATION, PRIO_MARK, PRIO_OIF, PRIO_SOFT_MARK, PRIO_SOURCE, RTPROT_WAYMARK, softMarkForSlot, TABLE_BASE } from '../../src/constants.js';
 import { decodeRdnss, FR_ACT, RTM, RTN, type RouteMsg, type RuleMsg } from '../../src/netlink/message.js';
+import { renderRuleset } from '../../src/nftables/ruleset.js';
 import { describeRule } from '../../src/routing/describe.js';
 import { withLearnedHosts } from '../../src/destination/destination.js';
 import { formatPrefix } from '../../src/net/prefix.js';
@@ -70,6 +71,14 @@ describe('desired routing state', () => {
     assert.deepEqual(wifiRules.map((r) => [r.priority, r.action]), [[PRIO_MARK, FR_ACT.UNREACHABLE], [PRIO_MARK, FR_ACT.UNREACHABLE]]);
     const softRules = down.rules.filter((r) => r.fwmark === softMarkForSlot(slots.get('wifi') ?? 0));
     assert.deepEqual(softRules.map((r) => [r.priority, r.action]), [[PRIO_SOFT_MARK, FR_ACT.UNREACHABLE], [PRIO_SOFT_MARK, FR_ACT.UNREACHABLE]]);
+  });
+});
+
+describe('reverse-path marks', () => {
+  it('packets for this host arriving on an active uplink get its mark, in our bits only, before routing', () => {
+    const text = renderRuleset([{ name: 'cellular', ifname: 'wwan0', mark: markForSlot(2) }, { name: 'wifi', ifname: 'wlan0' }]);
+    assert.match(text, /chain rpath \{\n {4}type filter hook prerouting priority -300; policy accept;\n {4}iifname "wwan0" fib daddr type local meta mark set meta mark and 0xc0ffffff or 0x02000000\n {2}\}/);
+    assert.doesNotMatch(text, /iifname "wlan0" fib/, 'an uplink that is not active gets no mark');
   });
 });
 

@@ -1,0 +1,149 @@
+/**
+ * Breakages a real network shows (issue 7, point 7), end to end in a lab whose namespaces have a
+ * stock host's reverse-path filtering (src/lab/lab.ts: STOCK_SYSCTLS), as an unprivileged user
+ * with real clients (curl, socat, getent, dig, the static Go client):
+ *   - replies on the cellular APN pass the reverse-path check while Wi-Fi is down and `main`
+ *     holds no default (the uplink's mark on arriving packets + src_valid_mark).
+ *
+ * The configuration is the example's with two facts of a real device added: the modem's
+ * connection manager keeps the cellular default out of `main` (so the gateway is configured,
+ * as for the MMS APN), and Wi-Fi's DNS server is known (DHCP), so a session defaulting to
+ * Wi-Fi has a redirect of its own, at an address the MMS APN does not share.
+ */
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { EXAMPLE_CONFIG, startDevice, type Device } from '../../src/lab/device.js';
+import { Lab, LAB, sweepStale } from '../../src/lab/lab.js';
+import { publicPath } from '../../src/lab/public.js';
+import type { StatusResult } from '../../src/daemon/protocol.js';
+import { buildGoClient } from '../support/goclient.js';
+
+const UID = 4242;
+
+let lab: Lab;
+let dev: Device;
+let goclient: string;
+
+function realnetConfig(): string {
+  const text = readFileSync(EXAMPLE_CONFIG, 'utf8');
+  const withCellGateway = text.replace(
+    '    sim: { iccid: "8943102000000000017", apn: internet }\n',
+    `    sim: { iccid: "8943102000000000017", apn: internet }\n    gateway: { ipv4: ${LAB.uplinks.wwan0.gw4}, ipv6: "${LAB.uplinks.wwan0.gw6}" }\n`,
+  );
+  const withWifiDns = withCellGateway.replace(
+    '    match: wlan0\n',
+    `    match: wlan0\n    dns: [${LAB.dns.wifi.v4}, "${LAB.dns.wifi.v6}"]\n`,
+  );
+  assert.notEqual(withCellGateway, text, 'example config changed: cellular gateway not added');
+  assert.notEqual(withWifiDns, withCellGateway, 'example config changed: Wi-Fi DNS not added');
+  return withWifiDns;
+}
+
+before(async () => {
+  await sweepStale();
+  [lab] = await Promise.all([Lab.create(), buildGoClient()]);
+  goclient = publicPath('build/goclient');
+  dev = await startDevice(lab, { config: realnetConfig() });
+}, { timeout: 180_000 });
+
+after(async () => {
+  await dev?.dispose();
+  await lab?.destroy();
+});
+
+const url = (addr: string): string => (addr.includes(':') ? `http://[${addr}]/` : `http://${addr}/`);
+
+function underExec(wish: readonly string[], argv: readonly string[], opts: { input?: string } = {}) {
+  return dev.waymark(['exec', ...wish, '--', ...argv], { uid: UID, timeoutMs: 15_000, ...opts });
+}
+
+function lastJson(out: string): { server: string; path: string; proto: string } | null {
+  const line = out.trim().split('\n').reverse().find((l) => l.startsWith('{'));
+  try {
+    return line ? (JSON.parse(line) as { server: string; path: string; proto: string }) : null;
+  } catch {
+    return null;
+  }
+}
+
+async function status(): Promise<StatusResult> {
+  const r = await dev.waymark(['status', '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  return JSON.parse(r.stdout) as StatusResult;
+}
+
+/** Polls a condition on the daemon's answers (an event we cannot subscribe to from here), bounded. */
+async function waitFor(what: string, cond: () => Promise<boolean>, boundMs = 10_000): Promise<void> {
+  const deadline = Date.now() + boundMs;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** TcpExt counters of the device namespace (/proc/net/netstat is per network namespace). */
+async function tcpExt(name: string): Promise<number> {
+  const r = await lab.run('dev', ['cat', '/proc/net/netstat']);
+  const lines = r.stdout.split('\n').filter((l) => l.startsWith('TcpExt:'));
+  const keys = lines[0]?.split(/\s+/) ?? [];
+  const values = lines[1]?.split(/\s+/) ?? [];
+  const i = keys.indexOf(name);
+  assert.ok(i > 0, `no ${name} in /proc/net/netstat`);
+  return Number(values[i]);
+}
+
+const sysctl = async (key: string): Promise<string> => (await lab.run('dev', ['sysctl', '-n', key])).stdout.trim();
+
+describe('replies on every uplink pass the reverse-path check', () => {
+  it('runs with a stock host\'s rp_filter in every namespace', async () => {
+    for (const role of ['dev', 'wifi', 'cell', 'mms', 'office', 'inet'] as const) {
+      const r = await lab.run(role, ['sysctl', '-n', 'net.ipv4.conf.all.rp_filter', 'net.ipv4.conf.default.rp_filter']);
+      assert.equal(r.stdout.trim(), '2\n2', role);
+    }
+    assert.equal(await sysctl('net.ipv4.conf.wwan0.rp_filter'), '2');
+    // What the daemon changes for it: the uplink devices only.
+    for (const ifname of ['wlan0', 'wwan0', 'wwan1', 'tun0']) assert.equal(await sysctl(`net.ipv4.conf.${ifname}.src_valid_mark`), '1', ifname);
+    assert.equal(await sysctl('net.ipv4.conf.all.src_valid_mark'), '0');
+    assert.equal(await sysctl('net.ipv4.conf.lo.src_valid_mark'), '0');
+  });
+
+  it('cellular IPv4 over the shared address works with Wi-Fi down and no default in main (TCP, UDP, static Go)', async () => {
+    const def = `default via ${LAB.uplinks.wwan0.gw4} dev wwan0 metric 700`;
+    await lab.setLink('dev', 'wlan0', false);
+    try {
+      // The modem's connection manager keeps its default out of main: nothing is left there.
+      const del = await lab.run('dev', ['ip', 'route', 'del', ...def.split(' ')]);
+      assert.equal(del.code, 0, del.stderr);
+      assert.doesNotMatch((await lab.run('dev', ['ip', '-4', 'route', 'show', 'default'])).stdout, /default/);
+      await waitFor('wifi down and cellular active', async () => {
+        const s = await status();
+        const state = (n: string): string | undefined => s.uplinks.find((u) => u.name === n)?.status;
+        return state('wifi') === 'down' && state('cellular') === 'active';
+      });
+      const dropsBefore = await tcpExt('IPReversePathFilter');
+
+      const tcp = await underExec(['--uplink', 'cellular'], ['curl', '-sS', '--max-time', '3', url(LAB.internet.v4)]);
+      assert.equal(tcp.code, 0, tcp.stderr);
+      assert.deepEqual([lastJson(tcp.stdout)?.path, lastJson(tcp.stdout)?.proto], ['wwan0', 'tcp']);
+
+      const udp = await underExec(['--uplink', 'cellular'], ['socat', '-T', '3', '-', `UDP4:${LAB.internet.v4}:80`], { input: 'probe\n' });
+      assert.deepEqual([lastJson(udp.stdout)?.path, lastJson(udp.stdout)?.proto], ['wwan0', 'udp'], udp.stderr);
+
+      const go = await underExec(['--uplink', 'cellular'], [goclient, url(LAB.internet.v4)]);
+      assert.equal(go.code, 0, go.stderr);
+      assert.equal(lastJson(go.stdout)?.path, 'wwan0');
+
+      // A session that only states a need defaults to cellular now, softly: same path back.
+      const soft = await underExec(['--need', 'long-lived'], ['curl', '-sS', '--max-time', '3', url(LAB.internet.v4)]);
+      assert.equal(lastJson(soft.stdout)?.path, 'wwan0', soft.stderr);
+
+      assert.equal(await tcpExt('IPReversePathFilter'), dropsBefore, 'no reply was dropped by the reverse-path check');
+    } finally {
+      await lab.run('dev', ['ip', 'route', 'replace', ...def.split(' ')]);
+      await lab.setLink('dev', 'wlan0', true);
+    }
+    await waitFor('wifi back', async () => (await status()).uplinks.find((u) => u.name === 'wifi')?.status === 'active');
+  });
+});
