@@ -31,6 +31,7 @@
  *     (`nsenter --net=` enters a network namespace and keeps it; `ip netns exec` does not).
  *   - nft's JSON input cannot express this match (and its JSON output omits the level).
  */
+import { existsSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { posix } from 'node:path';
 
@@ -157,4 +158,20 @@ export function renderBackstopDns(sessions: readonly BackstopSession[], options:
     '  }',
     '',
   ].join('\n');
+}
+
+/**
+ * Both session chains for the daemon's table, naming only the session cgroups that exist right
+ * now (`present`, default: the directory is there): nft resolves each path at load time and a
+ * missing one fails the whole transaction, so a session that ended (or whose cgroup someone
+ * removed) must never keep another session's update from loading.
+ */
+export function renderSessionChains(
+  sessions: readonly BackstopSession[],
+  options: BackstopOptions & { readonly present?: (cgroup: string) => boolean } = {},
+): string {
+  const mount = options.cgroupMount ?? NFT_CGROUP_ROOT;
+  const present = options.present ?? ((cgroup: string): boolean => existsSync(posix.join(mount, cgroup)));
+  const live = sessions.filter((s) => present(s.cgroup));
+  return renderBackstop(live, options) + renderBackstopDns(live, options);
 }

@@ -24,6 +24,13 @@ import type { StateStore } from './state.js';
 const MAIN_TABLE = 254;
 /** Reconciles allowed per second before we back off (something may be fighting over our rules). */
 const RECONCILE_BURST = 25;
+/**
+ * Renders of the nftables table tried in a row when nft names a cgroup that vanished between
+ * the render and the load (removed by someone else: our own sessions leave the render before
+ * their cgroup goes, see refreshNft). Each retry re-renders without it.
+ */
+const NFT_ATTEMPTS = 3;
+const VANISHED_CGROUP_RE = /cgroupv2 path fails|No such file or directory/;
 
 const hex = (n: number): string => `0x${(n >>> 0).toString(16).padStart(8, '0')}`;
 
@@ -39,7 +46,10 @@ export interface EngineOptions {
   readonly onChange?: () => void;
   /** Addresses learnt for domain destinations (destination → addresses), routed like their destination. */
   readonly learnedHosts?: () => ReadonlyMap<string, readonly string[]>;
-  /** Extra statements for our nftables table (the session backstop), rendered on every reconcile. */
+  /**
+   * Extra statements for our nftables table (the session backstop), rendered on every update;
+   * it must name only cgroups that exist at that moment.
+   */
   readonly nftExtra?: () => string;
 }
 
@@ -57,6 +67,8 @@ export class Engine {
   private timer: NodeJS.Timeout | undefined;
   private recent: number[] = [];
   private nftApplied: string | undefined;
+  /** The tail of the queue of nftables updates: they run one at a time, in order. */
+  private nftQueue: Promise<void> = Promise.resolve();
   private readonly srcValidMark = new SrcValidMark();
   private stopped = false;
   private readonly linkDns = new Map<number, { servers: readonly string[]; until: number }>();
@@ -110,7 +122,12 @@ export class Engine {
     return out;
   }
 
-  /** Re-renders the nftables table now (after sessions changed). */
+  /**
+   * Re-renders the nftables table (after sessions changed). Updates never overlap, and the
+   * returned promise settles once a render that began after this call is loaded (or failed):
+   * so once a session is out of the registry and this resolved, no render in flight or to come
+   * names its cgroup, and the cgroup can go without failing anyone's transaction.
+   */
   async refreshNft(): Promise<void> {
     const errors: string[] = [];
     await this.applyNft(errors);
@@ -136,6 +153,7 @@ export class Engine {
       const p = plan({ rules: [], routes: [] }, snap.rules, snap.routes);
       const res = await this.kernel.apply(p);
       for (const e of res.errors) this.opts.log.error('cleanup step failed', { error: e.message });
+      await this.nftQueue;
       await nft.deleteTable().catch((e: Error) => this.opts.log.error('nftables cleanup failed', { error: e.message }));
       for (const e of await this.srcValidMark.restore()) this.opts.log.error('cannot restore a kernel setting', { error: e });
       this.opts.log.info('removed kernel state', { changes: res.applied });
@@ -221,19 +239,41 @@ export class Engine {
     }
   }
 
-  private async applyNft(errors: string[]): Promise<void> {
+  /** Queues one update (see refreshNft); it renders when its turn comes, not before. */
+  private applyNft(errors: string[]): Promise<void> {
+    const run = this.nftQueue.then(() => this.applyNftNow(errors));
+    this.nftQueue = run.catch(() => undefined);
+    return run;
+  }
+
+  private render(): string {
     const counted = this.states.flatMap((s) => (s.link
       ? [{ name: s.spec.name, ifname: s.link.name, ...(s.status === 'active' ? { mark: s.mark } : {}) }]
       : []));
-    const body = renderRuleset(counted) + (this.opts.nftExtra?.() ?? '');
-    if (body === this.nftApplied) return;
-    try {
-      await nft.updateTable(CHAINS, body);
-      this.nftApplied = body;
-    } catch (e) {
-      const msg = e instanceof Error ? e.message : String(e);
-      errors.push(msg);
-      this.opts.log.error('nftables update failed', { error: msg });
+    return renderRuleset(counted) + (this.opts.nftExtra?.() ?? '');
+  }
+
+  private async applyNftNow(errors: string[]): Promise<void> {
+    let body = this.render();
+    for (let attempt = 1; ; attempt++) {
+      if (body === this.nftApplied) return;
+      try {
+        await nft.updateTable(CHAINS, body);
+        this.nftApplied = body;
+        return;
+      } catch (e) {
+        const msg = e instanceof Error ? e.message : String(e);
+        // A cgroup named in the render vanished meanwhile: the next render leaves it out.
+        const again = attempt < NFT_ATTEMPTS && VANISHED_CGROUP_RE.test(msg) ? this.render() : undefined;
+        if (again !== undefined && again !== body) {
+          this.opts.log.warn('nftables update named a cgroup that is gone; rendering again', { attempt });
+          body = again;
+          continue;
+        }
+        errors.push(msg);
+        this.opts.log.error('nftables update failed', { error: msg });
+        return;
+      }
     }
   }
 

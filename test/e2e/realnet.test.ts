@@ -3,7 +3,8 @@
  * stock host's reverse-path filtering (src/lab/lab.ts: STOCK_SYSCTLS), as an unprivileged user
  * with real clients (curl, socat, getent, dig, the static Go client):
  *   - replies on the cellular APN pass the reverse-path check while Wi-Fi is down and `main`
- *     holds no default (the uplink's mark on arriving packets + src_valid_mark).
+ *     holds no default (the uplink's mark on arriving packets + src_valid_mark);
+ *   - two concurrent loops of sessions never fail each other's nftables update.
  *
  * The configuration is the example's with two facts of a real device added: the modem's
  * connection manager keeps the cellular default out of `main` (so the gateway is configured,
@@ -145,5 +146,22 @@ describe('replies on every uplink pass the reverse-path check', () => {
       await lab.setLink('dev', 'wlan0', true);
     }
     await waitFor('wifi back', async () => (await status()).uplinks.find((u) => u.name === 'wifi')?.status === 'active');
+  });
+});
+
+describe('concurrent sessions', () => {
+  it('two loops of 20 `waymark exec` at once all start: an ending session never fails another\'s set-up', async () => {
+    const loop = async (uplink: string): Promise<string[]> => {
+      const failures: string[] = [];
+      for (let i = 0; i < 20; i++) {
+        const r = await underExec(['--uplink', uplink], ['true']);
+        if (r.code !== 0) failures.push(`${uplink} #${i}: exit ${String(r.code)}: ${r.stderr.trim()}`);
+      }
+      return failures;
+    };
+    const failures = (await Promise.all([loop('cellular'), loop('mms')])).flat();
+    assert.deepEqual(failures, []);
+    const log = readFileSync(join(dev.dir, 'waymarkd.log'), 'utf8');
+    assert.doesNotMatch(log, /nftables update failed/);
   });
 });

@@ -32,7 +32,7 @@ import {
   parsePopulated,
   type SessionCgroup,
 } from '../../src/backstop/cgroup.js';
-import { nftCgroupPath, renderBackstop, renderBackstopDns } from '../../src/backstop/nft.js';
+import { nftCgroupPath, renderBackstop, renderBackstopDns, renderSessionChains } from '../../src/backstop/nft.js';
 import * as native from '../../src/native/index.js';
 import { buildGoClient } from '../support/goclient.js';
 
@@ -125,6 +125,14 @@ describe('backstop: pure parts', () => {
     );
     assert.equal(renderBackstopDns([{ cgroup: 'waymark/x', deniedIfnames: [], dns: ['not-an-address'] }]), '', 'no chain at all: no conntrack');
     assert.throws(() => renderBackstopDns([{ cgroup: 'waymark/../x', deniedIfnames: [], dns: ['10.0.0.1'] }]), /invalid cgroup/);
+  });
+
+  it('names only session cgroups that exist in the table it renders', () => {
+    const sessions = [{ cgroup: 'waymark/exec-1', deniedIfnames: ['wlan0'] }, { cgroup: 'waymark/exec-2', deniedIfnames: ['wlan0'] }];
+    const text = renderSessionChains(sessions, { present: (c) => c === 'waymark/exec-2' });
+    assert.match(text, /exec-2/);
+    assert.doesNotMatch(text, /exec-1/);
+    assert.equal(renderSessionChains(sessions, { cgroupMount: '/nonexistent' }), '', 'by default: the directory must be there');
   });
 
   it('renders one reject and one drop rule per session, only for sessions that deny something', () => {
