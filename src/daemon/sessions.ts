@@ -68,7 +68,7 @@ export class SessionService {
   backstops(): BackstopSession[] {
     return this.registry.all().map((s) => {
       const b = this.applied.get(s.id);
-      return { cgroup: s.cgroup, deniedIfnames: b?.deniedIfnames ?? [], dns: b?.uplink?.dns ?? [] };
+      return { cgroup: s.cgroup, deniedIfnames: b?.deniedIfnames ?? [] };
     });
   }
 

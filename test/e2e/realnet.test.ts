@@ -4,7 +4,10 @@
  * with real clients (curl, socat, getent, dig, the static Go client):
  *   - replies on the cellular APN pass the reverse-path check while Wi-Fi is down and `main`
  *     holds no default (the uplink's mark on arriving packets + src_valid_mark);
- *   - two concurrent loops of sessions never fail each other's nftables update.
+ *   - two concurrent loops of sessions never fail each other's nftables update;
+ *   - a session pinned to the MMS APN resolves through the MMS resolver, whatever resolv.conf says;
+ *   - the DNS redirect follows the uplink a query leaves by and leaves that uplink's own
+ *     resolvers alone.
  *
  * The configuration is the example's with two facts of a real device added: the modem's
  * connection manager keeps the cellular default out of `main` (so the gateway is configured,
@@ -163,5 +166,43 @@ describe('concurrent sessions', () => {
     assert.deepEqual(failures, []);
     const log = readFileSync(join(dev.dir, 'waymarkd.log'), 'utf8');
     assert.doesNotMatch(log, /nftables update failed/);
+  });
+});
+
+describe('DNS follows the uplink', () => {
+  const dig = (args: readonly string[]): string[] => ['dig', '+short', '+time=2', '+tries=1', ...args];
+
+  it('a session pinned to the MMS APN resolves through its resolver, whatever resolv.conf says', async () => {
+    // resolv.conf names the Wi-Fi router, which the MMS APN does not reach.
+    assert.match(readFileSync(`/etc/netns/${lab.ns('dev')}/resolv.conf`, 'utf8'), new RegExp(`nameserver ${LAB.dns.wifi.v4.replace(/\./g, '\\.')}`));
+    const mms = ['--uplink', 'mms'];
+    // The system resolver of a program that does not load the library (glibc's own sockets).
+    const libc = await underExec(mms, ['env', 'WAYMARK_DISABLE=1', 'getent', 'ahostsv4', LAB.mmsc.host]);
+    assert.match(libc.stdout, new RegExp(`^${LAB.mmsc.v4.replace(/\./g, '\\.')}\\s`, 'm'), libc.stderr);
+    // getaddrinfo under the library.
+    const gai = await underExec(mms, ['getent', 'ahostsv4', LAB.mmsc.host]);
+    assert.match(gai.stdout, new RegExp(`^${LAB.mmsc.v4.replace(/\./g, '\\.')}\\s`, 'm'), gai.stderr);
+    // dig via resolv.conf (its sockets go through the library). (The lab's resolvers speak UDP
+    // only; TCP queries take the same rules and redirect.)
+    const r = await underExec(mms, dig([LAB.mmsc.host]));
+    assert.equal(r.stdout.trim(), LAB.mmsc.v4, r.stderr);
+    // The static Go resolver reads resolv.conf itself; only the kernel steers it.
+    const go = await underExec(mms, [goclient, `http://${LAB.mmsc.host}/`]);
+    assert.equal(go.code, 0, go.stderr);
+    assert.equal(lastJson(go.stdout)?.path, 'wwan1');
+  });
+
+  it('dig @MMS-resolver from a --deny/--need session reaches it over the MMS APN; other queries go to the uplink they leave by', async () => {
+    for (const wish of [['--deny', 'cellular'], ['--need', 'long-lived']]) {
+      // The library binds the query to wwan1 (the MMS destination's prefix): the MMS resolver answers.
+      const r = await underExec(wish, dig([`@${LAB.dns.mmsNet.v4}`, LAB.mmsc.host]));
+      assert.equal(r.stdout.trim(), LAB.mmsc.v4, `${wish.join(' ')}: ${r.stderr}`);
+    }
+    // A query to a resolver no uplink reaches goes to the resolver of the uplink it leaves by:
+    // Wi-Fi's for the --deny cellular session (default Wi-Fi), cellular's when pinned there.
+    const wifi = await underExec(['--deny', 'cellular'], dig(['@192.0.2.53', LAB.internet.host]));
+    assert.equal(wifi.stdout.trim(), LAB.internet.v4, wifi.stderr);
+    const cell = await underExec(['--uplink', 'cellular'], dig(['@192.0.2.53', LAB.internet.host]));
+    assert.equal(cell.stdout.trim(), LAB.internet.v4, cell.stderr);
   });
 });
