@@ -206,3 +206,19 @@ describe('DNS follows the uplink', () => {
     assert.equal(cell.stdout.trim(), LAB.internet.v4, cell.stderr);
   });
 });
+
+describe('what the daemon leaves behind', () => {
+  it('its new rules survive a reconcile unchanged, and a clean stop undoes them and src_valid_mark', async () => {
+    // The DNS rules carry ipproto/dport: read back from the kernel they must equal what we want.
+    const reload = await dev.waymark(['reload']);
+    assert.equal(reload.code, 0, reload.stderr);
+    assert.deepEqual([(await status()).lastReconcile?.changes, (await status()).lastReconcile?.errors], [0, []]);
+    assert.match((await lab.run('dev', ['ip', 'rule'])).stdout, /^4150:.*ipproto udp dport 53 lookup \d+ proto 87$/m);
+
+    await dev.stopDaemon();
+    for (const ifname of ['wlan0', 'wwan0', 'wwan1', 'tun0']) assert.equal(await sysctl(`net.ipv4.conf.${ifname}.src_valid_mark`), '0', ifname);
+    assert.doesNotMatch((await lab.run('dev', ['ip', 'rule'])).stdout, /proto 87/);
+    for (const f of ['-4', '-6']) assert.doesNotMatch((await lab.run('dev', ['ip', f, 'route', 'show', 'table', 'all'])).stdout, /proto 87/);
+    assert.notEqual((await lab.run('dev', ['nft', 'list', 'table', 'inet', 'waymark'])).code, 0, 'the table is gone');
+  });
+});
