@@ -12,6 +12,9 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
+const message = (e: unknown): string => (e instanceof Error ? e.message : String(e));
+const isMissing = (e: unknown): boolean => e instanceof Error && 'code' in e && e.code === 'ENOENT';
+
 /** An interface name as it can appear under /proc/sys/net/ipv4/conf (no path tricks). */
 const IFNAME_RE = /^(?!\.\.?$)[^/\0\s]{1,15}$/;
 
@@ -38,7 +41,7 @@ export class SrcValidMark {
         if (!this.saved.has(ifname)) this.saved.set(ifname, now);
         await writeFile(p, '1\n');
       } catch (e) {
-        errors.push(`net.ipv4.conf.${ifname}.src_valid_mark: ${(e as Error).message}`);
+        errors.push(`net.ipv4.conf.${ifname}.src_valid_mark: ${message(e)}`);
       }
     }
     for (const ifname of [...this.saved.keys()]) if (!wanted.has(ifname)) await this.restoreOne(ifname, errors);
@@ -59,7 +62,7 @@ export class SrcValidMark {
       await writeFile(this.path(ifname), `${before}\n`);
     } catch (e) {
       // A device that is gone took its setting with it.
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') errors.push(`net.ipv4.conf.${ifname}.src_valid_mark: ${(e as Error).message}`);
+      if (!isMissing(e)) errors.push(`net.ipv4.conf.${ifname}.src_valid_mark: ${message(e)}`);
     }
   }
 }
