@@ -17,6 +17,14 @@
 /** First routing table id; uplink slot N (1..MAX_SLOTS) uses table TABLE_BASE + N. */
 export const TABLE_BASE = 0x5c00; // 23552: far from every neighbour listed above
 /**
+ * First DNS table id; uplink slot N's DNS table is DNS_TABLE_BASE + N (23585..23614): a default
+ * via the uplink for the port-53 traffic of a socket pinned to it, whatever address it asks,
+ * so the route lookup succeeds and the session's DNS redirect (nat output) can rewrite the query
+ * to the uplink's own resolver. Without it, a resolver in resolv.conf that the uplink does not
+ * reach (a home router's, over the MMS APN) fails in the route lookup, before nftables sees it.
+ */
+export const DNS_TABLE_BASE = TABLE_BASE + 0x20; // 23584
+/**
  * Uplink slots are 1..30. Slot 0 means "no uplink chosen". The six mark bits hold a slot (five
  * bits) and a "soft" flag; both flags set on slot 31 is the deny value.
  */
@@ -37,6 +45,10 @@ export const DENY_SLOT = 63;
 /**
  * The rule-priority ladder. Read top to bottom: the first match wins.
  *   4100  fwmark DENY/MASK unreachable      socket denied by policy (cgroup of a denied session)
+ *   4150  fwmark SLOT/MASK ipproto udp|tcp dport 53 lookup DNS_TABLE
+ *                                          a pinned session's DNS query, to whatever resolver:
+ *                                          leaves by its uplink, where nftables redirects it
+ *                                          to that uplink's DNS (only while it has some)
  *   4200  oif DEV lookup TABLE             socket bound to the uplink's device (SO_BINDTODEVICE):
  *                                          the library's per-destination choice, so it beats
  *                                          the per-cgroup default mark below
@@ -48,6 +60,7 @@ export const DENY_SLOT = 63;
  * Gaps leave room for administrator rules between the steps.
  */
 export const PRIO_DENY = 4100;
+export const PRIO_DNS = 4150;
 export const PRIO_OIF = 4200;
 export const PRIO_MARK = 4300;
 export const PRIO_SOURCE = 4400;
@@ -73,6 +86,9 @@ export function markForSlot(slot: number): number {
 export function softMarkForSlot(slot: number): number {
   return (markForSlot(slot) | SOFT_FLAG) >>> 0;
 }
+export function dnsTableForSlot(slot: number): number {
+  return DNS_TABLE_BASE + slot;
+}
 export function isOurTable(table: number): boolean {
-  return table > TABLE_BASE && table <= TABLE_BASE + MAX_SLOTS;
+  return (table > TABLE_BASE && table <= TABLE_BASE + MAX_SLOTS) || (table > DNS_TABLE_BASE && table <= DNS_TABLE_BASE + MAX_SLOTS);
 }

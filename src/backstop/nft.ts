@@ -31,16 +31,18 @@
  *     (`nsenter --net=` enters a network namespace and keeps it; `ip netns exec` does not).
  *   - nft's JSON input cannot express this match (and its JSON output omits the level).
  */
+import { existsSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { posix } from 'node:path';
+import { INTERNET, type DestinationSpec } from '../destination/destination.js';
+import { formatPrefix } from '../net/prefix.js';
+import type { UplinkState } from '../uplink/state.js';
 
 export interface BackstopSession {
   /** Path relative to the cgroup2 mount, e.g. "waymark/exec-42" (SessionCgroup.relPath). */
   readonly cgroup: string;
   /** Interface names the session's sockets must never leave by. None: no rule. */
   readonly deniedIfnames: readonly string[];
-  /** DNS servers of the session's uplink (its `dns:`, or what its link announced); none: no redirect. */
-  readonly dns?: readonly string[];
 }
 
 export interface BackstopOptions {
@@ -121,33 +123,76 @@ export function renderBackstop(sessions: readonly BackstopSession[], options: Ba
   ].join('\n');
 }
 
+/** An uplink as the DNS redirect sees it. */
+export interface UplinkDns {
+  /** Its device: the redirect matches the interface a query really leaves by. */
+  readonly ifname: string;
+  /** Its DNS servers; none: its queries are left alone. */
+  readonly dns: readonly string[];
+  /**
+   * Prefixes it reaches besides the Internet (its destinations'): a resolver there is one the
+   * program chose on purpose over this uplink (a VPN's corporate DNS), left alone like its own.
+   */
+  readonly reaches?: readonly string[];
+}
+
+/** Uplinks (active, with a device) as the DNS redirect wants them; destinations give their prefixes. */
+export function uplinkDns(
+  uplinks: readonly UplinkState[],
+  destinations: readonly DestinationSpec[],
+): UplinkDns[] {
+  return uplinks.flatMap((u) => {
+    if (u.status !== 'active' || !u.link) return [];
+    const reaches = destinations
+      .filter((d) => d.name !== INTERNET && d.via.includes(u.spec.name))
+      .flatMap((d) => d.prefixes.map(formatPrefix));
+    return [{ ifname: u.link.name, dns: u.dns, reaches }];
+  });
+}
+
 /**
- * The DNS redirect of the sessions whose uplink has DNS servers: a session's sockets leave by
- * its uplink (the mark), so the system resolver's queries would go to whatever /etc/resolv.conf
- * names over that uplink, and a LAN resolver (a home router's) does not answer over cellular.
- * So their port-53 traffic (UDP and TCP) to any non-local address goes to the uplink's own
- * first server of that family instead; a resolver on this host (systemd-resolved's 127.0.0.53)
- * is left alone. Lines for inside `table inet waymark { }`, or '' when no session needs one
- * (then the chain does not exist at all: see nft.ts on optional chains). Equivalent to
+ * The DNS redirect of sessions: a session's sockets leave by its uplinks, so the system
+ * resolver's queries would go to whatever /etc/resolv.conf names over that uplink, and a LAN
+ * resolver (a home router's) does not answer over cellular. So a session's port-53 traffic (UDP
+ * and TCP) that leaves by an uplink with DNS servers goes to that uplink's first server of the
+ * family instead, unless it is addressed to one of that uplink's own servers or into a prefix
+ * it reaches (`dig @MMSC-resolver` bound to the MMS APN reaches the MMS resolver, whatever the
+ * session's default uplink). It matches the interface the route lookup chose (`oifname`), not
+ * the session's default uplink: the library may have bound the query elsewhere. A resolver on
+ * this host (systemd-resolved's 127.0.0.53) is left alone; so is any uplink the session is
+ * denied (the backstop drops that anyway). A pinned session's query to a resolver its uplink
+ * does not reach gets this far thanks to its uplink's DNS table (constants.ts: PRIO_DNS).
+ * Lines for inside `table inet waymark { }`, or '' when no rule is needed (then the chain does
+ * not exist at all: see nft.ts on optional chains). Equivalent to
  *
  *   nft add chain inet waymark backstop_dns '{ type nat hook output priority -100; policy accept; }'
  *   nft add rule inet waymark backstop_dns socket cgroupv2 level 2 '"waymark/exec-42"' \
- *       meta nfproto ipv4 meta l4proto '{ tcp, udp }' th dport 53 fib daddr type != local \
- *       dnat ip to 10.64.0.1
+ *       oifname "wwan1" meta nfproto ipv4 meta l4proto '{ tcp, udp }' th dport 53 \
+ *       ip daddr != '{ 10.64.0.1, 10.200.0.0/24 }' fib daddr type != local dnat ip to 10.64.0.1
  */
-export function renderBackstopDns(sessions: readonly BackstopSession[], options: BackstopOptions = {}): string {
+export function renderBackstopDns(
+  sessions: readonly BackstopSession[],
+  uplinks: readonly UplinkDns[],
+  options: BackstopOptions = {},
+): string {
   const q = (s: string): string => `"${s}"`;
   const rules: string[] = [];
+  for (const u of uplinks) {
+    if (!IFNAME_RE.test(u.ifname)) throw new Error(`backstop: invalid interface name ${JSON.stringify(u.ifname)}`);
+  }
   for (const s of sessions) {
-    const servers = s.dns ?? [];
-    const v4 = servers.find((a) => isIP(a) === 4);
-    const v6 = servers.find((a) => isIP(a) === 6);
-    if (v4 === undefined && v6 === undefined) continue;
     const match = cgroupMatch(s.cgroup, options);
-    const dns = 'meta l4proto { tcp, udp } th dport 53 fib daddr type != local';
-    const comment = `comment ${q(`waymark ${s.cgroup} dns`)}`;
-    if (v4 !== undefined) rules.push(`    ${match} meta nfproto ipv4 ${dns} dnat ip to ${v4} ${comment}`);
-    if (v6 !== undefined) rules.push(`    ${match} meta nfproto ipv6 ${dns} dnat ip6 to ${v6} ${comment}`);
+    for (const u of uplinks) {
+      if (s.deniedIfnames.includes(u.ifname)) continue;
+      for (const f of [4, 6] as const) {
+        const to = u.dns.find((a) => isIP(a) === f);
+        if (to === undefined) continue;
+        const own = [...new Set([...u.dns.filter((a) => isIP(a) === f), ...(u.reaches ?? []).filter((p) => isIP(p.split('/')[0] ?? '') === f)])];
+        const ip = f === 4 ? 'ip' : 'ip6';
+        rules.push(`    ${match} oifname ${q(u.ifname)} meta nfproto ipv${f} meta l4proto { tcp, udp } th dport 53 `
+          + `${ip} daddr != { ${own.join(', ')} } fib daddr type != local dnat ${ip} to ${to} comment ${q(`waymark ${s.cgroup} dns`)}`);
+      }
+    }
   }
   if (rules.length === 0) return '';
   return [
@@ -157,4 +202,21 @@ export function renderBackstopDns(sessions: readonly BackstopSession[], options:
     '  }',
     '',
   ].join('\n');
+}
+
+/**
+ * Both session chains for the daemon's table, naming only the session cgroups that exist right
+ * now (`present`, default: the directory is there): nft resolves each path at load time and a
+ * missing one fails the whole transaction, so a session that ended (or whose cgroup someone
+ * removed) must never keep another session's update from loading.
+ */
+export function renderSessionChains(
+  sessions: readonly BackstopSession[],
+  uplinks: readonly UplinkDns[],
+  options: BackstopOptions & { readonly present?: (cgroup: string) => boolean } = {},
+): string {
+  const mount = options.cgroupMount ?? NFT_CGROUP_ROOT;
+  const present = options.present ?? ((cgroup: string): boolean => existsSync(posix.join(mount, cgroup)));
+  const live = sessions.filter((s) => present(s.cgroup));
+  return renderBackstop(live, options) + renderBackstopDns(live, uplinks, options);
 }

@@ -5,7 +5,8 @@
  * DNS servers of the uplink that reaches them.
  */
 import { INTERNET, destinationOfName } from '../destination/destination.js';
-import { decide, type Decision, type Wish } from '../decision/decide.js';
+import { isIP } from 'node:net';
+import { decide, findUplink, type Decision, type Wish } from '../decision/decide.js';
 import type { GenerationFile } from '../decision/generation.js';
 import { needsFromMask } from '../decision/needs.js';
 import type { Caller, DecisionHandlers } from '../decision/server.js';
@@ -31,6 +32,7 @@ const TTL_MS = { steer: 60_000, pass: 60_000, deny: 10_000 } as const;
 const IDENTITY_TTL_MS = 2_000;
 const ERRNO = { EACCES: 13, ENETUNREACH: 101 } as const;
 const DNS_TIMEOUT_MS = 2_000;
+const DNS_PORT = 53;
 const NO_DENY: readonly string[] = Object.freeze([]);
 
 interface Learned { destination: string; until: number }
@@ -110,7 +112,8 @@ export class DecisionService implements DecisionHandlers {
   decide(req: DecideRequest, caller: Caller): DecideResponse {
     const id = this.who(caller);
     const own: Wish = { uplink: req.uplink || undefined, needs: needsFromMask(req.needs), deny: NO_DENY, destination: req.destination || undefined };
-    const d = this.decideFor(id, own, req.family, req.addr);
+    let d = this.decideFor(id, own, req.family, req.addr);
+    if (d.action === 'deny' && d.err === 'ENETUNREACH' && req.port === DNS_PORT) d = this.pinnedDns(id, req.family) ?? d;
     const r: DecideResponse = {
       seq: req.seq, action: WM_ACTION.PASS, err: 0, ifindex: 0, mark: 0, ttlMs: TTL_MS.pass, generation: this.generation.value, ifname: '', uplink: '',
     };
@@ -129,6 +132,21 @@ export class DecisionService implements DecisionHandlers {
       r.uplink = req.uplink;
     }
     return r;
+  }
+
+  /**
+   * A DNS query from a session pinned to an uplink, to a resolver that uplink does not reach
+   * (the one in resolv.conf): it leaves by the uplink all the same, where the session's nftables
+   * redirect sends it to the uplink's own DNS server (src/backstop/nft.ts). So a pinned session
+   * resolves through its uplink, whatever resolv.conf says. Only while that uplink has a server
+   * of the family (else the redirect does not exist, and the denial stands).
+   */
+  private pinnedDns(id: AppIdentity, family: Family): Decision | undefined {
+    const session = this.sessions.ofCgroup(id.cgroup);
+    if (session?.uplink === undefined) return undefined;
+    const u = findUplink(this.engine.uplinkStates(), session.uplink);
+    if (!u || u.status !== 'active' || !u.link || !u.dns.some((a) => isIP(a) === family)) return undefined;
+    return { action: 'steer', destination: INTERNET, uplink: u, reason: `DNS of a session pinned to ${u.spec.name}: redirected to its resolver` };
   }
 
   /** Denials are logged once per app, target and reason every 10 s (the library caches them anyway). */

@@ -13,6 +13,7 @@ import { bestUplink, desiredState } from '../routing/desired.js';
 import { decodeRdnss, type RdnssMsg } from '../netlink/message.js';
 import { KernelRouting, watchKernel, type KernelSnapshot } from '../routing/kernel.js';
 import { isEmpty, plan } from '../routing/reconcile.js';
+import { SrcValidMark } from '../routing/sysctl.js';
 import { describeRoute, describeRule } from '../routing/describe.js';
 import { assignSlots } from '../uplink/slots.js';
 import { uplinkStates, type UplinkState } from '../uplink/state.js';
@@ -23,6 +24,13 @@ import type { StateStore } from './state.js';
 const MAIN_TABLE = 254;
 /** Reconciles allowed per second before we back off (something may be fighting over our rules). */
 const RECONCILE_BURST = 25;
+/**
+ * Renders of the nftables table tried in a row when nft names a cgroup that vanished between
+ * the render and the load (removed by someone else: our own sessions leave the render before
+ * their cgroup goes, see refreshNft). Each retry re-renders without it.
+ */
+const NFT_ATTEMPTS = 3;
+const VANISHED_CGROUP_RE = /cgroupv2 path fails|No such file or directory/;
 
 const hex = (n: number): string => `0x${(n >>> 0).toString(16).padStart(8, '0')}`;
 
@@ -38,7 +46,10 @@ export interface EngineOptions {
   readonly onChange?: () => void;
   /** Addresses learnt for domain destinations (destination → addresses), routed like their destination. */
   readonly learnedHosts?: () => ReadonlyMap<string, readonly string[]>;
-  /** Extra statements for our nftables table (the session backstop), rendered on every reconcile. */
+  /**
+   * Extra statements for our nftables table (the session backstop), rendered on every update;
+   * it must name only cgroups that exist at that moment.
+   */
   readonly nftExtra?: () => string;
 }
 
@@ -56,6 +67,9 @@ export class Engine {
   private timer: NodeJS.Timeout | undefined;
   private recent: number[] = [];
   private nftApplied: string | undefined;
+  /** The tail of the queue of nftables updates: they run one at a time, in order. */
+  private nftQueue: Promise<void> = Promise.resolve();
+  private readonly srcValidMark = new SrcValidMark();
   private stopped = false;
   private readonly linkDns = new Map<number, { servers: readonly string[]; until: number }>();
   /** What decisions depend on, to tell callers when it changed. */
@@ -108,7 +122,12 @@ export class Engine {
     return out;
   }
 
-  /** Re-renders the nftables table now (after sessions changed). */
+  /**
+   * Re-renders the nftables table (after sessions changed). Updates never overlap, and the
+   * returned promise settles once a render that began after this call is loaded (or failed):
+   * so once a session is out of the registry and this resolved, no render in flight or to come
+   * names its cgroup, and the cgroup can go without failing anyone's transaction.
+   */
   async refreshNft(): Promise<void> {
     const errors: string[] = [];
     await this.applyNft(errors);
@@ -134,7 +153,9 @@ export class Engine {
       const p = plan({ rules: [], routes: [] }, snap.rules, snap.routes);
       const res = await this.kernel.apply(p);
       for (const e of res.errors) this.opts.log.error('cleanup step failed', { error: e.message });
+      await this.nftQueue;
       await nft.deleteTable().catch((e: unknown) => this.opts.log.error('nftables cleanup failed', { error: e instanceof Error ? e.message : String(e) }));
+      for (const e of await this.srcValidMark.restore()) this.opts.log.error('cannot restore a kernel setting', { error: e });
       this.opts.log.info('removed kernel state', { changes: res.applied });
     }
     this.kernel.close();
@@ -197,6 +218,11 @@ export class Engine {
         this.opts.log.error('kernel change failed', { error: e.message });
       }
     }
+    const rpath = this.states.flatMap((s) => (s.status === 'active' && s.link ? [s.link.name] : []));
+    for (const e of await this.srcValidMark.apply(rpath)) {
+      errors.push(e);
+      this.opts.log.error('kernel setting failed', { error: e });
+    }
     await this.applyNft(errors);
     const fp = JSON.stringify(this.states.map((u) => [u.spec.name, u.status, u.link?.index, u.families, u.dns]));
     if (fp !== this.fingerprint) {
@@ -213,17 +239,41 @@ export class Engine {
     }
   }
 
-  private async applyNft(errors: string[]): Promise<void> {
-    const counted = this.states.flatMap((s) => (s.link ? [{ name: s.spec.name, ifname: s.link.name }] : []));
-    const body = renderRuleset(counted) + (this.opts.nftExtra?.() ?? '');
-    if (body === this.nftApplied) return;
-    try {
-      await nft.updateTable(CHAINS, body);
-      this.nftApplied = body;
-    } catch (e) {
-      const msg = e instanceof Error ? e.message : String(e);
-      errors.push(msg);
-      this.opts.log.error('nftables update failed', { error: msg });
+  /** Queues one update (see refreshNft); it renders when its turn comes, not before. */
+  private applyNft(errors: string[]): Promise<void> {
+    const run = this.nftQueue.then(() => this.applyNftNow(errors));
+    this.nftQueue = run.catch(() => undefined);
+    return run;
+  }
+
+  private render(): string {
+    const counted = this.states.flatMap((s) => (s.link
+      ? [{ name: s.spec.name, ifname: s.link.name, ...(s.status === 'active' ? { mark: s.mark } : {}) }]
+      : []));
+    return renderRuleset(counted) + (this.opts.nftExtra?.() ?? '');
+  }
+
+  private async applyNftNow(errors: string[]): Promise<void> {
+    let body = this.render();
+    for (let attempt = 1; ; attempt++) {
+      if (body === this.nftApplied) return;
+      try {
+        await nft.updateTable(CHAINS, body);
+        this.nftApplied = body;
+        return;
+      } catch (e) {
+        const msg = e instanceof Error ? e.message : String(e);
+        // A cgroup named in the render vanished meanwhile: the next render leaves it out.
+        const again = attempt < NFT_ATTEMPTS && VANISHED_CGROUP_RE.test(msg) ? this.render() : undefined;
+        if (again !== undefined && again !== body) {
+          this.opts.log.warn('nftables update named a cgroup that is gone; rendering again', { attempt });
+          body = again;
+          continue;
+        }
+        errors.push(msg);
+        this.opts.log.error('nftables update failed', { error: msg });
+        return;
+      }
     }
   }
 

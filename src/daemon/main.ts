@@ -4,7 +4,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { createCgroupBackend } from '../backstop/backend.js';
-import { renderBackstop, renderBackstopDns } from '../backstop/nft.js';
+import { renderSessionChains, uplinkDns } from '../backstop/nft.js';
 import { ConfigError, DEFAULT_CONFIG_PATH, loadConfigFile } from '../config/load.js';
 import { GenerationFile } from '../decision/generation.js';
 import { DEFAULT_BUSY_POLL_US, DecisionServer } from '../decision/server.js';
@@ -75,10 +75,7 @@ async function main(): Promise<void> {
       decisions.invalidate();
       void sessions.refresh().then(() => engine.refreshNft()).catch((e: unknown) => log.error('session backstop update failed', { error: e instanceof Error ? e.message : String(e) }));
     },
-    nftExtra: () => {
-      const backstops = sessions.backstops();
-      return renderBackstop(backstops, { cgroupMount: cgroups.mount }) + renderBackstopDns(backstops, { cgroupMount: cgroups.mount });
-    },
+    nftExtra: () => renderSessionChains(sessions.backstops(), uplinkDns(engine.uplinkStates(), engine.getConfig().destinations), { cgroupMount: cgroups.mount }),
     learnedHosts: () => decisions.learnedHosts(),
   });
   const sessions: SessionService = new SessionService(engine, cgroups,

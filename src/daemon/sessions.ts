@@ -89,7 +89,7 @@ export class SessionService {
   backstops(): BackstopSession[] {
     return this.registry.all().map((s) => {
       const b = this.applied.get(s.id);
-      return { cgroup: s.cgroup, deniedIfnames: b?.deniedIfnames ?? [], dns: b?.uplink?.dns ?? [] };
+      return { cgroup: s.cgroup, deniedIfnames: b?.deniedIfnames ?? [] };
     });
   }
 
@@ -214,8 +214,9 @@ export class SessionService {
       await this.cgroups.movePid(cgroup, caller.pid);
     } catch (e) {
       this.drop(session);
-      await this.cgroups.remove(cgroup).catch(() => undefined);
+      // Out of the render first, then gone (see endEmpty).
       await this.engine.refreshNft().catch(() => undefined);
+      await this.cgroups.remove(cgroup).catch(() => undefined);
       throw new RequestError({ code: 'EIO', message: `cannot set up the session: ${(e as Error).message}` });
     }
     this.watchSession(session);
@@ -269,12 +270,15 @@ export class SessionService {
 
   private async endEmpty(s: Session): Promise<void> {
     this.drop(s);
+    // The cgroup leaves the nftables render before it leaves the kernel: once refreshNft()
+    // resolves, no update in flight or to come names it, so removing it cannot fail another
+    // session's transaction ("cgroupv2 path fails").
+    await this.engine.refreshNft().catch((e: unknown) => this.log.error('nftables update failed', { error: e instanceof Error ? e.message : String(e) }));
     try {
       await this.cgroups.remove(s.cgroup);
     } catch (e) {
       this.log.warn('cannot remove session cgroup', { session: s.id, error: (e as Error).message });
     }
-    await this.engine.refreshNft().catch((e: unknown) => this.log.error('nftables update failed', { error: e instanceof Error ? e.message : String(e) }));
     await this.persist();
     this.log.info('session ended', { session: s.id });
   }

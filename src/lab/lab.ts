@@ -103,6 +103,8 @@ export const LAB = {
     wifi: { v4: '192.168.50.1', v6: 'fd00:50::1', names: ['www.example.net'] },
     cell: { v4: '10.64.0.1', v6: 'fd00:64::1', names: ['www.example.net'] },
     mms: { v4: '10.64.0.1', v6: 'fd00:64::1', names: ['mmsc.operator.example'] },
+    /** The same MMS resolver inside the MMS network (the mms destination's prefix), as operators run one. */
+    mmsNet: { v4: '10.200.0.10', v6: 'fd00:200::10', names: ['mmsc.operator.example'] },
     office: { v4: '10.8.0.1', v6: 'fd00:8::1', names: ['intranet.corp.example'] },
   },
   /** Operator-to-Internet transit links. */
@@ -137,12 +139,24 @@ interface NsPlan {
   nft: string | null;
 }
 
+/**
+ * Reverse-path filtering as a stock host has it, in every namespace: loose (2), for `all` and
+ * `default` (so every link, created after these are set, has it too). What "stock" means, checked:
+ * the kernel's default is 0 and a new namespace copies the host's IPv4 values; Debian 12's own
+ * packages set nothing (systemd's upstream 50-default.conf, with `default` and every link at 2,
+ * is not shipped; procps' /etc/sysctl.conf has rp_filter commented out); Ubuntu's procps sets
+ * `all` and `default` to 2, and Fedora's and Arch's systemd set `default` and every link to 2.
+ * `all` = 2 is the hardest of these for Waymark (the kernel uses max(all, dev), so no per-device
+ * value can turn it off) and what the kernel notes (/work/shared) take as the stock value: the lab
+ * uses that, so a fix that holds here holds on each of them.
+ */
+export const STOCK_SYSCTLS = ['net.ipv4.conf.all.rp_filter=2', 'net.ipv4.conf.default.rp_filter=2'] as const;
+
 const ROUTER_SYSCTLS = [
+  ...STOCK_SYSCTLS,
   'net.ipv4.ip_forward=1',
   'net.ipv6.conf.all.forwarding=1',
   'net.ipv6.conf.default.forwarding=1',
-  'net.ipv4.conf.all.rp_filter=0',
-  'net.ipv4.conf.default.rp_filter=0',
   'net.ipv6.conf.all.accept_dad=0',
   'net.ipv6.conf.default.accept_dad=0',
   'net.ipv6.conf.all.accept_ra=0',
@@ -169,11 +183,15 @@ function forwardFilter(p4: string, p6: string): string {
 `;
 }
 
-/** Input-chain anti-spoofing for a private service network (link-local kept for ND). */
+/**
+ * Anti-spoofing for a private service network (link-local kept for ND), before routing: the
+ * namespace has no route back to a foreign source, so the reverse-path check would drop the
+ * packet first, uncounted.
+ */
 function inputFilter(p4: string, p6: string): string {
   return `table inet waymark_lab {
   chain input {
-    type filter hook input priority filter; policy accept;
+    type filter hook prerouting priority filter; policy accept;
     iifname "dev" ip saddr != ${p4} counter drop
     iifname "dev" ip6 saddr != { ${p6}, fe80::/10, :: } counter drop
   }
@@ -187,9 +205,8 @@ function planFor(names: Readonly<Record<Role, string>>): Record<Role, NsPlan> {
   return {
     dev: {
       sysctls: [
-        // A device, not a router; loose reverse-path filtering as systemd sets it.
-        'net.ipv4.conf.all.rp_filter=2',
-        'net.ipv4.conf.default.rp_filter=2',
+        // A device, not a router.
+        ...STOCK_SYSCTLS,
         'net.ipv6.conf.all.accept_ra=0',
         'net.ipv6.conf.default.accept_ra=0',
         'net.ipv6.conf.all.autoconf=0',
@@ -348,7 +365,10 @@ function serverSpecs(): ServerSpec[] {
     { role: 'cell', script: 'dns-server.js', args: dnsArgs('cell', LAB.dns.cell.v4, LAB.dns.cell.v6, I.host, I.v4, I.v6) },
     {
       role: 'mms', script: 'dns-server.js',
-      args: dnsArgs('mms', LAB.dns.mms.v4, LAB.dns.mms.v6, LAB.mmsc.host, LAB.mmsc.v4, LAB.mmsc.v6),
+      args: [
+        ...dnsArgs('mms', LAB.dns.mms.v4, LAB.dns.mms.v6, LAB.mmsc.host, LAB.mmsc.v4, LAB.mmsc.v6),
+        '--listen', LAB.dns.mmsNet.v4, '--listen', LAB.dns.mmsNet.v6,
+      ],
     },
     {
       role: 'office', script: 'dns-server.js',

@@ -37,7 +37,7 @@ const IFA_F_DADFAILED = 0x08;
 const IFLA = { IFNAME: 3, MTU: 4, OPERSTATE: 16, CARRIER: 33 } as const;
 const IFA = { ADDRESS: 1, LOCAL: 2, FLAGS: 8 } as const;
 const RTA = { DST: 1, SRC: 2, OIF: 4, GATEWAY: 5, PRIORITY: 6, PREFSRC: 7, TABLE: 15 } as const;
-const FRA = { DST: 1, SRC: 2, PRIORITY: 6, FWMARK: 10, TABLE: 15, FWMASK: 16, OIFNAME: 17, PROTOCOL: 21 } as const;
+const FRA = { DST: 1, SRC: 2, PRIORITY: 6, FWMARK: 10, TABLE: 15, FWMASK: 16, OIFNAME: 17, PROTOCOL: 21, IP_PROTO: 22, DPORT_RANGE: 24 } as const;
 
 export interface NlMessage {
   readonly type: number;
@@ -93,6 +93,10 @@ export interface RuleMsg {
   readonly srcLen: number;
   readonly dst?: string;
   readonly dstLen: number;
+  /** `ipproto`: IPPROTO_TCP (6) or IPPROTO_UDP (17). */
+  readonly ipProto?: number;
+  /** `dport N` (a range of one port). */
+  readonly dport?: number;
 }
 
 const align4 = (n: number): number => (n + 3) & ~3;
@@ -250,6 +254,8 @@ export function decodeRule(m: NlMessage): RuleMsg | undefined {
   const mark = attrs.get(FRA.FWMARK);
   const mask = attrs.get(FRA.FWMASK);
   const oif = attrs.get(FRA.OIFNAME);
+  const ipProto = attrs.get(FRA.IP_PROTO);
+  const dport = attrs.get(FRA.DPORT_RANGE);
   return {
     family,
     dstLen: m.body.readUInt8(1),
@@ -263,6 +269,9 @@ export function decodeRule(m: NlMessage): RuleMsg | undefined {
     ...(oif ? { oifname: oif.toString('utf8').replace(/\0.*$/s, '') } : {}),
     ...(attrs.has(FRA.SRC) ? { src: addrText(family, attrs.get(FRA.SRC)) } : {}),
     ...(attrs.has(FRA.DST) ? { dst: addrText(family, attrs.get(FRA.DST)) } : {}),
+    ...(ipProto ? { ipProto: ipProto[0] ?? 0 } : {}),
+    // struct fib_rule_port_range { __u16 start, end; } (host order); a one-port range reads as that port.
+    ...(dport && dport.length >= 4 && dport.readUInt16LE(0) === dport.readUInt16LE(2) ? { dport: dport.readUInt16LE(0) } : {}),
   };
 }
 
@@ -280,6 +289,13 @@ export function encodeRule(r: RuleMsg): Buffer {
   if (r.oifname !== undefined) parts.push(attr(FRA.OIFNAME, cstr(r.oifname)));
   if (r.src !== undefined) parts.push(attr(FRA.SRC, addrBytes(r.src)));
   if (r.dst !== undefined) parts.push(attr(FRA.DST, addrBytes(r.dst)));
+  if (r.ipProto !== undefined) parts.push(attr(FRA.IP_PROTO, u8(r.ipProto)));
+  if (r.dport !== undefined) {
+    const range = Buffer.alloc(4);
+    range.writeUInt16LE(r.dport, 0);
+    range.writeUInt16LE(r.dport, 2);
+    parts.push(attr(FRA.DPORT_RANGE, range));
+  }
   return Buffer.concat(parts);
 }
 

@@ -1,22 +1,45 @@
 /**
  * What Waymark keeps in its nftables table, rendered as nft text (pure): per-uplink byte
- * counters on the uplink's device (the base the accounting builds on), and the chains they count
- * in. The session backstop (src/backstop/nft.ts) adds its own chain.
+ * counters on the uplink's device (the base the accounting builds on), the chains they count
+ * in, and the reverse-path marks (below). The session backstop (src/backstop/nft.ts) adds its
+ * own chains.
+ *
+ * Reverse-path marks. With rp_filter on (a stock host: 2, loose; Ubuntu and systemd's
+ * 50-default.conf set it), a packet arriving on an uplink passes only if the kernel finds a
+ * route back to its sender, looked up with mark 0 and iif lo: our oif and fwmark rules do not
+ * apply, so with no default left in `main` (Wi-Fi down, a modem whose connection manager keeps
+ * its default out of main) and an address two APNs share (no `from` rule), every reply on the
+ * cellular APN was dropped (TcpExtIPReversePathFilter). Per-device rp_filter=0 does not help
+ * either: the kernel uses max(all, dev). So the chain `rpath` gives every packet arriving on an
+ * uplink for this host the uplink's own mark (only our bits), before routing, and the daemon sets
+ * the uplink device's `src_valid_mark` (OR'ed with `all`, src/routing/sysctl.ts), so the check
+ * looks up with that mark and finds the uplink's table: replies pass, even under strict
+ * rp_filter=1, and a sender the uplink's table does not reach is still dropped. Only packets
+ * addressed to this host (fib daddr type local): forwarded traffic keeps its mark and its route.
  */
 import { BACKSTOP_CHAIN, BACKSTOP_DNS_CHAIN, BACKSTOP_DNS_PRIORITY } from '../backstop/nft.js';
+import { MARK_MASK } from '../constants.js';
 import type { BaseChain } from './nft.js';
+
+/** Before conntrack (-200) and before a fib-based rpfilter (firewalld's at -290) reads the mark. */
+export const RPATH_PRIORITY = -300;
 
 /** Every base chain of our table; each update flushes and refills them all (or, optional ones, deletes and re-declares them when needed). */
 export const CHAINS: readonly BaseChain[] = [
   { name: 'egress', hook: 'postrouting' },
   { name: 'ingress', hook: 'prerouting' },
+  { name: 'rpath', hook: 'prerouting', priority: RPATH_PRIORITY },
   { name: BACKSTOP_CHAIN, hook: 'output' },
   { name: BACKSTOP_DNS_CHAIN, hook: 'output', type: 'nat', priority: BACKSTOP_DNS_PRIORITY, optional: true },
 ];
 export interface CountedUplink {
   readonly name: string;
   readonly ifname: string;
+  /** The uplink's mark, for its arriving packets (see above); absent while it is not active. */
+  readonly mark?: number;
 }
+
+const hex = (n: number): string => `0x${(n >>> 0).toString(16).padStart(8, '0')}`;
 
 export const counterName = (uplink: string, dir: 'tx' | 'rx'): string => `uplink_${uplink.replace(/-/g, '_')}_${dir}`;
 
@@ -32,6 +55,12 @@ export function renderRuleset(uplinks: readonly CountedUplink[]): string {
     '  chain ingress {',
     '    type filter hook prerouting priority 0; policy accept;',
     ...uplinks.map((u) => `    iifname ${q(u.ifname)} counter name ${counterName(u.name, 'rx')}`),
+    '  }',
+    '  chain rpath {',
+    `    type filter hook prerouting priority ${RPATH_PRIORITY}; policy accept;`,
+    ...uplinks.flatMap((u) => (u.mark === undefined ? [] : [
+      `    iifname ${q(u.ifname)} fib daddr type local meta mark set meta mark and ${hex(~MARK_MASK)} or ${hex(u.mark & MARK_MASK)}`,
+    ])),
     '  }',
     '',
   ].join('\n');

@@ -9,6 +9,8 @@ export function describeRule(r: RuleMsg): string {
   if (r.dst) parts.push(`to ${r.dst}/${r.dstLen}`);
   if (r.fwmark !== undefined) parts.push(`fwmark ${hex(r.fwmark)}/${hex(r.fwmask ?? 0xffffffff)}`);
   if (r.oifname) parts.push(`oif ${r.oifname}`);
+  if (r.ipProto !== undefined) parts.push(`ipproto ${r.ipProto === 6 ? 'tcp' : r.ipProto === 17 ? 'udp' : String(r.ipProto)}`);
+  if (r.dport !== undefined) parts.push(`dport ${r.dport}`);
   parts.push(r.action === FR_ACT.TO_TBL ? `lookup ${r.table}` : r.action === FR_ACT.UNREACHABLE ? 'unreachable' : `action ${r.action}`);
   parts.push(`proto ${r.protocol}`);
   return parts.join(' ');

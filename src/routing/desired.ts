@@ -6,8 +6,10 @@
  * it or fails at once with ENETUNREACH, it never leaks onto another uplink.
  */
 import {
-  DENY_SLOT, MARK_MASK, markForSlot, PRIO_DENY, PRIO_DESTINATION, PRIO_MARK, PRIO_OIF, PRIO_SOFT_MARK, PRIO_SOURCE, RTPROT_WAYMARK,
+  DENY_SLOT, dnsTableForSlot, MARK_MASK, markForSlot, PRIO_DENY, PRIO_DESTINATION, PRIO_DNS, PRIO_MARK, PRIO_OIF, PRIO_SOFT_MARK, PRIO_SOURCE,
+  RTPROT_WAYMARK,
 } from '../constants.js';
+import { isIP } from 'node:net';
 import { INTERNET, type DestinationSpec } from '../destination/destination.js';
 import { FR_ACT, RT_SCOPE, RTN, type RouteMsg, type RuleMsg } from '../netlink/message.js';
 import { formatAddress, maskBytes, parseAddress, type Family, type Prefix } from '../net/prefix.js';
@@ -19,6 +21,8 @@ export interface DesiredState {
 }
 
 const FAMILIES: readonly Family[] = [4, 6];
+const IPPROTO = { TCP: 6, UDP: 17 } as const;
+const DNS_PORT = 53;
 const hostLen = (f: Family): number => (f === 4 ? 32 : 128);
 
 function rule(family: Family, priority: number, fields: Partial<RuleMsg> & { table?: number }): RuleMsg {
@@ -107,6 +111,16 @@ export function desiredState(uplinks: readonly UplinkState[], destinations: read
         routes.push(unreachable(f, u.table));
         continue;
       }
+      // A pinned socket's DNS query leaves by the uplink whatever resolver it names (the
+      // session's nftables redirect then sends it to the uplink's own): a table of its own
+      // with the link and a default, for port 53 only, and only while the uplink has a DNS
+      // server of this family to redirect to.
+      const dnsTable = u.dns.some((a) => isIP(a) === f) ? dnsTableForSlot(u.slot) : undefined;
+      if (dnsTable !== undefined) {
+        for (const ipProto of [IPPROTO.UDP, IPPROTO.TCP]) {
+          rules.push(rule(f, PRIO_DNS, { ...mark, ipProto, dport: DNS_PORT, table: dnsTable }));
+        }
+      }
       const seenNets = new Set<string>();
       for (const a of fs.addresses) {
         const p = prefixParts(a);
@@ -115,16 +129,21 @@ export function desiredState(uplinks: readonly UplinkState[], destinations: read
         const key = `${p.addr}/${p.len}`;
         if (seenNets.has(key) || p.len === hostLen(f)) continue;
         seenNets.add(key);
-        routes.push({
-          family: f, table: u.table, type: RTN.UNICAST, protocol: RTPROT_WAYMARK, scope: RT_SCOPE.LINK,
-          dst: p.addr, dstLen: p.len, oif, prefsrc: ip,
-        });
+        for (const table of [u.table, ...(dnsTable !== undefined ? [dnsTable] : [])]) {
+          routes.push({
+            family: f, table, type: RTN.UNICAST, protocol: RTPROT_WAYMARK, scope: RT_SCOPE.LINK,
+            dst: p.addr, dstLen: p.len, oif, prefsrc: ip,
+          });
+        }
       }
-      if (f === 6) {
-        // Link-local next hops (routers announced by RA) need the link-local prefix on the link.
-        routes.push({ family: 6, table: u.table, type: RTN.UNICAST, protocol: RTPROT_WAYMARK, scope: RT_SCOPE.LINK, dst: 'fe80::', dstLen: 64, oif });
+      for (const table of [u.table, ...(dnsTable !== undefined ? [dnsTable] : [])]) {
+        if (f === 6) {
+          // Link-local next hops (routers announced by RA) need the link-local prefix on the link.
+          routes.push({ family: 6, table, type: RTN.UNICAST, protocol: RTPROT_WAYMARK, scope: RT_SCOPE.LINK, dst: 'fe80::', dstLen: 64, oif });
+        }
       }
       routes.push(reachesInternet ? via(f, u.table, oif, fs) : unreachable(f, u.table));
+      if (dnsTable !== undefined) routes.push(via(f, dnsTable, oif, fs));
       for (const d of others) {
         for (const p of d.prefixes.map(parts)) {
           if (p.family !== f) continue;

@@ -28,6 +28,7 @@ export function ruleKey(r: RuleMsg): string {
     r.family, r.priority, r.action, r.action === 1 ? r.table : '-',
     r.fwmark !== undefined ? `${r.fwmark}/${r.fwmask ?? 0xffffffff}` : '-',
     r.oifname ?? '-', r.src ? `${r.src}/${r.srcLen}` : '-', r.dst ? `${r.dst}/${r.dstLen}` : '-',
+    r.ipProto ?? '-', r.dport ?? '-',
   ].join('|');
 }
 

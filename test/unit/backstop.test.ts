@@ -32,7 +32,7 @@ import {
   parsePopulated,
   type SessionCgroup,
 } from '../../src/backstop/cgroup.js';
-import { nftCgroupPath, renderBackstop, renderBackstopDns } from '../../src/backstop/nft.js';
+import { nftCgroupPath, renderBackstop, renderBackstopDns, renderSessionChains } from '../../src/backstop/nft.js';
 import * as native from '../../src/native/index.js';
 import { buildGoClient } from '../support/goclient.js';
 
@@ -101,30 +101,45 @@ describe('backstop: pure parts', () => {
     assert.equal(nftCgroupPath('waymark/exec-42', '/run/cg2'), '../../../run/cg2/waymark/exec-42');
   });
 
-  it('redirects the DNS of sessions whose uplink has servers to the first of each family, nothing else', () => {
+  it('redirects a session\'s DNS to the servers of the uplink it leaves by, except to that uplink\'s own resolvers', () => {
+    const uplinks = [
+      { ifname: 'wwan0', dns: ['fd00:64::1', '10.64.0.1', '10.64.0.9'] },
+      { ifname: 'wwan1', dns: ['10.64.0.1'], reaches: ['10.200.0.0/24', 'fd00:200::/64'] },
+      { ifname: 'wlan0', dns: [] },
+    ];
     const text = renderBackstopDns(
       [
-        { cgroup: 'waymark/exec-42', deniedIfnames: [], dns: ['fd00:64::1', '10.64.0.1', '10.64.0.9'] },
-        { cgroup: 'waymark/exec-43', deniedIfnames: ['wlan0'], dns: [] },
-        { cgroup: 'waymark/exec-44', deniedIfnames: [] },
+        { cgroup: 'waymark/exec-42', deniedIfnames: ['wwan1'] },
+        { cgroup: 'waymark/exec-43', deniedIfnames: ['wwan0'] },
       ],
+      uplinks,
       { cgroupMount: '/sys/fs/cgroup/unified' },
     );
-    const m = 'socket cgroupv2 level 2 "unified/waymark/exec-42"';
-    const dns = 'meta l4proto { tcp, udp } th dport 53 fib daddr type != local';
+    const m = (id: number): string => `socket cgroupv2 level 2 "unified/waymark/exec-${id}"`;
+    const dns = 'meta l4proto { tcp, udp } th dport 53';
+    const local = 'fib daddr type != local';
     assert.equal(
       text,
       [
         '  chain backstop_dns {',
         '    type nat hook output priority -100; policy accept;',
-        `    ${m} meta nfproto ipv4 ${dns} dnat ip to 10.64.0.1 comment "waymark waymark/exec-42 dns"`,
-        `    ${m} meta nfproto ipv6 ${dns} dnat ip6 to fd00:64::1 comment "waymark waymark/exec-42 dns"`,
+        `    ${m(42)} oifname "wwan0" meta nfproto ipv4 ${dns} ip daddr != { 10.64.0.1, 10.64.0.9 } ${local} dnat ip to 10.64.0.1 comment "waymark waymark/exec-42 dns"`,
+        `    ${m(42)} oifname "wwan0" meta nfproto ipv6 ${dns} ip6 daddr != { fd00:64::1 } ${local} dnat ip6 to fd00:64::1 comment "waymark waymark/exec-42 dns"`,
+        `    ${m(43)} oifname "wwan1" meta nfproto ipv4 ${dns} ip daddr != { 10.64.0.1, 10.200.0.0/24 } ${local} dnat ip to 10.64.0.1 comment "waymark waymark/exec-43 dns"`,
         '  }',
         '',
       ].join('\n'),
     );
-    assert.equal(renderBackstopDns([{ cgroup: 'waymark/x', deniedIfnames: [], dns: ['not-an-address'] }]), '', 'no chain at all: no conntrack');
-    assert.throws(() => renderBackstopDns([{ cgroup: 'waymark/../x', deniedIfnames: [], dns: ['10.0.0.1'] }]), /invalid cgroup/);
+    assert.equal(renderBackstopDns([{ cgroup: 'waymark/x', deniedIfnames: [] }], [{ ifname: 'wwan0', dns: ['not-an-address'] }]), '', 'no chain at all: no conntrack');
+    assert.throws(() => renderBackstopDns([{ cgroup: 'waymark/../x', deniedIfnames: [] }], uplinks), /invalid cgroup/);
+  });
+
+  it('names only session cgroups that exist in the table it renders', () => {
+    const sessions = [{ cgroup: 'waymark/exec-1', deniedIfnames: ['wlan0'] }, { cgroup: 'waymark/exec-2', deniedIfnames: ['wlan0'] }];
+    const text = renderSessionChains(sessions, [{ ifname: 'wwan0', dns: ['10.64.0.1'] }], { present: (c) => c === 'waymark/exec-2' });
+    assert.match(text, /exec-2/);
+    assert.doesNotMatch(text, /exec-1/);
+    assert.equal(renderSessionChains(sessions, [], { cgroupMount: '/nonexistent' }), '', 'by default: the directory must be there');
   });
 
   it('renders one reject and one drop rule per session, only for sessions that deny something', () => {

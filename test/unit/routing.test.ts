@@ -1,7 +1,11 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { MARK_MASK, PRIO_DESTINATION, PRIO_MARK, PRIO_OIF, PRIO_SOFT_MARK, PRIO_SOURCE, RTPROT_WAYMARK, softMarkForSlot, TABLE_BASE } from '../../src/constants.js';
-import { decodeRdnss, FR_ACT, RTM, RTN, type RouteMsg, type RuleMsg } from '../../src/netlink/message.js';
+import {
+  dnsTableForSlot, isOurTable, MARK_MASK, markForSlot, PRIO_DESTINATION, PRIO_DNS, PRIO_MARK, PRIO_OIF, PRIO_SOFT_MARK, PRIO_SOURCE, RTPROT_WAYMARK,
+  softMarkForSlot, TABLE_BASE,
+} from '../../src/constants.js';
+import { decodeRdnss, decodeRule, encodeRule, FR_ACT, RTM, RTN, type RouteMsg, type RuleMsg } from '../../src/netlink/message.js';
+import { renderRuleset } from '../../src/nftables/ruleset.js';
 import { describeRule } from '../../src/routing/describe.js';
 import { withLearnedHosts } from '../../src/destination/destination.js';
 import { formatPrefix } from '../../src/net/prefix.js';
@@ -70,6 +74,46 @@ describe('desired routing state', () => {
     assert.deepEqual(wifiRules.map((r) => [r.priority, r.action]), [[PRIO_MARK, FR_ACT.UNREACHABLE], [PRIO_MARK, FR_ACT.UNREACHABLE]]);
     const softRules = down.rules.filter((r) => r.fwmark === softMarkForSlot(slots.get('wifi') ?? 0));
     assert.deepEqual(softRules.map((r) => [r.priority, r.action]), [[PRIO_SOFT_MARK, FR_ACT.UNREACHABLE], [PRIO_SOFT_MARK, FR_ACT.UNREACHABLE]]);
+  });
+});
+
+describe('DNS of pinned sockets', () => {
+  const states = uplinkStates(config.uplinks, slots, lab());
+  const want = desiredState(states, config.destinations);
+
+  it('port 53 of an uplink with DNS servers goes by a table with its link and a default, before the oif rule', () => {
+    assert.ok(PRIO_DNS < PRIO_OIF, 'the library binds the query to the device: the DNS rule must come first');
+    const mms = slots.get('mms') ?? 0;
+    const mark = `0x${markForSlot(mms).toString(16)}/0x${MARK_MASK.toString(16)}`;
+    const text = rulesText(want.rules.filter((r) => r.priority === PRIO_DNS));
+    for (const proto of ['udp', 'tcp']) {
+      assert.ok(text.includes(`ip -4 rule pref ${PRIO_DNS} fwmark ${mark} ipproto ${proto} dport 53 lookup ${dnsTableForSlot(mms)} proto ${RTPROT_WAYMARK}`), text.join('\n'));
+    }
+    // The MMS APN has only an IPv4 server: no IPv6 DNS table (nothing would redirect the query).
+    assert.ok(!text.some((l) => l.startsWith('ip -6') && l.includes(`lookup ${dnsTableForSlot(mms)}`)), text.join('\n'));
+    const table = want.routes.filter((r) => r.table === dnsTableForSlot(mms));
+    assert.ok(isOurTable(dnsTableForSlot(mms)));
+    assert.ok(table.some((r) => r.family === 4 && r.dstLen === 0 && r.type === RTN.UNICAST && r.gateway === '10.64.0.1'), 'a default, unlike the MMS table');
+    assert.ok(table.some((r) => r.family === 4 && r.dst === '10.64.0.0' && r.dstLen === 24));
+    // Wi-Fi has no DNS servers in the example: no DNS rule at all.
+    assert.ok(!want.rules.some((r) => r.priority === PRIO_DNS && r.fwmark === markForSlot(slots.get('wifi') ?? 0)));
+  });
+
+  it('a rule with ipproto and dport survives the netlink codec (so reconcile does not churn)', () => {
+    const r = want.rules.find((x) => x.priority === PRIO_DNS);
+    assert.ok(r);
+    const bytes = encodeRule(r);
+    const back = decodeRule({ type: RTM.NEWRULE, flags: 0, seq: 0, pid: 0, body: bytes });
+    assert.deepEqual(back && { ipProto: back.ipProto, dport: back.dport, fwmark: back.fwmark, table: back.table }, { ipProto: r.ipProto, dport: 53, fwmark: r.fwmark, table: r.table });
+    assert.ok(isEmpty(plan({ rules: [r], routes: [] }, back ? [back] : [], [])));
+  });
+});
+
+describe('reverse-path marks', () => {
+  it('packets for this host arriving on an active uplink get its mark, in our bits only, before routing', () => {
+    const text = renderRuleset([{ name: 'cellular', ifname: 'wwan0', mark: markForSlot(2) }, { name: 'wifi', ifname: 'wlan0' }]);
+    assert.match(text, /chain rpath \{\n {4}type filter hook prerouting priority -300; policy accept;\n {4}iifname "wwan0" fib daddr type local meta mark set meta mark and 0xc0ffffff or 0x02000000\n {2}\}/);
+    assert.doesNotMatch(text, /iifname "wlan0" fib/, 'an uplink that is not active gets no mark');
   });
 });
 
