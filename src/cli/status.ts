@@ -1,4 +1,5 @@
 /** `waymark status` as a readable report. */
+import type { ConnectionLimits, ConnectionStats } from '../daemon/limits.js';
 import type { StatusResult } from '../daemon/protocol.js';
 import { renderTable } from './table.js';
 
@@ -53,6 +54,19 @@ export function formatStatus(s: StatusResult): string {
       + (d.malformed || d.rejected || d.handlerErrors || d.droppedReplies
         ? ` (${d.malformed} malformed, ${d.rejected} refused connections, ${d.handlerErrors} handler errors, ${d.droppedReplies} answers dropped)`
         : '')
+      + (d.pausedClients ? `; ${d.pausedClients} connections waiting for ${d.inflight} pending answers` : '')
+      + refusals(d.rejected, d.refusedByUid, d.limits)
     : '';
-  return `${uplinks}\n\n${destinations}${sessions}\n\n${footer}${decisions}\n`;
+  const c = s.control;
+  const control = c
+    ? `\ncontrol socket: ${c.clients} connections` + (c.pausedClients ? `, ${c.pausedClients} not read until they take their replies` : '') + refusals(c.refused, c.refusedByUid, c.limits)
+    : '';
+  return `${uplinks}\n\n${destinations}${sessions}\n\n${footer}${decisions}${control}\n`;
+}
+
+/** "; refused: uid 4242 (1025), uid 1000 (3); limits 1024 per uid, 4096 in all, 512 kept for root" when any was refused. */
+function refusals(refused: number, byUid: ConnectionStats['refusedByUid'] | undefined, limits: ConnectionLimits | undefined): string {
+  if (refused === 0 || limits === undefined) return '';
+  const uids = (byUid ?? []).map((r) => `uid ${r.uid} (${r.refused})`).join(', ');
+  return `; refused: ${uids || `${refused} connections`}; limits ${limits.perUid} per uid, ${limits.total} in all, ${limits.rootReserve} kept for root`;
 }

@@ -57,6 +57,12 @@ export class Client {
           const line = this.buffered.slice(0, nl);
           this.buffered = this.buffered.slice(nl + 1);
           const r = JSON.parse(line) as Response;
+          // id 0: about the connection (refused: EBUSY), not about a request; it ends them all.
+          if (r.id === 0 && !r.ok) {
+            for (const w of this.waiting.values()) w.resolve(r);
+            this.waiting.clear();
+            continue;
+          }
           this.waiting.get(r.id)?.resolve(r);
           this.waiting.delete(r.id);
         }

@@ -17,6 +17,7 @@ import { identify, type AppIdentity } from '../identity/app.js';
 import { formatAddress, parseAddress, type Family } from '../net/prefix.js';
 import { policyFor } from '../policy/app.js';
 import { mergeWish, wishOf, type SessionRegistry } from '../session/session.js';
+import { ExpiringMap } from './expiring.js';
 import type { Engine } from './engine.js';
 import type { Logger } from './log.js';
 
@@ -37,11 +38,22 @@ const NO_DENY: readonly string[] = Object.freeze([]);
 
 interface Learned { destination: string; until: number }
 
+/**
+ * Bounds of what is learnt from DNS answers (a caller may resolve any number of names under a
+ * domain destination): addresses (each also routed by the kernel, see learnedHosts()) and
+ * cached answers. Beyond the cap the expired entries go first, then the oldest; expired ones
+ * are also pruned every {@link PRUNE_INTERVAL_MS}.
+ */
+export const MAX_LEARNED = 4096;
+export const MAX_DNS_CACHE = 1024;
+export const PRUNE_INTERVAL_MS = 60_000;
+
 export class DecisionService implements DecisionHandlers {
   private readonly identities = new WeakMap<Caller, { id: AppIdentity; at: number }>();
   /** Addresses learned from names of domain destinations: address text → destination. */
-  private readonly learned = new Map<string, Learned>();
-  private readonly dnsCache = new Map<string, { answer: ResolveResponse; until: number }>();
+  private readonly learned = new ExpiringMap<string, Learned>(MAX_LEARNED);
+  private readonly dnsCache = new ExpiringMap<string, { answer: ResolveResponse; until: number }>(MAX_DNS_CACHE);
+  private readonly pruneTimer = setInterval(() => this.prune(), PRUNE_INTERVAL_MS).unref();
   private readonly logged = new Map<string, number>();
 
   constructor(
@@ -52,6 +64,17 @@ export class DecisionService implements DecisionHandlers {
     /** Called when the set of learnt addresses changed (the kernel routes them too). */
     private readonly onLearned: () => void = () => undefined,
   ) {}
+
+  /** Drops expired learnt addresses and cached answers (the kernel's copy follows). */
+  prune(): void {
+    this.dnsCache.prune();
+    if (this.learned.prune().length > 0) this.onLearned();
+  }
+
+  /** Stops the periodic pruning. */
+  close(): void {
+    clearInterval(this.pruneTimer);
+  }
 
   /** Valid learnt addresses by destination. */
   learnedHosts(): Map<string, string[]> {

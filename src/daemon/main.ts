@@ -100,7 +100,7 @@ async function main(): Promise<void> {
     }
   };
 
-  const server = new ControlServer(opts.socket, {
+  const server: ControlServer = new ControlServer(opts.socket, {
     hello: () => Promise.resolve<HelloResult>({ daemon: 'waymarkd', version: VERSION, protocol: PROTOCOL_VERSION, methods: Object.keys(METHODS) }),
     status: async (_params, cred) => ({
       ...(await engine.status()),
@@ -109,6 +109,7 @@ async function main(): Promise<void> {
         id: x.id, uid: x.uid, uplink: x.uplink ?? null, needs: [...x.needs], deny: [...x.deny], command: x.command, startedAt: x.startedAt,
       })),
       decisions: { ...decideServer.stats },
+      control: server.stats,
     }),
     reload,
     'exec.begin': (params, cred) => sessions.begin(params as ExecBeginParams, cred),

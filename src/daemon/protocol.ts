@@ -3,7 +3,9 @@
  *
  * Transport: a Unix stream socket; each message is one line of JSON (UTF-8, '\n'-terminated,
  * at most MAX_LINE bytes). Requests carry the protocol version `v`, a client-chosen `id` and a
- * `method`; the reply echoes `id`. A client may pipeline requests; replies come in order.
+ * `method`; the reply echoes `id`. A client may pipeline requests; replies come in order (the
+ * daemon reads at most 8 requests ahead of the replies the client has taken: server.ts).
+ * A connection over a limit (limits.ts) gets one EBUSY error with id 0, then EOF.
  *   → {"v":1,"id":7,"method":"status"}
  *   ← {"v":1,"id":7,"ok":true,"result":{...}}
  *   ← {"v":1,"id":7,"ok":false,"error":{"code":"EPERM","message":"..."}}
@@ -14,6 +16,7 @@
 import { z } from 'zod';
 import { NEED_NAMES } from '../config/schema.js';
 import type { DecisionStats } from '../decision/server.js';
+import type { ControlStats } from './server.js';
 
 export const PROTOCOL_VERSION = 1;
 export const MAX_LINE = 64 * 1024;
@@ -27,8 +30,11 @@ export const requestSchema = z.object({
 });
 export type Request = z.infer<typeof requestSchema>;
 
-/** EPERM: the caller may not do this at all; EACCES: the policy (apps:, the session it runs in) does not allow what it asked for. */
-export type ErrorCode = 'EPROTO' | 'EPERM' | 'EACCES' | 'EINVAL' | 'ENOENT' | 'ENETDOWN' | 'ENOSYS' | 'EIO';
+/**
+ * EPERM: the caller may not do this at all; EACCES: the policy (apps:, the session it runs in) does not allow what it asked for;
+ * EBUSY: the connection was refused (a connection limit, see limits.ts), sent with id 0 before closing.
+ */
+export type ErrorCode = 'EPROTO' | 'EPERM' | 'EACCES' | 'EINVAL' | 'ENOENT' | 'ENETDOWN' | 'ENOSYS' | 'EIO' | 'EBUSY';
 
 export interface WireError {
   readonly code: ErrorCode;
@@ -79,9 +85,10 @@ export interface StatusResult {
   lastReconcile: { at: string; durationMs: number; changes: number; errors: string[] } | null;
   /** Running `waymark exec` sessions: all of them for root and the waymark group, the caller's own for others. */
   sessions?: { id: string; uid: number; uplink: string | null; needs: string[]; deny: string[]; command: string; startedAt: string }[];
-  /** The decide socket: requests answered, malformed messages dropped, connected clients. */
-  /** The decide socket's counters. */
+  /** The decide socket's counters and connection limits. */
   decisions?: DecisionStats;
+  /** The control socket's connection limits, refusals and pending replies. */
+  control?: ControlStats;
 }
 
 /** Each method: its params schema, and whether it changes state. */

@@ -20,9 +20,21 @@
  *     the ones not logged.
  *   - A reply to a client that has gone, or whose receive queue is full (EAGAIN: it is not
  *     reading), is dropped. EOF, a poll error or a receive error closes that client only.
- *   - At most `maxClients` connections (default 1024) are kept; beyond that a new connection is
- *     accepted and closed at once (the library sees EOF and falls back without waiting), counted
- *     in `stats.rejected`.
+ *   - Connections are limited per uid and in all, with a reserve for root that no other user
+ *     can take (../daemon/limits.ts: 1024 per uid, 4096 in all of which 512 are root's, the
+ *     total lowered to fit RLIMIT_NOFILE). A connection beyond a limit is accepted and closed at
+ *     once (the library sees EOF and falls back without waiting), counted in `stats.rejected`
+ *     and per uid in `stats.refusedByUid`, and logged (rate-limited, naming the uid).
+ *   - Asynchronous answers (a resolve, a decision that waits for the user or for a promise) are
+ *     bounded: at most {@link MAX_INFLIGHT_PER_CLIENT} per connection and
+ *     {@link MAX_INFLIGHT_PER_UID} per uid are pending at once. At the bound the server stops
+ *     watching that client's fd (and, for the uid bound, every other connection of that uid that
+ *     asks) until answers settle: its requests wait in its socket, and once the socket's buffer
+ *     is full the client's own send() blocks or fails with EAGAIN. So a client that floods
+ *     requests costs the daemon a bounded number of pending answers (and DNS query sockets),
+ *     never a queue. A library thread waits for each answer, so a well-behaved connection has
+ *     one pending (a few after abandoned requests). Synchronous answers are never queued: one
+ *     that cannot be sent (EAGAIN) is dropped.
  *   - Cost per request: one recv into a buffer the server reuses (the decoders copy what they
  *     keep), the decode, the handler, the encode, one send. Nothing is logged per request above
  *     debug level (and debug lines are only built for malformed messages).
@@ -39,6 +51,7 @@
 import { lstatSync, mkdirSync, unlinkSync } from 'node:fs';
 import { dirname } from 'node:path';
 import * as native from '../native/index.js';
+import { ConnectionLimiter, DECIDE_LIMITS, connectionLimits, decideTotalFor, openFilesLimit, type ConnectionLimits, type ConnectionStats } from '../daemon/limits.js';
 import type { Logger } from '../daemon/log.js';
 import {
   WM_ACTION, WM_RESOLVE, WM_TYPE, decodeDecideRequest, decodeResolveRequest, encodeDecideResponse, encodePending, encodeResolveResponse,
@@ -67,8 +80,16 @@ export interface DecisionHandlers {
 }
 
 export interface DecisionServerOptions {
-  /** Connections kept at once (default 1024). */
+  /** Connections kept at once, all uids together (default: ../daemon/limits.ts DECIDE_LIMITS, lowered to fit RLIMIT_NOFILE). */
   maxClients?: number;
+  /** Connections kept at once per non-root uid (default: 1024, at most what the root reserve leaves of `maxClients`). */
+  maxClientsPerUid?: number;
+  /** Of `maxClients`, how many only root may use (default: 512, at most an eighth of `maxClients`). */
+  rootReserve?: number;
+  /** Asynchronous answers pending per connection before its fd is no longer read (default {@link MAX_INFLIGHT_PER_CLIENT}). */
+  maxInflightPerClient?: number;
+  /** Asynchronous answers pending per uid before its connections are no longer read (default {@link MAX_INFLIGHT_PER_UID}). */
+  maxInflightPerUid?: number;
   /** Socket file mode (default 0o666). */
   mode?: number;
   /** listen() backlog (default 128). */
@@ -84,8 +105,16 @@ export interface DecisionStats {
   readonly malformed: number;
   /** Connections open now. */
   readonly clients: number;
-  /** Connections closed at once because `maxClients` were open. */
+  /** Connections closed at once because a limit was reached (see `limits`, `refusedByUid`). */
   readonly rejected: number;
+  /** The connection limits in force. */
+  readonly limits: ConnectionLimits;
+  /** The uids whose connections were refused, with counts, most refused first. */
+  readonly refusedByUid: ConnectionStats['refusedByUid'];
+  /** Asynchronous answers pending now. */
+  readonly inflight: number;
+  /** Connections not read now because their (or their uid's) pending answers are at the bound. */
+  readonly pausedClients: number;
   /** Requests whose handler failed (answered fail-closed). */
   readonly handlerErrors: number;
   /** Answers not delivered: the client was gone or its receive queue full. */
@@ -94,7 +123,8 @@ export interface DecisionStats {
   readonly busyPollTurns: number;
 }
 
-export const DEFAULT_MAX_CLIENTS = 1024;
+export const MAX_INFLIGHT_PER_CLIENT = 8;
+export const MAX_INFLIGHT_PER_UID = 128;
 export const DEFAULT_BUSY_POLL_US = 200;
 export const ERROR_LOG_INTERVAL_MS = 10_000;
 /** Larger than any request: a bigger message is consumed and reported by recv() as EMSGSIZE. */
@@ -110,6 +140,10 @@ interface Client {
   readonly caller: Caller;
   watcher: native.Watcher | undefined;
   open: boolean;
+  /** Asynchronous answers pending. */
+  inflight: number;
+  /** Not watched because of the in-flight bounds (see the top of this file). */
+  paused: boolean;
 }
 
 /** Handler outcome → reply: sync results go out at once, promises when they settle. */
@@ -123,8 +157,14 @@ export class DecisionServer {
   private acceptTimer: NodeJS.Timeout | undefined;
   private socketIno: number | undefined;
   private readonly clients = new Set<Client>();
-  private readonly maxClients: number;
-  private counters = { requests: 0, malformed: 0, rejected: 0, handlerErrors: 0, droppedReplies: 0, busyPollTurns: 0 };
+  private readonly limiter: ConnectionLimiter;
+  private readonly limitsLowered: boolean;
+  private readonly maxInflight: number;
+  private readonly maxInflightPerUid: number;
+  private readonly inflightByUid = new Map<number, number>();
+  private readonly pausedByUid = new Map<number, Set<Client>>();
+  private inflight = 0;
+  private counters = { requests: 0, malformed: 0, handlerErrors: 0, droppedReplies: 0, busyPollTurns: 0 };
   private lastErrorLog = -Infinity;
   private readonly rx = Buffer.allocUnsafe(RECV_SIZE);
   private readonly busyPollMs: number;
@@ -137,12 +177,20 @@ export class DecisionServer {
     private readonly log: Logger,
     private readonly options: DecisionServerOptions = {},
   ) {
-    this.maxClients = options.maxClients ?? DEFAULT_MAX_CLIENTS;
+    const fitting = decideTotalFor(openFilesLimit());
+    this.limitsLowered = options.maxClients === undefined && fitting < DECIDE_LIMITS.total;
+    const limits = connectionLimits({ total: options.maxClients ?? fitting, perUid: options.maxClientsPerUid, rootReserve: options.rootReserve }, DECIDE_LIMITS);
+    this.limiter = new ConnectionLimiter('decide socket', limits, log);
+    this.maxInflight = Math.max(1, options.maxInflightPerClient ?? MAX_INFLIGHT_PER_CLIENT);
+    this.maxInflightPerUid = Math.max(1, options.maxInflightPerUid ?? MAX_INFLIGHT_PER_UID);
     this.busyPollMs = (options.busyPollUs ?? DEFAULT_BUSY_POLL_US) / 1000;
   }
 
   get stats(): DecisionStats {
-    return { ...this.counters, clients: this.clients.size };
+    const { refused, limits, refusedByUid } = this.limiter.stats;
+    let pausedClients = 0;
+    for (const s of this.pausedByUid.values()) pausedClients += s.size;
+    return { ...this.counters, clients: this.clients.size, rejected: refused, limits, refusedByUid, inflight: this.inflight, pausedClients };
   }
 
   /** Binds the socket (a stale one is replaced) and starts accepting. Throws on failure. */
@@ -158,6 +206,11 @@ export class DecisionServer {
       throw e;
     }
     this.listenFd = fd;
+    if (this.limitsLowered) {
+      this.log.warn('decide socket: connection limit lowered to fit the open-files limit (RLIMIT_NOFILE)', {
+        nofile: openFilesLimit(), total: this.limiter.limits.total, perUid: this.limiter.limits.perUid, rootReserve: this.limiter.limits.rootReserve,
+      });
+    }
   }
 
   /**
@@ -224,14 +277,6 @@ export class DecisionServer {
   }
 
   private admit(fd: number): void {
-    if (this.clients.size >= this.maxClients) {
-      this.counters.rejected++;
-      if (this.counters.rejected === 1 || this.counters.rejected % 1000 === 0) {
-        this.log.warn('decide socket: too many clients; refusing connections', { max: this.maxClients, rejected: this.counters.rejected });
-      }
-      this.closeFd(fd);
-      return;
-    }
     let caller: Caller;
     try {
       const cred = native.peerCred(fd);
@@ -241,15 +286,73 @@ export class DecisionServer {
       this.closeFd(fd);
       return;
     }
-    const client: Client = { fd, caller, watcher: undefined, open: true };
+    if (!this.limiter.admit(caller.uid, caller.pid)) {
+      this.closeFd(fd);
+      return;
+    }
+    const client: Client = { fd, caller, watcher: undefined, open: true, inflight: 0, paused: false };
     try {
       client.watcher = native.watch(fd, (err) => this.onReadable(client, err));
     } catch (e) {
       this.log.warn('decide socket: cannot watch a connection; closing', { error: (e as Error).message });
+      this.limiter.release(caller.uid);
       this.closeFd(fd);
       return;
     }
     this.clients.add(client);
+  }
+
+  /** Whether `client` must wait for pending answers before more of its requests are read. */
+  private mustWait(client: Client): boolean {
+    return client.inflight >= this.maxInflight || (this.inflightByUid.get(client.caller.uid) ?? 0) >= this.maxInflightPerUid;
+  }
+
+  /** Stops watching `client` until its (or its uid's) pending answers settle. */
+  private pause(client: Client): void {
+    if (client.paused || !client.open) return;
+    client.paused = true;
+    client.watcher?.stop();
+    client.watcher = undefined;
+    const uid = client.caller.uid;
+    let set = this.pausedByUid.get(uid);
+    if (set === undefined) this.pausedByUid.set(uid, (set = new Set()));
+    set.add(client);
+  }
+
+  private resume(client: Client): void {
+    if (!client.paused) return;
+    client.paused = false;
+    const set = this.pausedByUid.get(client.caller.uid);
+    set?.delete(client);
+    if (set?.size === 0) this.pausedByUid.delete(client.caller.uid);
+    if (!client.open) return;
+    try {
+      client.watcher = native.watch(client.fd, (err) => this.onReadable(client, err));
+    } catch (e) {
+      this.log.warn('decide socket: cannot watch a connection again; closing', { error: (e as Error).message });
+      this.drop(client);
+    }
+  }
+
+  /** Runs `ok`/`fail` when `p` settles, counting it as pending until then. */
+  private track<T>(client: Client, p: Promise<T>, ok: (v: T) => void, fail: (e: unknown) => void): void {
+    const uid = client.caller.uid;
+    client.inflight++;
+    this.inflight++;
+    this.inflightByUid.set(uid, (this.inflightByUid.get(uid) ?? 0) + 1);
+    void p.then(ok, fail).finally(() => {
+      client.inflight--;
+      this.inflight--;
+      const n = (this.inflightByUid.get(uid) ?? 1) - 1;
+      if (n === 0) this.inflightByUid.delete(uid);
+      else this.inflightByUid.set(uid, n);
+      const paused = this.pausedByUid.get(uid);
+      if (paused === undefined) return;
+      for (const c of [...paused]) {
+        if ((this.inflightByUid.get(uid) ?? 0) >= this.maxInflightPerUid) break;
+        if (c.inflight < this.maxInflight) this.resume(c);
+      }
+    });
   }
 
   private onReadable(client: Client, err?: Error): void {
@@ -259,6 +362,10 @@ export class DecisionServer {
       return;
     }
     for (let i = 0; i < BATCH && client.open; i++) {
+      if (this.mustWait(client)) {
+        this.pause(client); // level-triggered: what it sent is read on resume
+        return;
+      }
       let n: number | null;
       try {
         n = native.recvInto(client.fd, this.rx);
@@ -315,7 +422,8 @@ export class DecisionServer {
         return;
       }
       if (isPromise(out)) {
-        out.then(
+        this.track(
+          client, out,
           (resp) => this.reply(client, req.seq, resp, encodeDecideResponse, () => denyResponse(req.seq)),
           (e: unknown) => {
             this.handlerFailed('decide', e, client);
@@ -338,7 +446,8 @@ export class DecisionServer {
       } catch (e) {
         out = Promise.reject(e);
       }
-      out.then(
+      this.track(
+        client, out,
         (resp) => this.reply(client, req.seq, resp, encodeResolveResponse, () => dnsFailedResponse(req.seq)),
         (e: unknown) => {
           this.handlerFailed('resolve', e, client);
@@ -418,6 +527,13 @@ export class DecisionServer {
     if (!client.open) return;
     client.open = false;
     this.clients.delete(client);
+    this.limiter.release(client.caller.uid);
+    if (client.paused) {
+      const set = this.pausedByUid.get(client.caller.uid);
+      set?.delete(client);
+      if (set?.size === 0) this.pausedByUid.delete(client.caller.uid);
+      client.paused = false;
+    }
     client.watcher?.stop(); // before close(): never poll a closed (possibly reused) fd
     client.watcher = undefined;
     this.closeFd(client.fd);

@@ -371,7 +371,7 @@ describe('DecisionServer', () => {
       const log = { debug() {}, info() {}, warn: (m) => warns.push(m), error: (m) => warns.push(m) };
       const p = ${JSON.stringify(path.join(dir, 'emfile.sock'))};
       const s = new DecisionServer(p, { decide: (r) => ({ seq: r.seq, action: 0, err: 0, ifindex: 0, mark: 0, ttlMs: 0, generation: 1, ifname: '', uplink: '' }),
-        resolve: async () => { throw new Error('unused'); } }, log);
+        resolve: async () => { throw new Error('unused'); } }, log, { maxClients: 1024 }); // not lowered to fit the 100 fds: accept() must hit EMFILE
       s.listen();
       const fds = [];
       for (;;) { try { fds.push(native.unixConnect(p, 'seqpacket')); } catch { break; } }
