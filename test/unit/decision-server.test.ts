@@ -9,7 +9,7 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
@@ -19,6 +19,8 @@ import type { Logger } from '../../src/daemon/log.js';
 import { DecisionServer, DeferredAnswer, type Caller, type DecisionHandlers } from '../../src/decision/server.js';
 import { DecisionClient } from '../../src/decision/client.js';
 import { GenerationFile, GENERATION_FILE_SIZE } from '../../src/decision/generation.js';
+import { formatStatus } from '../../src/cli/status.js';
+import { UidClient, isRoot } from '../support/uidclient.js';
 import {
   SIZES, WM_ACTION, WM_MAGIC, WM_RESOLVE, WM_TYPE, decodeDecideResponse, decodePending, decodeResolveResponse, encodeDecideRequest,
   encodeResolveRequest, type DecideRequest, type DecideResponse, type ResolveRequest,
@@ -621,5 +623,183 @@ describe('GenerationFile', () => {
     symlinkSync(target, link.path);
     assert.throws(() => new GenerationFile(f).open(), /ELOOP/);
     assert.equal(readFileSync(target, 'utf8'), 'keep');
+  });
+});
+
+/**
+ * Limits against one user (issue 7): connections per uid with a reserve for root, and pending
+ * asynchronous answers per connection. The other users are real python3 processes running as
+ * uids 4242-4244; every step waits for what a client printed or for the server's handler to be
+ * called, never for a timer.
+ */
+describe('DecisionServer limits per uid', { skip: !isRoot && 'needs root (clients run as other uids)' }, () => {
+  let dir: string;
+  const GUARD = { timeout: 60_000 };
+  const CONNECT_SCRIPT = `
+import socket, sys
+path, n, req = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3])
+keep = []
+def one():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.connect(path)
+    try:
+        s.send(req)
+        ok = len(s.recv(4096)) > 0
+    except OSError:
+        ok = False
+    if ok:
+        keep.append(s)
+    else:
+        s.close()
+    return ok
+for i in range(n):
+    if not one():
+        print("refused at", i)
+        sys.exit(1)
+print("ready", len(keep))
+for line in sys.stdin:
+    print("answered" if one() else "refused")
+`;
+  const FLOOD_SCRIPT = `
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.connect(sys.argv[1])
+req, cap = bytes.fromhex(sys.argv[2]), int(sys.argv[3])
+s.setblocking(False)
+sent = 0
+while sent < cap:
+    try:
+        s.send(req)
+        sent += 1
+    except BlockingIOError:
+        break
+print(("blocked " if sent < cap else "sent-all ") + str(sent))
+sys.stdin.read()
+`;
+  const answer = (req: DecideRequest): DecideResponse => ({
+    seq: req.seq, action: WM_ACTION.PASS, err: 0, ifindex: 0, mark: 0, ttlMs: 1000, generation: 7, ifname: '', uplink: '',
+  });
+
+  before(() => {
+    dir = mkdtempSync(path.join(os.tmpdir(), 'wm-decide-limits-'));
+    chmodSync(dir, 0o755); // the clients of other uids must reach the socket
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('refuses a uid beyond its limit and every other user beyond the root reserve; root is still answered; status and log name the uids', GUARD, async () => {
+    const sock = path.join(dir, 'uids', 'decide.sock');
+    const logs: LogLine[] = [];
+    const server = new DecisionServer(sock, { decide: answer, resolve: () => Promise.reject(new Error('unused')) }, memoryLogger(logs),
+      { maxClients: 12, maxClientsPerUid: 4, rootReserve: 4 });
+    server.listen();
+    const hex = decideReq(5).toString('hex');
+    const users: UidClient[] = [];
+    const roots: Client[] = [];
+    try {
+      const a = new UidClient(4242, CONNECT_SCRIPT, [sock, '4', hex]);
+      users.push(a);
+      assert.equal(await a.line(), 'ready 4');
+      assert.equal(await a.ask('more'), 'refused', 'uid 4242 is at its limit of 4');
+      const b = new UidClient(4243, CONNECT_SCRIPT, [sock, '4', hex]);
+      users.push(b);
+      assert.equal(await b.line(), 'ready 4');
+      // 8 non-root connections: what is left of 12 is root's.
+      const c = new UidClient(4244, CONNECT_SCRIPT, [sock, '0', hex]);
+      users.push(c);
+      assert.equal(await c.line(), 'ready 0');
+      assert.equal(await c.ask('more'), 'refused', 'uid 4244 may not take the root reserve');
+      for (let i = 0; i < 4; i++) {
+        const r = new Client(sock);
+        roots.push(r);
+        r.send(decideReq(100 + i));
+        assert.equal((await r.reply(10_000)).readUInt32LE(8), 100 + i, `root connection ${i + 1} answered`);
+      }
+      const over = new Client(sock);
+      roots.push(over);
+      assert.equal(await over.next(10_000), null);
+      assert.equal(over.eof, true, 'beyond the total even root is refused');
+      assert.equal(await b.ask('more'), 'refused');
+
+      const st = server.stats;
+      assert.equal(st.clients, 12);
+      assert.equal(st.rejected, 4);
+      assert.deepEqual(st.limits, { total: 12, perUid: 4, rootReserve: 4 });
+      assert.deepEqual([...st.refusedByUid].sort((x, y) => x.uid - y.uid), [
+        { uid: 0, refused: 1 }, { uid: 4242, refused: 1 }, { uid: 4243, refused: 1 }, { uid: 4244, refused: 1 },
+      ]);
+      const warns = logs.filter((l) => l.level === 'warn').map((l) => l.msg);
+      assert.ok(warns.some((m) => /too many connections from uid 4242/.test(m)), warns.join('\n'));
+      assert.ok(warns.some((m) => /refusing uid 4244 \(the last 4 of 12 connections are kept for root\)/.test(m)), warns.join('\n'));
+      const text = formatStatus({
+        daemon: { version: 't', protocol: 1, pid: 1, configPath: '/c', generation: 1, startedAt: '' }, uplinks: [], destinations: [], lastReconcile: null,
+        decisions: st,
+      });
+      const line = text.split('\n').find((l) => l.startsWith('decide socket:')) ?? '';
+      assert.match(line, /4 refused connections/);
+      assert.match(line, /refused: .*uid 4242 \(1\)/);
+      assert.match(line, /uid 4244 \(1\)/);
+      assert.match(line, /limits 4 per uid, 12 in all, 4 kept for root/);
+    } finally {
+      await Promise.all(users.map((u) => u.stop()));
+      roots.forEach((r) => r.close());
+      server.close();
+    }
+  });
+
+  it('stops reading a client at 8 pending answers (its sends then block), serves others meanwhile, and reads on as they settle', GUARD, async () => {
+    const sock = path.join(dir, 'flood', 'decide.sock');
+    const pending: (() => void)[] = [];
+    const goals: { n: number; reached(): void }[] = [];
+    const calls = (n: number): Promise<void> => new Promise((r) => {
+      if (pending.length + settled >= n) r();
+      else goals.push({ n, reached: r });
+    });
+    let settled = 0;
+    const server = new DecisionServer(sock, {
+      decide: answer,
+      resolve: (req) => new Promise((resolve) => {
+        pending.push(() => resolve({ seq: req.seq, status: WM_RESOLVE.DNS_FAILED, ttlMs: 0, generation: 7, uplink: '', addrs: [] }));
+        for (const g of [...goals]) {
+          if (pending.length + settled >= g.n) {
+            goals.splice(goals.indexOf(g), 1);
+            g.reached();
+          }
+        }
+      }),
+    }, memoryLogger([]), { maxInflightPerClient: 8 });
+    server.listen();
+    const flood = new UidClient(4242, FLOOD_SCRIPT, [sock, resolveReq(1, 'flood.example').toString('hex'), '20000']);
+    const root = new Client(sock);
+    try {
+      await calls(8);
+      const got = await flood.line();
+      assert.match(got, /^blocked \d+$/, 'the client could not send more: the server stopped reading it');
+      const sent = Number(got.split(' ')[1]);
+      assert.ok(sent > 8, `it had sent ${sent}`);
+      // Another connection is answered meanwhile (and its round trip lets the server run on).
+      root.send(decideReq(41));
+      assert.equal((await root.reply(10_000)).readUInt32LE(8), 41);
+      root.send(decideReq(42));
+      assert.equal((await root.reply(10_000)).readUInt32LE(8), 42);
+      assert.equal(pending.length, 8, 'no request of the flooding client was read beyond the bound');
+      assert.equal(server.stats.inflight, 8);
+      assert.equal(server.stats.pausedClients, 1);
+      // Its answers settle: the server reads on, up to the bound again.
+      for (const p of pending.splice(0)) {
+        settled++;
+        p();
+      }
+      await calls(16);
+      root.send(decideReq(43));
+      assert.equal((await root.reply(10_000)).readUInt32LE(8), 43);
+      assert.equal(pending.length, 8, 'read on by the bound again');
+      assert.equal(server.stats.inflight, 8);
+      assert.equal(server.stats.pausedClients, 1);
+    } finally {
+      await flood.stop();
+      root.close();
+      server.close();
+      pending.splice(0).forEach((p) => p());
+    }
   });
 });
