@@ -51,19 +51,24 @@ export const PRUNE_INTERVAL_MS = 60_000;
 export class DecisionService implements DecisionHandlers {
   private readonly identities = new WeakMap<Caller, { id: AppIdentity; at: number }>();
   /** Addresses learned from names of domain destinations: address text → destination. */
-  private readonly learned = new ExpiringMap<string, Learned>(MAX_LEARNED);
-  private readonly dnsCache = new ExpiringMap<string, { answer: ResolveResponse; until: number }>(MAX_DNS_CACHE);
-  private readonly pruneTimer = setInterval(() => this.prune(), PRUNE_INTERVAL_MS).unref();
+  private readonly learned: ExpiringMap<string, Learned>;
+  private readonly dnsCache: ExpiringMap<string, { answer: ResolveResponse; until: number }>;
+  private readonly pruneTimer: NodeJS.Timeout;
   private readonly logged = new Map<string, number>();
 
   constructor(
-    private readonly engine: Engine,
+    private readonly engine: Pick<Engine, 'getConfig' | 'uplinkStates'>,
     private readonly sessions: SessionRegistry,
     private readonly generation: GenerationFile,
     private readonly log: Logger,
     /** Called when the set of learnt addresses changed (the kernel routes them too). */
     private readonly onLearned: () => void = () => undefined,
-  ) {}
+    bounds: { learned?: number; dnsCache?: number; now?: () => number } = {},
+  ) {
+    this.learned = new ExpiringMap(bounds.learned ?? MAX_LEARNED, bounds.now);
+    this.dnsCache = new ExpiringMap(bounds.dnsCache ?? MAX_DNS_CACHE, bounds.now);
+    this.pruneTimer = setInterval(() => this.prune(), PRUNE_INTERVAL_MS).unref();
+  }
 
   /** Drops expired learnt addresses and cached answers (the kernel's copy follows). */
   prune(): void {

@@ -2,14 +2,30 @@
  * The connection limiter both sockets share (src/daemon/limits.ts) and the bounded maps of the
  * decision service (src/daemon/expiring.ts), with a test clock.
  */
-import { describe, it } from 'node:test';
+import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+import { DecisionService } from '../../src/daemon/decisions.js';
+import { GenerationFile } from '../../src/decision/generation.js';
+import { WM_RESOLVE, WM_TYPE } from '../../src/decision/wire.js';
+import { SessionRegistry } from '../../src/session/session.js';
+import type { UplinkState } from '../../src/uplink/state.js';
+import { exampleConfig, labStates } from '../support/fixture.js';
+import { isRoot } from '../support/uidclient.js';
 
 import { ExpiringMap } from '../../src/daemon/expiring.js';
 import {
   CONTROL_LIMITS, ConnectionLimiter, DECIDE_LIMITS, MAX_TRACKED_UIDS, REFUSAL_LOG_INTERVAL_MS, connectionLimits, decideTotalFor, openFilesLimit,
 } from '../../src/daemon/limits.js';
 import type { Logger } from '../../src/daemon/log.js';
+
+const DNS_SERVER = fileURLToPath(new URL('../../src/lab/dns-server.js', import.meta.url));
 
 function warnings(): { log: Logger; lines: { msg: string; fields: Record<string, unknown> | undefined }[] } {
   const lines: { msg: string; fields: Record<string, unknown> | undefined }[] = [];
@@ -118,5 +134,66 @@ describe('ExpiringMap', () => {
     assert.deepEqual(m.prune().length, 50);
     assert.deepEqual([...m].map(([k]) => k), Array.from({ length: 50 }, (_, i) => 9950 + i));
     assert.throws(() => new ExpiringMap(0), /max must be at least 1/);
+  });
+});
+
+/**
+ * The decision service's learnt addresses with a real resolver and a real DNS server (the
+ * lab's) on 127.0.0.77:53, loopback only: whatever names a caller resolves under a domain
+ * destination, the map keeps at most its cap, newest first, and expired entries are pruned.
+ */
+describe('DecisionService learnt addresses', { skip: !isRoot && 'needs root (DNS server on port 53)' }, () => {
+  const NAMES = 10;
+  const SERVER = '127.0.0.77';
+  let dns: ChildProcess | undefined;
+  let dir: string;
+
+  before(async () => {
+    dir = mkdtempSync(path.join(os.tmpdir(), 'wm-learned-'));
+    const records = Array.from({ length: NAMES }, (_, i) => ['--record', `h${i}.corp.example=10.9.0.${i + 1}`]).flat();
+    const child = spawn(process.execPath, [DNS_SERVER, '--name', 'test', '--listen', SERVER, '--port', '53', ...records, '--exit-on-stdin-eof'],
+      { stdio: ['pipe', 'pipe', 'pipe'] });
+    dns = child;
+    let err = '';
+    child.stderr.setEncoding('utf8').on('data', (d: string) => { err += d; });
+    await new Promise<void>((resolve, reject) => {
+      createInterface({ input: child.stdout }).once('line', () => resolve());
+      child.once('exit', (code) => reject(new Error(`dns-server exited (${code}): ${err}`)));
+    });
+  });
+  after(() => {
+    dns?.stdin?.end();
+    dns?.kill();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('keeps at most its cap of learnt addresses (the oldest go), tells the kernel side, and prunes the expired ones', async () => {
+    const config = exampleConfig();
+    // The office VPN answers for corp.example through the test's server (no mark: loopback only).
+    const states: UplinkState[] = labStates(config).states.map((u) => (u.spec.name === 'office-vpn' ? { ...u, dns: [SERVER], mark: 0 } : u));
+    let now = Date.now();
+    let changes = 0;
+    const none = (): void => undefined;
+    const service = new DecisionService({ getConfig: () => config, uplinkStates: () => states }, new SessionRegistry(), new GenerationFile(dir),
+      { debug: none, info: none, warn: none, error: none }, () => { changes++; }, { learned: 4, dnsCache: 3, now: () => now });
+    try {
+      const caller = { pid: process.pid, uid: 0, gid: 0 };
+      for (let i = 0; i < NAMES; i++) {
+        const r = await service.resolve({ type: WM_TYPE.RESOLVE, seq: i, family: 4, needs: 0, uplink: '', name: `h${i}.corp.example` }, caller);
+        assert.equal(r.status, WM_RESOLVE.RESOLVED, `h${i}.corp.example`);
+        assert.equal(r.uplink, 'office-vpn');
+      }
+      assert.deepEqual(service.learnedHosts(), new Map([['office', ['10.9.0.7', '10.9.0.8', '10.9.0.9', '10.9.0.10']]]));
+      assert.equal(changes, NAMES, 'each new address reached the kernel side');
+      now += 3_600_001; // past every TTL (at most an hour)
+      service.prune();
+      assert.equal(changes, NAMES + 1, 'the pruned ones too');
+      now = Date.now();
+      const again = await service.resolve({ type: WM_TYPE.RESOLVE, seq: 99, family: 4, needs: 0, uplink: '', name: 'h0.corp.example' }, caller);
+      assert.equal(again.status, WM_RESOLVE.RESOLVED);
+      assert.deepEqual(service.learnedHosts(), new Map([['office', ['10.9.0.1']]]), 'nothing expired was kept');
+    } finally {
+      service.close();
+    }
   });
 });
