@@ -99,14 +99,14 @@ describe('ControlServer limits', { skip: !isRoot && 'needs root (clients run as 
   const REPLY_PAD = 16 * 1024;
   let statusCalls = 0;
   const handlers: Record<Method, Handler> = {
-    hello: async () => ({ daemon: 'waymarkd', version: 'test', protocol: 1, methods: [] }),
-    status: async () => {
+    hello: () => Promise.resolve({ daemon: 'waymarkd', version: 'test', protocol: 1, methods: [] }),
+    status: () => {
       statusCalls++;
-      return { pad: 'x'.repeat(REPLY_PAD) };
+      return Promise.resolve({ pad: 'x'.repeat(REPLY_PAD) });
     },
-    reload: async () => ({}),
-    'exec.begin': async () => ({}),
-    'exec.end': async () => ({}),
+    reload: () => Promise.resolve({}),
+    'exec.begin': () => Promise.resolve({}),
+    'exec.end': () => Promise.resolve({}),
   };
 
   before(() => {
