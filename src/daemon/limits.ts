@@ -178,3 +178,11 @@ export class ConnectionLimiter {
     rec.suppressed = 0;
   }
 }
+
+/**
+ * `stats` as `uid` may see them: which uids were refused is the business of root and the
+ * waymark group (`seesAll`); others see the counts and their own uid's entry only.
+ */
+export function refusalsSeenBy<T extends Pick<ConnectionStats, 'refusedByUid'>>(stats: T, uid: number, seesAll: boolean): T {
+  return seesAll ? stats : { ...stats, refusedByUid: stats.refusedByUid.filter((r) => r.uid === uid) };
+}

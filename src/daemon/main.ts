@@ -12,6 +12,7 @@ import { DECIDE_SOCKET } from '../decision/wire.js';
 import { DecisionService } from './decisions.js';
 import { SessionService } from './sessions.js';
 import { mayChangeState } from './access.js';
+import { refusalsSeenBy } from './limits.js';
 import { VERSION } from '../version.js';
 import { Engine } from './engine.js';
 import { createLogger, type Level } from './log.js';
@@ -108,8 +109,9 @@ async function main(): Promise<void> {
       sessions: sessions.registry.all().filter((x) => x.uid === cred.uid || mayChangeState(cred)).map((x) => ({
         id: x.id, uid: x.uid, uplink: x.uplink ?? null, needs: [...x.needs], deny: [...x.deny], command: x.command, startedAt: x.startedAt,
       })),
-      decisions: { ...decideServer.stats },
-      control: server.stats,
+      // Which uids were refused connections: to others, only whether they were.
+      decisions: refusalsSeenBy(decideServer.stats, cred.uid, mayChangeState(cred)),
+      control: refusalsSeenBy(server.stats, cred.uid, mayChangeState(cred)),
     }),
     reload,
     'exec.begin': (params, cred) => sessions.begin(params as ExecBeginParams, cred),

@@ -21,7 +21,7 @@ import { isRoot } from '../support/uidclient.js';
 
 import { ExpiringMap } from '../../src/daemon/expiring.js';
 import {
-  CONTROL_LIMITS, ConnectionLimiter, DECIDE_LIMITS, MAX_TRACKED_UIDS, REFUSAL_LOG_INTERVAL_MS, connectionLimits, decideTotalFor, openFilesLimit,
+  CONTROL_LIMITS, ConnectionLimiter, DECIDE_LIMITS, MAX_TRACKED_UIDS, REFUSAL_LOG_INTERVAL_MS, connectionLimits, decideTotalFor, openFilesLimit, refusalsSeenBy,
 } from '../../src/daemon/limits.js';
 import type { Logger } from '../../src/daemon/log.js';
 
@@ -92,6 +92,13 @@ describe('ConnectionLimiter', () => {
     assert.equal(l.stats.refusedByUid.length, MAX_TRACKED_UIDS);
     assert.equal(l.stats.refused, MAX_TRACKED_UIDS + 10);
     assert.equal(lines.length, MAX_TRACKED_UIDS + 1);
+  });
+
+  it('shows which uids were refused to root and the waymark group only; others see their own entry and the counts', () => {
+    const stats = { refused: 5, refusedByUid: [{ uid: 4242, refused: 4 }, { uid: 1000, refused: 1 }] };
+    assert.deepEqual(refusalsSeenBy(stats, 0, true), stats);
+    assert.deepEqual(refusalsSeenBy(stats, 1000, false), { refused: 5, refusedByUid: [{ uid: 1000, refused: 1 }] });
+    assert.deepEqual(refusalsSeenBy(stats, 65534, false), { refused: 5, refusedByUid: [] });
   });
 
   it('fills in and scales limits; reads RLIMIT_NOFILE; fits the decide total beside the control socket', () => {
