@@ -18,9 +18,11 @@
  *     session (hundreds of processes, a few of whose threads connect; browsers' DNS threads)
  *     holds a few hundred; 1024 leaves it room twice over. 4096 lets three such users and the
  *     system services (root's reserve of 512) coexist.
- *   - control socket: 96 per uid, 512 in all, 64 kept for root. `waymark exec` keeps its
- *     connection for the life of its program and a user may run 64 sessions; the rest is for
- *     `waymark status` and tools.
+ *   - control socket: 128 per uid, 512 in all, 64 kept for root. `waymark exec` keeps its
+ *     connection for the life of its program and a user may run 64 sessions: twice that, so a
+ *     user at the session cap still has room for `waymark status`, tools and a burst of
+ *     starts (which the session cap refuses with a clear EPERM rather than this limit with a
+ *     reset).
  *   - Each connection costs the daemon one file descriptor. Node raises its soft RLIMIT_NOFILE
  *     to the hard limit at start-up (524288 under systemd's default, 4096 for a daemon started
  *     from a shell on a kernel default); when the decide total would not fit beside the control
@@ -48,7 +50,7 @@ export interface ConnectionStats {
 }
 
 export const DECIDE_LIMITS: ConnectionLimits = Object.freeze({ total: 4096, perUid: 1024, rootReserve: 512 });
-export const CONTROL_LIMITS: ConnectionLimits = Object.freeze({ total: 512, perUid: 96, rootReserve: 64 });
+export const CONTROL_LIMITS: ConnectionLimits = Object.freeze({ total: 512, perUid: 128, rootReserve: 64 });
 /** File descriptors the daemon keeps for itself beyond its two sockets' connections. */
 export const OWN_FDS = 256;
 export const REFUSAL_LOG_INTERVAL_MS = 10_000;

@@ -3,7 +3,7 @@
  * A malformed or oversized message gets an error reply (or the connection is closed) and never
  * reaches the handlers; one client cannot harm another or the daemon.
  *
- *   - Connections are limited per uid and in all, with a reserve for root (./limits.ts: 96 per
+ *   - Connections are limited per uid and in all, with a reserve for root (./limits.ts: 128 per
  *     uid, 512 in all of which 64 are root's). A connection beyond a limit gets one error line
  *     (`EBUSY`, id 0, saying which limit) and is closed; refusals are counted per uid in
  *     `stats` (and `waymark status`) and logged, rate-limited, naming the uid.

@@ -1,7 +1,7 @@
 /**
  * One user cannot turn steering off for the others (issue 7), on the real daemon in the lab: a
  * python3 client as uid 4242 takes its whole share of both sockets (1024 decide connections,
- * 96 control connections); its next ones are refused, while root and another user are still
+ * 128 control connections); its next ones are refused, while root and another user are still
  * steered, and `waymark status` (text and JSON) and the daemon's log name uid 4242. The client
  * runs on the host side of the sockets (Unix sockets are reached by path, whatever the network
  * namespace); each step waits for a line it printed.
@@ -115,14 +115,14 @@ describe('connection limits of the daemon', () => {
       assert.deepEqual(s.control?.limits, CONTROL_LIMITS);
       const text = (await dev.waymark(['status'])).stdout;
       assert.match(text, /^decide socket: \d+ connections, \d+ requests \(0 malformed, 1 refused connections, .*; refused: uid 4242 \(1\); limits 1024 per uid, 4096 in all, 512 kept for root$/m);
-      assert.match(text, /^control socket: \d+ connections; refused: uid 4242 \(1\); limits 96 per uid, 512 in all, 64 kept for root$/m);
+      assert.match(text, /^control socket: \d+ connections; refused: uid 4242 \(1\); limits 128 per uid, 512 in all, 64 kept for root$/m);
       // Another user sees that connections were refused, not whose.
       const theirs = JSON.parse((await dev.waymark(['status', '--json'], { uid: 65534 })).stdout) as StatusResult;
       assert.equal(theirs.decisions?.rejected, 1);
       assert.deepEqual(theirs.decisions?.refusedByUid, []);
       assert.deepEqual(theirs.control?.refusedByUid, []);
       const theirText = (await dev.waymark(['status'], { uid: 65534 })).stdout;
-      assert.match(theirText, /^control socket: \d+ connections; refused: 1 connections; limits 96 per uid/m);
+      assert.match(theirText, /^control socket: \d+ connections; refused: 1 connections; limits 128 per uid/m);
       assert.doesNotMatch(theirText, /uid 4242/);
       const log = readFileSync(join(dev.dir, 'waymarkd.log'), 'utf8');
       assert.match(log, /decide socket: too many connections from uid 4242/);
