@@ -319,12 +319,17 @@ export class DecisionServer {
     set.add(client);
   }
 
-  private resume(client: Client): void {
-    if (!client.paused) return;
+  /** Forgets that `client` was paused (it is resumed or dropped). */
+  private unpause(client: Client): void {
     client.paused = false;
     const set = this.pausedByUid.get(client.caller.uid);
     set?.delete(client);
     if (set?.size === 0) this.pausedByUid.delete(client.caller.uid);
+  }
+
+  private resume(client: Client): void {
+    if (!client.paused) return;
+    this.unpause(client);
     if (!client.open) return;
     try {
       client.watcher = native.watch(client.fd, (err) => this.onReadable(client, err));
@@ -528,12 +533,7 @@ export class DecisionServer {
     client.open = false;
     this.clients.delete(client);
     this.limiter.release(client.caller.uid);
-    if (client.paused) {
-      const set = this.pausedByUid.get(client.caller.uid);
-      set?.delete(client);
-      if (set?.size === 0) this.pausedByUid.delete(client.caller.uid);
-      client.paused = false;
-    }
+    if (client.paused) this.unpause(client);
     client.watcher?.stop(); // before close(): never poll a closed (possibly reused) fd
     client.watcher = undefined;
     this.closeFd(client.fd);
