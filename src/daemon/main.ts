@@ -14,6 +14,7 @@ import { SessionService } from './sessions.js';
 import { VERSION } from '../version.js';
 import { Engine } from './engine.js';
 import { createLogger, type Level } from './log.js';
+import { AlreadyRunning, claimInstance, EX_ALREADY_RUNNING } from './lock.js';
 import { DEFAULT_SOCKET, METHODS, PROTOCOL_VERSION, type HelloResult, type ReloadResult } from './protocol.js';
 import { ControlServer, RequestError } from './server.js';
 import { DEFAULT_STATE_DIR, StateStore } from './state.js';
@@ -32,7 +33,11 @@ const program = new Command('waymarkd')
   .addHelpText('after', `
 Signals: SIGHUP reloads the configuration (a bad file is rejected and the running one stays);
 SIGTERM/SIGINT stop cleanly, removing Waymark's kernel state unless --keep-state is given.
-Environment: WAYMARK_CONFIG and WAYMARK_SOCKET set the defaults of --config and --socket.`);
+Environment: WAYMARK_CONFIG and WAYMARK_SOCKET set the defaults of --config and --socket.
+One daemon per state directory and socket directory: it holds waymarkd.lock (flock) in both.
+Exit status: 0 stopped cleanly (--check: the configuration is valid); 1 bad option, failed to
+start or unclean stop; 75 another waymarkd holds a lock or answers on the socket (that one keeps
+running); 78 configuration rejected (each problem as FILE:LINE:COLUMN: FIELD: PROBLEM).`);
 
 interface Opts { config: string; socket: string; stateDir: string; keepState: boolean; check: boolean; logLevel: Level; busyPollUs: number }
 
@@ -42,9 +47,12 @@ function busyPollUs(v: string): number {
   return n;
 }
 
+let showStack = false;
+
 async function main(): Promise<void> {
   program.parse();
   const opts = program.opts<Opts>();
+  showStack = opts.logLevel === 'debug';
   const log = createLogger(opts.logLevel);
   let config;
   try {
@@ -60,10 +68,18 @@ async function main(): Promise<void> {
     process.stdout.write(`${opts.config}: ok (${config.uplinks.length} uplinks, ${config.destinations.length} destinations)\n`);
     return;
   }
-  const store = new StateStore(opts.stateDir);
-  const saved = await store.load((why) => log.warn('state file unreadable, starting fresh', { why }));
   const runDir = dirname(opts.socket);
   mkdirSync(runDir, { recursive: true, mode: 0o755 });
+  // Before anything is read, unlinked or changed: another daemon may own all of it.
+  try {
+    await claimInstance({ stateDir: opts.stateDir, runDir, socket: opts.socket });
+  } catch (e) {
+    if (!(e instanceof AlreadyRunning)) throw e;
+    process.stderr.write(`waymarkd: ${e.message}\n`);
+    process.exit(EX_ALREADY_RUNNING);
+  }
+  const store = new StateStore(opts.stateDir);
+  const saved = await store.load((why) => log.warn('state file unreadable, starting fresh', { why }));
   const generation = new GenerationFile(runDir);
   const cgroups = await createCgroupBackend();
   // The engine calls back into the sessions and decisions (declared below, used only once
@@ -150,6 +166,8 @@ async function main(): Promise<void> {
 }
 
 main().catch((e: unknown) => {
-  process.stderr.write(`waymarkd: ${e instanceof Error ? e.stack ?? e.message : String(e)}\n`);
+  // A failure to start is reported as what failed; the stack only helps a developer.
+  const what = e instanceof Error ? (showStack ? e.stack ?? e.message : e.message) : String(e);
+  process.stderr.write(`waymarkd: cannot start: ${what}\n`);
   process.exit(1);
 });
