@@ -449,9 +449,12 @@ async function pidsIn(ns: string): Promise<number[]> {
   }
 }
 
-/** Kills every process inside the namespace, then deletes it. Missing namespaces are fine. */
+/**
+ * Kills every process inside the namespace, then deletes it. Missing namespaces are fine. This
+ * process is spared: `waymark demo down` may run inside the demo's own device namespace.
+ */
 async function removeNetns(ns: string): Promise<void> {
-  for (const pid of await pidsIn(ns)) killQuietly(pid, 'SIGKILL');
+  for (const pid of await pidsIn(ns)) if (pid !== process.pid) killQuietly(pid, 'SIGKILL');
   await rm(`/etc/netns/${ns}`, { recursive: true, force: true });
   try {
     await exec('ip', ['netns', 'del', ns]);
@@ -966,14 +969,18 @@ export async function destroyDetached(): Promise<string[]> {
   const ended: string[] = [];
   for (const f of files) {
     const path = `${DETACHED_DIR}/${f}`;
+    let text: string;
     try {
-      const rec = JSON.parse(await readFile(path, 'utf8')) as { runId?: unknown; namespaces?: Record<string, unknown> };
-      const names = Object.values(rec.namespaces ?? {}).filter((n): n is string => typeof n === 'string' && /^wm-[a-z]+-\d+-[0-9a-f]{4}$/.test(n));
-      for (const n of names) await removeNetns(n);
-      if (typeof rec.runId === 'string') ended.push(rec.runId);
+      text = await readFile(path, 'utf8');
     } finally {
+      // First: from now on the demo counts as ended (its shell, killed below, says so); whatever
+      // a failed teardown leaves behind, sweepStale() removes (its creator is gone).
       await rm(path, { force: true });
     }
+    const rec = JSON.parse(text) as { runId?: unknown; namespaces?: Record<string, unknown> };
+    const names = Object.values(rec.namespaces ?? {}).filter((n): n is string => typeof n === 'string' && /^wm-[a-z]+-\d+-[0-9a-f]{4}$/.test(n));
+    for (const n of names) await removeNetns(n);
+    if (typeof rec.runId === 'string') ended.push(rec.runId);
   }
   return ended;
 }
