@@ -14,7 +14,7 @@
  */
 import { execFileSync, spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { readdir, readFile, rm } from 'node:fs/promises';
 import { Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
@@ -958,6 +958,14 @@ export async function sweepStale(): Promise<string[]> {
   return removed;
 }
 
+function netnsInode(path: string): number | undefined {
+  try {
+    return statSync(path).ino;
+  } catch {
+    return undefined;
+  }
+}
+
 /** Ends every lab left running with detach(): its processes, its namespaces. Returns the run ids. */
 export async function destroyDetached(): Promise<string[]> {
   let files: string[];
@@ -979,6 +987,10 @@ export async function destroyDetached(): Promise<string[]> {
     }
     const rec = JSON.parse(text) as { runId?: unknown; namespaces?: Record<string, unknown> };
     const names = Object.values(rec.namespaces ?? {}).filter((n): n is string => typeof n === 'string' && /^wm-[a-z]+-\d+-[0-9a-f]{4}$/.test(n));
+    // The namespace this process runs in (the demo's shell) last: the rest is gone before the
+    // shell that started us is.
+    const own = netnsInode('/proc/self/ns/net');
+    names.sort((a, b) => Number(netnsInode(`/run/netns/${a}`) === own) - Number(netnsInode(`/run/netns/${b}`) === own));
     for (const n of names) await removeNetns(n);
     if (typeof rec.runId === 'string') ended.push(rec.runId);
   }

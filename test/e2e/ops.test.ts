@@ -4,7 +4,7 @@
  * exit statuses, and `waymark demo down` run from inside the demo's own device.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -25,6 +25,17 @@ after(async () => {
   await dev?.dispose();
   await lab?.destroy();
 });
+
+const hasScript = spawnSync('script', ['--version']).status === 0;
+
+/** Kills what runs in these namespaces and deletes them (a failed test's leftovers). */
+function killNamespaces(names: readonly string[]): Promise<void> {
+  if (names.length === 0) return Promise.resolve();
+  const script = 'for ns in "$@"; do for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p"; done; ip netns del "$ns" 2>/dev/null; done; true';
+  return new Promise<void>((resolve) => {
+    spawn('sh', ['-c', script, 'sh', ...names], { stdio: 'ignore' }).once('exit', () => resolve());
+  });
+}
 
 async function status(): Promise<StatusResult> {
   const r = await dev.waymark(['status', '--json']);
@@ -185,10 +196,44 @@ describe('waymark demo down', () => {
     } finally {
       // Whatever the outcome, nothing of this demo may outlive the test.
       rmSync(record, { force: true });
-      const script = 'for ns in "$@"; do for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p"; done; ip netns del "$ns" 2>/dev/null; done; true';
-      await new Promise<void>((resolve) => {
-        spawn('sh', ['-c', script, 'sh', ...names], { stdio: 'ignore' }).once('exit', () => resolve());
-      });
+      await killNamespaces(names);
+    }
+  });
+
+  it('typed in the demo\'s shell: the shell closes and the demo says it has ended (not "still running")', { skip: hasScript ? false : 'needs script(1) for a terminal' }, async () => {
+    // The demo opens its shell only on a terminal: script(1) gives it one. The command is typed
+    // ahead; the terminal holds it until the shell reads it. stdin stays open meanwhile (an EOF
+    // would end the shell by itself).
+    const c = spawn('script', ['-qec', `${process.execPath} ${CLI_JS} demo --shell`, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    c.stdout.on('data', (b: Buffer) => { out += b.toString(); });
+    c.stderr.on('data', (b: Buffer) => { out += b.toString(); });
+    c.stdin.write('waymark demo down\n');
+    const guard = setTimeout(() => c.kill('SIGKILL'), 300_000); // only against a hang
+    const code = await new Promise<number | null>((resolve) => c.once('exit', (x) => resolve(x)));
+    clearTimeout(guard);
+    c.stdin.destroy();
+    const runId = /ip netns exec wm-dev-(\d+-[0-9a-f]{4}) /.exec(out)?.[1];
+    const names = runId === undefined ? [] : ROLES.map((r) => `wm-${r}-${runId}`);
+    try {
+      assert.ok(runId !== undefined, out);
+      assert.equal(code, 0, out);
+      assert.match(out, /Shell closed; the demo has been ended\./);
+      assert.doesNotMatch(out, /still running/);
+      // `down` finishes its own namespace after the shell is gone: wait for it (bounded).
+      for (const deadline = Date.now() + 30_000; ;) {
+        const left = names.filter((n) => existsSync(`/run/netns/${n}`));
+        if (left.length === 0) break;
+        assert.ok(Date.now() < deadline, `left behind: ${left.join(' ')}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.equal(existsSync(join(DETACHED_DIR, `${runId}.json`)), false);
+    } finally {
+      if (runId !== undefined) {
+        rmSync(join(DETACHED_DIR, `${runId}.json`), { force: true });
+        rmSync(`/tmp/waymark-lab-${runId}`, { recursive: true, force: true });
+      }
+      await killNamespaces(names);
     }
   });
 });
