@@ -15,7 +15,7 @@ import { KernelRouting, watchKernel, type KernelSnapshot } from '../routing/kern
 import { isEmpty, plan } from '../routing/reconcile.js';
 import { describeRoute, describeRule } from '../routing/describe.js';
 import { assignSlots } from '../uplink/slots.js';
-import { ambiguousMatches, uplinkStates, type UplinkState } from '../uplink/state.js';
+import { ambiguousMatches, unusableMatches, uplinkStates, type UplinkState } from '../uplink/state.js';
 import type { Logger } from './log.js';
 import type { DestinationStatusView, StatusResult, UplinkStatusView } from './protocol.js';
 import type { StateStore } from './state.js';
@@ -61,7 +61,7 @@ export class Engine {
   /** What decisions depend on, to tell callers when it changed. */
   private fingerprint = '';
   /** Uplinks whose match claims several links, as last logged. */
-  private ambiguity = '[]';
+  private ambiguity = '[[],[]]';
 
   constructor(private readonly opts: EngineOptions) {
     this.config = opts.config;
@@ -216,12 +216,16 @@ export class Engine {
     }
   }
 
-  /** Logs (once per change) every uplink whose glob matches several links at once. */
+  /** Logs (once per change) every uplink whose glob matches several links, or links it cannot use. */
   private warnAmbiguous(snap: KernelSnapshot): void {
     const found = ambiguousMatches(this.config.uplinks, snap.links);
-    const key = JSON.stringify(found);
+    const unusable = unusableMatches(this.config.uplinks, snap.links);
+    const key = JSON.stringify([found, unusable]);
     if (key === this.ambiguity) return;
     this.ambiguity = key;
+    for (const u of unusable) {
+      this.opts.log.warn('uplink matches a link whose name nftables cannot take; never used', { uplink: u.uplink, links: u.links });
+    }
     for (const a of found) {
       this.opts.log.warn(a.mixedKinds ? 'uplink matches several links of different kinds; only the first is used'
         : 'uplink matches several links; only the first is used', {

@@ -2,6 +2,7 @@
  * What each configured uplink is right now, derived purely from the config, its slot and what the
  * kernel reports (links, addresses, main-table routes). No I/O here.
  */
+import { nftSafeIfname } from '../backstop/nft.js';
 import { markForSlot, softMarkForSlot, tableForSlot } from '../constants.js';
 import { IFF, RT_SCOPE, type AddrMsg, type LinkMsg, type RouteMsg } from '../netlink/message.js';
 import { isLinkLocal, parseAddress, type Family } from '../net/prefix.js';
@@ -79,9 +80,24 @@ const ARPHRD_NAMES: Readonly<Record<number, string>> = {
 /** A link's type as `ip link` names it (ARPHRD_*): ether, none (tun, raw-IP wwan), ppp, ... */
 export const linkKind = (l: LinkMsg): string => (l.type === undefined ? 'unknown' : ARPHRD_NAMES[l.type] ?? `type ${l.type}`);
 
-/** The links an uplink may claim, lowest ifindex first: never the loopback, whatever its name. */
+const isLoopback = (l: LinkMsg): boolean => (l.flags & IFF.LOOPBACK) !== 0 || l.type === ARPHRD_LOOPBACK;
+
+/**
+ * The links an uplink may claim, lowest ifindex first: never the loopback, whatever its name,
+ * nor a link whose name nftables cannot take as itself (a '"', '\' or '*' in it: the counters and
+ * the session backstop name uplinks' devices).
+ */
 function claimableLinks(all: readonly LinkMsg[]): LinkMsg[] {
-  return all.filter((l) => (l.flags & IFF.LOOPBACK) === 0 && l.type !== ARPHRD_LOOPBACK).sort((a, b) => a.index - b.index);
+  return all.filter((l) => !isLoopback(l) && nftSafeIfname(l.name)).sort((a, b) => a.index - b.index);
+}
+
+/** Links an uplink's match names but that it may not claim for their name (see claimableLinks). */
+export function unusableMatches(specs: readonly UplinkSpec[], all: readonly LinkMsg[]): { uplink: string; links: string[] }[] {
+  const odd = all.filter((l) => !isLoopback(l) && !nftSafeIfname(l.name));
+  return specs.flatMap((spec) => {
+    const links = odd.filter((l) => matchesInterface(spec.match, l.name)).map((l) => l.name);
+    return links.length > 0 ? [{ uplink: spec.name, links }] : [];
+  });
 }
 
 export interface AmbiguousMatch {

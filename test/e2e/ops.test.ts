@@ -124,25 +124,34 @@ describe('configs the daemon refuses are refused by the loader, located', () => 
 });
 
 describe('interface globs', () => {
-  it('never claim the loopback; a glob over links of different kinds is logged once, naming them', async () => {
+  it('never claim the loopback or a name nft would misread; a glob over links of different kinds is logged once, naming them', async () => {
     const text = readFileSync(dev.configPath, 'utf8');
     const tun = await lab.run('dev', ['ip', 'tuntap', 'add', 'tun9', 'mode', 'tun']);
     assert.equal(tun.code, 0, tun.stderr);
+    // Linux allows '"' and '\\' in names; in nft they would end the quoted string.
+    const odd = await lab.run('dev', ['ip', 'link', 'add', 'q"x', 'type', 'veth', 'peer', 'name', 'q\\y']);
+    assert.equal(odd.code, 0, odd.stderr);
     try {
-      writeFileSync(dev.configPath, text.replace(/^uplinks:\n/m,
-        'uplinks:\n  - { name: loop, match: "l*", kind: ethernet }\n  - { name: tunnels, match: "tun*", kind: vpn }\n'));
+      writeFileSync(dev.configPath, text.replace(/^uplinks:\n/m, 'uplinks:\n  - { name: loop, match: "l*", kind: ethernet }\n' +
+        '  - { name: tunnels, match: "tun*", kind: vpn }\n  - { name: quoted, match: "q*", kind: ethernet }\n'));
       const r = await dev.waymark(['reload']);
       assert.equal(r.code, 0, r.stderr);
       const s = await status();
-      assert.deepEqual([s.uplinks.find((u) => u.name === 'loop')?.status, s.uplinks.find((u) => u.name === 'loop')?.ifname], ['absent', null]);
-      assert.equal(s.uplinks.find((u) => u.name === 'tunnels')?.ifname, 'tun0');
-      const log = readFileSync(join(dev.dir, 'waymarkd.log'), 'utf8');
-      const warned = log.split('\n').filter((l) => l.includes('level=warn') && l.includes('uplink=tunnels'));
+      const up = (name: string) => s.uplinks.find((u) => u.name === name);
+      assert.deepEqual([up('loop')?.status, up('loop')?.ifname], ['absent', null]);
+      assert.equal(up('tunnels')?.ifname, 'tun0');
+      assert.deepEqual([up('quoted')?.status, up('quoted')?.ifname], ['absent', null]);
+      assert.deepEqual(s.lastReconcile?.errors, [], 'the nftables table still applies');
+      assert.ok(up('wifi')?.traffic, 'counters are there');
+      const log = readFileSync(join(dev.dir, 'waymarkd.log'), 'utf8').split('\n').filter((l) => l.includes('level=warn'));
+      const warned = log.filter((l) => l.includes('uplink=tunnels'));
       assert.equal(warned.length, 1, warned.join('\n'));
       assert.match(warned[0] ?? '', /msg="uplink matches several links of different kinds; only the first is used".*links="tun0 \(ether\), tun9 \(none\)" using=tun0/);
+      assert.equal(log.filter((l) => l.includes('uplink=quoted') && l.includes('nftables cannot take')).length, 1, log.join('\n'));
     } finally {
       writeFileSync(dev.configPath, text);
       await lab.run('dev', ['ip', 'link', 'del', 'tun9']);
+      await lab.run('dev', ['ip', 'link', 'del', 'q"x']);
       await dev.waymark(['reload']);
     }
   });

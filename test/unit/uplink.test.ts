@@ -4,7 +4,7 @@ import { describe, it } from 'node:test';
 import { parseConfig } from '../../src/config/load.js';
 import { IFF, type LinkMsg } from '../../src/netlink/message.js';
 import { assignSlots } from '../../src/uplink/slots.js';
-import { ambiguousMatches, uplinkStates } from '../../src/uplink/state.js';
+import { ambiguousMatches, unusableMatches, uplinkStates } from '../../src/uplink/state.js';
 import { globProblem, matchesInterface } from '../../src/uplink/uplink.js';
 import { labKernel, UP } from '../support/fixture.js';
 
@@ -54,5 +54,14 @@ describe('uplink link matching', () => {
     assert.match(globProblem('ppp[z-a]') ?? '', /not a valid interface glob/);
     assert.equal(globProblem('wwan*'), undefined);
     assert.equal(globProblem('eth0.5'), undefined);
+  });
+
+  it('never claims a link whose name nftables would misread (a quote, a backslash, a "*"), and says so', () => {
+    const c = config('  - { name: q, match: "q*", kind: ethernet }\n  - { name: eth, match: "eth*", kind: ethernet }\n');
+    const links = [link(2, 'q"x', ETHER), link(3, 'q\\y', ETHER), link(4, 'eth*', ETHER), link(5, 'eth0', ETHER)];
+    const states = uplinkStates(c.uplinks, assignSlots(c.uplinks.map((u) => u.name), new Map()), { links, addrs: [], routes: [] });
+    assert.equal(states[0]?.status, 'absent');
+    assert.equal(states[1]?.link?.name, 'eth0', 'not the link literally named eth*, which "eth*" in nft would widen to every eth');
+    assert.deepEqual(unusableMatches(c.uplinks, links), [{ uplink: 'q', links: ['q"x', 'q\\y'] }, { uplink: 'eth', links: ['eth*'] }]);
   });
 });
