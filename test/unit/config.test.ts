@@ -198,6 +198,11 @@ uplinks:
       const tooMany = check('version: 1\nuplinks:\n' + Array.from({ length: 40 }, (_, i) => `  - { name: u${i}, match: eth${i}, kind: ethernet }\n`).join(''));
       assert.equal(tooMany.status, 78, tooMany.stdout + tooMany.stderr);
       assert.match(tooMany.stderr, /w\.yaml:33:5: uplinks\[30\]: too many uplinks/);
+      // Starting for real decides the same, before it touches anything (state, sockets, kernel).
+      const start = spawnSync(process.execPath, [DAEMON_JS, '--config', join(dir, 'w.yaml'), '--socket', join(dir, 'run', 'w.sock'), '--state-dir', join(dir, 'state')],
+        { encoding: 'utf8', timeout: 30_000 });
+      assert.equal(start.status, 78, start.stdout + start.stderr);
+      assert.match(start.stderr, /w\.yaml:33:5: uplinks\[30\]: too many uplinks/);
       const bomb = check('version: 1\na: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n' +
         'c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: [*d, *d, *d, *d, *d, *d, *d, *d, *d]\n');
       assert.equal(bomb.status, 78, bomb.stdout + bomb.stderr);
