@@ -110,9 +110,6 @@ async function leaveShell(lab: Lab, dev: Device): Promise<void> {
 }
 
 export async function demoDown(): Promise<number> {
-  // Run from the demo's own shell, this kills that shell (and hangs up its terminal): finish anyway.
-  process.on('SIGHUP', () => undefined);
-  process.stdout.on('error', () => undefined);
   const removed = await destroyDetached();
   for (const runId of removed) rmSync(`/tmp/waymark-lab-${runId}`, { recursive: true, force: true });
   process.stdout.write(removed.length ? `Ended demo ${removed.join(', ')}.\n` : 'No demo is running.\n');

@@ -14,7 +14,7 @@
  */
 import { execFileSync, spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { readdir, readFile, rm } from 'node:fs/promises';
 import { Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
@@ -451,16 +451,33 @@ async function pidsIn(ns: string): Promise<number[]> {
 
 /**
  * Kills every process inside the namespace, then deletes it. Missing namespaces are fine. This
- * process is spared: `waymark demo down` may run inside the demo's own device namespace.
+ * process and its ancestors are spared: `waymark demo down` may run inside the demo's own device
+ * namespace, typed in its shell (the namespace then lives on, nameless, until that shell exits).
  */
 async function removeNetns(ns: string): Promise<void> {
-  for (const pid of await pidsIn(ns)) if (pid !== process.pid) killQuietly(pid, 'SIGKILL');
+  const spared = ancestry();
+  for (const pid of await pidsIn(ns)) if (!spared.has(pid)) killQuietly(pid, 'SIGKILL');
   await rm(`/etc/netns/${ns}`, { recursive: true, force: true });
   try {
     await exec('ip', ['netns', 'del', ns]);
   } catch (err) {
     if (!/No such file|not found|does not exist/i.test(err instanceof Error ? err.message : String(err))) throw err;
   }
+}
+
+/** This process and its ancestors, from /proc (ppid is the 4th field, after the parenthesised name). */
+function ancestry(): Set<number> {
+  const out = new Set<number>();
+  for (let pid = process.pid; pid > 1 && !out.has(pid);) {
+    out.add(pid);
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      pid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+    } catch {
+      break;
+    }
+  }
+  return out;
 }
 
 const SYNC_CLEANUP_SCRIPT = `for ns in "$@"; do
@@ -958,14 +975,6 @@ export async function sweepStale(): Promise<string[]> {
   return removed;
 }
 
-function netnsInode(path: string): number | undefined {
-  try {
-    return statSync(path).ino;
-  } catch {
-    return undefined;
-  }
-}
-
 /** Ends every lab left running with detach(): its processes, its namespaces. Returns the run ids. */
 export async function destroyDetached(): Promise<string[]> {
   let files: string[];
@@ -981,16 +990,12 @@ export async function destroyDetached(): Promise<string[]> {
     try {
       text = await readFile(path, 'utf8');
     } finally {
-      // First: from now on the demo counts as ended (its shell, killed below, says so); whatever
+      // First: from now on the demo counts as ended (its shell says so when it closes); whatever
       // a failed teardown leaves behind, sweepStale() removes (its creator is gone).
       await rm(path, { force: true });
     }
     const rec = JSON.parse(text) as { runId?: unknown; namespaces?: Record<string, unknown> };
     const names = Object.values(rec.namespaces ?? {}).filter((n): n is string => typeof n === 'string' && /^wm-[a-z]+-\d+-[0-9a-f]{4}$/.test(n));
-    // The namespace this process runs in (the demo's shell) last: the rest is gone before the
-    // shell that started us is.
-    const own = netnsInode('/proc/self/ns/net');
-    names.sort((a, b) => Number(netnsInode(`/run/netns/${a}`) === own) - Number(netnsInode(`/run/netns/${b}`) === own));
     for (const n of names) await removeNetns(n);
     if (typeof rec.runId === 'string') ended.push(rec.runId);
   }
