@@ -14,6 +14,7 @@ import { SessionService } from './sessions.js';
 import { VERSION } from '../version.js';
 import { Engine } from './engine.js';
 import { createLogger, type Level } from './log.js';
+import { controlSocketPath } from './client.js';
 import { AlreadyRunning, claimInstance, EX_ALREADY_RUNNING } from './lock.js';
 import { DEFAULT_SOCKET, METHODS, PROTOCOL_VERSION, type HelloResult, type ReloadResult } from './protocol.js';
 import { ControlServer, RequestError } from './server.js';
@@ -22,7 +23,7 @@ import { DEFAULT_STATE_DIR, StateStore } from './state.js';
 const program = new Command('waymarkd')
   .description('Waymark daemon: watches the uplinks, keeps per-uplink policy routing in the kernel, answers on a Unix socket.')
   .option('-c, --config <path>', 'configuration file', process.env['WAYMARK_CONFIG'] ?? DEFAULT_CONFIG_PATH)
-  .option('-s, --socket <path>', 'control socket to serve', process.env['WAYMARK_SOCKET'] ?? DEFAULT_SOCKET)
+  .option('-s, --socket <path>', 'control socket to serve, or its directory (decide.sock goes next to it)', process.env['WAYMARK_SOCKET'] || DEFAULT_SOCKET)
   .option('--state-dir <dir>', 'where durable state is kept', DEFAULT_STATE_DIR)
   .option('--keep-state', 'leave rules, routes and the nftables table in place on exit', false)
   .option('--check', 'validate the configuration and exit', false)
@@ -52,6 +53,7 @@ let showStack = false;
 async function main(): Promise<void> {
   program.parse();
   const opts = program.opts<Opts>();
+  opts.socket = controlSocketPath(opts.socket);
   showStack = opts.logLevel === 'debug';
   const log = createLogger(opts.logLevel);
   let config;
