@@ -106,17 +106,26 @@ void wm_settings_load(struct wm_settings *s)
     const char *disable = env("WAYMARK_DISABLE");
     s->disabled = disable != NULL && strcmp(disable, "0") != 0;
 
-    /* The directory of the control socket: everything up to the last '/'. */
+    /* The daemon's directory (it holds decide.sock and the generation file). WAYMARK_SOCKET
+     * names either the control socket in it (then: everything up to the last '/') or the
+     * directory itself (a value ending in '/' or naming an existing directory). */
     const char *sock = env("WAYMARK_SOCKET");
     char dir[WM_SUN_PATH_MAX];
     if (sock == NULL) {
         snprintf(dir, sizeof dir, "%s", WM_DEFAULT_DIR);
     } else {
-        const char *slash = strrchr(sock, '/');
-        size_t len = slash == NULL ? 1 : slash == sock ? 1 : (size_t)(slash - sock);
-        if (len >= sizeof dir) len = sizeof dir - 1; /* then too long anyway: path_ok false */
-        if (slash == NULL) memcpy(dir, ".", 2);
-        else {
+        size_t len = strlen(sock);
+        struct stat st;
+        bool is_dir = sock[len - 1] == '/' || (stat(sock, &st) == 0 && S_ISDIR(st.st_mode));
+        if (!is_dir) {
+            const char *slash = strrchr(sock, '/');
+            len = slash == NULL ? 0 : slash == sock ? 1 : (size_t)(slash - sock);
+        }
+        while (len > 1 && sock[len - 1] == '/') len--; /* "dir/" is "dir" */
+        if (len == 0) {
+            memcpy(dir, ".", 2); /* a bare socket name: the current directory */
+        } else {
+            if (len >= sizeof dir) len = sizeof dir - 1; /* then too long anyway: path_ok false */
             memcpy(dir, sock, len);
             dir[len] = '\0';
         }

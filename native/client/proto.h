@@ -27,8 +27,9 @@
 
 /* Everything both libraries take from the environment (secure_getenv: nothing in AT_SECURE
  * processes, which then get the defaults).
- *   WAYMARK_SOCKET              control socket; its directory holds decide.sock and generation
- *                               (default /run/waymark/waymarkd.sock)
+ *   WAYMARK_SOCKET              the control socket, or the directory that holds it (a value
+ *                               ending in '/' or naming a directory); that directory holds
+ *                               decide.sock and generation (default /run/waymark/waymarkd.sock)
  *   WAYMARK_NEEDS               comma list: long-lived,max-bandwidth,low-latency,cheapest,
  *                               no-roaming,unmetered (unknown names are ignored, see notes)
  *   WAYMARK_UPLINK              requested uplink (name or interface), at most 31 bytes

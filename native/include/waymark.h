@@ -10,7 +10,8 @@
  *     else printf("connected over %s (%s)\n", res.uplink[0] ? res.uplink : "default route", res.ifname);
  *
  * Link with -lwaymark-client (libwaymark-client.so.1). The library asks waymarkd over
- * decide.sock in the directory of $WAYMARK_SOCKET (default /run/waymark): it resolves the host
+ * decide.sock in the daemon's directory, default /run/waymark ($WAYMARK_SOCKET names the control
+ * socket in it or the directory itself, as for every Waymark program): it resolves the host
  * through the daemon (WM_RESOLVE, so by the DNS of the uplink that will carry the connection;
  * the system resolver for names no destination claims), asks for a decision per address
  * (WM_DECIDE), binds the socket to the decided uplink's device and connects, trying the next

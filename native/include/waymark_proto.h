@@ -2,7 +2,7 @@
  * waymarkd. Mirrored in src/decision/wire.ts; test/unit/wire.test.ts checks sizes and offsets.
  *
  * Transport: a SOCK_SEQPACKET Unix socket, DECIDE_SOCKET in the directory of the control socket
- * (default /run/waymark/decide.sock; the library derives the directory from $WAYMARK_SOCKET).
+ * (default /run/waymark/decide.sock; $WAYMARK_SOCKET names the control socket or its directory).
  * One request, one response, matched by seq; every message is one of the fixed-size structs
  * below, host byte order (both ends run on the same machine). Before the response the daemon
  * may send a WM_PENDING with the same seq: the answer waits for the user (a prompt). The daemon identifies the caller by

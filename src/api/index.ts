@@ -33,7 +33,7 @@ export interface ConnectOptions {
   readonly timeoutMs?: number;
   /** How long to wait when the daemon says the answer waits for the user (a prompt). Default 60 s. */
   readonly promptTimeoutMs?: number;
-  /** waymarkd's control socket; the decide socket is next to it. Default $WAYMARK_SOCKET or /run/waymark/waymarkd.sock. */
+  /** waymarkd's control socket or its directory (the decide socket is in it). Default $WAYMARK_SOCKET or /run/waymark/waymarkd.sock. */
   readonly socketPath?: string;
 }
 

@@ -64,6 +64,11 @@ export const BACKSTOP_DNS_PRIORITY = -100;
 const COMPONENT_RE = /^[A-Za-z0-9_@+:-][A-Za-z0-9_.@+:-]*$/;
 /** An interface name: 1..15 bytes, none of '/', ':', '"', '\', '*', whitespace (no wildcards). */
 const IFNAME_RE = /^[^/:"\\*\s]{1,15}$/;
+/**
+ * Whether nft can name this interface in a quoted string as itself: Linux allows '"', '\' and '*'
+ * in names, which would end the string or make it a wildcard ("eth*" matches every eth).
+ */
+export const nftSafeIfname = (name: string): boolean => IFNAME_RE.test(name);
 const CHAIN_RE = /^[A-Za-z][A-Za-z0-9_]{0,63}$/;
 
 function checkCgroup(cgroup: string): string[] {

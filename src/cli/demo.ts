@@ -4,10 +4,10 @@
  * Nothing outside the lab's own namespaces is touched.
  */
 import { spawn } from 'node:child_process';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CLI_JS, startDevice, type Device } from '../lab/device.js';
-import { Lab, LAB, destroyDetached, sweepStale, type Role } from '../lab/lab.js';
+import { DETACHED_DIR, Lab, LAB, destroyDetached, sweepStale, type Role } from '../lab/lab.js';
 
 const bold = (s: string): string => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
 
@@ -103,7 +103,10 @@ async function leaveShell(lab: Lab, dev: Device): Promise<void> {
     sh.once('exit', () => resolve());
     sh.once('error', () => resolve());
   });
-  process.stdout.write('Shell closed; the demo is still running. `npm run demo -- down` ends it.\n');
+  // `demo down` (from this shell or another) removes the record before it ends anything.
+  process.stdout.write(existsSync(`${DETACHED_DIR}/${lab.runId}.json`)
+    ? 'Shell closed; the demo is still running. `npm run demo -- down` ends it.\n'
+    : 'Shell closed; the demo has been ended.\n');
 }
 
 export async function demoDown(): Promise<number> {

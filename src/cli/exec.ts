@@ -7,12 +7,17 @@
  */
 import { spawn } from 'node:child_process';
 import { accessSync, constants, existsSync, realpathSync, statSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { NeedName } from '../config/schema.js';
 import { DaemonError, type Client } from '../daemon/client.js';
 import { PACKAGE_ROOT } from '../version.js';
 
 export const PRELOAD_LIBRARY = join(PACKAGE_ROOT, 'native/preload/libwaymark.so');
+
+/** Exit statuses of `waymark exec` when the command cannot run, as a shell's. */
+export const EXIT_CANNOT_RUN = 126;
+export const EXIT_NOT_FOUND = 127;
 
 export interface ExecWish {
   readonly uplink?: string;
@@ -75,8 +80,8 @@ export async function execWith(client: Client, wish: ExecWish, argv: readonly st
   const child = spawn(cmd, args, { stdio: 'inherit', env });
   const forward = (sig: NodeJS.Signals): void => { child.kill(sig); };
   for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(s, forward);
-  const code = await new Promise<number>((resolve, reject) => {
-    child.once('error', (e: NodeJS.ErrnoException) => reject(new Error(e.code === 'ENOENT' ? `${cmd}: command not found` : e.message)));
+  const code = await new Promise<number>((resolve) => {
+    child.once('error', (e: NodeJS.ErrnoException) => resolve(cannotRun(cmd, e)));
     child.once('exit', (c, signal) => resolve(c ?? 128 + (signal ? signalNumber(signal) : 0)));
   }).finally(async () => {
     // Best effort: the daemon also ends the session when its cgroup empties.
@@ -86,7 +91,13 @@ export async function execWith(client: Client, wish: ExecWish, argv: readonly st
   return code;
 }
 
+/** Says why the command did not start, like a shell, and returns 127 (not found) or 126 (found, not runnable). */
+function cannotRun(cmd: string, e: NodeJS.ErrnoException): number {
+  const why = e.code === 'ENOENT' ? 'command not found' : e.code === 'EACCES' ? 'permission denied' : e.message;
+  process.stderr.write(`waymark: ${cmd}: ${why}\n`);
+  return e.code === 'ENOENT' ? EXIT_NOT_FOUND : EXIT_CANNOT_RUN;
+}
+
 function signalNumber(sig: NodeJS.Signals): number {
-  const n: Partial<Record<NodeJS.Signals, number>> = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGTERM: 15, SIGPIPE: 13 };
-  return n[sig] ?? 1;
+  return osConstants.signals[sig] ?? 1;
 }

@@ -9,7 +9,7 @@ import { formatStatus } from './status.js';
 
 const program = new Command('waymark')
   .description('Waymark: steer each program\'s traffic over the right uplink (Wi-Fi, cellular APNs, VPN, ...).')
-  .option('-s, --socket <path>', 'waymarkd control socket (env WAYMARK_SOCKET)', defaultSocketPath())
+  .option('-s, --socket <path>', 'waymarkd control socket or its directory (env WAYMARK_SOCKET)', defaultSocketPath())
   .version(VERSION)
   .showHelpAfterError();
 
@@ -46,6 +46,10 @@ program
   .option('-d, --deny <uplink>', 'never use this uplink, repeatable', collect, [])
   .argument('<command...>', 'the command and its arguments (put them after --)')
   .usage('[--uplink NAME] [--need NEED]... [--deny UPLINK]... -- COMMAND [ARGS...]')
+  .addHelpText('after', `
+Exit status: the command's own; 128+N if a signal N killed it; 126 if it was found but could not
+be run; 127 if it was not found. Before it runs: 65 a wish the daemon rejects as invalid, 69
+waymarkd unavailable or the session refused, 77 not permitted, 1 a bad option.`)
   .action(async (argv: string[], o: { uplink?: string; need: string[]; deny: string[] }) => {
     const bad = o.need.filter((n) => !(NEED_NAMES as readonly string[]).includes(n));
     if (bad.length) throw new Error(`unknown need ${bad.join(', ')} (known: ${NEED_NAMES.join(', ')})`);
@@ -69,7 +73,13 @@ program.addHelpText('after', `
 Examples:
   waymark status
   waymark exec --uplink mms -- curl http://10.200.0.10/
-  sudo waymark demo --shell`);
+  sudo waymark demo --shell
+
+Exit status: 0 done; 1 bad usage or another error; 65 the daemon rejected the request as invalid
+(reload: the configuration, each problem as FILE:LINE:COLUMN: FIELD: PROBLEM); 69 waymarkd
+unavailable (not running, or no access to its socket) or it refused the request; 77 not
+permitted. waymark exec exits with the command's status, or 126 (found, cannot run) / 127 (not
+found) like a shell.`);
 
 program.parseAsync().catch((e: unknown) => {
   if (e instanceof DaemonError) {

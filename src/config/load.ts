@@ -4,12 +4,14 @@
  * yields a whole Config or a list of issues, never half of one.
  */
 import { readFile } from 'node:fs/promises';
-import { isMap, isScalar, LineCounter, parseDocument, type Document } from 'yaml';
+import { isAlias, isCollection, isMap, isPair, isScalar, LineCounter, parseDocument, type Document, type Node } from 'yaml';
 import type { z } from 'zod';
+import { MAX_SLOTS } from '../constants.js';
 import { INTERNET, type DestinationSpec } from '../destination/destination.js';
 import { formatPrefix, overlaps, parsePrefix, type Prefix } from '../net/prefix.js';
 import type { AppRule } from '../policy/app.js';
-import type { UplinkSpec } from '../uplink/uplink.js';
+import { counterName, nftUplinkId } from '../nftables/ruleset.js';
+import { globProblem, type UplinkSpec } from '../uplink/uplink.js';
 import { configSchema, type RawConfig } from './schema.js';
 
 export const DEFAULT_CONFIG_PATH = '/etc/waymark/waymark.yaml';
@@ -71,7 +73,16 @@ export function parseConfig(text: string, file = '<config>'): Config {
   }
   const locate = (path: Path, key?: string): number | undefined => locateNode(doc, path, key);
 
-  const parsed = configSchema.safeParse(doc.toJS() ?? {});
+  const bomb = aliasExpansion(doc);
+  if (bomb) throw new ConfigError([at(bomb.offset, fieldName(bomb.path), bomb.message)]);
+  let data: unknown;
+  try {
+    // aliasExpansion() bounded what aliases add, so the library's own (coarser) limit is off.
+    data = doc.toJS({ maxAliasCount: -1 }) as unknown;
+  } catch (e) {
+    throw new ConfigError([at(undefined, '', e instanceof Error ? e.message : String(e))]);
+  }
+  const parsed = configSchema.safeParse(data ?? {});
   if (!parsed.success) {
     throw new ConfigError(parsed.error.issues.flatMap((i) => zodIssue(i, locate, at)));
   }
@@ -99,6 +110,66 @@ function zodIssue(
   return [at(locate(path), fieldName(path), message)];
 }
 
+/**
+ * Most nodes that aliases may add to the document when expanded (each alias counts the size of
+ * what it stands for). A real config needs a handful; a "billion laughs" file would otherwise
+ * have the schema walk millions of nodes.
+ */
+export const MAX_ALIAS_NODES = 10_000;
+
+/**
+ * Walks the document in order, counting what each alias expands to, and returns the first alias
+ * at which the total passes MAX_ALIAS_NODES (or that refers to a node containing itself).
+ */
+function aliasExpansion(doc: Document): { offset: number | undefined; path: Path; message: string } | undefined {
+  const sizes = new Map<Node, number>();
+  const open = new Set<Node>();
+  let added = 0;
+  // Size of the node once every alias in it is expanded (Infinity for a cycle), memoised.
+  const size = (node: unknown): number => {
+    if (isAlias(node)) {
+      const target = node.resolve(doc);
+      return target ? size(target) : 1;
+    }
+    if (!isCollection(node)) return 1;
+    const known = sizes.get(node);
+    if (known !== undefined) return known;
+    if (open.has(node)) return Infinity;
+    open.add(node);
+    let n = 1;
+    for (const item of node.items) n += isPair(item) ? size(item.key) + size(item.value) : size(item);
+    open.delete(node);
+    sizes.set(node, n);
+    return n;
+  };
+  type Found = { offset: number | undefined; path: Path; message: string };
+  const walk = (node: unknown, path: Path): Found | undefined => {
+    if (isAlias(node)) {
+      if (!node.resolve(doc)) return { offset: node.range?.[0], path, message: `alias *${node.source} has no anchor &${node.source} before it` };
+      added += size(node);
+      if (added > MAX_ALIAS_NODES) {
+        const message = added === Infinity ? `alias *${node.source} refers to a node that contains it`
+          : `aliases expand to more than ${MAX_ALIAS_NODES} nodes (alias *${node.source}): refusing what looks like an alias bomb`;
+        return { offset: node.range?.[0], path, message };
+      }
+      return undefined;
+    }
+    if (!isCollection(node)) return undefined;
+    for (const [i, item] of node.items.entries()) {
+      if (isPair(item)) {
+        const key = isScalar(item.key) ? String(item.key.value) : String(i);
+        const found = walk(item.key, path) ?? walk(item.value, [...path, key]);
+        if (found) return found;
+      } else {
+        const found = walk(item, [...path, i]);
+        if (found) return found;
+      }
+    }
+    return undefined;
+  };
+  return walk(doc.contents, []);
+}
+
 /** Offset of the node at `path` (or of the key `key` inside that map), falling back to the nearest parent. */
 function locateNode(doc: Document, path: Path, key?: string): number | undefined {
   for (let n = path.length; n >= 0; n--) {
@@ -118,10 +189,23 @@ function locateNode(doc: Document, path: Path, key?: string): number | undefined
 /** Cross-field checks and defaults; reports through `check`. */
 function resolve(raw: RawConfig, check: (path: Path, message: string) => void): Config {
   const seen = new Map<string, number>();
+  const nftIds = new Map<string, number>();
+  if (raw.uplinks.length > MAX_SLOTS) {
+    check(['uplinks', MAX_SLOTS], `too many uplinks: at most ${MAX_SLOTS} are supported (${raw.uplinks.length} given)`);
+  }
   const uplinks: UplinkSpec[] = raw.uplinks.map((u, i) => {
     const prev = seen.get(u.name);
     if (prev !== undefined) check(['uplinks', i, 'name'], `duplicate uplink "${u.name}" (first defined as uplinks[${prev}])`);
     seen.set(u.name, i);
+    const sameId = nftIds.get(nftUplinkId(u.name));
+    if (sameId !== undefined && prev === undefined) {
+      check(['uplinks', i, 'name'], `uplink "${u.name}" and uplinks[${sameId}] "${raw.uplinks[sameId]?.name ?? ''}" differ only in "-" and "_": ` +
+        `both would be counted as ${counterName(u.name, 'tx')} in nftables; rename one`);
+    }
+    if (sameId === undefined) nftIds.set(nftUplinkId(u.name), i);
+    const badGlob = globProblem(u.match);
+    if (badGlob !== undefined) check(['uplinks', i, 'match'], badGlob);
+    if (u.match === 'lo') check(['uplinks', i, 'match'], 'the loopback interface is never an uplink');
     if (u.sim && u.kind !== 'cellular') check(['uplinks', i, 'sim'], `only cellular uplinks have a SIM (kind is ${u.kind})`);
     if (u.cost?.per_minute && u.kind !== 'dialup') check(['uplinks', i, 'cost', 'per_minute'], 'a per-minute price applies to dial-up uplinks only');
     const gateway: UplinkSpec['gateway'] = {};

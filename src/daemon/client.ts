@@ -1,5 +1,7 @@
 /** A typed client of the control protocol, used by the CLI, the demo and tests. */
+import { statSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
+import { basename, join } from 'node:path';
 import { DEFAULT_SOCKET, PROTOCOL_VERSION, type Method, type Response, type Results, type WireError } from './protocol.js';
 
 export class DaemonError extends Error {
@@ -17,8 +19,29 @@ export class DaemonUnavailable extends Error {
   override name = 'DaemonUnavailable';
 }
 
+/**
+ * Where waymarkd is, as WAYMARK_SOCKET, --socket and the API's socketPath give it: the control
+ * socket (/run/waymark/waymarkd.sock), or the directory that holds it (/run/waymark/: a value
+ * ending in "/" or naming an existing directory). decide.sock and the generation file are in
+ * that directory. The C libraries read WAYMARK_SOCKET the same way (native/client/proto.c).
+ * Returns the control socket's path.
+ */
+export function controlSocketPath(value: string | undefined = process.env['WAYMARK_SOCKET']): string {
+  if (value === undefined || value === '') return DEFAULT_SOCKET;
+  if (value.endsWith('/') || isDirectory(value)) return join(value, basename(DEFAULT_SOCKET));
+  return value;
+}
+
+function isDirectory(path: string): boolean {
+  try {
+    return statSync(path).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
 export function defaultSocketPath(): string {
-  return process.env['WAYMARK_SOCKET'] ?? DEFAULT_SOCKET;
+  return controlSocketPath();
 }
 
 export class Client {
@@ -27,7 +50,12 @@ export class Client {
   private buffered = '';
   private readonly waiting = new Map<number, { resolve(r: Response): void; reject(e: Error): void }>();
 
-  constructor(readonly path: string = defaultSocketPath(), private readonly timeoutMs = 10_000) {}
+  readonly path: string;
+
+  /** `socket`: the control socket or its directory (see controlSocketPath). */
+  constructor(socket: string = defaultSocketPath(), private readonly timeoutMs = 10_000) {
+    this.path = controlSocketPath(socket);
+  }
 
   private open(): Promise<Socket> {
     if (this.sock) return Promise.resolve(this.sock);

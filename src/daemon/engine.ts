@@ -16,7 +16,7 @@ import { isEmpty, plan } from '../routing/reconcile.js';
 import { SrcValidMark } from '../routing/sysctl.js';
 import { describeRoute, describeRule } from '../routing/describe.js';
 import { assignSlots } from '../uplink/slots.js';
-import { uplinkStates, type UplinkState } from '../uplink/state.js';
+import { ambiguousMatches, unusableMatches, uplinkStates, type UplinkState } from '../uplink/state.js';
 import type { Logger } from './log.js';
 import type { DestinationStatusView, StatusResult, UplinkStatusView } from './protocol.js';
 import type { StateStore } from './state.js';
@@ -74,6 +74,8 @@ export class Engine {
   private readonly linkDns = new Map<number, { servers: readonly string[]; until: number }>();
   /** What decisions depend on, to tell callers when it changed. */
   private fingerprint = '';
+  /** Uplinks whose match claims several links, as last logged. */
+  private ambiguity = '[[],[]]';
 
   constructor(private readonly opts: EngineOptions) {
     this.config = opts.config;
@@ -201,6 +203,7 @@ export class Engine {
     const snap = await this.kernel.snapshot();
     const mainRoutes = snap.routes.filter((r) => r.table === MAIN_TABLE);
     this.states = uplinkStates(this.config.uplinks, this.slots, { links: snap.links, addrs: snap.addrs, routes: mainRoutes, linkDns: this.validLinkDns() });
+    this.warnAmbiguous(snap);
     const desired = desiredState(this.states, withLearnedHosts(this.config.destinations, this.opts.learnedHosts?.() ?? new Map()));
     const p = plan(desired, snap.rules, snap.routes);
     const errors: string[] = [];
@@ -235,6 +238,24 @@ export class Engine {
       this.opts.log.info('reconciled', {
         changes, errors: errors.length, ms: ms.toFixed(1),
         active: this.states.filter((s) => s.status === 'active').map((s) => s.spec.name),
+      });
+    }
+  }
+
+  /** Logs (once per change) every uplink whose glob matches several links, or links it cannot use. */
+  private warnAmbiguous(snap: KernelSnapshot): void {
+    const found = ambiguousMatches(this.config.uplinks, snap.links);
+    const unusable = unusableMatches(this.config.uplinks, snap.links);
+    const key = JSON.stringify([found, unusable]);
+    if (key === this.ambiguity) return;
+    this.ambiguity = key;
+    for (const u of unusable) {
+      this.opts.log.warn('uplink matches a link whose name nftables cannot take; never used', { uplink: u.uplink, links: u.links });
+    }
+    for (const a of found) {
+      this.opts.log.warn(a.mixedKinds ? 'uplink matches several links of different kinds; only the first is used'
+        : 'uplink matches several links; only the first is used', {
+        uplink: a.uplink, match: a.match, links: a.links.map((l) => `${l.name} (${l.kind})`).join(', '), using: a.links[0]?.name,
       });
     }
   }

@@ -16,6 +16,8 @@ import { refusalsSeenBy } from './limits.js';
 import { VERSION } from '../version.js';
 import { Engine } from './engine.js';
 import { createLogger, type Level } from './log.js';
+import { controlSocketPath } from './client.js';
+import { AlreadyRunning, claimInstance, EX_ALREADY_RUNNING } from './lock.js';
 import { DEFAULT_SOCKET, METHODS, PROTOCOL_VERSION, type ExecBeginParams, type HelloResult, type ReloadResult } from './protocol.js';
 import { ControlServer, RequestError } from './server.js';
 import { DEFAULT_STATE_DIR, StateStore } from './state.js';
@@ -23,7 +25,7 @@ import { DEFAULT_STATE_DIR, StateStore } from './state.js';
 const program = new Command('waymarkd')
   .description('Waymark daemon: watches the uplinks, keeps per-uplink policy routing in the kernel, answers on a Unix socket.')
   .option('-c, --config <path>', 'configuration file', process.env['WAYMARK_CONFIG'] ?? DEFAULT_CONFIG_PATH)
-  .option('-s, --socket <path>', 'control socket to serve', process.env['WAYMARK_SOCKET'] ?? DEFAULT_SOCKET)
+  .option('-s, --socket <path>', 'control socket to serve, or its directory (decide.sock goes next to it)', process.env['WAYMARK_SOCKET'] || DEFAULT_SOCKET)
   .option('--state-dir <dir>', 'where durable state is kept', DEFAULT_STATE_DIR)
   .option('--keep-state', 'leave rules, routes and the nftables table in place on exit', false)
   .option('--check', 'validate the configuration and exit', false)
@@ -34,7 +36,11 @@ const program = new Command('waymarkd')
   .addHelpText('after', `
 Signals: SIGHUP reloads the configuration (a bad file is rejected and the running one stays);
 SIGTERM/SIGINT stop cleanly, removing Waymark's kernel state unless --keep-state is given.
-Environment: WAYMARK_CONFIG and WAYMARK_SOCKET set the defaults of --config and --socket.`);
+Environment: WAYMARK_CONFIG and WAYMARK_SOCKET set the defaults of --config and --socket.
+One daemon per state directory and socket directory: it holds waymarkd.lock (flock) in both.
+Exit status: 0 stopped cleanly (--check: the configuration is valid); 1 bad option, failed to
+start or unclean stop; 75 another waymarkd holds a lock or answers on the socket (that one keeps
+running); 78 configuration rejected (each problem as FILE:LINE:COLUMN: FIELD: PROBLEM).`);
 
 interface Opts { config: string; socket: string; stateDir: string; keepState: boolean; check: boolean; logLevel: Level; busyPollUs: number }
 
@@ -44,9 +50,13 @@ function busyPollUs(v: string): number {
   return n;
 }
 
+let showStack = false;
+
 async function main(): Promise<void> {
   program.parse();
   const opts = program.opts<Opts>();
+  opts.socket = controlSocketPath(opts.socket);
+  showStack = opts.logLevel === 'debug';
   const log = createLogger(opts.logLevel);
   let config;
   try {
@@ -62,10 +72,18 @@ async function main(): Promise<void> {
     process.stdout.write(`${opts.config}: ok (${config.uplinks.length} uplinks, ${config.destinations.length} destinations)\n`);
     return;
   }
-  const store = new StateStore(opts.stateDir);
-  const saved = await store.load((why) => log.warn('state file unreadable, starting fresh', { why }));
   const runDir = dirname(opts.socket);
   mkdirSync(runDir, { recursive: true, mode: 0o755 });
+  // Before anything is read, unlinked or changed: another daemon may own all of it.
+  try {
+    await claimInstance({ stateDir: opts.stateDir, runDir, socket: opts.socket });
+  } catch (e) {
+    if (!(e instanceof AlreadyRunning)) throw e;
+    process.stderr.write(`waymarkd: ${e.message}\n`);
+    process.exit(EX_ALREADY_RUNNING);
+  }
+  const store = new StateStore(opts.stateDir);
+  const saved = await store.load((why) => log.warn('state file unreadable, starting fresh', { why }));
   const generation = new GenerationFile(runDir);
   const cgroups = await createCgroupBackend();
   // The engine calls back into the sessions and decisions (declared below, used only once
@@ -155,6 +173,8 @@ async function main(): Promise<void> {
 }
 
 main().catch((e: unknown) => {
-  process.stderr.write(`waymarkd: ${e instanceof Error ? e.stack ?? e.message : String(e)}\n`);
+  // A failure to start is reported as what failed; the stack only helps a developer.
+  const what = e instanceof Error ? (showStack ? e.stack ?? e.message : e.message) : String(e);
+  process.stderr.write(`waymarkd: cannot start: ${what}\n`);
   process.exit(1);
 });

@@ -3,14 +3,16 @@
  * C library speaks, over a seqpacket socket driven by the event loop through the addon.
  */
 import { dirname, join } from 'node:path';
+import { controlSocketPath } from '../daemon/client.js';
 import * as native from '../native/index.js';
 import {
   decodeDecideResponse, decodePending, decodeResolveResponse, encodeDecideRequest, encodeResolveRequest, readHeader, DECIDE_SOCKET, WM_TYPE,
   type DecideRequest, type DecideResponse, type ResolveRequest, type ResolveResponse,
 } from './wire.js';
 
-export function decideSocketPath(controlSocket = process.env['WAYMARK_SOCKET'] ?? '/run/waymark/waymarkd.sock'): string {
-  return join(dirname(controlSocket), DECIDE_SOCKET);
+/** decide.sock next to the control socket; `socket` is the control socket or its directory (controlSocketPath). */
+export function decideSocketPath(socket?: string): string {
+  return join(dirname(controlSocketPath(socket)), DECIDE_SOCKET);
 }
 
 type Pending = { resolve(b: Buffer): void; reject(e: Error): void; timer: NodeJS.Timeout | undefined; deadline: number };

@@ -14,7 +14,7 @@
  */
 import { execFileSync, spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { readdir, readFile, rm } from 'node:fs/promises';
 import { Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
@@ -469,15 +469,35 @@ async function pidsIn(ns: string): Promise<number[]> {
   }
 }
 
-/** Kills every process inside the namespace, then deletes it. Missing namespaces are fine. */
+/**
+ * Kills every process inside the namespace, then deletes it. Missing namespaces are fine. This
+ * process and its ancestors are spared: `waymark demo down` may run inside the demo's own device
+ * namespace, typed in its shell (the namespace then lives on, nameless, until that shell exits).
+ */
 async function removeNetns(ns: string): Promise<void> {
-  for (const pid of await pidsIn(ns)) killQuietly(pid, 'SIGKILL');
+  const spared = ancestry();
+  for (const pid of await pidsIn(ns)) if (!spared.has(pid)) killQuietly(pid, 'SIGKILL');
   await rm(`/etc/netns/${ns}`, { recursive: true, force: true });
   try {
     await exec('ip', ['netns', 'del', ns]);
   } catch (err) {
     if (!/No such file|not found|does not exist/i.test(err instanceof Error ? err.message : String(err))) throw err;
   }
+}
+
+/** This process and its ancestors, from /proc (ppid is the 4th field, after the parenthesised name). */
+function ancestry(): Set<number> {
+  const out = new Set<number>();
+  for (let pid = process.pid; pid > 1 && !out.has(pid);) {
+    out.add(pid);
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      pid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+    } catch {
+      break;
+    }
+  }
+  return out;
 }
 
 const SYNC_CLEANUP_SCRIPT = `for ns in "$@"; do
@@ -986,14 +1006,18 @@ export async function destroyDetached(): Promise<string[]> {
   const ended: string[] = [];
   for (const f of files) {
     const path = `${DETACHED_DIR}/${f}`;
+    let text: string;
     try {
-      const rec = JSON.parse(await readFile(path, 'utf8')) as { runId?: unknown; namespaces?: Record<string, unknown> };
-      const names = Object.values(rec.namespaces ?? {}).filter((n): n is string => typeof n === 'string' && /^wm-[a-z]+-\d+-[0-9a-f]{4}$/.test(n));
-      for (const n of names) await removeNetns(n);
-      if (typeof rec.runId === 'string') ended.push(rec.runId);
+      text = await readFile(path, 'utf8');
     } finally {
+      // First: from now on the demo counts as ended (its shell says so when it closes); whatever
+      // a failed teardown leaves behind, sweepStale() removes (its creator is gone).
       await rm(path, { force: true });
     }
+    const rec = JSON.parse(text) as { runId?: unknown; namespaces?: Record<string, unknown> };
+    const names = Object.values(rec.namespaces ?? {}).filter((n): n is string => typeof n === 'string' && /^wm-[a-z]+-\d+-[0-9a-f]{4}$/.test(n));
+    for (const n of names) await removeNetns(n);
+    if (typeof rec.runId === 'string') ended.push(rec.runId);
   }
   return ended;
 }

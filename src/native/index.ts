@@ -99,6 +99,7 @@ interface NativeAddon {
   peerCred(fd: number): PeerCred;
   unixListen(path: string, type: UnixSocketType, backlog: number, mode: number): number;
   unixConnect(path: string, type: UnixSocketType): number;
+  lockFile(path: string, mode: number): number | null;
   accept(fd: number): number | null;
   setMark(fd: number, mark: number): void;
   getMark(fd: number): number;
@@ -128,6 +129,7 @@ const ADDON_FUNCTIONS: readonly (keyof NativeAddon)[] = [
   'peerCred',
   'unixListen',
   'unixConnect',
+  'lockFile',
   'accept',
   'setMark',
   'getMark',
@@ -285,6 +287,15 @@ export function socketError(fd: number): number {
  */
 export function unixListen(path: string, type: UnixSocketType, backlog: number, mode: number): number {
   return addon().unixListen(path, type, backlog, mode);
+}
+
+/**
+ * Takes an exclusive flock(2) on `path` (created with `mode` if missing; a symlink there is
+ * refused): the fd holding it (close-on-exec), or null while another process holds the lock.
+ * The kernel releases it when the holder exits, however it exits.
+ */
+export function lockFile(path: string, mode: number): number | null {
+  return addon().lockFile(path, mode);
 }
 
 /** Connects a non-blocking Unix socket to `path`. */

@@ -52,6 +52,8 @@ export interface LinkMsg {
   readonly name: string;
   readonly flags: number;
   readonly carrier: boolean;
+  /** ifi_type: the ARPHRD_* link type (1 Ethernet, 772 loopback, 65534 none: tun, raw-IP wwan). */
+  readonly type?: number;
 }
 
 export interface AddrMsg {
@@ -176,6 +178,7 @@ export function decodeLink(m: NlMessage): LinkMsg | undefined {
     name: name ? name.toString('utf8').replace(/\0.*$/s, '') : '',
     flags,
     carrier: carrier ? carrier[0] === 1 : (flags & IFF.LOWER_UP) !== 0,
+    type: m.body.readUInt16LE(2),
   };
 }
 

@@ -41,7 +41,14 @@ export interface CountedUplink {
 
 const hex = (n: number): string => `0x${(n >>> 0).toString(16).padStart(8, '0')}`;
 
-export const counterName = (uplink: string, dir: 'tx' | 'rx'): string => `uplink_${uplink.replace(/-/g, '_')}_${dir}`;
+/**
+ * An uplink's name as it appears in nftables identifiers: nft names take no "-", so it becomes
+ * "_". Two uplinks whose names differ only there would share counters; the config loader
+ * rejects that (src/config/load.ts), so this mapping is one-to-one for every loaded config.
+ */
+export const nftUplinkId = (uplink: string): string => uplink.replace(/-/g, '_');
+
+export const counterName = (uplink: string, dir: 'tx' | 'rx'): string => `uplink_${nftUplinkId(uplink)}_${dir}`;
 
 export function renderRuleset(uplinks: readonly CountedUplink[]): string {
   const counters = uplinks.flatMap((u) => [`  counter ${counterName(u.name, 'tx')} { }`, `  counter ${counterName(u.name, 'rx')} { }`]);

@@ -2,6 +2,7 @@
  * What each configured uplink is right now, derived purely from the config, its slot and what the
  * kernel reports (links, addresses, main-table routes). No I/O here.
  */
+import { nftSafeIfname } from '../backstop/nft.js';
 import { markForSlot, softMarkForSlot, tableForSlot } from '../constants.js';
 import { IFF, RT_SCOPE, type AddrMsg, type LinkMsg, type RouteMsg } from '../netlink/message.js';
 import { isLinkLocal, parseAddress, type Family } from '../net/prefix.js';
@@ -51,7 +52,7 @@ export function uplinkStates(
   slots: ReadonlyMap<string, number>,
   kernel: KernelView,
 ): UplinkState[] {
-  const links = [...kernel.links].sort((a, b) => a.index - b.index);
+  const links = claimableLinks(kernel.links);
   return specs.map((spec) => {
     const slot = slots.get(spec.name);
     if (slot === undefined) throw new Error(`no slot for uplink ${spec.name}`);
@@ -68,6 +69,56 @@ export function uplinkStates(
     else if (!link.carrier) status = 'no-carrier';
     else if (!families.some((f) => f.addresses.length > 0)) status = 'no-address';
     return { ...base, status, link: linkInfo, families };
+  });
+}
+
+const ARPHRD_LOOPBACK = 772;
+const ARPHRD_NAMES: Readonly<Record<number, string>> = {
+  1: 'ether', 512: 'ppp', 519: 'rawip', 768: 'ipip', 769: 'ip6tnl', 772: 'loopback', 776: 'sit', 778: 'gre', 823: 'ip6gre', 65534: 'none',
+};
+
+/** A link's type as `ip link` names it (ARPHRD_*): ether, none (tun, raw-IP wwan), ppp, ... */
+export const linkKind = (l: LinkMsg): string => (l.type === undefined ? 'unknown' : ARPHRD_NAMES[l.type] ?? `type ${l.type}`);
+
+const isLoopback = (l: LinkMsg): boolean => (l.flags & IFF.LOOPBACK) !== 0 || l.type === ARPHRD_LOOPBACK;
+
+/**
+ * The links an uplink may claim, lowest ifindex first: never the loopback, whatever its name,
+ * nor a link whose name nftables cannot take as itself (a '"', '\' or '*' in it: the counters and
+ * the session backstop name uplinks' devices).
+ */
+function claimableLinks(all: readonly LinkMsg[]): LinkMsg[] {
+  return all.filter((l) => !isLoopback(l) && nftSafeIfname(l.name)).sort((a, b) => a.index - b.index);
+}
+
+/** Links an uplink's match names but that it may not claim for their name (see claimableLinks). */
+export function unusableMatches(specs: readonly UplinkSpec[], all: readonly LinkMsg[]): { uplink: string; links: string[] }[] {
+  const odd = all.filter((l) => !isLoopback(l) && !nftSafeIfname(l.name));
+  return specs.flatMap((spec) => {
+    const links = odd.filter((l) => matchesInterface(spec.match, l.name)).map((l) => l.name);
+    return links.length > 0 ? [{ uplink: spec.name, links }] : [];
+  });
+}
+
+export interface AmbiguousMatch {
+  readonly uplink: string;
+  readonly match: string;
+  /** Every link the glob matches right now (loopback never), lowest ifindex (the one used) first. */
+  readonly links: readonly { readonly name: string; readonly kind: string }[];
+  /** The links are of more than one type (say an Ethernet and a tun). */
+  readonly mixedKinds: boolean;
+}
+
+/**
+ * Uplinks whose `match` claims more than one link at once: only the first (lowest ifindex) is
+ * used, which is rarely what a glob such as "*" or "wwan*" meant. The daemon logs these.
+ */
+export function ambiguousMatches(specs: readonly UplinkSpec[], all: readonly LinkMsg[]): AmbiguousMatch[] {
+  const links = claimableLinks(all);
+  return specs.flatMap((spec) => {
+    const hit = links.filter((l) => matchesInterface(spec.match, l.name)).map((l) => ({ name: l.name, kind: linkKind(l) }));
+    if (hit.length < 2) return [];
+    return [{ uplink: spec.name, match: spec.match, links: hit, mixedKinds: new Set(hit.map((h) => h.kind)).size > 1 }];
   });
 }
 

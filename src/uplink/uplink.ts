@@ -17,9 +17,27 @@ export interface UplinkSpec {
   readonly dns: readonly string[];
 }
 
-/** Shell-style glob over interface names: `*`, `?` and `[...]` classes. */
+/** Shell-style glob over interface names: `*`, `?` and `[...]` classes (`[!...]` negates). */
 export function matchesInterface(pattern: string, ifname: string): boolean {
-  if (!/[*?[]/.test(pattern)) return pattern === ifname;
+  if (!isGlob(pattern)) return pattern === ifname;
+  const re = compileGlob(pattern);
+  return typeof re === 'string' ? false : re.test(ifname);
+}
+
+/** Why `pattern` is not a usable interface glob (e.g. a class `[z-a]`), or undefined when it is. */
+export function globProblem(pattern: string): string | undefined {
+  const re = compileGlob(pattern);
+  return typeof re === 'string' ? re : undefined;
+}
+
+/** Whether the pattern has glob characters (it may match more than one link). */
+export const isGlob = (pattern: string): boolean => /[*?[]/.test(pattern);
+
+const compiled = new Map<string, RegExp | string>();
+
+function compileGlob(pattern: string): RegExp | string {
+  const hit = compiled.get(pattern);
+  if (hit !== undefined) return hit;
   let re = '^';
   for (let i = 0; i < pattern.length; i++) {
     const c = pattern[i] as string;
@@ -34,5 +52,12 @@ export function matchesInterface(pattern: string, ifname: string): boolean {
       i = end;
     } else re += c.replace(/[.+^${}()|\\]/g, '\\$&');
   }
-  return new RegExp(re + '$').test(ifname);
+  let out: RegExp | string;
+  try {
+    out = new RegExp(re + '$');
+  } catch (e) {
+    out = `not a valid interface glob: ${(e instanceof Error ? e.message.split(': ').pop() : undefined) ?? 'bad character class'}`;
+  }
+  compiled.set(pattern, out);
+  return out;
 }

@@ -1,8 +1,14 @@
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { ConfigError, parseConfig, type ConfigIssue } from '../../src/config/load.js';
-import { EXAMPLE_CONFIG } from '../../src/lab/device.js';
+import { MAX_SLOTS } from '../../src/constants.js';
+import { ConfigError, MAX_ALIAS_NODES, parseConfig, type ConfigIssue } from '../../src/config/load.js';
+import { DAEMON_JS, EXAMPLE_CONFIG } from '../../src/lab/device.js';
+import { counterName } from '../../src/nftables/ruleset.js';
+import { assignSlots } from '../../src/uplink/slots.js';
 
 function issues(text: string): ConfigIssue[] {
   try {
@@ -133,5 +139,80 @@ describe('config', () => {
     assert.deepEqual(found.map((i) => i.field), ['version']);
     const sim = issues(base.replace('kind: wifi', 'kind: wifi\n    sim: { iccid: "8943102000000000017" }'));
     assert.deepEqual(sim.map((i) => [i.field, i.line]), [['uplinks[0].sim', 6]]);
+  });
+
+  it('rejects more uplinks than there are slots at the first one too many, as the daemon would', () => {
+    const many = (n: number): string => 'version: 1\nuplinks:\n' +
+      Array.from({ length: n }, (_, i) => `  - { name: u${i}, match: eth${i}, kind: ethernet }\n`).join('');
+    const ok = parseConfig(many(MAX_SLOTS));
+    assert.equal(assignSlots(ok.uplinks.map((u) => u.name), new Map()).size, MAX_SLOTS, 'what the loader accepts, the engine can slot');
+    const found = issues(many(40));
+    assert.deepEqual(found.map((i) => [i.line, i.column, i.field]), [[3 + MAX_SLOTS, 5, `uplinks[${MAX_SLOTS}]`]]);
+    assert.match(found[0]?.message ?? '', /too many uplinks: at most 30 are supported \(40 given\)/);
+  });
+
+  it('refuses a YAML alias bomb quickly with the alias located; unresolved and self-referring aliases too', () => {
+    const levels = ['a: &a [x, x, x, x, x, x, x, x, x]'];
+    for (let l = 1; l < 9; l++) {
+      const prev = String.fromCharCode(96 + l);
+      levels.push(`${String.fromCharCode(97 + l)}: &${String.fromCharCode(97 + l)} [${Array(9).fill(`*${prev}`).join(', ')}]`);
+    }
+    // 9^9 strings once expanded: the loader must stop counting long before (a-d add 8,289 nodes, e's first alias 7,381).
+    const found = issues(`version: 1\n${levels.join('\n')}\n`);
+    assert.equal(found.length, 1);
+    assert.deepEqual([found[0]?.line, found[0]?.column, found[0]?.field], [6, 8, 'e[0]'], JSON.stringify(found));
+    assert.match(found[0]?.message ?? '', new RegExp(`aliases expand to more than ${MAX_ALIAS_NODES} nodes \\(alias \\*d\\)`));
+    assert.deepEqual(issues('version: 1\nuplinks: *nope\n').map((i) => [i.line, i.column, i.field, i.message]),
+      [[2, 10, 'uplinks', 'alias *nope has no anchor &nope before it']]);
+    assert.deepEqual(issues('version: 1\nuplinks: &l [*l]\n').map((i) => [i.line, i.field]), [[2, 'uplinks[0]']]);
+    // What aliases are for stays fine.
+    const shared = parseConfig(`version: 1
+uplinks:
+  - { name: a, match: wwan0, kind: cellular, cost: &c { per_mb: 0.01 } }
+  - { name: b, match: wwan1, kind: cellular, cost: *c }
+`);
+    assert.deepEqual(shared.uplinks.map((u) => u.cost.perMB), [0.01, 0.01]);
+  });
+
+  it('rejects uplink names that would share nftables counters, naming both', () => {
+    const found = issues(base + '  - name: a-b\n    match: eth0\n    kind: ethernet\n  - name: a_b\n    match: eth1\n    kind: ethernet\n');
+    assert.equal(counterName('a-b', 'tx'), counterName('a_b', 'tx'), 'the collision is real');
+    assert.deepEqual(found.map((i) => [i.line, i.field]), [[12, 'uplinks[3].name']]);
+    assert.match(found[0]?.message ?? '', /uplink "a_b" and uplinks\[2\] "a-b" differ only in "-" and "_".*uplink_a_b_tx/);
+  });
+
+  it('rejects an interface glob that cannot match (a reversed class) and the loopback', () => {
+    const found = issues(base.replace('match: wwan0', 'match: "ppp[z-a]"').replace('match: wlan0', 'match: lo'));
+    assert.deepEqual(found.map((i) => [i.line, i.field]), [[4, 'uplinks[0].match'], [7, 'uplinks[1].match']]);
+    assert.match(found[0]?.message ?? '', /loopback/);
+    assert.match(found[1]?.message ?? '', /not a valid interface glob/);
+  });
+
+  it('waymarkd --check decides as the daemon does: located problems, exit 78, no stack trace', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'wm-check-'));
+    try {
+      const check = (text: string) => {
+        writeFileSync(join(dir, 'w.yaml'), text);
+        return spawnSync(process.execPath, [DAEMON_JS, '--check', '--config', join(dir, 'w.yaml')], { encoding: 'utf8', timeout: 30_000 });
+      };
+      const tooMany = check('version: 1\nuplinks:\n' + Array.from({ length: 40 }, (_, i) => `  - { name: u${i}, match: eth${i}, kind: ethernet }\n`).join(''));
+      assert.equal(tooMany.status, 78, tooMany.stdout + tooMany.stderr);
+      assert.match(tooMany.stderr, /w\.yaml:33:5: uplinks\[30\]: too many uplinks/);
+      // Starting for real decides the same, before it touches anything (state, sockets, kernel).
+      const start = spawnSync(process.execPath, [DAEMON_JS, '--config', join(dir, 'w.yaml'), '--socket', join(dir, 'run', 'w.sock'), '--state-dir', join(dir, 'state')],
+        { encoding: 'utf8', timeout: 30_000 });
+      assert.equal(start.status, 78, start.stdout + start.stderr);
+      assert.match(start.stderr, /w\.yaml:33:5: uplinks\[30\]: too many uplinks/);
+      const bomb = check('version: 1\na: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n' +
+        'c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: [*d, *d, *d, *d, *d, *d, *d, *d, *d]\n');
+      assert.equal(bomb.status, 78, bomb.stdout + bomb.stderr);
+      assert.match(bomb.stderr, /w\.yaml:\d+:\d+: [a-e]\[\d+\]: aliases expand to more than/);
+      for (const r of [tooMany, bomb]) assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+      const good = check(readFileSync(EXAMPLE_CONFIG, 'utf8'));
+      assert.equal(good.status, 0, good.stderr);
+      assert.match(good.stdout, /ok \(4 uplinks/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
