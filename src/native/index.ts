@@ -93,7 +93,7 @@ interface NativeAddon {
   send(fd: number, buf: Uint8Array): number;
   close(fd: number): void;
   watch(fd: number, onReadable: (err?: Error) => void, unref?: boolean, writable?: boolean): Watcher;
-  tcpConnect(family: 4 | 6, addr: Uint8Array, port: number, ifname?: string): number;
+  tcpConnect(family: 4 | 6, addr: Uint8Array, port: number, ifname?: string, mark?: number): number;
   udpSocket(family: 4 | 6): number;
   socketError(fd: number): number;
   peerCred(fd: number): PeerCred;
@@ -256,11 +256,12 @@ export function watch(
 }
 
 /**
- * Starts a non-blocking TCP connect to addr:port, bound first to `ifname` when given; returns
- * the fd at once. Wait for writability (watch with writable), then read socketError().
+ * Starts a non-blocking TCP connect to addr:port, bound first to `ifname` and marked with `mark`
+ * (SO_MARK: needs CAP_NET_ADMIN, otherwise 'EPERM') when given, so the SYN is already steered;
+ * returns the fd at once. Wait for writability (watch with writable), then read socketError().
  */
-export function tcpConnect(family: 4 | 6, addr: Uint8Array, port: number, ifname?: string): number {
-  return addon().tcpConnect(family, addr, port, ifname);
+export function tcpConnect(family: 4 | 6, addr: Uint8Array, port: number, ifname?: string, mark?: number): number {
+  return addon().tcpConnect(family, addr, port, ifname, mark);
 }
 
 /**
