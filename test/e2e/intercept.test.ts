@@ -153,7 +153,7 @@ describe('DNS servers the link announces', () => {
       const ra = await lab.run('wifi', ['python3', join(PACKAGE_ROOT, 'test/fixtures/send_ra.py'), 'dev', LAB.dns.wifi.v6]);
       assert.equal(ra.code, 0, ra.stderr);
       let wifi;
-      for (let i = 0; i < 50 && wifi?.dns.source !== 'link'; i++) {
+      for (let i = 0; i < 500 && wifi?.dns.source !== 'link'; i++) { // up to 10 s: a guard
         await new Promise((r) => setTimeout(r, 20));
         wifi = (await status()).uplinks.find((u) => u.name === 'wifi');
       }
@@ -285,7 +285,7 @@ describe('the kernel backstop holds for a program that never loads the library',
     const plain = await lab.run('dev', [goclient, name]);
     assert.equal(lastJson(plain.stdout)?.path, 'wlan0', plain.stderr);
     let table = '';
-    for (let i = 0; i < 40; i++) { // the daemon sees a session end by inotify, then updates nftables
+    for (let i = 0; i < 200; i++) { // the daemon sees a session end by inotify, then updates nftables (10 s guard)
       table = (await lab.run('dev', ['nft', 'list', 'table', 'inet', 'waymark'])).stdout;
       if (!table.includes('backstop_dns')) break;
       await new Promise((r) => setTimeout(r, 50));
@@ -366,11 +366,10 @@ while time.time()<until:
   it('fail closed: new decisions fail fast while the daemon is away', async () => {
     await dev.stopDaemon('SIGKILL');
     try {
-      const t0 = performance.now();
       const r = await lab.run('dev', ['env', `LD_PRELOAD=${join(publicRoot(), 'native/preload/libwaymark.so')}`, `WAYMARK_SOCKET=${dev.socket}`, 'WAYMARK_FAIL=closed',
         'curl', '-sS', '--max-time', '3', url(LAB.internet.v4)]);
-      assert.notEqual(r.code, 0);
-      assert.ok(performance.now() - t0 < 1500);
+      // Fast: connect() itself failed (curl's exit 7), not curl's --max-time 3 (exit 28).
+      assert.equal(r.code, 7, r.stderr);
       const open = await lab.run('dev', ['env', `LD_PRELOAD=${join(publicRoot(), 'native/preload/libwaymark.so')}`, `WAYMARK_SOCKET=${dev.socket}`,
         'curl', '-sS', '--max-time', '3', url(LAB.internet.v4)]);
       assert.equal(lastJson(open.stdout)?.path, 'wlan0', 'fail open: default routing');

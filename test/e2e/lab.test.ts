@@ -263,7 +263,7 @@ describe('link control and processes', () => {
     const r = await lab.run('dev', ['sh', '-c', 'sleep 30 & sleep 31; echo never'], { timeoutMs: 300 });
     assert.equal(r.timedOut, true);
     assert.equal(r.signal, 'SIGKILL');
-    assert.ok(performance.now() - t0 < 3000);
+    assert.ok(performance.now() - t0 < 15_000, 'killed at its timeout, long before the 30 s sleep ends');
     for (const pid of pidsOf(lab.ns('dev'))) {
       let cmd = '';
       try {
