@@ -38,9 +38,8 @@
  */
 import { createSocket, type Socket } from 'node:dgram';
 import { randomInt } from 'node:crypto';
-import { Socket as TcpSocket, isIP } from 'node:net';
-import { getSystemErrorName } from 'node:util';
-import { bindToDevice, close as closeFd, setMark, socketError, tcpConnect, udpSocket, watch, type Watcher } from '../native/index.js';
+import { isIP, type Socket as TcpSocket } from 'node:net';
+import { bindToDevice, close as closeFd, connectSteeredTcp, setMark, udpSocket } from '../native/index.js';
 import { parseAddress } from '../net/prefix.js';
 import { RCODE, TcpReader, decodeMessage, encodeQuery, frameTcp, isQueryableName, sameName, type AddressType, type Message } from './wire.js';
 
@@ -131,57 +130,6 @@ export function openSteeredSocket(
       closeFd(fd); // not adopted by the socket
       fail(e);
     }
-  });
-}
-
-/**
- * A TCP connection to `addr`:`port`, bound to `steer.ifname` and marked with `steer.mark` (each
- * when given) before its SYN, handed to node:net once connected. Rejects with a NativeError
- * (e.g. EPERM for SO_MARK without CAP_NET_ADMIN) or the connect's error (.code 'ECONNREFUSED',
- * ...). `started` gets a function that aborts the connect (the promise then never settles).
- */
-export function connectSteeredTcp(
-  family: 4 | 6,
-  addr: Uint8Array,
-  port: number,
-  steer: { mark?: number | undefined; ifname?: string | undefined },
-  started?: (abort: () => void) => void,
-): Promise<TcpSocket> {
-  return new Promise<TcpSocket>((resolve, reject) => {
-    let fd: number;
-    try {
-      fd = tcpConnect(family, addr, port, steer.ifname, steer.mark);
-    } catch (e) {
-      reject(e instanceof Error ? e : new Error(String(e)));
-      return;
-    }
-    let open = true;
-    let watcher: Watcher;
-    try {
-      watcher = watch(fd, onWritable, { writable: true });
-    } catch (e) {
-      closeFd(fd);
-      reject(e instanceof Error ? e : new Error(String(e)));
-      return;
-    }
-    function onWritable(): void {
-      if (!open) return;
-      open = false;
-      watcher.stop();
-      const errno = socketError(fd);
-      if (errno !== 0) {
-        closeFd(fd);
-        reject(Object.assign(new Error(`connect to port ${port}: ${getSystemErrorName(-errno)}`), { code: getSystemErrorName(-errno) }));
-        return;
-      }
-      resolve(new TcpSocket({ fd, readable: true, writable: true }));
-    }
-    started?.(() => {
-      if (!open) return;
-      open = false;
-      watcher.stop();
-      closeFd(fd);
-    });
   });
 }
 

@@ -14,7 +14,8 @@
  * the addon has not been built; the first call then throws with a hint.
  */
 import { createRequire } from 'node:module';
-import type { Server, Socket } from 'node:net';
+import { Socket, type Server } from 'node:net';
+import { getSystemErrorName } from 'node:util';
 
 export interface PeerCred {
   pid: number;
@@ -372,6 +373,59 @@ export function cgroupQuerySockPrograms(cgroupPath: string): CgroupSockPrograms 
 
 // ---------------------------------------------------------------------------------------------
 // Node handles
+
+/**
+ * A TCP connection to `addr`:`port`, bound to `steer.ifname` and marked with `steer.mark` (each
+ * when given) before its SYN ({@link tcpConnect}), handed to node:net once connected (the
+ * resolver's TCP fallback, the client API). Rejects with a NativeError
+ * (e.g. EPERM for SO_MARK without CAP_NET_ADMIN) or the connect's error (.code 'ECONNREFUSED',
+ * ...). `started` gets a function that aborts the connect (the promise then never settles).
+ */
+export function connectSteeredTcp(
+  family: 4 | 6,
+  addr: Uint8Array,
+  port: number,
+  steer: { mark?: number | undefined; ifname?: string | undefined },
+  started?: (abort: () => void) => void,
+): Promise<Socket> {
+  return new Promise<Socket>((resolve, reject) => {
+    let fd: number;
+    try {
+      fd = tcpConnect(family, addr, port, steer.ifname, steer.mark);
+    } catch (e) {
+      reject(e instanceof Error ? e : new Error(String(e)));
+      return;
+    }
+    let open = true;
+    let watcher: Watcher;
+    try {
+      watcher = watch(fd, onWritable, { writable: true });
+    } catch (e) {
+      close(fd);
+      reject(e instanceof Error ? e : new Error(String(e)));
+      return;
+    }
+    function onWritable(): void {
+      if (!open) return;
+      open = false;
+      watcher.stop();
+      const errno = socketError(fd);
+      if (errno !== 0) {
+        close(fd);
+        const code = getSystemErrorName(-errno);
+        reject(Object.assign(new Error(`connect to port ${port}: ${code}`), { code, errno: -errno, syscall: 'connect' }));
+        return;
+      }
+      resolve(new Socket({ fd, readable: true, writable: true }));
+    }
+    started?.(() => {
+      if (!open) return;
+      open = false;
+      watcher.stop();
+      close(fd);
+    });
+  });
+}
 
 function handleFd(owner: object): number | undefined {
   const handle: unknown = Reflect.get(owner, '_handle');

@@ -26,12 +26,13 @@ import { createConnection, createServer, type Server, type Socket as TcpSocket }
 import { fileURLToPath } from 'node:url';
 
 import * as native from '../../src/native/index.js';
-import { connectSteeredTcp, openSteeredSocket, resolveVia, type DnsAnswer } from '../../src/dns/resolver.js';
+import { openSteeredSocket, resolveVia, type DnsAnswer } from '../../src/dns/resolver.js';
 import { FLAG, RCODE, TcpReader, decodeMessage, encodeQuery, frameTcp, isQueryableName } from '../../src/dns/wire.js';
 
 const isRoot = process.getuid?.() === 0;
 const DNS_SERVER = fileURLToPath(new URL('../../src/lab/dns-server.js', import.meta.url));
 const RESOLVER = fileURLToPath(new URL('../../src/dns/resolver.js', import.meta.url));
+const NATIVE_INDEX = fileURLToPath(new URL('../../src/native/index.js', import.meta.url));
 
 const sortAddrs = (a: DnsAnswer): string[] => a.addrs.map((x) => `${x.family}/${x.address}`).sort();
 
@@ -644,7 +645,7 @@ describe('query sockets are steered before they send', () => {
   it('a device that does not exist is an error, and leaves no socket behind', async () => {
     const before = readdirSync('/proc/self/fd').length;
     await assert.rejects(openSteeredSocket(4, { ifname: 'no-such-dev0' }), /ENODEV/);
-    await assert.rejects(connectSteeredTcp(4, Uint8Array.from([127, 0, 0, 1]), 53, { ifname: 'no-such-dev0' }), /ENODEV/);
+    await assert.rejects(native.connectSteeredTcp(4, Uint8Array.from([127, 0, 0, 1]), 53, { ifname: 'no-such-dev0' }), /ENODEV/);
     assert.equal(readdirSync('/proc/self/fd').length, before);
   });
 
@@ -656,7 +657,7 @@ describe('query sockets are steered before they send', () => {
       const port = typeof address === 'object' && address !== null ? address.port : 0;
       let sock: TcpSocket | undefined;
       try {
-        const conn = await connectSteeredTcp(family, Uint8Array.from(bytes), port, { mark: 0x2a000000, ifname: 'lo' });
+        const conn = await native.connectSteeredTcp(family, Uint8Array.from(bytes), port, { mark: 0x2a000000, ifname: 'lo' });
         sock = conn;
         const fd = native.fdOf(conn);
         assert.equal(native.getMark(fd), 0x2a000000);
@@ -670,7 +671,7 @@ describe('query sockets are steered before they send', () => {
         server.close();
       }
       // Nothing listens there any more: the connect's own error.
-      await assert.rejects(connectSteeredTcp(family, Uint8Array.from(bytes), port, { mark: 0x2a000000 }), { code: 'ECONNREFUSED' });
+      await assert.rejects(native.connectSteeredTcp(family, Uint8Array.from(bytes), port, { mark: 0x2a000000 }), { code: 'ECONNREFUSED' });
     }
   });
 
@@ -762,7 +763,7 @@ describe('in a network namespace: the query leaves by the chosen uplink', () => 
 
   /** Starts a steered TCP connect to 10.64.0.1:53 inside the namespace: connect() sends the SYN before it returns. */
   const synInNs = (steer: Record<string, unknown>): void => {
-    const script = `import { connectSteeredTcp } from ${JSON.stringify(`file://${RESOLVER}`)};
+    const script = `import { connectSteeredTcp } from ${JSON.stringify(`file://${NATIVE_INDEX}`)};
       void connectSteeredTcp(4, Uint8Array.from([10, 64, 0, 1]), 53, ${JSON.stringify(steer)}, (abort) => abort());`;
     const r = spawnSync('ip', ['netns', 'exec', NS, process.execPath, '--input-type=module', '-e', script], { encoding: 'utf8' });
     assert.equal(r.status, 0, r.stderr);
