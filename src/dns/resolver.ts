@@ -20,9 +20,10 @@
  *     connection steered like the UDP sockets (the same mark and device, set before the SYN).
  *     The TCP answer must be one well-formed message with the query's id and question; a
  *     connection error, a malformed, mismatched or again truncated answer, or the server closing
- *     early moves on to the next server at once (as SERVFAIL does). At most one frame (2 + 65535
- *     bytes) is read. While the TCP exchange runs the per-server timer goes on: the next server
- *     is asked on timeout over UDP and the TCP answer still counts when it comes.
+ *     early moves on to the next server at once (as SERVFAIL does). The connection is closed
+ *     after the first frame (what is buffered: at most one frame of 2 + 65535 bytes and a read).
+ *     While the TCP exchange runs the per-server timer goes on: the next server is asked on
+ *     timeout over UDP and the TCP answer still counts when it comes.
  *   - CNAME chains in the answer section are followed (in any order, at most 16 links); the
  *     addresses of the final name are returned, with the minimum TTL of the chain and the records.
  *
