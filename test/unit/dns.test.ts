@@ -398,6 +398,17 @@ interface Fake {
  * the same port. `reply` and `stray` (from another port) resolve once the datagram is sent.
  */
 async function fakeServer(address: string, respond: Respond, port = 0, respondTcp?: RespondTcp): Promise<Fake> {
+  // A free UDP port may be taken for TCP by another program on this machine: try another one.
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await fakeServerOn(address, respond, port, respondTcp);
+    } catch (e) {
+      if (port !== 0 || attempt >= 10 || !(e instanceof Error && 'code' in e && e.code === 'EADDRINUSE')) throw e;
+    }
+  }
+}
+
+async function fakeServerOn(address: string, respond: Respond, port: number, respondTcp?: RespondTcp): Promise<Fake> {
   const udp = address.includes(':') ? 'udp6' : 'udp4';
   const s = createSocket(udp);
   const other = createSocket(udp); // sends from another port
@@ -440,10 +451,16 @@ async function fakeServer(address: string, respond: Respond, port = 0, respondTc
       });
     });
     tcp = server;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen({ host: address, port: fake.port }, () => resolve());
-    });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen({ host: address, port: fake.port }, () => resolve());
+      });
+    } catch (e) {
+      tcp = undefined;
+      fake.close();
+      throw e;
+    }
   }
   return fake;
 }
