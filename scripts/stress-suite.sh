@@ -22,7 +22,7 @@ while [ $# -gt 0 ]; do
     -n) runs=${2:?-n needs a number}; shift 2 ;;
     -j) loops=${2:?-j needs a number}; shift 2 ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set -u/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "stress-suite: unknown argument $1 (see --help)" >&2; exit 64 ;;
   esac
 done
