@@ -695,17 +695,19 @@ static napi_value js_udp_socket(napi_env env, napi_callback_info info)
     return make_int(env, fd);
 }
 
-/* tcpConnect(family: 4|6, addr: Buffer(4|16), port, ifname: string|undefined) -> fd
- * A non-blocking TCP socket, bound to `ifname` first when given (the uplink the daemon decided),
- * with its connect() started: the caller waits for writability and reads SO_ERROR (socketError).
- * What the client API needs and Node's net module cannot do (bind to a device before connect). */
+/* tcpConnect(family: 4|6, addr: Buffer(4|16), port, ifname: string|undefined,
+ *            mark: number|undefined) -> fd
+ * A non-blocking TCP socket, bound to `ifname` and marked with `mark` (SO_MARK, needs
+ * CAP_NET_ADMIN) first when given (the uplink the daemon decided), with its connect() started:
+ * the caller waits for writability and reads SO_ERROR (socketError). What the client API and
+ * the resolver's TCP fallback need and Node's net module cannot do (steer before the SYN). */
 static napi_value js_tcp_connect(napi_env env, napi_callback_info info)
 {
-    napi_value argv[4];
-    int64_t family, port;
+    napi_value argv[5];
+    int64_t family, port, mark = -1;
     void *addr;
     size_t alen;
-    if (!get_args(env, info, 3, 4, argv, NULL)) return NULL;
+    if (!get_args(env, info, 3, 5, argv, NULL)) return NULL;
     if (!get_family(env, argv[0], &family)) return NULL;
     if (!get_bytes(env, argv[1], &addr, &alen)) return NULL;
     if (alen != (family == 4 ? 4u : 16u)) return throw_range(env, "address length does not match the family");
@@ -713,6 +715,7 @@ static napi_value js_tcp_connect(napi_env env, napi_callback_info info)
     char name[IFNAMSIZ] = "";
     size_t nlen = 0;
     if (!is_undefined(env, argv[3]) && !get_string(env, argv[3], "ifname", name, sizeof name, &nlen)) return NULL;
+    if (!is_undefined(env, argv[4]) && !get_int(env, argv[4], "mark", 0, UINT32_MAX, &mark)) return NULL;
 
     struct sockaddr_storage ss;
     socklen_t sslen;
@@ -734,6 +737,10 @@ static napi_value js_tcp_connect(napi_env env, napi_callback_info info)
     if (fd < 0) return throw_errno(env, errno, "socket");
     if (nlen > 0 && setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, name, (socklen_t)nlen) < 0) {
         return close_and_throw(env, fd, "setsockopt(SO_BINDTODEVICE)");
+    }
+    uint32_t m = (uint32_t)mark;
+    if (mark >= 0 && setsockopt(fd, SOL_SOCKET, SO_MARK, &m, sizeof m) < 0) {
+        return close_and_throw(env, fd, "setsockopt(SO_MARK)");
     }
     int r;
     do {

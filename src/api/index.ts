@@ -10,8 +10,7 @@
  * the socket is bound to the decided uplink's device before it connects.
  */
 import { lookup } from 'node:dns/promises';
-import { isIP, Socket } from 'node:net';
-import { getSystemErrorName } from 'node:util';
+import { isIP, type Socket } from 'node:net';
 import type { NeedName } from '../config/schema.js';
 import { DecisionClient, decideSocketPath } from '../decision/client.js';
 import { needsToMask } from '../decision/needs.js';
@@ -104,23 +103,25 @@ async function addresses(client: DecisionClient, o: ConnectOptions, needs: numbe
 }
 
 function tcpConnect(family: Family, addr: Uint8Array, port: number, ifname: string | undefined, deadline: number): Promise<Socket> {
-  const fd = native.tcpConnect(family, addr, port, ifname);
+  const where = `${formatAddress(family, addr)}:${port}`;
   return new Promise((resolve, reject) => {
-    const done = (err?: Error): void => {
-      clearTimeout(timer);
-      watcher.stop();
-      if (err) {
-        native.close(fd);
-        reject(err);
-        return;
-      }
-      resolve(new Socket({ fd, readable: true, writable: true }));
-    };
-    const timer = setTimeout(() => done(new WaymarkError('ETIMEDOUT', `connect to ${formatAddress(family, addr)}:${port} timed out`)), Math.max(1, deadline - Date.now()));
-    const watcher = native.watch(fd, () => {
-      const errno = native.socketError(fd);
-      if (errno === 0) done();
-      else done(Object.assign(new Error(`connect to ${formatAddress(family, addr)}:${port}: errno ${errno}`), { code: getSystemErrorName(-errno) }));
-    }, { writable: true });
+    let abort: (() => void) | undefined;
+    const timer = setTimeout(() => {
+      abort?.();
+      reject(new WaymarkError('ETIMEDOUT', `connect to ${where} timed out`));
+    }, Math.max(1, deadline - Date.now()));
+    native.connectSteeredTcp(family, addr, port, { ifname }, (a) => (abort = a)).then(
+      (socket) => {
+        clearTimeout(timer);
+        resolve(socket);
+      },
+      (e: unknown) => {
+        clearTimeout(timer);
+        // The connect's own failure, said with the address; a failure to set up the socket as is.
+        reject(native.isNativeError(e) && e.syscall === 'connect'
+          ? Object.assign(new Error(`connect to ${where}: errno ${-e.errno}`), { code: e.code })
+          : e);
+      },
+    );
   });
 }

@@ -16,12 +16,19 @@
  *     share of `timeoutMs`), or at once on SERVFAIL/REFUSED/NOTIMP/FORMERR or a send error
  *     (e.g. ENETUNREACH when the uplink is down). A late reply from an earlier server is still
  *     accepted. The whole call is bounded by `timeoutMs` (default 2000).
- *   - A truncated reply (TC) fails that query: there is no TCP fallback.
+ *   - A truncated reply (TC) is asked again of the same server over TCP (RFC 7766), on a
+ *     connection steered like the UDP sockets (the same mark and device, set before the SYN).
+ *     The TCP answer must be one well-formed message with the query's id and question; a
+ *     connection error, a malformed, mismatched or again truncated answer, or the server closing
+ *     early moves on to the next server at once (as SERVFAIL does). The connection is closed
+ *     after the first frame (what is buffered: at most one frame of 2 + 65535 bytes and a read).
+ *     While the TCP exchange runs the per-server timer goes on: the next server is asked on
+ *     timeout over UDP and the TCP answer still counts when it comes.
  *   - CNAME chains in the answer section are followed (in any order, at most 16 links); the
  *     addresses of the final name are returned, with the minimum TTL of the chain and the records.
  *
  * Results: 'ok' with addresses, or 'ok' with none (the name exists without addresses of that
- * family: NODATA); 'nxdomain'; 'failed' (timeouts, server errors, truncation). A negative answer
+ * family: NODATA); 'nxdomain'; 'failed' (timeouts, server errors). A negative answer
  * carries the RFC 2308 TTL from the authority SOA, 0 when there is none. For family 0 the two
  * answers are merged: any addresses win; otherwise NXDOMAIN from either; otherwise a failure of
  * either makes the whole 'failed'; otherwise 'ok' (NODATA for both).
@@ -32,10 +39,10 @@
  */
 import { createSocket, type Socket } from 'node:dgram';
 import { randomInt } from 'node:crypto';
-import { isIP } from 'node:net';
-import { bindToDevice, close as closeFd, setMark, udpSocket } from '../native/index.js';
+import { isIP, type Socket as TcpSocket } from 'node:net';
+import { bindToDevice, close as closeFd, connectSteeredTcp, setMark, udpSocket } from '../native/index.js';
 import { parseAddress } from '../net/prefix.js';
-import { CLASS, RCODE, TYPE, decodeMessage, encodeQuery, isQueryableName, sameName, type Message } from './wire.js';
+import { RCODE, TcpReader, decodeMessage, encodeQuery, frameTcp, isQueryableName, sameName, type AddressType, type Message } from './wire.js';
 
 export interface DnsAddress {
   family: 4 | 6;
@@ -138,6 +145,10 @@ interface Server {
   address: string;
   family: 4 | 6;
   key: string;
+  /** The address without its zone. */
+  bytes: Uint8Array;
+  /** The zone of a link-local IPv6 address given as fe80::1%wlan0, if a name. */
+  zone?: string;
 }
 
 interface Outcome {
@@ -153,7 +164,7 @@ const FAILED: Outcome = { status: 'failed', addrs: [], ttlSec: 0 };
 function negativeTtl(msg: Message): number {
   let ttl: number | undefined;
   for (const rr of msg.authority) {
-    if (rr.type === TYPE.SOA && rr.soaMinimum !== undefined) {
+    if (rr.type === 'SOA' && rr.soaMinimum !== undefined) {
       const t = Math.min(rr.ttl, rr.soaMinimum);
       ttl = ttl === undefined ? t : Math.min(ttl, t);
     }
@@ -162,11 +173,11 @@ function negativeTtl(msg: Message): number {
 }
 
 /** The outcome of a NOERROR reply: follow CNAMEs from `qname`, collect `qtype` of the final name. */
-function answerOf(msg: Message, qname: string, qtype: number, server: string): Outcome {
+function answerOf(msg: Message, qname: string, qtype: AddressType, server: string): Outcome {
   let current = qname;
   let ttl = Infinity;
   for (let hops = 0; ; hops++) {
-    const cname = msg.answers.find((rr) => rr.type === TYPE.CNAME && rr.klass === CLASS.IN && rr.data !== undefined && sameName(rr.name, current));
+    const cname = msg.answers.find((rr) => rr.type === 'CNAME' && rr.klass === 'IN' && rr.data !== undefined && sameName(rr.name, current));
     if (cname === undefined) break;
     if (hops >= MAX_CNAME_CHAIN) return { ...FAILED, server };
     current = cname.data!;
@@ -174,8 +185,8 @@ function answerOf(msg: Message, qname: string, qtype: number, server: string): O
   }
   const addrs: DnsAddress[] = [];
   for (const rr of msg.answers) {
-    if (rr.type !== qtype || rr.klass !== CLASS.IN || rr.data === undefined || !sameName(rr.name, current)) continue;
-    addrs.push({ family: qtype === TYPE.A ? 4 : 6, address: rr.data });
+    if (rr.type !== qtype || rr.klass !== 'IN' || rr.data === undefined || !sameName(rr.name, current)) continue;
+    addrs.push({ family: qtype === 'A' ? 4 : 6, address: rr.data });
     ttl = Math.min(ttl, rr.ttl);
   }
   if (addrs.length === 0) return { status: 'ok', addrs, ttlSec: negativeTtl(msg), server };
@@ -199,10 +210,71 @@ function merge(a: Outcome, b: Outcome): Outcome {
   return { status: 'ok', addrs: [], ttlSec: Math.min(a.ttlSec, b.ttlSec), server: a.server ?? b.server };
 }
 
+/**
+ * One question asked of one server over TCP (after a truncated UDP reply): connect, send the
+ * framed query, read one framed answer. `done` is called once, with the message or an Error.
+ */
+class TcpExchange {
+  private abortConnect: (() => void) | undefined;
+  private socket: TcpSocket | undefined;
+  private finished = false;
+
+  constructor(
+    server: Server,
+    port: number,
+    steer: { mark: number | undefined; ifname: string | undefined },
+    query: Buffer,
+    private readonly done: (r: Buffer | Error) => void,
+  ) {
+    // A link-local server's zone names its device: a TCP connect needs one (no scope id here).
+    const ifname = steer.ifname ?? server.zone;
+    connectSteeredTcp(server.family, server.bytes, port, { mark: steer.mark, ifname }, (abort) => (this.abortConnect = abort)).then(
+      (socket) => {
+        this.abortConnect = undefined;
+        if (this.finished) {
+          socket.destroy();
+          return;
+        }
+        this.socket = socket;
+        const reader = new TcpReader();
+        socket.on('data', (chunk: Buffer) => {
+          let msgs: Buffer[];
+          try {
+            msgs = reader.push(chunk);
+          } catch (e) {
+            this.finish(e instanceof Error ? e : new Error(String(e)));
+            return;
+          }
+          if (msgs[0] !== undefined) this.finish(msgs[0]); // one answer is all we asked for
+        });
+        socket.on('error', (e) => this.finish(e));
+        socket.on('close', () => this.finish(new Error('the server closed the connection before a whole answer')));
+        socket.write(frameTcp(query));
+      },
+      (e: unknown) => this.finish(e instanceof Error ? e : new Error(String(e))),
+    );
+  }
+
+  private finish(r: Buffer | Error): void {
+    if (this.finished) return;
+    this.close();
+    this.done(r);
+  }
+
+  close(): void {
+    this.finished = true;
+    this.abortConnect?.();
+    this.abortConnect = undefined;
+    this.socket?.destroy();
+    this.socket = undefined;
+  }
+}
+
 /** One bound, steered UDP socket per address family, shared by the queries of one call. */
 class Transport {
   private readonly sockets = new Map<4 | 6, Socket>();
   private readonly opened: Socket[] = [];
+  private readonly exchanges = new Set<TcpExchange>();
 
   constructor(
     private readonly mark: number | undefined,
@@ -217,6 +289,16 @@ class Transport {
 
   get(family: 4 | 6): Socket | undefined {
     return this.sockets.get(family);
+  }
+
+  /** Asks `server` over a steered TCP connection; `done` gets the answer's bytes or an Error. */
+  tcp(server: Server, port: number, query: Buffer, done: (r: Buffer | Error) => void): TcpExchange {
+    const x: TcpExchange = new TcpExchange(server, port, { mark: this.mark, ifname: this.ifname }, query, (r) => {
+      this.exchanges.delete(x);
+      done(r);
+    });
+    this.exchanges.add(x);
+    return x;
   }
 
   private async openOne(family: 4 | 6): Promise<Socket> {
@@ -238,12 +320,23 @@ class Transport {
     }
     this.opened.length = 0;
     this.sockets.clear();
+    for (const x of this.exchanges) x.close();
+    this.exchanges.clear();
   }
 }
 
 interface Attempt {
   id: number;
   server: Server;
+  /** The TCP retry after a truncated reply (at most one per attempt). */
+  tcp?: TcpExchange;
+}
+
+/** Whether `msg` answers the question (`name`, `qtype`, class IN) of a query. */
+function answersQuestion(msg: Message, name: string, qtype: AddressType): boolean {
+  if (!msg.qr || msg.opcode !== 0 || msg.questions.length !== 1) return false;
+  const question = msg.questions[0]!;
+  return question.type === qtype && question.klass === 'IN' && sameName(question.name, name);
 }
 
 /** One question (name, A or AAAA) asked of the servers in turn. */
@@ -257,7 +350,7 @@ class Query {
 
   constructor(
     readonly name: string,
-    readonly qtype: number,
+    readonly qtype: AddressType,
     private readonly servers: readonly Server[],
     private readonly perServerMs: number,
     private readonly port: number,
@@ -276,6 +369,7 @@ class Query {
     if (this.done) return;
     this.done = true;
     clearTimeout(this.timer);
+    for (const a of this.attempts) a.tcp?.close();
     this.settle(o);
   }
 
@@ -310,16 +404,37 @@ class Query {
     return this.attempts[this.attempts.length - 1];
   }
 
-  /** A reply whose id, source and question match one of our attempts. */
+  /** An attempt that got no usable answer: the next server at once, if it was the current one. */
+  private failed(attempt: Attempt): void {
+    if (!this.done && this.current() === attempt) this.advance();
+  }
+
+  /** A UDP reply whose id, source and question match one of our attempts. */
   reply(msg: Message, attempt: Attempt): void {
     if (this.done) return;
     if (msg.tc) {
-      this.finish({ ...FAILED, server: attempt.server.address });
+      // Truncated: the same question of the same server over TCP (once per attempt).
+      attempt.tcp ??= this.transport.tcp(attempt.server, this.port, encodeQuery(attempt.id, this.name, this.qtype), (r) => this.tcpReply(r, attempt));
       return;
     }
+    this.answer(msg, attempt);
+  }
+
+  /** The end of a TCP exchange: an answer to our question, or anything else (a failed attempt). */
+  private tcpReply(r: Buffer | Error, attempt: Attempt): void {
+    if (this.done) return;
+    const msg = r instanceof Error ? null : decodeMessage(r);
+    if (msg === null || msg.id !== attempt.id || msg.tc || !answersQuestion(msg, this.name, this.qtype)) {
+      this.failed(attempt);
+      return;
+    }
+    this.answer(msg, attempt);
+  }
+
+  private answer(msg: Message, attempt: Attempt): void {
     if (msg.rcode === RCODE.NOERROR) this.finish(answerOf(msg, this.name, this.qtype, attempt.server.address));
     else if (msg.rcode === RCODE.NXDOMAIN) this.finish({ status: 'nxdomain', addrs: [], ttlSec: negativeTtl(msg), server: attempt.server.address });
-    else if (this.current() === attempt) this.advance(); // SERVFAIL, REFUSED, ...: the next server
+    else this.failed(attempt); // SERVFAIL, REFUSED, ...: the next server
   }
 
   /** The attempt a reply belongs to, if it is one of ours from the right server. */
@@ -342,15 +457,20 @@ export async function resolveVia(opts: ResolveOptions): Promise<DnsAnswer> {
   }
   const servers: Server[] = opts.servers.map((address) => {
     const pct = address.indexOf('%');
-    const family = isIP(pct >= 0 ? address.slice(0, pct) : address);
+    const plain = pct >= 0 ? address.slice(0, pct) : address;
+    const family = isIP(plain);
     const key = addressKey(address);
-    if ((family !== 4 && family !== 6) || key === undefined) throw new RangeError(`not a server address: ${JSON.stringify(address)}`);
-    return { address, family, key };
+    const parsed = parseAddress(plain);
+    if ((family !== 4 && family !== 6) || key === undefined || parsed === undefined) throw new RangeError(`not a server address: ${JSON.stringify(address)}`);
+    const server: Server = { address, family, key, bytes: parsed.bytes };
+    const zone = pct >= 0 ? address.slice(pct + 1) : '';
+    if (zone !== '' && !/^\d+$/.test(zone)) server.zone = zone;
+    return server;
   });
   if (servers.length === 0) return { ...FAILED };
 
   const name = opts.name.replace(/\.$/, '');
-  const types = opts.family === 4 ? [TYPE.A] : opts.family === 6 ? [TYPE.AAAA] : [TYPE.A, TYPE.AAAA];
+  const types: AddressType[] = opts.family === 4 ? ['A'] : opts.family === 6 ? ['AAAA'] : ['A', 'AAAA'];
   const queries: Query[] = [];
   const ids = new Set<number>();
   const perServerMs = Math.max(1, Math.floor(timeoutMs / servers.length));
@@ -366,9 +486,7 @@ export async function resolveVia(opts: ResolveOptions): Promise<DnsAnswer> {
       if (attempt === undefined) continue;
       const msg = decodeMessage(buf);
       // Not a reply to our question (or unreadable): ignore it, as a spoofing attempt would be.
-      if (msg === null || !msg.qr || msg.opcode !== 0 || msg.questions.length !== 1) return;
-      const question = msg.questions[0]!;
-      if (question.type !== q.qtype || question.klass !== CLASS.IN || !sameName(question.name, q.name)) return;
+      if (msg === null || !answersQuestion(msg, q.name, q.qtype)) return;
       q.reply(msg, attempt);
       return;
     }

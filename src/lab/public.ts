@@ -9,7 +9,7 @@ import { dirname, join } from 'node:path';
 import { PACKAGE_ROOT } from '../version.js';
 
 const RUNTIME = ['package.json', 'dist', 'build/Release', 'native/preload/libwaymark.so', 'examples',
-  'node_modules/commander', 'node_modules/yaml', 'node_modules/zod'];
+  'node_modules/commander', 'node_modules/yaml', 'node_modules/zod', 'node_modules/dns-packet', 'node_modules/@leichtgewicht/ip-codec'];
 
 let root: string | undefined;
 

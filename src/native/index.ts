@@ -14,7 +14,8 @@
  * the addon has not been built; the first call then throws with a hint.
  */
 import { createRequire } from 'node:module';
-import type { Server, Socket } from 'node:net';
+import { Socket, type Server } from 'node:net';
+import { getSystemErrorName } from 'node:util';
 
 export interface PeerCred {
   pid: number;
@@ -93,7 +94,7 @@ interface NativeAddon {
   send(fd: number, buf: Uint8Array): number;
   close(fd: number): void;
   watch(fd: number, onReadable: (err?: Error) => void, unref?: boolean, writable?: boolean): Watcher;
-  tcpConnect(family: 4 | 6, addr: Uint8Array, port: number, ifname?: string): number;
+  tcpConnect(family: 4 | 6, addr: Uint8Array, port: number, ifname?: string, mark?: number): number;
   udpSocket(family: 4 | 6): number;
   socketError(fd: number): number;
   peerCred(fd: number): PeerCred;
@@ -258,11 +259,12 @@ export function watch(
 }
 
 /**
- * Starts a non-blocking TCP connect to addr:port, bound first to `ifname` when given; returns
- * the fd at once. Wait for writability (watch with writable), then read socketError().
+ * Starts a non-blocking TCP connect to addr:port, bound first to `ifname` and marked with `mark`
+ * (SO_MARK: needs CAP_NET_ADMIN, otherwise 'EPERM') when given, so the SYN is already steered;
+ * returns the fd at once. Wait for writability (watch with writable), then read socketError().
  */
-export function tcpConnect(family: 4 | 6, addr: Uint8Array, port: number, ifname?: string): number {
-  return addon().tcpConnect(family, addr, port, ifname);
+export function tcpConnect(family: 4 | 6, addr: Uint8Array, port: number, ifname?: string, mark?: number): number {
+  return addon().tcpConnect(family, addr, port, ifname, mark);
 }
 
 /**
@@ -382,6 +384,59 @@ export function cgroupQuerySockPrograms(cgroupPath: string): CgroupSockPrograms 
 
 // ---------------------------------------------------------------------------------------------
 // Node handles
+
+/**
+ * A TCP connection to `addr`:`port`, bound to `steer.ifname` and marked with `steer.mark` (each
+ * when given) before its SYN ({@link tcpConnect}), handed to node:net once connected (the
+ * resolver's TCP fallback, the client API). Rejects with a NativeError
+ * (e.g. EPERM for SO_MARK without CAP_NET_ADMIN) or the connect's error (.code 'ECONNREFUSED',
+ * ...). `started` gets a function that aborts the connect (the promise then never settles).
+ */
+export function connectSteeredTcp(
+  family: 4 | 6,
+  addr: Uint8Array,
+  port: number,
+  steer: { mark?: number | undefined; ifname?: string | undefined },
+  started?: (abort: () => void) => void,
+): Promise<Socket> {
+  return new Promise<Socket>((resolve, reject) => {
+    let fd: number;
+    try {
+      fd = tcpConnect(family, addr, port, steer.ifname, steer.mark);
+    } catch (e) {
+      reject(e instanceof Error ? e : new Error(String(e)));
+      return;
+    }
+    let open = true;
+    let watcher: Watcher;
+    try {
+      watcher = watch(fd, onWritable, { writable: true });
+    } catch (e) {
+      close(fd);
+      reject(e instanceof Error ? e : new Error(String(e)));
+      return;
+    }
+    function onWritable(): void {
+      if (!open) return;
+      open = false;
+      watcher.stop();
+      const errno = socketError(fd);
+      if (errno !== 0) {
+        close(fd);
+        const code = getSystemErrorName(-errno);
+        reject(Object.assign(new Error(`connect to port ${port}: ${code}`), { code, errno: -errno, syscall: 'connect' }));
+        return;
+      }
+      resolve(new Socket({ fd, readable: true, writable: true }));
+    }
+    started?.(() => {
+      if (!open) return;
+      open = false;
+      watcher.stop();
+      close(fd);
+    });
+  });
+}
 
 function handleFd(owner: object): number | undefined {
   const handle: unknown = Reflect.get(owner, '_handle');

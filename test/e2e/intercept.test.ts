@@ -153,7 +153,7 @@ describe('DNS servers the link announces', () => {
       const ra = await lab.run('wifi', ['python3', join(PACKAGE_ROOT, 'test/fixtures/send_ra.py'), 'dev', LAB.dns.wifi.v6]);
       assert.equal(ra.code, 0, ra.stderr);
       let wifi;
-      for (let i = 0; i < 50 && wifi?.dns.source !== 'link'; i++) {
+      for (let i = 0; i < 500 && wifi?.dns.source !== 'link'; i++) { // up to 10 s: a guard
         await new Promise((r) => setTimeout(r, 20));
         wifi = (await status()).uplinks.find((u) => u.name === 'wifi');
       }
@@ -285,7 +285,7 @@ describe('the kernel backstop holds for a program that never loads the library',
     const plain = await lab.run('dev', [goclient, name]);
     assert.equal(lastJson(plain.stdout)?.path, 'wlan0', plain.stderr);
     let table = '';
-    for (let i = 0; i < 40; i++) { // the daemon sees a session end by inotify, then updates nftables
+    for (let i = 0; i < 200; i++) { // the daemon sees a session end by inotify, then updates nftables (10 s guard)
       table = (await lab.run('dev', ['nft', 'list', 'table', 'inet', 'waymark'])).stdout;
       if (!table.includes('backstop_dns')) break;
       await new Promise((r) => setTimeout(r, 50));
@@ -331,19 +331,28 @@ while time.time()<until:
 
   it('the daemon killed mid-run: programs keep going (fail open) without hanging; decisions resume after restart', async () => {
     const child = dev.lab.spawn('dev', [process.execPath, join(publicRoot(), 'dist/src/cli/main.js'), '--socket', dev.socket, 'exec', '--need', 'long-lived', '--',
-      'python3', '-c', LOOP, LAB.mmsc.v4, '4']);
+      'python3', '-c', LOOP, LAB.mmsc.v4, '6']);
     let out = '';
     child.stdout?.setEncoding('utf8').on('data', (d: string) => (out += d));
     const exited = new Promise((r) => child.once('exit', r));
-    await new Promise((r) => setTimeout(r, 1000));
+    const printed = (): number => out.split('\n').filter((l) => l !== '').length;
+    const linesAfter = async (n: number): Promise<void> => {
+      for (let i = 0; printed() < n; i++) {
+        if (i > 400) assert.fail(`the loop printed ${printed()} lines, not ${n}: ${out}`);
+        await new Promise((r) => setTimeout(r, 25));
+      }
+    };
+    await linesAfter(1); // a first connect, decided by the daemon
     const before = (await status()).decisions?.requests ?? 0;
     assert.ok(before > 0);
     await dev.stopDaemon('SIGKILL');
-    await new Promise((r) => setTimeout(r, 1000));
+    await linesAfter(printed() + 3); // connects while the daemon is away
     await dev.startDaemon();
     await exited;
     const lines = out.trim().split('\n').map((l) => l.split(' '));
-    const slow = lines.filter((l) => Number(l[1]) > 500);
+    // A connect that hung would end at the loop's 2 s socket timeout: 1.5 s tells the two apart
+    // without counting a busy machine's slow turn as a hang.
+    const slow = lines.filter((l) => Number(l[1]) > 1500);
     const failed = lines.filter((l) => l[0] !== 'ok');
     assert.ok(lines.length > 20, out);
     assert.deepEqual(slow, [], 'no connect hangs');
@@ -357,11 +366,10 @@ while time.time()<until:
   it('fail closed: new decisions fail fast while the daemon is away', async () => {
     await dev.stopDaemon('SIGKILL');
     try {
-      const t0 = performance.now();
       const r = await lab.run('dev', ['env', `LD_PRELOAD=${join(publicRoot(), 'native/preload/libwaymark.so')}`, `WAYMARK_SOCKET=${dev.socket}`, 'WAYMARK_FAIL=closed',
         'curl', '-sS', '--max-time', '3', url(LAB.internet.v4)]);
-      assert.notEqual(r.code, 0);
-      assert.ok(performance.now() - t0 < 1500);
+      // Fast: connect() itself failed (curl's exit 7), not curl's --max-time 3 (exit 28).
+      assert.equal(r.code, 7, r.stderr);
       const open = await lab.run('dev', ['env', `LD_PRELOAD=${join(publicRoot(), 'native/preload/libwaymark.so')}`, `WAYMARK_SOCKET=${dev.socket}`,
         'curl', '-sS', '--max-time', '3', url(LAB.internet.v4)]);
       assert.equal(lastJson(open.stdout)?.path, 'wlan0', 'fail open: default routing');

@@ -511,11 +511,11 @@ except OSError as e:
     const listed = sh('nsenter', [`--net=/run/netns/${NS.d}`, '--', 'nft', 'list', 'chain', 'inet', 'waymark', 'backstop']);
     assert.match(listed, new RegExp(`socket cgroupv2 level 3 "${nftCgroupPath(s.relPath, mount)}" oifname "up2"`));
 
-    // TCP: refused at once (a reset, not a timeout).
+    // TCP: refused at once: a reset ("connection refused"), not a timeout (which says so).
     r = await goclientRun(s, ['-bind', 'up2']);
     assert.notEqual(r.code, 0);
     assert.match(r.stderr, /connection refused/);
-    assert.ok(r.ms < 1500, `refused in ${r.ms.toFixed(0)} ms`);
+    assert.doesNotMatch(r.stderr, /timeout/);
     // The allowed uplink still works, bound or not.
     r = await goclientRun(s);
     assert.match(r.stdout, /^side-a 10\.1\.0\.2$/m, r.stderr);

@@ -187,8 +187,7 @@ describe('identify() on real processes', () => {
     const child = spawn(process.execPath, ['-e', '0'], { stdio: 'ignore' });
     const pid = child.pid!;
     const alive = identify({ pid, uid: 0, gid: 0 });
-    await new Promise((r) => child.once('exit', r));
-    await new Promise((r) => setTimeout(r, 20)); // reaped by Node's SIGCHLD handler
+    await new Promise((r) => child.once('exit', r)); // emitted once Node's SIGCHLD handler has reaped it
     const gone = identify({ pid, uid: 0, gid: 0 });
     assert.equal(gone.exe, null);
     assert.equal(gone.startTime, null);

@@ -36,8 +36,15 @@ const ENETUNREACH = 101;
 // The fake daemon
 
 type DecideFields = Partial<Omit<wire.DecideResponse, 'seq'>>;
-/** An answer, no answer, raw bytes, or an answer sent `later` ms after the request. */
-type DecideAnswer = DecideFields | 'silent' | Buffer | { later: number; answer: DecideFields; pendingMs?: number };
+/**
+ * An answer, no answer, raw bytes, an answer sent `later` ms after the request, or one `held`:
+ * sent on the same connection just before the answer to the next request there (never, if no
+ * request follows). A WM_PENDING saying `pendingMs` may go first at once.
+ */
+type DecideAnswer =
+  | DecideFields | 'silent' | Buffer
+  | { later: number; answer: DecideFields; pendingMs?: number }
+  | { held: DecideFields; pendingMs?: number };
 type ResolveAnswer = Partial<Omit<wire.ResolveResponse, 'seq'>> | 'silent';
 type Seen<T> = T & { pid: number; conn: number };
 
@@ -54,6 +61,9 @@ class FakeDaemon {
   resolve: (r: wire.ResolveRequest) => ResolveAnswer = () => ({ status: wire.WM_RESOLVE.NOT_OURS });
   private readonly listenFd: number;
   private readonly watchers = new Map<number, native.Watcher>();
+  /** Answers held per connection (fd), sent before its next answer. */
+  private readonly held = new Map<number, Buffer[]>();
+  private idleWaiters: (() => void)[] = [];
 
   constructor() {
     chmodSync(this.dir, 0o755);
@@ -102,7 +112,28 @@ class FakeDaemon {
   private drop(fd: number): void {
     this.watchers.get(fd)?.stop();
     this.watchers.delete(fd);
+    this.held.delete(fd);
     native.close(fd);
+    if (this.watchers.size === 1) {
+      const waiters = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const w of waiters) w();
+    }
+  }
+
+  /**
+   * Resolves once every client connection has been read to its end (EOF), so every request a
+   * finished client sent has been counted: the event to wait for before counting requests.
+   */
+  idle(guardMs = 20_000): Promise<void> {
+    if (this.watchers.size <= 1) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const guard = setTimeout(() => reject(new Error(`fake daemon: ${this.watchers.size - 1} connection(s) still open after the client exited`)), guardMs);
+      this.idleWaiters.push(() => {
+        clearTimeout(guard);
+        resolve();
+      });
+    });
   }
 
   /** Answers what is queued on one connection (`conn` in the records is its fd: unique while open). */
@@ -132,8 +163,12 @@ class FakeDaemon {
           seq: r.seq, action: wire.WM_ACTION.PASS, err: 0, ifindex: 0, mark: 0, ttlMs: 60_000,
           generation: this.generation(), ifname: '', uplink: '', ...f,
         });
-        if ('later' in a) {
+        if ('later' in a || 'held' in a) {
           if (a.pendingMs !== undefined) native.send(fd, wire.encodePending({ seq: r.seq, waitMs: a.pendingMs }));
+          if ('held' in a) {
+            this.held.set(fd, [...(this.held.get(fd) ?? []), encode(a.held)]);
+            continue;
+          }
           const late = encode(a.answer);
           setTimeout(() => { try { native.send(fd, late); } catch { /* gone */ } }, a.later).unref();
           continue;
@@ -152,6 +187,8 @@ class FakeDaemon {
       }
       if (out) {
         try {
+          for (const h of this.held.get(fd) ?? []) native.send(fd, h);
+          this.held.delete(fd);
           native.send(fd, out);
         } catch {
           this.drop(fd);
@@ -524,6 +561,7 @@ interface Result {
 }
 
 interface RunOptions {
+  /** Extra environment; '' removes a variable (e.g. WAYMARK_TIMEOUT_MS: '' for the library's default). */
   env?: Record<string, string>;
   /** run as nobody (uid/gid 65534, no supplementary groups) */
   unprivileged?: boolean;
@@ -535,11 +573,24 @@ interface RunOptions {
 
 let daemon: FakeDaemon;
 
-/** Runs a plan asynchronously (the fake daemon answers from this event loop meanwhile). */
+/**
+ * How long the library waits for the fake daemon's answer unless a test says otherwise: a guard
+ * against a hang, not a window. The library's 50 ms default is a production budget; the fake
+ * daemon answers from this test's event loop, which a busy machine may not run for that long.
+ * A test that needs a request to time out makes the daemon never answer it ('silent', `held`),
+ * so the outcome never depends on which of two clocks runs first.
+ */
+const TEST_TIMEOUT_MS = '10000';
+
+/**
+ * Runs a plan asynchronously (the fake daemon answers from this event loop meanwhile); resolves
+ * once the client has exited and the fake daemon has read everything it sent.
+ */
 async function run(plan: Step[], opts: RunOptions = {}): Promise<{ out: Result[]; stderr: string }> {
   const env: Record<string, string> = {
     ...(opts.preload === false ? {} : { LD_PRELOAD: opts.unprivileged ? path.join(publicRoot(), 'native/preload/libwaymark.so') : LIB }),
     WAYMARK_SOCKET: opts.socket ?? daemon.socketEnv,
+    WAYMARK_TIMEOUT_MS: TEST_TIMEOUT_MS,
     ...opts.env,
   };
   const envArgs = Object.entries(env).filter(([, v]) => v !== '').map(([k, v]) => `${k}=${v}`);
@@ -555,6 +606,7 @@ async function run(plan: Step[], opts: RunOptions = {}): Promise<{ out: Result[]
   const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
   clearTimeout(timer);
   assert.equal(code, 0, `client failed (${code}):\n${stderr}`);
+  await daemon.idle();
   const lines = stdout.trim().split('\n');
   return { out: JSON.parse(lines[lines.length - 1] ?? '[]') as Result[], stderr };
 }
@@ -708,8 +760,10 @@ describe('libwaymark.so (LD_PRELOAD)', { skip }, () => {
 
   it('ttl: an expired entry is asked again; ttl 0 is never cached', async () => {
     const p = nextPort();
-    daemon.decide = () => daemon.steer('up0', { ttlMs: 150 });
-    await run([{ op: 'tcp', host: A, port: p }, { op: 'tcp', host: A, port: p }, { op: 'sleep', s: 0.3 }, { op: 'tcp', host: A, port: p }]);
+    // Both clocks are the client's (the library's cache and the sleep): the sleep outlasts the
+    // ttl whatever the load. The two connects before it are back to back, far within 1.5 s.
+    daemon.decide = () => daemon.steer('up0', { ttlMs: 1500 });
+    await run([{ op: 'tcp', host: A, port: p }, { op: 'tcp', host: A, port: p }, { op: 'sleep', s: 1.6 }, { op: 'tcp', host: A, port: p }]);
     assert.equal(daemon.decides.length, 2);
     daemon.reset();
     daemon.decide = () => daemon.steer('up0', { ttlMs: 0 });
@@ -738,14 +792,20 @@ describe('libwaymark.so (LD_PRELOAD)', { skip }, () => {
 
   it('a daemon that accepts but never answers costs one bounded wait, then nothing (back-off)', async () => {
     daemon.decide = () => 'silent';
-    const open = await run([{ op: 'tcp', host: A, port: nextPort() }, { op: 'tcp', host: A, port: nextPort() }]);
+    // The library's own default bound (50 ms): nothing answers, so only that bound ends the wait.
+    const open = await run([{ op: 'tcp', host: A, port: nextPort() }, { op: 'tcp', host: A, port: nextPort() }], { env: { WAYMARK_TIMEOUT_MS: '' } });
     assert.deepEqual(open.out.map((r) => [r.result, r.dev]), [['ok', ''], ['ok', '']]);
-    assert.ok(open.out[0]!.ms >= 40 && open.out[0]!.ms < 200, `first connect took ${open.out[0]!.ms} ms`);
-    assert.ok(open.out[1]!.ms < 20, `second connect took ${open.out[1]!.ms} ms: no back-off?`);
-    assert.equal(daemon.decides.length, 1);
-    const closed = await run([{ op: 'tcp', host: A, port: nextPort() }], { env: { WAYMARK_FAIL: 'closed', WAYMARK_TIMEOUT_MS: '20' } });
+    assert.ok(open.out[0]!.ms >= 45, `first connect took ${open.out[0]!.ms} ms: did not wait for the default 50 ms bound`);
+    assert.ok(open.out[0]!.ms < 5000, `first connect took ${open.out[0]!.ms} ms: not bounded`);
+    // Back-off: the second connect asked nothing (counted once the daemon has read all the client sent).
+    assert.equal(daemon.decides.length, 1, 'the second connect asked the daemon: no back-off');
+    daemon.reset();
+    daemon.decide = () => 'silent';
+    const closed = await run([{ op: 'tcp', host: A, port: nextPort() }], { env: { WAYMARK_FAIL: 'closed', WAYMARK_TIMEOUT_MS: '1000' } });
     assert.equal(closed.out[0]!.result, 'ENETUNREACH');
-    assert.ok(closed.out[0]!.ms < 100, `took ${closed.out[0]!.ms} ms with WAYMARK_TIMEOUT_MS=20`);
+    assert.ok(closed.out[0]!.ms >= 990, `took ${closed.out[0]!.ms} ms: WAYMARK_TIMEOUT_MS=1000 not waited for`);
+    assert.ok(closed.out[0]!.ms < 8000, `took ${closed.out[0]!.ms} ms: not bounded by WAYMARK_TIMEOUT_MS=1000`);
+    assert.equal(daemon.decides.length, 1);
   });
 
   it('an answer that waits for the user (WM_PENDING) is waited for, up to WAYMARK_PROMPT_TIMEOUT_MS', async () => {
@@ -753,9 +813,12 @@ describe('libwaymark.so (LD_PRELOAD)', { skip }, () => {
     const asked = await run([{ op: 'tcp', host: A, port: nextPort() }]);
     assert.deepEqual([asked.out[0]!.result, asked.out[0]!.dev], ['ok', 'up0'], 'steered by the answer that came after 300 ms');
     assert.ok(asked.out[0]!.ms >= 290, `took ${asked.out[0]!.ms} ms`);
+    // Pending for a minute, then never answered: only WAYMARK_PROMPT_TIMEOUT_MS ends the wait.
+    daemon.decide = () => ({ held: daemon.steer('up0'), pendingMs: 60_000 });
     const capped = await run([{ op: 'tcp', host: A, port: nextPort() }], { env: { WAYMARK_PROMPT_TIMEOUT_MS: '100' } });
     assert.deepEqual([capped.out[0]!.result, capped.out[0]!.dev], ['ok', ''], 'gave up after 100 ms: fails open');
-    assert.ok(capped.out[0]!.ms >= 90 && capped.out[0]!.ms < 290, `took ${capped.out[0]!.ms} ms`);
+    assert.ok(capped.out[0]!.ms >= 90, `took ${capped.out[0]!.ms} ms: gave up before WAYMARK_PROMPT_TIMEOUT_MS=100`);
+    assert.ok(capped.out[0]!.ms < 30_000, `took ${capped.out[0]!.ms} ms: waited for the daemon's 60 s, not the 100 ms cap`);
   });
 
   it('inside waymarkd itself (the decide socket\'s listener is this process) it stands aside, even failing closed', async () => {
@@ -767,9 +830,11 @@ describe('libwaymark.so (LD_PRELOAD)', { skip }, () => {
         { op: 'tcp', host: A, port: nextPort() },
       ], { socket: path.join(dir, 'waymarkd.sock'), env: { WAYMARK_FAIL: 'closed', WAYMARK_DEBUG: '1' } });
       const tcp = out.filter((r) => 'dev' in r);
+      // Failing closed, a request that waited for an answer (nobody answers here) would end in
+      // ENETUNREACH: 'ok' proves neither connect waited for one.
       assert.deepEqual(tcp.map((r) => [r.result, r.dev]), [['ok', ''], ['ok', '']], stderr);
-      assert.ok(tcp.every((r) => r.ms < 40), `no wait for an answer: ${tcp.map((r) => r.ms).join(', ')} ms`);
       assert.match(stderr, /this process is waymarkd itself/);
+      assert.doesNotMatch(stderr, /unavailable/, 'no request timed out');
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -780,14 +845,16 @@ describe('libwaymark.so (LD_PRELOAD)', { skip }, () => {
     const bad = await run([{ op: 'tcp', host: A, port: nextPort() }]);
     assert.deepEqual([bad.out[0]!.result, bad.out[0]!.dev], ['ok', '']);
     daemon.reset();
-    // The first request is answered (DENY) after the client gave up on it; the answer waits on
-    // the connection and arrives before the answer (STEER) to the next request.
-    daemon.decide = () => ({ later: 100, answer: { action: wire.WM_ACTION.DENY, err: EACCES } });
+    // The first request is answered (DENY) only once the client has given up on it: the daemon
+    // holds the answer until the next request on that connection arrives, and sends it just
+    // before the answer (STEER) to that one. The client's sleep outlasts the 1 s back-off that
+    // follows its timeout (both on the client's clock).
     const p1 = nextPort();
     const p2 = nextPort();
-    setTimeout(() => { daemon.decide = () => daemon.steer('up0'); }, 50).unref();
-    const { out } = await run([{ op: 'tcp', host: A, port: p1 }, { op: 'sleep', s: 1.1 }, { op: 'tcp', host: A, port: p2 }],
-      { env: { WAYMARK_TIMEOUT_MS: '30' } });
+    daemon.decide = (q) => q.port === p1 ? { held: { action: wire.WM_ACTION.DENY, err: EACCES } } : daemon.steer('up0');
+    const { out, stderr } = await run([{ op: 'tcp', host: A, port: p1 }, { op: 'sleep', s: 1.1 }, { op: 'tcp', host: A, port: p2 }],
+      { env: { WAYMARK_TIMEOUT_MS: '2000', WAYMARK_DEBUG: '1' } });
+    assert.match(stderr, /decide: daemon .* unavailable: Connection timed out/, 'the first request timed out');
     assert.deepEqual(out.filter((r) => 'dev' in r).map((r) => [r.result, r.dev]), [['ok', ''], ['ok', 'up0']]);
     assert.deepEqual(daemon.decides.map((q) => [q.port, q.conn]), [[p1, daemon.decides[0]!.conn], [p2, daemon.decides[0]!.conn]],
       'both over the same connection');
