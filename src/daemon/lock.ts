@@ -8,9 +8,11 @@
  *
  * The kernel drops a flock when its holder dies, however it dies, so a crash never blocks the
  * next start; the lock files are never unlinked (a second holder could then lock a new inode).
- * Each holds the holder's pid, for the message.
+ * Each holds the holder's pid, for the message. They are root's alone (0600, also when an older
+ * file was readable): flock(2) needs no write access, so anyone who could open a lock file could
+ * take it first and keep every future waymarkd from starting.
  */
-import { ftruncateSync, mkdirSync, readFileSync, writeSync } from 'node:fs';
+import { fchmodSync, ftruncateSync, mkdirSync, readFileSync, writeSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join, resolve } from 'node:path';
 import * as native from '../native/index.js';
@@ -42,9 +44,10 @@ export async function claimInstance(opts: { stateDir: string; runDir: string; so
   try {
     for (const path of paths) {
       mkdirSync(join(path, '..'), { recursive: true, mode: 0o755 });
-      const fd = native.lockFile(path, 0o644);
+      const fd = native.lockFile(path, 0o600);
       if (fd === null) throw new AlreadyRunning(pidIn(path), `holds ${path}`);
       held.push(fd);
+      fchmodSync(fd, 0o600);
       ftruncateSync(fd, 0);
       writeSync(fd, `${process.pid}\n`, 0);
     }

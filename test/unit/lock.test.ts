@@ -1,7 +1,7 @@
 /** claimInstance: the flocks in the state and socket directories, and the check of the socket. */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -54,5 +54,14 @@ describe('one waymarkd per state and socket directory', () => {
     // A crashed daemon's socket file: bound once, nobody listening now.
     native.close(native.unixListen(socket, 'stream', 1, 0o600));
     await claimInstance({ stateDir: join(run, 's2'), runDir: join(run, 'r2'), socket });
+  });
+
+  it('the lock files are root\'s alone (0600, an older readable one too): flock needs no write access, so a reader could hold it', async () => {
+    const dirs = { stateDir: join(root, 'c', 'state'), runDir: join(root, 'c', 'run'), socket: join(root, 'c', 'run', 'w.sock') };
+    mkdirSync(dirs.runDir, { recursive: true });
+    writeFileSync(join(dirs.runDir, LOCK_FILE), '1\n');
+    chmodSync(join(dirs.runDir, LOCK_FILE), 0o644);
+    const lock = await claimInstance(dirs);
+    for (const path of lock.paths) assert.equal(statSync(path).mode & 0o777, 0o600, path);
   });
 });
