@@ -18,7 +18,7 @@ import { describeRoute, describeRule } from '../routing/describe.js';
 import { assignSlots } from '../uplink/slots.js';
 import { uplinkStates, type UplinkState } from '../uplink/state.js';
 import type { Logger } from './log.js';
-import type { DestinationStatusView, StatusResult, UplinkStatusView } from './protocol.js';
+import { PROTOCOL_VERSION, type DestinationStatusView, type StatusResult, type UplinkStatusView } from './protocol.js';
 import type { StateStore } from './state.js';
 
 const MAIN_TABLE = 254;
@@ -51,6 +51,8 @@ export interface EngineOptions {
    * it must name only cgroups that exist at that moment.
    */
   readonly nftExtra?: () => string;
+  /** Called after every reconcile with the uplinks as they are now (the event bus compares them). */
+  readonly onReconciled?: (states: readonly UplinkState[]) => void;
 }
 
 export class Engine {
@@ -224,6 +226,7 @@ export class Engine {
       this.opts.log.error('kernel setting failed', { error: e });
     }
     await this.applyNft(errors);
+    this.opts.onReconciled?.(this.states);
     const fp = JSON.stringify(this.states.map((u) => [u.spec.name, u.status, u.link?.index, u.families, u.dns]));
     if (fp !== this.fingerprint) {
       this.fingerprint = fp;
@@ -324,7 +327,7 @@ export class Engine {
     });
     return {
       daemon: {
-        version: this.opts.version, protocol: 1, pid: process.pid, configPath: this.opts.configPath,
+        version: this.opts.version, protocol: PROTOCOL_VERSION, pid: process.pid, configPath: this.opts.configPath,
         generation: this.generation, startedAt: this.startedAt.toISOString(),
       },
       uplinks,
