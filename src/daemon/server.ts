@@ -50,6 +50,12 @@ export class RequestError extends Error {
 
 export type { Handlers } from './protocol.js';
 
+/**
+ * The sockets' high-water mark (Node's default, made explicit): events are written to a
+ * connection only while less than this is waiting in the daemon for it (see the top of this file).
+ */
+export const SOCKET_HIGH_WATER = 16 * 1024;
+
 /** Requests taken from one connection whose replies are not yet written (see the top of this file). */
 export const MAX_OUTSTANDING = 8;
 
@@ -119,7 +125,7 @@ export class ControlServer {
     options: ControlServerOptions = {},
   ) {
     this.events = options.events;
-    this.server = createServer((s) => this.accept(s));
+    this.server = createServer({ highWaterMark: SOCKET_HIGH_WATER }, (s) => this.accept(s));
     this.limiter = new ConnectionLimiter('control socket', connectionLimits(options.limits ?? {}, CONTROL_LIMITS), log);
   }
 
