@@ -51,8 +51,8 @@ export interface EngineOptions {
    * it must name only cgroups that exist at that moment.
    */
   readonly nftExtra?: () => string;
-  /** Called after every reconcile with the uplinks as they are now (the event bus compares them). */
-  readonly onReconciled?: (states: readonly UplinkState[]) => void;
+  /** Called on every reconcile with the uplinks as just observed, before routes follow (the event bus compares them). */
+  readonly onObserved?: (states: readonly UplinkState[]) => void;
 }
 
 export class Engine {
@@ -203,6 +203,8 @@ export class Engine {
     const snap = await this.kernel.snapshot();
     const mainRoutes = snap.routes.filter((r) => r.table === MAIN_TABLE);
     this.states = uplinkStates(this.config.uplinks, this.slots, { links: snap.links, addrs: snap.addrs, routes: mainRoutes, linkDns: this.validLinkDns() });
+    // What was observed goes out at once (the events); the kernel follows below.
+    this.opts.onObserved?.(this.states);
     const desired = desiredState(this.states, withLearnedHosts(this.config.destinations, this.opts.learnedHosts?.() ?? new Map()));
     const p = plan(desired, snap.rules, snap.routes);
     const errors: string[] = [];
@@ -226,7 +228,6 @@ export class Engine {
       this.opts.log.error('kernel setting failed', { error: e });
     }
     await this.applyNft(errors);
-    this.opts.onReconciled?.(this.states);
     const fp = JSON.stringify(this.states.map((u) => [u.spec.name, u.status, u.link?.index, u.families, u.dns]));
     if (fp !== this.fingerprint) {
       this.fingerprint = fp;

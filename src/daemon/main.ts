@@ -81,7 +81,7 @@ async function main(): Promise<void> {
     },
     nftExtra: () => renderSessionChains(sessions.backstops(), uplinkDns(engine.uplinkStates(), engine.getConfig().destinations), { cgroupMount: cgroups.mount }),
     learnedHosts: () => decisions.learnedHosts(),
-    onReconciled: (states) => uplinkEvents.update(states),
+    onObserved: (states) => uplinkEvents.update(states),
   });
   const sessions: SessionService = new SessionService(engine, cgroups,
     { save: (all) => store.update({ sessions: all.map((x) => ({ ...x, needs: [...x.needs], deny: [...x.deny], apps: [...x.apps] })) }) }, log, events);
