@@ -308,6 +308,8 @@ while True:
       assert.ok(ev.maxQueued <= ev.queueLimit + 1, `longest queue ${ev.maxQueued} (bound ${ev.queueLimit})`);
       assert.ok(ev.dropped - before.dropped > 0, 'events were dropped for the stuck subscriber');
       assert.ok((st.control?.unwrittenBytes ?? Infinity) <= ev.subscribers * (SOCKET_HIGH_WATER + 1024), `bytes unwritten: ${st.control?.unwrittenBytes}`);
+      const text = await dev.waymark(['status']);
+      assert.match(text.stdout, /^events: \d+ watchers, \d+ events dropped for watchers that fell behind \(at most \d+ queued each\)$/m);
       // The watchers that read got every one of them.
       await a.event(0, (e) => e.type === 'decision.denied' && e.port === 30_000 + N - 1, 'the last denial');
       assert.equal(a.events().filter((e) => e.type === 'decision.denied' && e.port >= 30_000 && e.port < 30_000 + N).length, N);
