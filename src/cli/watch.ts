@@ -52,11 +52,15 @@ export async function watch(socket: string, o: { json: boolean; topics: readonly
   const write = (e: DaemonEvent): void => {
     process.stdout.write((o.json ? JSON.stringify(e) : formatEvent(e)) + '\n');
   };
+  let subscribed = false;
   try {
     const sub = await client.subscribe(o.topics, write, (why) => {
+      // Before the subscription answered, the failed call says why (refused, not running).
+      if (!subscribed) return;
       process.stderr.write(`waymark: ${why}; no more events\n`);
       done(EXIT_UNAVAILABLE);
     });
+    subscribed = true;
     process.stderr.write(`watching ${sub.topics.join(', ')} events (${sub.seesAll ? 'of every user' : `of uid ${process.getuid?.() ?? '?'} and the whole device`}); Ctrl-C to stop\n`);
   } catch (e) {
     client.close();

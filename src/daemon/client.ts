@@ -53,8 +53,10 @@ export class Client {
         this.waiting.clear();
       });
       s.on('close', () => {
-        this.sock = undefined;
-        this.onClose?.('waymarkd closed the connection');
+        // Told only about a connection that was open and not closed by us.
+        const wasOpen = this.sock === s;
+        if (wasOpen) this.sock = undefined;
+        if (wasOpen) this.onClose?.('waymarkd closed the connection');
         for (const w of this.waiting.values()) w.reject(new Error('waymarkd closed the connection'));
         this.waiting.clear();
       });

@@ -335,6 +335,7 @@ while True:
       const again = new Watcher(['--json']);
       assert.equal(await again.exited(), 69);
       assert.match(again.stderr, /waymarkd is not running/);
+      assert.doesNotMatch(again.stderr, /closed the connection/, 'one message, not two');
     } finally {
       await dev.startDaemon();
     }
