@@ -135,16 +135,18 @@ describe('waymark watch', () => {
   let a: Watcher;
   let b: Watcher;
   let user: Watcher;
+  let denials: Watcher;
 
   before(async () => {
     a = new Watcher(['--json']);
     b = new Watcher([]); // readable text
     user = new Watcher(['--json'], USER);
-    await Promise.all([a.ready(), b.ready(), user.ready()]);
+    denials = new Watcher(['--json', '--topic', 'decision']);
+    await Promise.all([a.ready(), b.ready(), user.ready(), denials.ready()]);
   });
 
   after(() => {
-    for (const w of [a, b, user]) w.child.kill('SIGKILL');
+    for (const w of [a, b, user, denials]) w.child.kill('SIGKILL');
     console.log(`# action → watcher line (ms): ${Object.entries(delays).map(([k, v]) => `${k} ${v.map((x) => x.toFixed(1)).join('/')}`).join('; ')}`);
   });
 
@@ -153,6 +155,9 @@ describe('waymark watch', () => {
     assert.match(user.stderr, new RegExp(`^watching uplink, config, decision, session events \\(of uid ${USER} and the whole device\\)`, 'm'));
     const help = await dev.waymark(['--help']);
     assert.match(help.stdout, /^ {2}watch \[options\] +stream the daemon's events live/m);
+    const bad = await dev.waymark(['watch', '--topic', 'nope']);
+    assert.notEqual(bad.code, 0);
+    assert.match(bad.stderr, /unknown topic "nope" \(known: uplink, config, decision, session\)/);
   });
 
   it('shows a link going down and coming back, to both watchers and the unprivileged one', async () => {
@@ -232,6 +237,9 @@ describe('waymark watch', () => {
     assert.ok(own.event.type === 'decision.denied' && own.event.uid === USER && own.event.port === 82, JSON.stringify(own.event));
     await a.event(fromA, (e) => e.type === 'decision.denied' && e.uid === USER && e.port === 82, 'the user\'s denial, to root');
     assert.deepEqual(user.events().filter((e) => e.type === 'decision.denied').map((e) => e.type === 'decision.denied' && e.uid), [USER], 'uid 4242 sees no denial of root\'s');
+    // --topic decision: both denials, and nothing of the link, reload and session events before.
+    await denials.event(0, (e) => e.type === 'decision.denied' && e.uid === USER, 'the user\'s denial (--topic decision)');
+    assert.deepEqual(denials.events().map((e) => e.type), ['decision.denied', 'decision.denied']);
   });
 
   it('shows sessions starting and ending, each to its own user and to root', async () => {
