@@ -64,7 +64,7 @@ export async function execWith(client: Client, wish: ExecWish, argv: readonly st
   let session;
   try {
     session = await client.call('exec.begin', {
-      ...(wish.uplink ? { uplink: wish.uplink } : {}), needs: wish.needs, deny: wish.deny, command: argv.join(' '), ...(exe ? { exe } : {}),
+      ...(wish.uplink ? { uplink: wish.uplink } : {}), needs: [...wish.needs], deny: [...wish.deny], command: argv.join(' '), ...(exe ? { exe } : {}),
     });
   } catch (e) {
     // The daemon found the wish contradictory once names were resolved (--uplink wlan0 --deny wifi).

@@ -1,11 +1,12 @@
 #!/usr/bin/env node
 /** waymark: the command-line client of waymarkd. */
-import { Command } from 'commander';
+import { Command, InvalidArgumentError } from 'commander';
 import { Client, DaemonError, DaemonUnavailable, defaultSocketPath } from '../daemon/client.js';
 import { VERSION } from '../version.js';
 import { NEED_NAMES, type NeedName } from '../config/schema.js';
 import { execWith } from './exec.js';
 import { formatStatus } from './status.js';
+import { TOPICS, type Topic } from '../daemon/events.js';
 
 const program = new Command('waymark')
   .description('Waymark: steer each program\'s traffic over the right uplink (Wi-Fi, cellular APNs, VPN, ...).')
@@ -57,6 +58,26 @@ waymarkd unavailable or the session refused, 77 not permitted, 1 a bad option.`)
     process.exitCode = await execWith(client(), wish, argv);
   });
 
+const topic = (v: string, prev: Topic[]): Topic[] => {
+  const t = TOPICS.find((x) => x === v);
+  if (t === undefined) throw new InvalidArgumentError(`unknown topic "${v}" (known: ${TOPICS.join(', ')})`);
+  return [...prev, t];
+};
+
+program
+  .command('watch')
+  .description('stream the daemon\'s events live, one line each, until interrupted: uplinks changing, config reloads, denied connections, sessions')
+  .option('--json', 'one JSON object per line', false)
+  .option('-t, --topic <topic>', `only these topics, repeatable: ${TOPICS.join(', ')} (default: all)`, topic, [])
+  .addHelpText('after', `
+Denials and sessions are shown for your own programs only (root and the waymark group see
+everyone's); uplink and config events for all. A watcher that falls behind is told how many
+events it lost. Exits 0 on Ctrl-C, 69 when waymarkd goes away.`)
+  .action(async (o: { json: boolean; topic: Topic[] }) => {
+    const { watch } = await import('./watch.js');
+    process.exitCode = await watch(program.opts<{ socket: string }>().socket, { json: o.json, topics: o.topic });
+  });
+
 program
   .command('demo')
   .description('build a simulated device in network namespaces, run waymarkd in it, show a tour (root)')
@@ -72,6 +93,7 @@ program
 program.addHelpText('after', `
 Examples:
   waymark status
+  waymark watch --json --topic decision
   waymark exec --uplink mms -- curl http://10.200.0.10/
   sudo waymark demo --shell
 

@@ -61,7 +61,11 @@ export function formatStatus(s: StatusResult): string {
   const control = c
     ? `\ncontrol socket: ${c.clients} connections` + (c.pausedClients ? `, ${c.pausedClients} not read until they take their replies` : '') + refusals(c.refused, c.refusedByUid, c.limits)
     : '';
-  return `${uplinks}\n\n${destinations}${sessions}\n\n${footer}${decisions}${control}\n`;
+  const ev = s.events;
+  const events = ev && (ev.subscribers > 0 || ev.dropped > 0)
+    ? `\nevents: ${ev.subscribers} watchers` + (ev.dropped ? `, ${ev.dropped} events dropped for watchers that fell behind (at most ${ev.queueLimit} queued each)` : '')
+    : '';
+  return `${uplinks}\n\n${destinations}${sessions}\n\n${footer}${decisions}${control}${events}\n`;
 }
 
 /** "; refused: uid 4242 (1025), uid 1000 (3); limits 1024 per uid, 4096 in all, 512 kept for root" when any was refused. */

@@ -1,8 +1,13 @@
-/** A typed client of the control protocol, used by the CLI, the demo and tests. */
+/**
+ * A typed client of the control protocol (protocol.ts: params and results of each method as
+ * declared there), used by the CLI, the demo and tests. Speaks version 2: `subscribe()` asks for
+ * events, which then arrive on the same connection between replies.
+ */
 import { statSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { basename, join } from 'node:path';
-import { DEFAULT_SOCKET, PROTOCOL_VERSION, type Method, type Response, type Results, type WireError } from './protocol.js';
+import type { DaemonEvent, Topic } from './events.js';
+import { DEFAULT_SOCKET, PROTOCOL_VERSION, type Method, type ParamsIn, type Response, type Results, type SubscribeResult, type WireError } from './protocol.js';
 
 export class DaemonError extends Error {
   constructor(readonly wire: WireError) {
@@ -49,6 +54,8 @@ export class Client {
   private nextId = 1;
   private buffered = '';
   private readonly waiting = new Map<number, { resolve(r: Response): void; reject(e: Error): void }>();
+  private onEvent: ((e: DaemonEvent) => void) | undefined;
+  private onClose: ((why: string) => void) | undefined;
 
   readonly path: string;
 
@@ -74,7 +81,10 @@ export class Client {
         this.waiting.clear();
       });
       s.on('close', () => {
-        this.sock = undefined;
+        // Told only about a connection that was open and not closed by us.
+        const wasOpen = this.sock === s;
+        if (wasOpen) this.sock = undefined;
+        if (wasOpen) this.onClose?.('waymarkd closed the connection');
         for (const w of this.waiting.values()) w.reject(new Error('waymarkd closed the connection'));
         this.waiting.clear();
       });
@@ -84,7 +94,12 @@ export class Client {
         while ((nl = this.buffered.indexOf('\n')) >= 0) {
           const line = this.buffered.slice(0, nl);
           this.buffered = this.buffered.slice(nl + 1);
-          const r = JSON.parse(line) as Response;
+          const msg = JSON.parse(line) as Response | { v: number; event: DaemonEvent };
+          if ('event' in msg) {
+            this.onEvent?.(msg.event);
+            continue;
+          }
+          const r = msg;
           // id 0: about the connection (refused: EBUSY), not about a request; it ends them all.
           if (r.id === 0 && !r.ok) {
             for (const w of this.waiting.values()) w.resolve(r);
@@ -98,7 +113,9 @@ export class Client {
     });
   }
 
-  async call<M extends Method>(method: M, params: Record<string, unknown> = {}): Promise<Results[M]> {
+  /** Calls `method`; its params may be left out when every one of them is optional. */
+  async call<M extends Method>(method: M, ...args: Record<string, never> extends ParamsIn<M> ? [params?: ParamsIn<M>] : [params: ParamsIn<M>]): Promise<Results[M]> {
+    const params: unknown = args[0] ?? {};
     const s = await this.open();
     const id = this.nextId++;
     const reply = await new Promise<Response>((resolve, reject) => {
@@ -116,7 +133,18 @@ export class Client {
     return reply.result as Results[M];
   }
 
+  /**
+   * Subscribes this connection to events of `topics` (all when empty); `onEvent` gets each, in
+   * order, `onClose` is told once the daemon closes the connection (or it fails).
+   */
+  async subscribe(topics: readonly Topic[], onEvent: (e: DaemonEvent) => void, onClose?: (why: string) => void): Promise<SubscribeResult> {
+    this.onEvent = onEvent;
+    this.onClose = onClose;
+    return this.call('events.subscribe', { topics: [...topics] });
+  }
+
   close(): void {
+    this.onClose = undefined;
     this.sock?.end();
     this.sock = undefined;
   }

@@ -15,10 +15,11 @@ import { resolveVia } from '../dns/resolver.js';
 import { bestUplink } from '../routing/desired.js';
 import { identify, type AppIdentity } from '../identity/app.js';
 import { formatAddress, parseAddress, type Family } from '../net/prefix.js';
-import { policyFor } from '../policy/app.js';
+import { policyFor, type AppRule } from '../policy/app.js';
 import { mergeWish, wishOf, type SessionRegistry } from '../session/session.js';
 import { ExpiringMap } from './expiring.js';
 import type { Engine } from './engine.js';
+import type { EventBus } from './events.js';
 import type { Logger } from './log.js';
 
 /** How long the library may keep an answer; a generation bump ends it sooner. */
@@ -64,6 +65,8 @@ export class DecisionService implements DecisionHandlers {
     /** Called when the set of learnt addresses changed (the kernel routes them too). */
     private readonly onLearned: () => void = () => undefined,
     bounds: { learned?: number; dnsCache?: number; now?: () => number } = {},
+    /** Where denials are published (`decision.denied`), synchronously and only when someone listens. */
+    private readonly events?: Pick<EventBus, 'publish' | 'wants'>,
   ) {
     this.learned = new ExpiringMap(bounds.learned ?? MAX_LEARNED, bounds.now);
     this.dnsCache = new ExpiringMap(bounds.dnsCache ?? MAX_DNS_CACHE, bounds.now);
@@ -108,11 +111,17 @@ export class DecisionService implements DecisionHandlers {
     return id;
   }
 
+  /** The app rule that binds a process: in a session, the rules of its app facts (its starter's, ...) as well as its own. */
+  private policyOf(id: AppIdentity): AppRule | undefined {
+    const config = this.engine.getConfig();
+    const session = this.sessions.ofCgroup(id.cgroup);
+    return session ? policyFor(config.apps, id, session.apps) : policyFor(config.apps, id);
+  }
+
   decideFor(id: AppIdentity, own: Wish, family: Family, addr: Uint8Array, destination?: string): Decision {
     const config = this.engine.getConfig();
-    // In a session, the rules of its app facts (its starter's, ...) bind the process as well as its own.
     const session = this.sessions.ofCgroup(id.cgroup);
-    const app = session ? policyFor(config.apps, id, session.apps) : policyFor(config.apps, id);
+    const app = this.policyOf(id);
     const learned = destination ?? this.learnedDestination(family, addr);
     return decide({
       uplinks: this.engine.uplinkStates(), destinations: config.destinations, wish: mergeWish(session ? wishOf(session) : undefined, own),
@@ -153,7 +162,14 @@ export class DecisionService implements DecisionHandlers {
       r.ifname = d.uplink.link?.name ?? '';
       r.uplink = d.uplink.spec.name;
     } else if (d.action === 'deny') {
-      this.logDenial(id, `${formatAddress(req.family, req.addr)}:${req.port}/${req.proto}`, d);
+      const address = formatAddress(req.family, req.addr);
+      this.logDenial(id, `${address}:${req.port}/${req.proto}`, d);
+      if (this.events?.wants('decision')) {
+        this.events.publish({
+          type: 'decision.denied', uid: id.uid, pid: id.pid, exe: id.exe, app: this.policyOf(id)?.name ?? null, destination: d.destination,
+          address, port: req.port, proto: req.proto, uplink: req.uplink || this.sessions.ofCgroup(id.cgroup)?.uplink || null, errno: d.err, reason: d.reason,
+        });
+      }
       r.action = WM_ACTION.DENY;
       r.ttlMs = TTL_MS.deny;
       r.err = ERRNO[d.err];

@@ -18,7 +18,7 @@ import { describeRoute, describeRule } from '../routing/describe.js';
 import { assignSlots } from '../uplink/slots.js';
 import { ambiguousMatches, unusableMatches, uplinkStates, type UplinkState } from '../uplink/state.js';
 import type { Logger } from './log.js';
-import type { DestinationStatusView, StatusResult, UplinkStatusView } from './protocol.js';
+import { PROTOCOL_VERSION, type DestinationStatusView, type StatusResult, type UplinkStatusView } from './protocol.js';
 import type { StateStore } from './state.js';
 
 const MAIN_TABLE = 254;
@@ -51,6 +51,8 @@ export interface EngineOptions {
    * it must name only cgroups that exist at that moment.
    */
   readonly nftExtra?: () => string;
+  /** Called on every reconcile with the uplinks as just observed, before routes follow (the event bus compares them). */
+  readonly onObserved?: (states: readonly UplinkState[]) => void;
 }
 
 export class Engine {
@@ -204,6 +206,8 @@ export class Engine {
     const mainRoutes = snap.routes.filter((r) => r.table === MAIN_TABLE);
     this.states = uplinkStates(this.config.uplinks, this.slots, { links: snap.links, addrs: snap.addrs, routes: mainRoutes, linkDns: this.validLinkDns() });
     this.warnAmbiguous(snap);
+    // What was observed goes out at once (the events); the kernel follows below.
+    this.opts.onObserved?.(this.states);
     const desired = desiredState(this.states, withLearnedHosts(this.config.destinations, this.opts.learnedHosts?.() ?? new Map()));
     const p = plan(desired, snap.rules, snap.routes);
     const errors: string[] = [];
@@ -345,7 +349,7 @@ export class Engine {
     });
     return {
       daemon: {
-        version: this.opts.version, protocol: 1, pid: process.pid, configPath: this.opts.configPath,
+        version: this.opts.version, protocol: PROTOCOL_VERSION, pid: process.pid, configPath: this.opts.configPath,
         generation: this.generation, startedAt: this.startedAt.toISOString(),
       },
       uplinks,

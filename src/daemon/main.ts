@@ -18,7 +18,8 @@ import { Engine } from './engine.js';
 import { createLogger, type Level } from './log.js';
 import { controlSocketPath } from './client.js';
 import { AlreadyRunning, claimInstance, EX_ALREADY_RUNNING } from './lock.js';
-import { DEFAULT_SOCKET, METHODS, PROTOCOL_VERSION, type ExecBeginParams, type HelloResult, type ReloadResult } from './protocol.js';
+import { EventBus, TOPICS, UplinkWatcher } from './events.js';
+import { DEFAULT_SOCKET, METHODS, PROTOCOL_VERSION, PROTOCOL_VERSIONS, type HelloResult, type ReloadResult } from './protocol.js';
 import { ControlServer, RequestError } from './server.js';
 import { DEFAULT_STATE_DIR, StateStore } from './state.js';
 
@@ -86,6 +87,8 @@ async function main(): Promise<void> {
   const saved = await store.load((why) => log.warn('state file unreadable, starting fresh', { why }));
   const generation = new GenerationFile(runDir);
   const cgroups = await createCgroupBackend();
+  const events = new EventBus();
+  const uplinkEvents = new UplinkWatcher((e) => events.publish(e));
   // The engine calls back into the sessions and decisions (declared below, used only once
   // engine.start() runs).
   const engine: Engine = new Engine({
@@ -96,10 +99,11 @@ async function main(): Promise<void> {
     },
     nftExtra: () => renderSessionChains(sessions.backstops(), uplinkDns(engine.uplinkStates(), engine.getConfig().destinations), { cgroupMount: cgroups.mount }),
     learnedHosts: () => decisions.learnedHosts(),
+    onObserved: (states) => uplinkEvents.update(states),
   });
   const sessions: SessionService = new SessionService(engine, cgroups,
-    { save: (all) => store.update({ sessions: all.map((x) => ({ ...x, needs: [...x.needs], deny: [...x.deny], apps: [...x.apps] })) }) }, log);
-  const decisions: DecisionService = new DecisionService(engine, sessions.registry, generation, log, () => engine.schedule());
+    { save: (all) => store.update({ sessions: all.map((x) => ({ ...x, needs: [...x.needs], deny: [...x.deny], apps: [...x.apps] })) }) }, log, events);
+  const decisions: DecisionService = new DecisionService(engine, sessions.registry, generation, log, () => engine.schedule(), {}, events);
   const decideServer = new DecisionServer(join(runDir, DECIDE_SOCKET), decisions, log, { busyPollUs: opts.busyPollUs });
 
   const reload = async (): Promise<ReloadResult> => {
@@ -110,17 +114,21 @@ async function main(): Promise<void> {
       await sessions.refresh();
       await engine.refreshNft();
       log.info('configuration reloaded', { file: opts.config, generation });
+      events.publish({ type: 'config.reloaded', generation, uplinks: next.uplinks.length, destinations: next.destinations.length, apps: next.apps.length });
       return { generation, uplinks: next.uplinks.length, destinations: next.destinations.length };
     } catch (e) {
       if (!(e instanceof ConfigError)) throw e;
       log.error('configuration rejected; keeping the running one', { file: opts.config, errors: e.issues.length });
       for (const i of e.issues) log.error('config issue', { file: i.file, line: i.line, column: i.column, field: i.field, problem: i.message });
+      events.publish({ type: 'config.rejected', file: opts.config, issues: e.issues.map((i) => ({ file: i.file, line: i.line, column: i.column, field: i.field, message: i.message })) });
       throw new RequestError({ code: 'EINVAL', message: `configuration rejected; the running one stays\n${e.message}`, issues: e.issues });
     }
   };
 
   const server: ControlServer = new ControlServer(opts.socket, {
-    hello: () => Promise.resolve<HelloResult>({ daemon: 'waymarkd', version: VERSION, protocol: PROTOCOL_VERSION, methods: Object.keys(METHODS) }),
+    hello: () => Promise.resolve<HelloResult>({
+      daemon: 'waymarkd', version: VERSION, protocol: PROTOCOL_VERSION, protocols: [...PROTOCOL_VERSIONS], methods: Object.keys(METHODS), topics: [...TOPICS],
+    }),
     status: async (_params, cred) => ({
       ...(await engine.status()),
       // Sessions name users and command lines (arguments may hold secrets): to others, only their own.
@@ -130,11 +138,13 @@ async function main(): Promise<void> {
       // Which uids were refused connections: to others, only whether they were.
       decisions: refusalsSeenBy(decideServer.stats, cred.uid, mayChangeState(cred)),
       control: refusalsSeenBy(server.stats, cred.uid, mayChangeState(cred)),
+      events: events.stats,
     }),
     reload,
-    'exec.begin': (params, cred) => sessions.begin(params as ExecBeginParams, cred),
-    'exec.end': (params, cred) => sessions.end(String(params['id']), cred),
-  }, log);
+    'exec.begin': (params, cred) => sessions.begin(params, cred),
+    'exec.end': (params, cred) => sessions.end(params.id, cred),
+    'events.subscribe': (params, _cred, ctx) => Promise.resolve(ctx.subscribe(params.topics)),
+  }, log, { events });
 
   await engine.start();
   await sessions.restore(saved.sessions);

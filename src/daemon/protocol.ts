@@ -1,29 +1,48 @@
 /**
- * The waymarkd control protocol, declared once and shared by the daemon and every client.
+ * The waymarkd control protocol, declared once and shared by the daemon and every client: each
+ * method's params (a zod schema, {@link METHODS}) and result ({@link Results}); the server's
+ * handlers ({@link Handlers}) and the client's `call` are typed from these.
  *
  * Transport: a Unix stream socket; each message is one line of JSON (UTF-8, '\n'-terminated,
  * at most MAX_LINE bytes). Requests carry the protocol version `v`, a client-chosen `id` and a
- * `method`; the reply echoes `id`. A client may pipeline requests; replies come in order (the
- * daemon reads at most 8 requests ahead of the replies the client has taken: server.ts).
- * A connection over a limit (limits.ts) gets one EBUSY error with id 0, then EOF.
- *   → {"v":1,"id":7,"method":"status"}
- *   ← {"v":1,"id":7,"ok":true,"result":{...}}
- *   ← {"v":1,"id":7,"ok":false,"error":{"code":"EPERM","message":"..."}}
- * Who asks is taken from the socket's SO_PEERCRED, never from the message. Methods marked
- * `privileged` need uid 0 or membership of the `waymark` group; the rest are open to anyone.
- * A newer protocol version only adds methods and optional fields; `hello` tells what a daemon speaks.
+ * `method`; the reply echoes `id` and `v`. A client may pipeline requests; replies come in
+ * order (the daemon reads at most 8 requests ahead of the replies the client has taken:
+ * server.ts). A connection over a limit (limits.ts) gets one EBUSY error with id 0, then EOF.
+ *   → {"v":2,"id":7,"method":"status"}
+ *   ← {"v":2,"id":7,"ok":true,"result":{...}}
+ *   ← {"v":2,"id":7,"ok":false,"error":{"code":"EPERM","message":"..."}}
+ * Who asks is taken from the socket's SO_PEERCRED, checked on every request, never from the
+ * message. Methods marked `privileged` need uid 0 or membership of the `waymark` group; the rest
+ * are open to anyone.
+ *
+ * Versions: the daemon speaks 1 and 2 ({@link PROTOCOL_VERSIONS}); `hello` says which, and its
+ * methods and event topics. Version 2 adds events: after `events.subscribe` (a v2 request) the
+ * daemon also sends, on the same connection and between replies, event messages without an id:
+ *   → {"v":2,"id":3,"method":"events.subscribe","params":{"topics":["uplink","decision"]}}
+ *   ← {"v":2,"id":3,"ok":true,"result":{"topics":["uplink","decision"],"seesAll":false,"queueLimit":256}}
+ *   ← {"v":2,"event":{"type":"uplink.changed","seq":12,"at":"...","uplink":"wifi","status":"down",...}}
+ * The events are the union DaemonEvent in events.ts (bounds, privacy, `events.lost`: there). A
+ * v1 client is answered as before (v1 replies, no events; a v1 `events.subscribe` gets EPROTO
+ * saying it needs v2); a version the daemon does not speak gets EPROTO naming the ones it does.
+ * A newer protocol version only adds methods, fields and event types: clients ignore what they
+ * do not know.
  */
 import { z } from 'zod';
 import { NEED_NAMES } from '../config/schema.js';
 import type { DecisionStats } from '../decision/server.js';
+import type { PeerCred } from '../native/index.js';
+import { TOPICS, type DaemonEvent, type EventStats, type Topic } from './events.js';
 import type { ControlStats } from './server.js';
 
-export const PROTOCOL_VERSION = 1;
+/** The version this code speaks by default; the daemon answers every one of PROTOCOL_VERSIONS. */
+export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSIONS = [1, 2] as const;
+export type ProtocolVersion = (typeof PROTOCOL_VERSIONS)[number];
 export const MAX_LINE = 64 * 1024;
 export const DEFAULT_SOCKET = '/run/waymark/waymarkd.sock';
 
 export const requestSchema = z.object({
-  v: z.literal(PROTOCOL_VERSION),
+  v: z.union([z.literal(1), z.literal(2)]),
   id: z.number().int().nonnegative(),
   method: z.string().min(1).max(64),
   params: z.record(z.string(), z.unknown()).optional(),
@@ -44,8 +63,11 @@ export interface WireError {
 }
 
 export type Response =
-  | { v: typeof PROTOCOL_VERSION; id: number; ok: true; result: unknown }
-  | { v: typeof PROTOCOL_VERSION; id: number; ok: false; error: WireError };
+  | { v: ProtocolVersion; id: number; ok: true; result: unknown }
+  | { v: ProtocolVersion; id: number; ok: false; error: WireError };
+
+/** A pushed event (v2, after events.subscribe): no id, never a reply. */
+export interface EventMessage { v: 2; event: DaemonEvent }
 
 export interface UplinkStatusView {
   name: string;
@@ -89,16 +111,19 @@ export interface StatusResult {
   decisions?: DecisionStats;
   /** The control socket's connection limits, refusals and pending replies. */
   control?: ControlStats;
+  /** Event subscribers and their queues (bounded: see events.ts). */
+  events?: EventStats;
 }
 
-/** Each method: its params schema, and whether it changes state. */
+/** Each method: its params schema, whether it changes state, and the protocol version it needs. */
 export const METHODS = {
-  hello: { privileged: false, params: z.object({}).strict() },
-  status: { privileged: false, params: z.object({}).strict() },
-  reload: { privileged: true, params: z.object({}).strict() },
+  hello: { privileged: false, since: 1, params: z.object({}).strict() },
+  status: { privileged: false, since: 1, params: z.object({}).strict() },
+  reload: { privileged: true, since: 1, params: z.object({}).strict() },
   /** Starts an exec session: a cgroup for the caller (moved into it) and its wish. */
   'exec.begin': {
     privileged: false,
+    since: 1,
     params: z.object({
       uplink: z.string().min(1).max(31).optional(),
       needs: z.array(z.enum(NEED_NAMES)).max(8).default([]),
@@ -109,12 +134,41 @@ export const METHODS = {
     }).strict(),
   },
   /** Ends a session of the caller's (root may end any). */
-  'exec.end': { privileged: false, params: z.object({ id: z.string().regex(/^[a-z0-9-]{1,40}$/) }).strict() },
-} as const;
+  'exec.end': { privileged: false, since: 1, params: z.object({ id: z.string().regex(/^[a-z0-9-]{1,40}$/) }).strict() },
+  /**
+   * From now on this connection also receives the events of these topics (all when empty) that
+   * the caller may see. Again on the same connection: replaces the topics.
+   */
+  'events.subscribe': {
+    privileged: false,
+    since: 2,
+    params: z.object({ topics: z.array(z.enum(TOPICS)).max(TOPICS.length * 2).default([]) }).strict(),
+  },
+} as const satisfies Record<string, { privileged: boolean; since: ProtocolVersion; params: z.ZodType }>;
 export type Method = keyof typeof METHODS;
-export type ExecBeginParams = z.infer<(typeof METHODS)['exec.begin']['params']>;
+/** A method's params as the handler gets them (defaults filled in). */
+export type Params<M extends Method> = z.output<(typeof METHODS)[M]['params']>;
+/** A method's params as a client sends them (defaulted fields optional). */
+export type ParamsIn<M extends Method> = z.input<(typeof METHODS)[M]['params']>;
+export type ExecBeginParams = Params<'exec.begin'>;
 
-export interface HelloResult { daemon: 'waymarkd'; version: string; protocol: number; methods: string[] }
+export interface HelloResult {
+  daemon: 'waymarkd';
+  version: string;
+  /** The newest version it speaks; all of them in `protocols`. */
+  protocol: number;
+  protocols: number[];
+  methods: string[];
+  /** Event topics a v2 client may subscribe to. */
+  topics: string[];
+}
+export interface SubscribeResult {
+  topics: Topic[];
+  /** Whether the caller gets every user's events (root, the waymark group) or its own uid's. */
+  seesAll: boolean;
+  /** Events queued for this connection at most; beyond, they are dropped and counted (events.lost). */
+  queueLimit: number;
+}
 export interface ReloadResult { generation: number; uplinks: number; destinations: number }
 export interface ExecBeginResult {
   id: string;
@@ -132,4 +186,17 @@ export interface Results {
   reload: ReloadResult;
   'exec.begin': ExecBeginResult;
   'exec.end': Record<string, never>;
+  'events.subscribe': SubscribeResult;
 }
+
+/** What a handler knows of the connection it answers. */
+export interface CallContext {
+  readonly cred: PeerCred;
+  /** The version the request was made in. */
+  readonly v: ProtocolVersion;
+  /** Sends this connection the events of `topics` (all when empty) the caller may see. */
+  subscribe(topics: readonly Topic[]): SubscribeResult;
+}
+
+/** The daemon's side of every method, typed from METHODS and Results (server.ts dispatches). */
+export type Handlers = { [M in Method]: (params: Params<M>, cred: PeerCred, ctx: CallContext) => Promise<Results[M]> };

@@ -15,6 +15,12 @@
  *     {@link MAX_OUTSTANDING} replies and one socket buffer, not a queue that grows. Such a
  *     client is paused, not dropped: a slow but honest client (a script piping many requests)
  *     only waits, and the connection limits bound how many paused connections a user can hold.
+ *   - Events (protocol v2, `events.subscribe`): the bus (./events.ts) queues at most its bound
+ *     per connection; this server takes events from that queue and writes them only while the
+ *     socket does not need a drain (Node's writable high-water mark), so a subscriber that
+ *     stops reading holds one socket buffer and the bus's queue, and its events beyond are
+ *     dropped and counted (`events.lost`). Event lines are serialised here, when written, once
+ *     per event for all connections; never on the publisher's path.
  */
 import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
@@ -23,7 +29,18 @@ import { peerCredOfSocket, type PeerCred } from '../native/index.js';
 import { mayChangeState } from './access.js';
 import { CONTROL_LIMITS, ConnectionLimiter, connectionLimits, type ConnectionLimits, type ConnectionStats } from './limits.js';
 import type { Logger } from './log.js';
-import { MAX_LINE, METHODS, PROTOCOL_VERSION, requestSchema, type Method, type Response, type WireError } from './protocol.js';
+import type { z } from 'zod';
+import { TOPICS, type DaemonEvent, type EventBus, type Subscriber, type Topic } from './events.js';
+import {
+  MAX_LINE, METHODS, PROTOCOL_VERSION, PROTOCOL_VERSIONS, requestSchema,
+  type CallContext, type EventMessage, type Handlers, type Method, type Params, type ProtocolVersion, type Response, type Results, type SubscribeResult, type WireError,
+} from './protocol.js';
+
+const TOPIC_LIST: readonly Topic[] = TOPICS;
+
+function isMethod(m: string): m is Method {
+  return Object.hasOwn(METHODS, m);
+}
 
 export class RequestError extends Error {
   constructor(readonly wire: WireError) {
@@ -31,7 +48,13 @@ export class RequestError extends Error {
   }
 }
 
-export type Handler = (params: Record<string, unknown>, cred: PeerCred) => Promise<unknown>;
+export type { Handlers } from './protocol.js';
+
+/**
+ * The sockets' high-water mark (Node's default, made explicit): events are written to a
+ * connection only while less than this is waiting in the daemon for it (see the top of this file).
+ */
+export const SOCKET_HIGH_WATER = 16 * 1024;
 
 /** Requests taken from one connection whose replies are not yet written (see the top of this file). */
 export const MAX_OUTSTANDING = 8;
@@ -39,6 +62,8 @@ export const MAX_OUTSTANDING = 8;
 export interface ControlServerOptions {
   /** Connection limits; what is left out comes from CONTROL_LIMITS (./limits.ts). */
   limits?: Partial<ConnectionLimits>;
+  /** Where `events.subscribe` subscribes (without one, it fails with ENOSYS). */
+  events?: EventBus;
 }
 
 export interface ControlStats extends ConnectionStats {
@@ -54,22 +79,53 @@ export interface ControlStats extends ConnectionStats {
 
 interface Conn {
   readonly sock: Socket;
+  readonly cred: PeerCred;
   outstanding: number;
   paused: boolean;
+  /** Its event subscription (v2 events.subscribe). */
+  sub?: Subscriber;
+  /** An event flush is scheduled, or waits for 'drain'. */
+  flushing: boolean;
+}
+
+/** Each event's line, made once for every connection it goes to. */
+const eventLines = new WeakMap<DaemonEvent, string>();
+function eventLine(e: DaemonEvent): string {
+  let line = eventLines.get(e);
+  if (line === undefined) {
+    const msg: EventMessage = { v: 2, event: e };
+    line = JSON.stringify(msg) + '\n';
+    eventLines.set(e, line);
+  }
+  return line;
+}
+
+/** METHODS seen per method (checked against METHODS here, so indexing by a generic M keeps its types). */
+const PARAM_SCHEMAS: { readonly [M in Method]: { readonly params: z.ZodType<Params<M>> } } = METHODS;
+
+/** Parses a method's params with its own schema and calls its own handler (types correlated by M). */
+async function dispatch<M extends Method>(handlers: Handlers, m: M, raw: unknown, ctx: CallContext): Promise<{ ok: true; result: Results[M] } | { ok: false; why: string }> {
+  const schema = PARAM_SCHEMAS[m].params;
+  const params = schema.safeParse(raw);
+  if (!params.success) return { ok: false, why: params.error.issues.map((i) => `${i.path.join('.') || 'params'}: ${i.message}`).join('; ') };
+  const handler: Handlers[M] = handlers[m];
+  return { ok: true, result: await handler(params.data, ctx.cred, ctx) };
 }
 
 export class ControlServer {
   private readonly server: Server;
   private readonly clients = new Set<Conn>();
   private readonly limiter: ConnectionLimiter;
+  private readonly events: EventBus | undefined;
 
   constructor(
     private readonly path: string,
-    private readonly handlers: Record<Method, Handler>,
+    private readonly handlers: Handlers,
     private readonly log: Logger,
     options: ControlServerOptions = {},
   ) {
-    this.server = createServer((s) => this.accept(s));
+    this.events = options.events;
+    this.server = createServer({ highWaterMark: SOCKET_HIGH_WATER }, (s) => this.accept(s));
     this.limiter = new ConnectionLimiter('control socket', connectionLimits(options.limits ?? {}, CONTROL_LIMITS), log);
   }
 
@@ -129,9 +185,10 @@ export class ControlServer {
       sock.end(JSON.stringify(refusal) + '\n', () => sock.destroy());
       return;
     }
-    const conn: Conn = { sock, outstanding: 0, paused: false };
+    const conn: Conn = { sock, cred, outstanding: 0, paused: false, flushing: false };
     this.clients.add(conn);
     sock.on('close', () => {
+      conn.sub?.close();
       if (this.clients.delete(conn)) this.limiter.release(cred.uid);
     });
     let buffered = '';
@@ -150,7 +207,7 @@ export class ControlServer {
         if (line.trim() === '') continue;
         conn.outstanding++;
         // Replies leave in request order even when handlers take different times.
-        chain = chain.then(() => this.handle(line, cred)).then((reply) => {
+        chain = chain.then(() => this.handle(line, conn)).then((reply) => {
           if (sock.destroyed) {
             conn.outstanding--;
             return;
@@ -184,7 +241,45 @@ export class ControlServer {
     });
   }
 
-  private async handle(line: string, cred: PeerCred): Promise<Response> {
+  /** Subscribes (or re-subscribes) `conn` to the events of `topics` its caller may see. */
+  private subscribe(conn: Conn, topics: readonly Topic[]): SubscribeResult {
+    const bus = this.events;
+    if (!bus) throw new RequestError({ code: 'ENOSYS', message: 'this daemon publishes no events' });
+    conn.sub?.close();
+    const seesAll = mayChangeState(conn.cred);
+    const all: readonly Topic[] = topics.length > 0 ? [...new Set(topics)] : TOPIC_LIST;
+    conn.sub = bus.subscribe({ uid: conn.cred.uid, seesAll, topics: all, wake: () => this.wakeFlush(conn) });
+    this.log.debug('control socket: events subscribed', { pid: conn.cred.pid, uid: conn.cred.uid, topics: all, seesAll });
+    return { topics: [...all], seesAll, queueLimit: bus.queueLimit };
+  }
+
+  /** Called from EventBus.publish (synchronously): only schedules the write. */
+  private wakeFlush(conn: Conn): void {
+    if (conn.flushing) return;
+    conn.flushing = true;
+    setImmediate(() => this.flushEvents(conn));
+  }
+
+  /** Writes queued events while the socket takes them; at its high-water mark, waits for 'drain'. */
+  private flushEvents(conn: Conn): void {
+    const { sock, sub } = conn;
+    if (sub === undefined || sock.destroyed) {
+      conn.flushing = false;
+      return;
+    }
+    while (!sock.writableNeedDrain) {
+      const e = sub.take();
+      if (e === undefined) {
+        conn.flushing = false;
+        return;
+      }
+      sock.write(eventLine(e));
+    }
+    sock.once('drain', () => this.flushEvents(conn));
+  }
+
+  private async handle(line: string, conn: Conn): Promise<Response> {
+    const { cred } = conn;
     let json: unknown;
     try {
       json = JSON.parse(line);
@@ -193,34 +288,35 @@ export class ControlServer {
     }
     const id = typeof json === 'object' && json !== null && typeof (json as { id?: unknown }).id === 'number' ? (json as { id: number }).id : 0;
     const req = requestSchema.safeParse(json);
+    const asked = typeof json === 'object' && json !== null ? (json as { v?: unknown }).v : undefined;
+    if (!req.success && asked !== undefined && !PROTOCOL_VERSIONS.some((x) => x === asked)) {
+      return this.fail(id, { code: 'EPROTO', message: `protocol version ${JSON.stringify(asked)} is not spoken here (waymarkd speaks ${PROTOCOL_VERSIONS.join(', ')})` }, cred);
+    }
     if (!req.success) {
       const why = req.error.issues.map((i) => `${i.path.join('.') || 'message'}: ${i.message}`).join('; ');
       return this.fail(id, { code: 'EPROTO', message: `bad request: ${why}` }, cred);
     }
-    const { method } = req.data;
-    if (!Object.hasOwn(METHODS, method)) return this.fail(id, { code: 'ENOSYS', message: `unknown method "${method}"` }, cred);
-    const m = method as Method;
-    const spec = METHODS[m];
+    const { method, v } = req.data;
+    if (!isMethod(method)) return this.fail(id, { code: 'ENOSYS', message: `unknown method "${method}"` }, cred, v);
+    const spec = METHODS[method];
+    if (spec.since > v) return this.fail(id, { code: 'EPROTO', message: `${method} needs protocol version ${spec.since} (the request says ${v})` }, cred, v);
     if (spec.privileged && !mayChangeState(cred)) {
-      return this.fail(id, { code: 'EPERM', message: `${m} needs root or membership of the waymark group` }, cred);
+      return this.fail(id, { code: 'EPERM', message: `${method} needs root or membership of the waymark group` }, cred, v);
     }
-    const params = spec.params.safeParse(req.data.params ?? {});
-    if (!params.success) {
-      const why = params.error.issues.map((i) => `${i.path.join('.') || 'params'}: ${i.message}`).join('; ');
-      return this.fail(id, { code: 'EINVAL', message: `bad params: ${why}` }, cred);
-    }
+    const ctx: CallContext = { cred, v, subscribe: (topics) => this.subscribe(conn, topics) };
     try {
-      const result = await this.handlers[m](params.data, cred);
-      return { v: PROTOCOL_VERSION, id, ok: true, result };
+      const r = await dispatch(this.handlers, method, req.data.params ?? {}, ctx);
+      if (!r.ok) return this.fail(id, { code: 'EINVAL', message: `bad params: ${r.why}` }, cred, v);
+      return { v, id, ok: true, result: r.result };
     } catch (e) {
-      if (e instanceof RequestError) return this.fail(id, e.wire, cred);
-      this.log.error('request failed', { method: m, error: e instanceof Error ? e.message : String(e) });
-      return this.fail(id, { code: 'EIO', message: e instanceof Error ? e.message : String(e) }, cred);
+      if (e instanceof RequestError) return this.fail(id, e.wire, cred, v);
+      this.log.error('request failed', { method, error: e instanceof Error ? e.message : String(e) });
+      return this.fail(id, { code: 'EIO', message: e instanceof Error ? e.message : String(e) }, cred, v);
     }
   }
 
-  private fail(id: number, error: WireError, cred: PeerCred): Response {
+  private fail(id: number, error: WireError, cred: PeerCred, v: ProtocolVersion = PROTOCOL_VERSION): Response {
     if (error.code === 'EPROTO' || error.code === 'EPERM') this.log.info('request refused', { code: error.code, pid: cred.pid, uid: cred.uid, why: error.message });
-    return { v: PROTOCOL_VERSION, id, ok: false, error };
+    return { v, id, ok: false, error };
   }
 }

@@ -14,6 +14,7 @@ import { backstopFor, type Backstop } from '../session/backstop.js';
 import { SessionRegistry, sessionPolicy, type Session } from '../session/session.js';
 import type { UplinkState } from '../uplink/state.js';
 import type { Engine } from './engine.js';
+import type { EventBus } from './events.js';
 import type { Logger } from './log.js';
 import type { ExecBeginParams, ExecBeginResult } from './protocol.js';
 import { RequestError } from './server.js';
@@ -71,6 +72,7 @@ export class SessionService {
     private readonly cgroups: CgroupBackend,
     private readonly store: SessionStore,
     private readonly log: Logger,
+    private readonly events?: Pick<EventBus, 'publish'>,
   ) {}
 
   /** Re-adopts the sessions of a previous run whose cgroups still exist (the others ended meanwhile). */
@@ -226,6 +228,7 @@ export class SessionService {
       session: id, uid: caller.uid, pid: caller.pid, uplink: session.uplink, needs: session.needs, deny: session.deny,
       app: sessionPolicy(this.engine.getConfig().apps, session)?.name, mark: b?.mark != null ? hex(b.mark) : 'none',
     });
+    this.events?.publish({ type: 'session.started', id, uid: caller.uid, uplink: b?.uplink?.spec.name ?? null, command: session.command });
     return {
       id, cgroup, uplink: b?.uplink?.spec.name ?? null, ifname: b?.uplink?.link?.name ?? null,
       backstop: { mark: b?.mark != null ? hex(b.mark) : null, deniedIfnames: [...(b?.deniedIfnames ?? [])] },
@@ -281,6 +284,7 @@ export class SessionService {
     }
     await this.persist();
     this.log.info('session ended', { session: s.id });
+    this.events?.publish({ type: 'session.ended', id: s.id, uid: s.uid });
   }
 
   private drop(s: Session): void {

@@ -1,0 +1,76 @@
+/** `waymark watch`: the daemon's events, live, one line each (text, or JSON with --json). */
+import { Client, DaemonUnavailable } from '../daemon/client.js';
+import type { DaemonEvent, Topic } from '../daemon/events.js';
+
+/** EX_UNAVAILABLE: the daemon is not there (any more). */
+const EXIT_UNAVAILABLE = 69;
+
+const list = (xs: readonly string[]): string => (xs.length > 0 ? xs.join(' ') : '-');
+
+/** One event as a line of text (without the newline). */
+export function formatEvent(e: DaemonEvent): string {
+  const at = e.at.slice(11, 23); // HH:MM:SS.mmm (UTC)
+  switch (e.type) {
+    case 'uplink.changed':
+      return `${at} uplink ${e.uplink}${e.ifname ? ` (${e.ifname})` : ''}: ${e.previous ? `${e.previous} -> ` : ''}${e.status}`
+        + `, carrier ${e.carrier === null ? '-' : e.carrier ? 'yes' : 'no'}, addresses ${list(e.addresses)}`;
+    case 'config.reloaded':
+      return `${at} config reloaded: generation ${e.generation}, ${e.uplinks} uplinks, ${e.destinations} destinations, ${e.apps} apps`;
+    case 'config.rejected':
+      return `${at} config rejected (the running one stays): ${e.issues.map((i) => `${i.file}:${i.line}:${i.column} ${i.field}: ${i.message}`).join('; ') || e.file}`;
+    case 'decision.denied':
+      return `${at} denied ${e.exe ?? '(unknown program)'} (uid ${e.uid}, pid ${e.pid}${e.app ? `, app ${e.app}` : ''})`
+        + ` -> ${e.address.includes(':') ? `[${e.address}]` : e.address}:${e.port}/${e.proto} (destination ${e.destination}${e.uplink ? `, uplink ${e.uplink}` : ''}): ${e.errno} ${e.reason}`;
+    case 'session.started':
+      return `${at} session ${e.id} started (uid ${e.uid}${e.uplink ? `, uplink ${e.uplink}` : ''}): ${e.command}`;
+    case 'session.ended':
+      return `${at} session ${e.id} ended (uid ${e.uid})`;
+    case 'events.lost':
+      return `${at} events lost: ${e.count} (this watcher did not keep up; the last lost was #${e.lastSeq})`;
+    default: {
+      // A newer daemon's event type: shown as it came.
+      const other: { type: string } = e;
+      return `${at} ${other.type} ${JSON.stringify(other)}`;
+    }
+  }
+}
+
+/**
+ * Streams events until SIGINT/SIGTERM (exit 0) or until the daemon goes (exit 69, with a
+ * message). On stderr first: what it watches, once the subscription is in place.
+ */
+export async function watch(socket: string, o: { json: boolean; topics: readonly Topic[] }): Promise<number> {
+  const client = new Client(socket);
+  let done: (code: number) => void = () => undefined;
+  const finished = new Promise<number>((resolve) => (done = resolve));
+  const onSignal = (): void => {
+    client.close();
+    done(0);
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const write = (e: DaemonEvent): void => {
+    process.stdout.write((o.json ? JSON.stringify(e) : formatEvent(e)) + '\n');
+  };
+  let subscribed = false;
+  try {
+    const sub = await client.subscribe(o.topics, write, (why) => {
+      // Before the subscription answered, the failed call says why (refused, not running).
+      if (!subscribed) return;
+      process.stderr.write(`waymark: ${why}; no more events\n`);
+      done(EXIT_UNAVAILABLE);
+    });
+    subscribed = true;
+    process.stderr.write(`watching ${sub.topics.join(', ')} events (${sub.seesAll ? 'of every user' : `of uid ${process.getuid?.() ?? '?'} and the whole device`}); Ctrl-C to stop\n`);
+  } catch (e) {
+    client.close();
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
+    if (e instanceof DaemonUnavailable) {
+      process.stderr.write(`waymark: ${e.message}\n`);
+      return EXIT_UNAVAILABLE;
+    }
+    throw e;
+  }
+  return finished;
+}
