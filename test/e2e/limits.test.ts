@@ -114,7 +114,7 @@ describe('connection limits of the daemon', () => {
       assert.deepEqual(s.control?.refusedByUid, [{ uid: 4242, refused: 1 }]);
       assert.deepEqual(s.control?.limits, CONTROL_LIMITS);
       const text = (await dev.waymark(['status'])).stdout;
-      assert.match(text, /^decide socket: \d+ connections, \d+ requests \(0 malformed, 1 refused connections, .*; refused: uid 4242 \(1\); limits 1024 per uid, 4096 in all, 512 kept for root$/m);
+      assert.match(text, /^decide socket: \d+ connections, \d+ requests \(0 malformed, 1 refused connection, .*; refused: uid 4242 \(1\); limits 1024 per uid, 4096 in all, 512 kept for root$/m);
       assert.match(text, /^control socket: \d+ connections; refused: uid 4242 \(1\); limits 128 per uid, 512 in all, 64 kept for root$/m);
       // Another user sees that connections were refused, not whose.
       const theirs = JSON.parse((await dev.waymark(['status', '--json'], { uid: 65534 })).stdout) as StatusResult;
@@ -122,7 +122,7 @@ describe('connection limits of the daemon', () => {
       assert.deepEqual(theirs.decisions?.refusedByUid, []);
       assert.deepEqual(theirs.control?.refusedByUid, []);
       const theirText = (await dev.waymark(['status'], { uid: 65534 })).stdout;
-      assert.match(theirText, /^control socket: \d+ connections; refused: 1 connections; limits 128 per uid/m);
+      assert.match(theirText, /^control socket: \d+ connections; refused: 1 connection; limits 128 per uid/m);
       assert.doesNotMatch(theirText, /uid 4242/);
       const log = readFileSync(join(dev.dir, 'waymarkd.log'), 'utf8');
       assert.match(log, /decide socket: too many connections from uid 4242/);
