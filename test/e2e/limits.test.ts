@@ -9,29 +9,20 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
-import { startDevice, type Device } from '../../src/lab/device.js';
-import { Lab, LAB, sweepStale } from '../../src/lab/lab.js';
+import { describe, it } from 'node:test';
+import type { Device } from '../../src/lab/device.js';
+import { LAB } from '../../src/lab/lab.js';
 import type { StatusResult } from '../../src/daemon/protocol.js';
 import { CONTROL_LIMITS, DECIDE_LIMITS } from '../../src/daemon/limits.js';
 import { DECIDE_SOCKET, encodeDecideRequest } from '../../src/decision/wire.js';
+import { url, useLab } from '../support/lab.js';
 import { holdConnections } from '../support/uidclient.js';
 
-let lab: Lab;
 let dev: Device;
 
-before(async () => {
-  await sweepStale();
-  lab = await Lab.create();
-  dev = await startDevice(lab);
+useLab({}, (_lab, d) => {
+  dev = d;
 });
-
-after(async () => {
-  await dev?.dispose();
-  await lab?.destroy();
-});
-
-const url = (addr: string): string => (addr.includes(':') ? `http://[${addr}]/` : `http://${addr}/`);
 
 async function execCurl(uplink: string, addr: string, uid?: number): Promise<{ code: number; stderr: string; path: string | undefined }> {
   const r = await dev.waymark(['exec', '--uplink', uplink, '--', 'curl', '-sS', '-g', '--max-time', '3', url(addr)], { timeoutMs: 8000, ...(uid !== undefined ? { uid } : {}) });
