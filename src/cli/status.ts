@@ -52,7 +52,7 @@ export function formatStatus(s: StatusResult): string {
   const decisions = d
     ? `\ndecide socket: ${d.clients} connections, ${d.requests} requests`
       + (d.malformed || d.rejected || d.handlerErrors || d.droppedReplies
-        ? ` (${d.malformed} malformed, ${d.rejected} refused connections, ${d.handlerErrors} handler errors, ${d.droppedReplies} answers dropped)`
+        ? ` (${d.malformed} malformed, ${count(d.rejected, 'refused connection')}, ${d.handlerErrors} handler errors, ${d.droppedReplies} answers dropped)`
         : '')
       + (d.pausedClients ? `; ${d.pausedClients} connections waiting for ${d.inflight} pending answers` : '')
       + refusals(d.rejected, d.refusedByUid, d.limits)
@@ -68,9 +68,12 @@ export function formatStatus(s: StatusResult): string {
   return `${uplinks}\n\n${destinations}${sessions}\n\n${footer}${decisions}${control}${events}\n`;
 }
 
+/** "1 connection", "2 connections". */
+const count = (n: number, one: string): string => `${n} ${one}${n === 1 ? '' : 's'}`;
+
 /** "; refused: uid 4242 (1025), uid 1000 (3); limits 1024 per uid, 4096 in all, 512 kept for root" when any was refused. */
 function refusals(refused: number, byUid: ConnectionStats['refusedByUid'] | undefined, limits: ConnectionLimits | undefined): string {
   if (refused === 0 || limits === undefined) return '';
   const uids = (byUid ?? []).map((r) => `uid ${r.uid} (${r.refused})`).join(', ');
-  return `; refused: ${uids || `${refused} connections`}; limits ${limits.perUid} per uid, ${limits.total} in all, ${limits.rootReserve} kept for root`;
+  return `; refused: ${uids || count(refused, 'connection')}; limits ${limits.perUid} per uid, ${limits.total} in all, ${limits.rootReserve} kept for root`;
 }

@@ -164,6 +164,7 @@ async function main(): Promise<void> {
     log.info('stopping', { signal, keepState: opts.keepState });
     void (async () => {
       decideServer.close();
+      decisions.close(); // its prune timer
       // Libraries drop their cached answers at once and fall back to their fail-open/closed mode.
       if (generation.opened) generation.bump();
       sessions.close();

@@ -6,37 +6,23 @@
 import assert from 'node:assert/strict';
 import { writeFileSync, readFileSync } from 'node:fs';
 import { connect } from 'node:net';
-import { after, before, describe, it } from 'node:test';
-import { startDevice, type Device } from '../../src/lab/device.js';
-import { Lab, LAB, sweepStale } from '../../src/lab/lab.js';
-import type { StatusResult } from '../../src/daemon/protocol.js';
+import { describe, it } from 'node:test';
+import type { Device } from '../../src/lab/device.js';
+import { LAB, type Lab } from '../../src/lab/lab.js';
+import { status, url, useLab } from '../support/lab.js';
 
 let lab: Lab;
 let dev: Device;
 
-before(async () => {
-  await sweepStale();
-  lab = await Lab.create();
-  dev = await startDevice(lab);
+useLab({}, (l, d) => {
+  lab = l;
+  dev = d;
 });
-
-after(async () => {
-  await dev?.dispose();
-  await lab?.destroy();
-});
-
-const url = (addr: string): string => (addr.includes(':') ? `http://[${addr}]/` : `http://${addr}/`);
 
 async function execCurl(uplink: string, addr: string, uid?: number) {
   const t0 = performance.now();
   const r = await dev.waymark(['exec', '--uplink', uplink, '--', 'curl', '-sS', '-g', '--max-time', '3', url(addr)], { timeoutMs: 8000, ...(uid !== undefined ? { uid } : {}) });
   return { ...r, ms: performance.now() - t0, reply: r.code === 0 ? (JSON.parse(r.stdout) as { server: string; path: string; remote: string }) : null };
-}
-
-async function status(): Promise<StatusResult> {
-  const r = await dev.waymark(['status', '--json']);
-  assert.equal(r.code, 0, r.stderr);
-  return JSON.parse(r.stdout) as StatusResult;
 }
 
 /** Our rules and routes as text, sorted, for before/after comparisons. */
@@ -116,7 +102,7 @@ describe('waymark exec steers every socket to its uplink', () => {
 
 describe('status', () => {
   it('shows uplinks and destinations, as text and as JSON', async () => {
-    const s = await status();
+    const s = await status(dev);
     const byName = new Map(s.uplinks.map((u) => [u.name, u]));
     assert.deepEqual([...byName.keys()], ['wifi', 'cellular', 'mms', 'office-vpn']);
     assert.deepEqual(byName.get('mms')?.addresses, ['10.64.0.2/24', 'fd00:64::2/64']);
@@ -137,11 +123,15 @@ describe('link events', () => {
     let out = '';
     monitor.stdout?.setEncoding('utf8').on('data', (d: string) => (out += d));
     // The monitor is listening once it reports a change made for it (a route in an unused table).
-    const probe = ['route', 'add', 'unreachable', '198.18.255.254/32', 'table', '250'];
-    await lab.run('dev', ['ip', ...probe]);
-    await waitFor(() => Promise.resolve(out.includes('198.18.255.254')), 10_000);
-    await lab.run('dev', ['ip', 'route', 'del', 'unreachable', '198.18.255.254/32', 'table', '250']);
-    const wifiTable = (await status()).uplinks.find((u) => u.name === 'wifi')?.table;
+    // It may not have subscribed yet when the first change is made: add and delete it again at
+    // every poll (an identical `replace` is not announced) until the monitor reports one.
+    const probe = ['unreachable', '198.18.255.254/32', 'table', '250'];
+    await waitFor(async () => {
+      await lab.run('dev', ['ip', 'route', 'add', ...probe]);
+      await lab.run('dev', ['ip', 'route', 'del', ...probe]);
+      return out.includes('198.18.255.254');
+    }, 10_000);
+    const wifiTable = (await status(dev)).uplinks.find((u) => u.name === 'wifi')?.table;
     try {
       await lab.setLink('dev', 'wlan0', false);
       await waitFor(async () => !(await ownState()).rules.some((l) => l.includes('oif wlan0')), 10_000);
@@ -159,7 +149,7 @@ describe('link events', () => {
       assert.ok(delay >= 0 && delay < 3000, `withdrawn after ${delay} ms`);
       const state = await ownState();
       assert.equal(state.routes.filter((r) => r.includes(`table ${wifiTable}`)).length, 0, state.routes.join('\n'));
-      const s = await status();
+      const s = await status(dev);
       assert.equal(s.uplinks.find((u) => u.name === 'wifi')?.status, 'down');
       const r = await execCurl('wifi', LAB.internet.v4);
       assert.equal(r.code, 69, 'exec refuses an uplink that is down');
@@ -207,7 +197,7 @@ describe('restart and neighbours', () => {
     assert.deepEqual(afterRestart, ours, 'same rules and routes, no duplicates');
     assert.equal(new Set(afterRestart.rules).size, afterRestart.rules.length);
     assert.equal(await neighbour(), before);
-    const s = await status();
+    const s = await status(dev);
     assert.equal(s.lastReconcile?.changes, 0, 're-adopted without touching the kernel');
     assert.equal((await execCurl('wwan1', LAB.mmsc.v6)).reply?.path, 'wwan1');
 
@@ -234,7 +224,7 @@ describe('configuration', () => {
 
   it('a bad file is rejected with file, line and field; the running config stays', async () => {
     const original = good();
-    const gen = (await status()).daemon.generation;
+    const gen = (await status(dev)).daemon.generation;
     const state = await ownState();
     try {
       for (const [what, edit, expect] of bad) {
@@ -249,7 +239,7 @@ describe('configuration', () => {
       // SIGHUP with a bad file: logged, ignored.
       dev.daemon.kill('SIGHUP');
       await waitFor(() => Promise.resolve(/msg="configuration rejected; keeping the running one"/.test(readFileSync(`${dev.dir}/waymarkd.log`, 'utf8'))), 10_000);
-      const s = await status();
+      const s = await status(dev);
       assert.equal(s.daemon.generation, gen);
       assert.deepEqual(await ownState(), state);
       assert.match(readFileSync(`${dev.dir}/waymarkd.log`, 'utf8'), /msg="configuration rejected; keeping the running one"/);
@@ -261,8 +251,8 @@ describe('configuration', () => {
     try {
       const r = await dev.waymark(['reload']);
       assert.equal(r.code, 0, r.stderr);
-      assert.equal((await status()).daemon.generation, gen + 1);
-      const s = await status();
+      assert.equal((await status(dev)).daemon.generation, gen + 1);
+      const s = await status(dev);
       assert.deepEqual(s.destinations.find((d) => d.name === 'mms')?.active, { ipv4: 'cellular', ipv6: 'cellular' });
     } finally {
       writeFileSync(dev.configPath, original);
@@ -291,7 +281,7 @@ describe('configuration', () => {
       s.on('error', () => resolve());
       s.write('x'.repeat(200 * 1024));
     });
-    assert.equal((await status()).uplinks.length, 4);
+    assert.equal((await status(dev)).uplinks.length, 4);
   });
 });
 

@@ -14,11 +14,11 @@ import { type ChildProcess } from 'node:child_process';
 import { chmodSync, readFileSync, realpathSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import type { StatusResult } from '../../src/daemon/protocol.js';
-import { EXAMPLE_CONFIG, startDevice, type Device } from '../../src/lab/device.js';
-import { Lab, LAB, sweepStale } from '../../src/lab/lab.js';
-import { publicPath, publicRoot } from '../../src/lab/public.js';
-import { buildGoClient } from '../support/goclient.js';
+import { EXAMPLE_CONFIG, type Device } from '../../src/lab/device.js';
+import { LAB, type Lab } from '../../src/lab/lab.js';
+import { publicRoot } from '../../src/lab/public.js';
+import { buildPublicGoClient } from '../support/goclient.js';
+import { status, url, useLab } from '../support/lab.js';
 
 const USER = 4242;
 /** A user no app rule names. */
@@ -51,20 +51,18 @@ const RULED_BOTH = configWith(`apps:
 `);
 const UNRULED = configWith('apps: []\n');
 
-before(async () => {
-  await sweepStale();
-  [lab] = await Promise.all([Lab.create(), buildGoClient()]);
-  goclient = publicPath('build/goclient');
+useLab({
+  config: RULED,
+  alongside: async () => {
+    goclient = await buildPublicGoClient();
+  },
+  timeoutMs: 180_000,
+}, (l, d) => {
+  lab = l;
+  dev = d;
   cli = join(publicRoot(), 'dist/src/cli/main.js');
-  dev = await startDevice(lab, { config: RULED });
-}, { timeout: 180_000 });
-
-after(async () => {
-  await dev?.dispose();
-  await lab?.destroy();
 });
 
-const url = (addr: string): string => (addr.includes(':') ? `http://[${addr}]/` : `http://${addr}/`);
 const INTERNET = url(LAB.internet.v4);
 
 /** The path server's reply (the device interface the request arrived by), or null. */
@@ -92,12 +90,6 @@ function exec(args: readonly string[], argv: readonly string[], opts: { uid?: nu
 function nestedExec(args: readonly string[], argv: readonly string[], uid?: number): string[] {
   const cmd = [process.execPath, cli, '--socket', dev.socket, 'exec', ...args, '--', ...argv];
   return uid === undefined ? cmd : ['setpriv', `--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', '--', ...cmd];
-}
-
-async function status(uid?: number): Promise<StatusResult> {
-  const r = await dev.waymark(['status', '--json'], uid === undefined ? {} : { uid });
-  assert.equal(r.code, 0, r.stderr);
-  return JSON.parse(r.stdout) as StatusResult;
 }
 
 /** A program held open under `waymark exec` until released: prints "ready" once it runs. */
@@ -296,7 +288,7 @@ print(json.dumps({"ok": ok, "refused": codes}))
     assert.deepEqual(result, { ok: MAX_SESSIONS_PER_USER, refused: { EPERM: 100 - MAX_SESSIONS_PER_USER } });
     // The sessions end with their processes (the daemon sees each cgroup empty).
     const end = Date.now() + 60_000;
-    while ((await status()).sessions?.some((s) => s.uid === USER)) {
+    while ((await status(dev)).sessions?.some((s) => s.uid === USER)) {
       assert.ok(Date.now() < end, 'the burst\'s sessions did not end');
       await new Promise((res) => setTimeout(res, 100));
     }
@@ -310,14 +302,14 @@ describe('others\' sessions are private', () => {
     const secret = await hold([], 'echo ready; read x', { name: '--password=hunter2' });
     const mine = await hold([], 'echo ready; read x', { uid: USER, name: 'mine' });
     try {
-      const asUser = await status(USER);
+      const asUser = await status(dev, USER);
       assert.deepEqual(asUser.sessions?.map((s) => s.uid), [USER]);
       assert.match(asUser.sessions?.[0]?.command ?? '', /mine$/);
       const text = await dev.waymark(['status'], { uid: USER });
       assert.doesNotMatch(text.stdout, /hunter2/);
-      const asOther = await status(OTHER);
+      const asOther = await status(dev, OTHER);
       assert.deepEqual(asOther.sessions, []);
-      const asRoot = await status();
+      const asRoot = await status(dev);
       assert.deepEqual(asRoot.sessions?.map((s) => s.uid).sort(), [0, USER]);
       assert.ok(asRoot.sessions?.some((s) => s.command.includes('--password=hunter2')));
       assert.equal(statSync(stateFile).mode & 0o777, 0o600);

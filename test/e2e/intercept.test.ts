@@ -9,12 +9,12 @@
  * library asked the daemon and bound the socket to the MMS APN (wwan1).
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
-import { startDevice, type Device } from '../../src/lab/device.js';
-import { Lab, LAB, sweepStale } from '../../src/lab/lab.js';
+import { describe, it } from 'node:test';
+import type { Device } from '../../src/lab/device.js';
+import { LAB, type Lab } from '../../src/lab/lab.js';
 import { publicPath, publicRoot } from '../../src/lab/public.js';
-import type { StatusResult } from '../../src/daemon/protocol.js';
-import { buildGoClient } from '../support/goclient.js';
+import { buildPublicGoClient } from '../support/goclient.js';
+import { lastJson, status, url, useLab } from '../support/lab.js';
 import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -24,19 +24,15 @@ let lab: Lab;
 let dev: Device;
 let goclient: string;
 
-before(async () => {
-  await sweepStale();
-  [lab] = await Promise.all([Lab.create(), buildGoClient()]);
-  goclient = publicPath('build/goclient'); // also run as nobody
-  dev = await startDevice(lab);
-}, { timeout: 180_000 });
-
-after(async () => {
-  await dev?.dispose();
-  await lab?.destroy();
+useLab({
+  alongside: async () => {
+    goclient = await buildPublicGoClient(); // also run as nobody
+  },
+  timeoutMs: 180_000,
+}, (l, d) => {
+  lab = l;
+  dev = d;
 });
-
-const url = (addr: string): string => (addr.includes(':') ? `http://[${addr}]/` : `http://${addr}/`);
 
 const PY_BLOCKING = `import socket,sys
 s=socket.create_connection((sys.argv[1],80),3)
@@ -77,21 +73,8 @@ const CLIENTS: readonly Client[] = [
   { name: 'socat UDP', argv: (h) => ['socat', '-T', '3', '-', h.includes(':') ? `UDP6:[${h}]:80` : `UDP4:${h}:80`], input: 'probe\n', udp: true },
 ];
 
-function lastJson(out: string): { server: string; path: string; proto: string } | null {
-  const line = out.trim().split('\n').reverse().find((l) => l.startsWith('{'));
-  try {
-    return line ? (JSON.parse(line) as { server: string; path: string; proto: string }) : null;
-  } catch {
-    return null;
-  }
-}
-
 async function underExec(args: string[], argv: string[], opts: { uid?: number; input?: string; env?: NodeJS.ProcessEnv } = {}) {
   return dev.waymark(['exec', ...args, '--', ...argv], { timeoutMs: 15_000, ...opts });
-}
-
-async function status(): Promise<StatusResult> {
-  return JSON.parse((await dev.waymark(['status', '--json'])).stdout) as StatusResult;
 }
 
 describe('real clients land on the uplink the decision names', () => {
@@ -155,7 +138,7 @@ describe('DNS servers the link announces', () => {
       let wifi;
       for (let i = 0; i < 500 && wifi?.dns.source !== 'link'; i++) { // up to 10 s: a guard
         await new Promise((r) => setTimeout(r, 20));
-        wifi = (await status()).uplinks.find((u) => u.name === 'wifi');
+        wifi = (await status(dev)).uplinks.find((u) => u.name === 'wifi');
       }
       assert.deepEqual(wifi?.dns, { servers: [LAB.dns.wifi.v6], source: 'link' });
       // long-lived alone would pick cellular; the name's destination only goes over Wi-Fi.
@@ -343,7 +326,7 @@ while time.time()<until:
       }
     };
     await linesAfter(1); // a first connect, decided by the daemon
-    const before = (await status()).decisions?.requests ?? 0;
+    const before = (await status(dev)).decisions?.requests ?? 0;
     assert.ok(before > 0);
     await dev.stopDaemon('SIGKILL');
     await linesAfter(printed() + 3); // connects while the daemon is away
@@ -358,7 +341,7 @@ while time.time()<until:
     assert.deepEqual(slow, [], 'no connect hangs');
     assert.deepEqual(failed, [], 'fail open: every connect works');
     assert.ok(lines.every((l) => (JSON.parse(l.slice(2).join(' ')) as { path: string }).path === 'wwan1'), out);
-    const s = await status();
+    const s = await status(dev);
     assert.ok((s.decisions?.requests ?? 0) > 0, 'the restarted daemon answers decisions again');
     assert.equal(s.sessions?.length, 0, 'the session ended with its program (re-adopted across the restart)');
   });

@@ -9,80 +9,20 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
-import { startDevice, type Device } from '../../src/lab/device.js';
-import { Lab, LAB, sweepStale } from '../../src/lab/lab.js';
+import { describe, it } from 'node:test';
+import type { Device } from '../../src/lab/device.js';
+import { LAB } from '../../src/lab/lab.js';
 import type { StatusResult } from '../../src/daemon/protocol.js';
 import { CONTROL_LIMITS, DECIDE_LIMITS } from '../../src/daemon/limits.js';
 import { DECIDE_SOCKET, encodeDecideRequest } from '../../src/decision/wire.js';
-import { UidClient } from '../support/uidclient.js';
+import { url, useLab } from '../support/lab.js';
+import { holdConnections } from '../support/uidclient.js';
 
-let lab: Lab;
 let dev: Device;
 
-before(async () => {
-  await sweepStale();
-  lab = await Lab.create();
-  dev = await startDevice(lab);
+useLab({}, (_lab, d) => {
+  dev = d;
 });
-
-after(async () => {
-  await dev?.dispose();
-  await lab?.destroy();
-});
-
-const HOG_SCRIPT = `
-import json, resource, socket, sys
-decide_path, control_path, nd, nc, req = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), bytes.fromhex(sys.argv[5])
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-keep = []
-def decide():
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    s.connect(decide_path)
-    try:
-        s.send(req)
-        ok = len(s.recv(4096)) > 0
-    except OSError:
-        ok = False
-    if ok:
-        keep.append(s)
-        return 'answered'
-    s.close()
-    return 'refused'
-def control():
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(control_path)
-    f = s.makefile('r')
-    try:
-        s.sendall(b'{"v":1,"id":1,"method":"hello"}\\n')
-    except OSError:
-        pass
-    try:
-        line = f.readline()
-    except OSError:
-        line = ''
-    r = json.loads(line) if line else None
-    if r is not None and r.get('ok'):
-        keep.append((s, f))
-        return 'answered'
-    s.close()
-    return 'refused ' + (r['error']['code'] + ' ' + r['error']['message'] if r is not None else 'without a reply')
-for i in range(nd):
-    if decide() != 'answered':
-        print('decide refused at', i)
-        sys.exit(1)
-for i in range(nc):
-    got = control()
-    if got != 'answered':
-        print('control', got, 'at', i)
-        sys.exit(1)
-print('ready', nd, nc)
-for line in sys.stdin:
-    print(decide() if line.strip() == 'decide' else control())
-`;
-
-const url = (addr: string): string => (addr.includes(':') ? `http://[${addr}]/` : `http://${addr}/`);
 
 async function execCurl(uplink: string, addr: string, uid?: number): Promise<{ code: number; stderr: string; path: string | undefined }> {
   const r = await dev.waymark(['exec', '--uplink', uplink, '--', 'curl', '-sS', '-g', '--max-time', '3', url(addr)], { timeoutMs: 8000, ...(uid !== undefined ? { uid } : {}) });
@@ -91,10 +31,13 @@ async function execCurl(uplink: string, addr: string, uid?: number): Promise<{ c
 
 describe('connection limits of the daemon', () => {
   it('a user holding its whole share of both sockets is refused more; root and other users are still steered; status and log name the uid', { timeout: 120_000 }, async () => {
-    const req = encodeDecideRequest({
+    const request = encodeDecideRequest({
       seq: 1, family: 4, proto: 'tcp', port: 80, needs: 0, addr: Uint8Array.from([10, 200, 0, 10]), uplink: '', destination: '',
-    }).toString('hex');
-    const hog = new UidClient(4242, HOG_SCRIPT, [join(dev.dir, DECIDE_SOCKET), dev.socket, String(DECIDE_LIMITS.perUid), String(CONTROL_LIMITS.perUid), req]);
+    });
+    const hog = holdConnections(4242, {
+      decide: { path: join(dev.dir, DECIDE_SOCKET), n: DECIDE_LIMITS.perUid, request },
+      control: { path: dev.socket, n: CONTROL_LIMITS.perUid },
+    });
     try {
       assert.equal(await hog.line(), `ready ${DECIDE_LIMITS.perUid} ${CONTROL_LIMITS.perUid}`);
       assert.equal(await hog.ask('decide'), 'refused');
@@ -114,7 +57,7 @@ describe('connection limits of the daemon', () => {
       assert.deepEqual(s.control?.refusedByUid, [{ uid: 4242, refused: 1 }]);
       assert.deepEqual(s.control?.limits, CONTROL_LIMITS);
       const text = (await dev.waymark(['status'])).stdout;
-      assert.match(text, /^decide socket: \d+ connections, \d+ requests \(0 malformed, 1 refused connections, .*; refused: uid 4242 \(1\); limits 1024 per uid, 4096 in all, 512 kept for root$/m);
+      assert.match(text, /^decide socket: \d+ connections, \d+ requests \(0 malformed, 1 refused connection, .*; refused: uid 4242 \(1\); limits 1024 per uid, 4096 in all, 512 kept for root$/m);
       assert.match(text, /^control socket: \d+ connections; refused: uid 4242 \(1\); limits 128 per uid, 512 in all, 64 kept for root$/m);
       // Another user sees that connections were refused, not whose.
       const theirs = JSON.parse((await dev.waymark(['status', '--json'], { uid: 65534 })).stdout) as StatusResult;
@@ -122,7 +65,7 @@ describe('connection limits of the daemon', () => {
       assert.deepEqual(theirs.decisions?.refusedByUid, []);
       assert.deepEqual(theirs.control?.refusedByUid, []);
       const theirText = (await dev.waymark(['status'], { uid: 65534 })).stdout;
-      assert.match(theirText, /^control socket: \d+ connections; refused: 1 connections; limits 128 per uid/m);
+      assert.match(theirText, /^control socket: \d+ connections; refused: 1 connection; limits 128 per uid/m);
       assert.doesNotMatch(theirText, /uid 4242/);
       const log = readFileSync(join(dev.dir, 'waymarkd.log'), 'utf8');
       assert.match(log, /decide socket: too many connections from uid 4242/);

@@ -7,23 +7,17 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
-import type { StatusResult } from '../../src/daemon/protocol.js';
+import { describe, it } from 'node:test';
 import { CLI_JS, DAEMON_JS, startDevice, type Device } from '../../src/lab/device.js';
-import { DETACHED_DIR, Lab, LAB, ROLES, sweepStale } from '../../src/lab/lab.js';
+import { DETACHED_DIR, Lab, LAB, ROLES } from '../../src/lab/lab.js';
+import { status, useLab } from '../support/lab.js';
 
 let lab: Lab;
 let dev: Device;
 
-before(async () => {
-  await sweepStale();
-  lab = await Lab.create();
-  dev = await startDevice(lab);
-});
-
-after(async () => {
-  await dev?.dispose();
-  await lab?.destroy();
+useLab({}, (l, d) => {
+  lab = l;
+  dev = d;
 });
 
 const hasScript = spawnSync('script', ['--version']).status === 0;
@@ -35,12 +29,6 @@ function killNamespaces(names: readonly string[]): Promise<void> {
   return new Promise<void>((resolve) => {
     spawn('sh', ['-c', script, 'sh', ...names], { stdio: 'ignore' }).once('exit', () => resolve());
   });
-}
-
-async function status(): Promise<StatusResult> {
-  const r = await dev.waymark(['status', '--json']);
-  assert.equal(r.code, 0, r.stderr);
-  return JSON.parse(r.stdout) as StatusResult;
 }
 
 /** What a second daemon would destroy: the sockets and generation file (by inode) and the nftables table. */
@@ -81,7 +69,7 @@ describe('one waymarkd at a time', () => {
     assert.equal(byDir.code, 75, byDir.stdout + byDir.stderr);
     assert.doesNotMatch(same.stderr + sameSocket.stderr + byDir.stderr, /\n\s+at /, 'a message, not a stack trace');
 
-    const s = await status();
+    const s = await status(dev);
     assert.equal(s.daemon.pid, first);
     assert.deepEqual(await footprint(), before, 'sockets, generation file and nftables table untouched');
     const r = await dev.waymark(['exec', '--uplink', 'wifi', '--', 'curl', '-sS', '--max-time', '3', `http://${LAB.internet.v4}/`], { timeoutMs: 8000 });
@@ -91,7 +79,7 @@ describe('one waymarkd at a time', () => {
   it('a crashed daemon leaves no lock behind: the next one starts', async () => {
     await dev.stopDaemon('SIGKILL');
     await dev.startDaemon();
-    assert.equal((await status()).daemon.pid, dev.daemon.pid);
+    assert.equal((await status(dev)).daemon.pid, dev.daemon.pid);
   });
 });
 
@@ -100,7 +88,7 @@ describe('configs the daemon refuses are refused by the loader, located', () => 
 
   it('reload: an alias bomb and 40 uplinks give exit 65 with file:line:col: field; the running config stays', async () => {
     const text = original();
-    const gen = (await status()).daemon.generation;
+    const gen = (await status(dev)).daemon.generation;
     const bomb = 'version: 1\na: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n' +
       'c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: [*d, *d, *d, *d, *d, *d, *d, *d, *d]\n';
     const many = 'version: 1\nuplinks:\n' + Array.from({ length: 40 }, (_, i) => `  - { name: u${i}, match: eth${i}, kind: ethernet }\n`).join('');
@@ -119,7 +107,7 @@ describe('configs the daemon refuses are refused by the loader, located', () => 
     } finally {
       writeFileSync(dev.configPath, text);
     }
-    assert.equal((await status()).daemon.generation, gen);
+    assert.equal((await status(dev)).daemon.generation, gen);
   });
 });
 
@@ -136,7 +124,7 @@ describe('interface globs', () => {
         '  - { name: tunnels, match: "tun*", kind: vpn }\n  - { name: quoted, match: "q*", kind: ethernet }\n'));
       const r = await dev.waymark(['reload']);
       assert.equal(r.code, 0, r.stderr);
-      const s = await status();
+      const s = await status(dev);
       const up = (name: string) => s.uplinks.find((u) => u.name === name);
       assert.deepEqual([up('loop')?.status, up('loop')?.ifname], ['absent', null]);
       assert.equal(up('tunnels')?.ifname, 'tun0');

@@ -17,12 +17,11 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
-import { EXAMPLE_CONFIG, startDevice, type Device } from '../../src/lab/device.js';
-import { Lab, LAB, sweepStale } from '../../src/lab/lab.js';
-import { publicPath } from '../../src/lab/public.js';
-import type { StatusResult } from '../../src/daemon/protocol.js';
-import { buildGoClient } from '../support/goclient.js';
+import { describe, it } from 'node:test';
+import { EXAMPLE_CONFIG, type Device } from '../../src/lab/device.js';
+import { LAB, type Lab } from '../../src/lab/lab.js';
+import { buildPublicGoClient } from '../support/goclient.js';
+import { lastJson, status, url, useLab } from '../support/lab.js';
 
 const UID = 4242;
 
@@ -45,37 +44,19 @@ function realnetConfig(): string {
   return withWifiDns;
 }
 
-before(async () => {
-  await sweepStale();
-  [lab] = await Promise.all([Lab.create(), buildGoClient()]);
-  goclient = publicPath('build/goclient');
-  dev = await startDevice(lab, { config: realnetConfig() });
-}, { timeout: 180_000 });
-
-after(async () => {
-  await dev?.dispose();
-  await lab?.destroy();
+useLab({
+  config: realnetConfig,
+  alongside: async () => {
+    goclient = await buildPublicGoClient();
+  },
+  timeoutMs: 180_000,
+}, (l, d) => {
+  lab = l;
+  dev = d;
 });
-
-const url = (addr: string): string => (addr.includes(':') ? `http://[${addr}]/` : `http://${addr}/`);
 
 function underExec(wish: readonly string[], argv: readonly string[], opts: { input?: string } = {}) {
   return dev.waymark(['exec', ...wish, '--', ...argv], { uid: UID, timeoutMs: 15_000, ...opts });
-}
-
-function lastJson(out: string): { server: string; path: string; proto: string } | null {
-  const line = out.trim().split('\n').reverse().find((l) => l.startsWith('{'));
-  try {
-    return line ? (JSON.parse(line) as { server: string; path: string; proto: string }) : null;
-  } catch {
-    return null;
-  }
-}
-
-async function status(): Promise<StatusResult> {
-  const r = await dev.waymark(['status', '--json']);
-  assert.equal(r.code, 0, r.stderr);
-  return JSON.parse(r.stdout) as StatusResult;
 }
 
 /** Polls a condition on the daemon's answers (an event we cannot subscribe to from here), bounded. */
@@ -122,7 +103,7 @@ describe('replies on every uplink pass the reverse-path check', () => {
       assert.equal(del.code, 0, del.stderr);
       assert.doesNotMatch((await lab.run('dev', ['ip', '-4', 'route', 'show', 'default'])).stdout, /default/);
       await waitFor('wifi down and cellular active', async () => {
-        const s = await status();
+        const s = await status(dev);
         const state = (n: string): string | undefined => s.uplinks.find((u) => u.name === n)?.status;
         return state('wifi') === 'down' && state('cellular') === 'active';
       });
@@ -148,7 +129,7 @@ describe('replies on every uplink pass the reverse-path check', () => {
       await lab.run('dev', ['ip', 'route', 'replace', ...def.split(' ')]);
       await lab.setLink('dev', 'wlan0', true);
     }
-    await waitFor('wifi back', async () => (await status()).uplinks.find((u) => u.name === 'wifi')?.status === 'active');
+    await waitFor('wifi back', async () => (await status(dev)).uplinks.find((u) => u.name === 'wifi')?.status === 'active');
   });
 });
 
@@ -212,7 +193,7 @@ describe('what the daemon leaves behind', () => {
     // The DNS rules carry ipproto/dport: read back from the kernel they must equal what we want.
     const reload = await dev.waymark(['reload']);
     assert.equal(reload.code, 0, reload.stderr);
-    assert.deepEqual([(await status()).lastReconcile?.changes, (await status()).lastReconcile?.errors], [0, []]);
+    assert.deepEqual([(await status(dev)).lastReconcile?.changes, (await status(dev)).lastReconcile?.errors], [0, []]);
     assert.match((await lab.run('dev', ['ip', 'rule'])).stdout, /^4150:.*ipproto udp dport 53 lookup \d+ proto 87$/m);
 
     await dev.stopDaemon();

@@ -8,6 +8,7 @@
 import { execFile } from 'node:child_process';
 import { mkdirSync, renameSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { publicPath } from '../../src/lab/public.js';
 import { PACKAGE_ROOT } from '../../src/version.js';
 
 export const GOCLIENT_SOURCE = join(PACKAGE_ROOT, 'test/fixtures/goclient/main.go');
@@ -30,6 +31,12 @@ export function buildGoClient(): Promise<string> {
     building = undefined;
   });
   return building;
+}
+
+/** The built client at a path every uid can run (src/lab/public.ts), for tests as other users. */
+export async function buildPublicGoClient(): Promise<string> {
+  await buildGoClient();
+  return publicPath('build/goclient');
 }
 
 async function build(): Promise<string> {

@@ -4,8 +4,10 @@
  * test synchronises on what the client did, never on a timer.
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import { PACKAGE_ROOT } from '../../src/version.js';
 
 export const PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
 export const isRoot = process.getuid?.() === 0;
@@ -64,4 +66,28 @@ export class UidClient {
     this.child.kill('SIGKILL');
     await gone;
   }
+}
+
+/** test/fixtures/hold_connections.py: holds connections to the decide and/or control socket. */
+export const HOLD_CONNECTIONS = join(PACKAGE_ROOT, 'test/fixtures/hold_connections.py');
+
+export interface HoldSockets {
+  /** `n` connections to a decide socket, each sending `request` and kept once answered. */
+  decide?: { path: string; n: number; request: Buffer };
+  /** `n` connections to a control socket, each saying hello and kept once answered ok. */
+  control?: { path: string; n: number };
+}
+
+/**
+ * A client as `uid` holding connections to the sockets of `hold` (decide first): its first line is
+ * "ready" and the counts held (decide, then control), or what happened to the one not answered.
+ * Then `ask('decide')` or `ask('control')` opens one more and answers "answered", "refused"
+ * (decide), "refused <code> <message>" or "refused without a reply" (control). The script is read
+ * here and passed with -c, so the other uid needs no access to this tree.
+ */
+export function holdConnections(uid: number, hold: HoldSockets): UidClient {
+  const args: string[] = [];
+  if (hold.decide) args.push('decide', hold.decide.path, String(hold.decide.n), hold.decide.request.toString('hex'));
+  if (hold.control) args.push('control', hold.control.path, String(hold.control.n));
+  return new UidClient(uid, readFileSync(HOLD_CONNECTIONS, 'utf8'), args);
 }

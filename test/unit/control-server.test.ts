@@ -15,7 +15,7 @@ import { Client, DaemonError } from '../../src/daemon/client.js';
 import type { Logger } from '../../src/daemon/log.js';
 import type { HelloResult, StatusResult } from '../../src/daemon/protocol.js';
 import { ControlServer, MAX_OUTSTANDING, type Handlers } from '../../src/daemon/server.js';
-import { UidClient, isRoot } from '../support/uidclient.js';
+import { UidClient, holdConnections, isRoot } from '../support/uidclient.js';
 
 interface LogLine { level: string; msg: string }
 /** A logger that keeps its lines and lets a test wait for one. */
@@ -41,38 +41,6 @@ class MemoryLog {
     return new Promise((resolve) => this.waiters.push({ re, resolve }));
   }
 }
-
-const CONNECT_SCRIPT = `
-import json, socket, sys
-path, n = sys.argv[1], int(sys.argv[2])
-keep = []
-def one():
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(path)
-    f = s.makefile('r')
-    try:
-        s.sendall(b'{"v":1,"id":1,"method":"hello"}\\n')
-    except OSError:
-        pass
-    try:
-        line = f.readline()
-    except OSError:
-        line = ''
-    r = json.loads(line) if line else None
-    if r is not None and r.get('ok'):
-        keep.append((s, f))
-        return 'answered'
-    s.close()
-    return 'refused ' + (r['error']['code'] + ' ' + r['error']['message'] if r is not None else 'without a reply')
-for i in range(n):
-    got = one()
-    if got != 'answered':
-        print('refused at', i, got)
-        sys.exit(1)
-print('ready', len(keep))
-for line in sys.stdin:
-    print(one())
-`;
 
 const FLOOD_SCRIPT = `
 import socket, sys
@@ -126,17 +94,17 @@ describe('ControlServer limits', { skip: !isRoot && 'needs root (clients run as 
     const users: UidClient[] = [];
     const roots: Client[] = [];
     try {
-      const a = new UidClient(4242, CONNECT_SCRIPT, [sock, '2']);
+      const a = holdConnections(4242, { control: { path: sock, n: 2 } });
       users.push(a);
       assert.equal(await a.line(), 'ready 2');
-      assert.match(await a.ask('more'), /^refused EBUSY too many connections to waymarkd from uid 4242 \(at most 2 per uid\)$/);
-      const b = new UidClient(4243, CONNECT_SCRIPT, [sock, '2']);
+      assert.match(await a.ask('control'), /^refused EBUSY too many connections to waymarkd from uid 4242 \(at most 2 per uid\)$/);
+      const b = holdConnections(4243, { control: { path: sock, n: 2 } });
       users.push(b);
       assert.equal(await b.line(), 'ready 2');
-      const c = new UidClient(4244, CONNECT_SCRIPT, [sock, '0']);
+      const c = holdConnections(4244, { control: { path: sock, n: 0 } });
       users.push(c);
       assert.equal(await c.line(), 'ready 0');
-      assert.match(await c.ask('more'), /^refused EBUSY .*the last 2 are kept for root/);
+      assert.match(await c.ask('control'), /^refused EBUSY .*the last 2 are kept for root/);
       for (let i = 0; i < 2; i++) {
         const r = new Client(sock);
         roots.push(r);

@@ -20,7 +20,7 @@ import { DecisionServer, DeferredAnswer, type Caller, type DecisionHandlers } fr
 import { DecisionClient } from '../../src/decision/client.js';
 import { GenerationFile, GENERATION_FILE_SIZE } from '../../src/decision/generation.js';
 import { formatStatus } from '../../src/cli/status.js';
-import { UidClient, isRoot } from '../support/uidclient.js';
+import { UidClient, holdConnections, isRoot } from '../support/uidclient.js';
 import {
   SIZES, WM_ACTION, WM_MAGIC, WM_RESOLVE, WM_TYPE, decodeDecideResponse, decodePending, decodeResolveResponse, encodeDecideRequest,
   encodeResolveRequest, type DecideRequest, type DecideResponse, type ResolveRequest,
@@ -657,31 +657,6 @@ describe('GenerationFile', () => {
 describe('DecisionServer limits per uid', { skip: !isRoot && 'needs root (clients run as other uids)' }, () => {
   let dir: string;
   const GUARD = { timeout: 60_000 };
-  const CONNECT_SCRIPT = `
-import socket, sys
-path, n, req = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3])
-keep = []
-def one():
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    s.connect(path)
-    try:
-        s.send(req)
-        ok = len(s.recv(4096)) > 0
-    except OSError:
-        ok = False
-    if ok:
-        keep.append(s)
-    else:
-        s.close()
-    return ok
-for i in range(n):
-    if not one():
-        print("refused at", i)
-        sys.exit(1)
-print("ready", len(keep))
-for line in sys.stdin:
-    print("answered" if one() else "refused")
-`;
   const FLOOD_SCRIPT = `
 import socket, sys
 s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -714,22 +689,22 @@ sys.stdin.read()
     const server = new DecisionServer(sock, { decide: answer, resolve: () => Promise.reject(new Error('unused')) }, memoryLogger(logs),
       { maxClients: 12, maxClientsPerUid: 4, rootReserve: 4 });
     server.listen();
-    const hex = decideReq(5).toString('hex');
+    const request = decideReq(5);
     const users: UidClient[] = [];
     const roots: Client[] = [];
     try {
-      const a = new UidClient(4242, CONNECT_SCRIPT, [sock, '4', hex]);
+      const a = holdConnections(4242, { decide: { path: sock, n: 4, request } });
       users.push(a);
       assert.equal(await a.line(), 'ready 4');
-      assert.equal(await a.ask('more'), 'refused', 'uid 4242 is at its limit of 4');
-      const b = new UidClient(4243, CONNECT_SCRIPT, [sock, '4', hex]);
+      assert.equal(await a.ask('decide'), 'refused', 'uid 4242 is at its limit of 4');
+      const b = holdConnections(4243, { decide: { path: sock, n: 4, request } });
       users.push(b);
       assert.equal(await b.line(), 'ready 4');
       // 8 non-root connections: what is left of 12 is root's.
-      const c = new UidClient(4244, CONNECT_SCRIPT, [sock, '0', hex]);
+      const c = holdConnections(4244, { decide: { path: sock, n: 0, request } });
       users.push(c);
       assert.equal(await c.line(), 'ready 0');
-      assert.equal(await c.ask('more'), 'refused', 'uid 4244 may not take the root reserve');
+      assert.equal(await c.ask('decide'), 'refused', 'uid 4244 may not take the root reserve');
       for (let i = 0; i < 4; i++) {
         const r = new Client(sock);
         roots.push(r);
@@ -740,7 +715,7 @@ sys.stdin.read()
       roots.push(over);
       assert.equal(await over.next(10_000), null);
       assert.equal(over.eof, true, 'beyond the total even root is refused');
-      assert.equal(await b.ask('more'), 'refused');
+      assert.equal(await b.ask('decide'), 'refused');
 
       const st = server.stats;
       assert.equal(st.clients, 12);
