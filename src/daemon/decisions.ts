@@ -16,7 +16,7 @@ import { bestUplink } from '../routing/desired.js';
 import { identify, type AppIdentity } from '../identity/app.js';
 import { formatAddress, parseAddress, type Family } from '../net/prefix.js';
 import { policyFor, type AppRule } from '../policy/app.js';
-import { mergeWish, wishOf, type SessionRegistry } from '../session/session.js';
+import { mergeWish, wishOf, type Session, type SessionRegistry } from '../session/session.js';
 import { ExpiringMap } from './expiring.js';
 import type { Engine } from './engine.js';
 import type { EventBus } from './events.js';
@@ -112,16 +112,15 @@ export class DecisionService implements DecisionHandlers {
   }
 
   /** The app rule that binds a process: in a session, the rules of its app facts (its starter's, ...) as well as its own. */
-  private policyOf(id: AppIdentity): AppRule | undefined {
-    const config = this.engine.getConfig();
-    const session = this.sessions.ofCgroup(id.cgroup);
-    return session ? policyFor(config.apps, id, session.apps) : policyFor(config.apps, id);
+  private policyOf(id: AppIdentity, session: Session | undefined = this.sessions.ofCgroup(id.cgroup)): AppRule | undefined {
+    const rules = this.engine.getConfig().apps;
+    return session ? policyFor(rules, id, session.apps) : policyFor(rules, id);
   }
 
   decideFor(id: AppIdentity, own: Wish, family: Family, addr: Uint8Array, destination?: string): Decision {
     const config = this.engine.getConfig();
     const session = this.sessions.ofCgroup(id.cgroup);
-    const app = this.policyOf(id);
+    const app = this.policyOf(id, session);
     const learned = destination ?? this.learnedDestination(family, addr);
     return decide({
       uplinks: this.engine.uplinkStates(), destinations: config.destinations, wish: mergeWish(session ? wishOf(session) : undefined, own),
