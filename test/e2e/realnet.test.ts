@@ -163,10 +163,15 @@ describe('DNS follows the uplink', () => {
     // getaddrinfo under the library.
     const gai = await underExec(mms, ['getent', 'ahostsv4', LAB.mmsc.host]);
     assert.match(gai.stdout, new RegExp(`^${LAB.mmsc.v4.replace(/\./g, '\\.')}\\s`, 'm'), gai.stderr);
-    // dig via resolv.conf (its sockets go through the library). (The lab's resolvers speak UDP
-    // only; TCP queries take the same rules and redirect.)
+    // dig via resolv.conf (its sockets go through the library).
     const r = await underExec(mms, dig([LAB.mmsc.host]));
     assert.equal(r.stdout.trim(), LAB.mmsc.v4, r.stderr);
+    // Over TCP as well (the resolver in resolv.conf again), under the library and without it:
+    // the same DNS rule and redirect carry the connection.
+    for (const argv of [dig(['+tcp', LAB.mmsc.host]), ['env', 'WAYMARK_DISABLE=1', ...dig(['+tcp', LAB.mmsc.host])]]) {
+      const t = await underExec(mms, argv);
+      assert.equal(t.stdout.trim(), LAB.mmsc.v4, `${argv.join(' ')}: ${t.stdout}${t.stderr}`);
+    }
     // The static Go resolver reads resolv.conf itself; only the kernel steers it.
     const go = await underExec(mms, [goclient, `http://${LAB.mmsc.host}/`]);
     assert.equal(go.code, 0, go.stderr);
