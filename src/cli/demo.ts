@@ -8,6 +8,7 @@ import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CLI_JS, startDevice, type Device } from '../lab/device.js';
 import { DETACHED_DIR, Lab, LAB, destroyDetached, sweepStale, type Role } from '../lab/lab.js';
+import { errorMessage } from '../errors.js';
 
 const bold = (s: string): string => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
 
@@ -76,7 +77,7 @@ export async function runDemo(opts: { shell: boolean }): Promise<number> {
     }
   } catch (e) {
     failures++;
-    process.stderr.write(`demo failed: ${e instanceof Error ? e.message : String(e)}\n`);
+    process.stderr.write(`demo failed: ${errorMessage(e)}\n`);
   } finally {
     if (!opts.shell || failures) {
       await dev?.dispose();

@@ -7,6 +7,7 @@ import { NEED_NAMES, type NeedName } from '../config/schema.js';
 import { execWith } from './exec.js';
 import { formatStatus } from './status.js';
 import { TOPICS, type Topic } from '../daemon/events.js';
+import { errorMessage } from '../errors.js';
 
 const program = new Command('waymark')
   .description('Waymark: steer each program\'s traffic over the right uplink (Wi-Fi, cellular APNs, VPN, ...).')
@@ -108,6 +109,6 @@ program.parseAsync().catch((e: unknown) => {
     process.stderr.write(`waymark: ${e.message} [${e.code}]\n`);
     process.exit(e.code === 'EPERM' || e.code === 'EACCES' ? 77 : e.code === 'EINVAL' ? 65 : 69);
   }
-  process.stderr.write(`waymark: ${e instanceof Error ? e.message : String(e)}\n`);
+  process.stderr.write(`waymark: ${errorMessage(e)}\n`);
   process.exit(e instanceof DaemonUnavailable ? 69 : 1);
 });

@@ -13,6 +13,7 @@ import type { AppRule } from '../policy/app.js';
 import { counterName, nftUplinkId } from '../nftables/ruleset.js';
 import { globProblem, type UplinkSpec } from '../uplink/uplink.js';
 import { configSchema, type RawConfig } from './schema.js';
+import { errorMessage } from '../errors.js';
 
 export const DEFAULT_CONFIG_PATH = '/etc/waymark/waymark.yaml';
 
@@ -80,7 +81,7 @@ export function parseConfig(text: string, file = '<config>'): Config {
     // aliasExpansion() bounded what aliases add, so the library's own (coarser) limit is off.
     data = doc.toJS({ maxAliasCount: -1 }) as unknown;
   } catch (e) {
-    throw new ConfigError([at(undefined, '', e instanceof Error ? e.message : String(e))]);
+    throw new ConfigError([at(undefined, '', errorMessage(e))]);
   }
   const parsed = configSchema.safeParse(data ?? {});
   if (!parsed.success) {

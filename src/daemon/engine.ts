@@ -20,6 +20,7 @@ import { ambiguousMatches, unusableMatches, uplinkStates, type UplinkState } fro
 import type { Logger } from './log.js';
 import { PROTOCOL_VERSION, type DestinationStatusView, type StatusResult, type UplinkStatusView } from './protocol.js';
 import type { StateStore } from './state.js';
+import { errorMessage } from '../errors.js';
 
 const MAIN_TABLE = 254;
 /** Reconciles allowed per second before we back off (something may be fighting over our rules). */
@@ -158,7 +159,7 @@ export class Engine {
       const res = await this.kernel.apply(p);
       for (const e of res.errors) this.opts.log.error('cleanup step failed', { error: e.message });
       await this.nftQueue;
-      await nft.deleteTable().catch((e: unknown) => this.opts.log.error('nftables cleanup failed', { error: e instanceof Error ? e.message : String(e) }));
+      await nft.deleteTable().catch((e: unknown) => this.opts.log.error('nftables cleanup failed', { error: errorMessage(e) }));
       for (const e of await this.srcValidMark.restore()) this.opts.log.error('cannot restore a kernel setting', { error: e });
       this.opts.log.info('removed kernel state', { changes: res.applied });
     }
@@ -179,7 +180,7 @@ export class Engine {
     if (delay > 1) this.opts.log.warn('kernel state keeps changing under us; slowing down');
     this.timer = setTimeout(() => {
       this.timer = undefined;
-      void this.reconcileNow().catch((e: unknown) => this.opts.log.error('reconcile failed', { error: e instanceof Error ? e.message : String(e) }));
+      void this.reconcileNow().catch((e: unknown) => this.opts.log.error('reconcile failed', { error: errorMessage(e) }));
     }, delay);
   }
 
@@ -287,7 +288,7 @@ export class Engine {
         this.nftApplied = body;
         return;
       } catch (e) {
-        const msg = e instanceof Error ? e.message : String(e);
+        const msg = errorMessage(e);
         // A cgroup named in the render vanished meanwhile: the next render leaves it out.
         const again = attempt < NFT_ATTEMPTS && VANISHED_CGROUP_RE.test(msg) ? this.render() : undefined;
         if (again !== undefined && again !== body) {
@@ -304,7 +305,7 @@ export class Engine {
 
   private async persistSlots(): Promise<void> {
     await this.opts.store.update({ slots: Object.fromEntries(this.slots) }).catch((e: unknown) =>
-      this.opts.log.error('cannot save state', { error: e instanceof Error ? e.message : String(e) }));
+      this.opts.log.error('cannot save state', { error: errorMessage(e) }));
   }
 
   async status(): Promise<StatusResult> {

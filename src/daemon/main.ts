@@ -22,6 +22,7 @@ import { EventBus, TOPICS, UplinkWatcher } from './events.js';
 import { DEFAULT_SOCKET, METHODS, PROTOCOL_VERSION, PROTOCOL_VERSIONS, type HelloResult, type ReloadResult } from './protocol.js';
 import { ControlServer, RequestError } from './server.js';
 import { DEFAULT_STATE_DIR, StateStore } from './state.js';
+import { errorMessage } from '../errors.js';
 
 const program = new Command('waymarkd')
   .description('Waymark daemon: watches the uplinks, keeps per-uplink policy routing in the kernel, answers on a Unix socket.')
@@ -95,7 +96,7 @@ async function main(): Promise<void> {
     config, configPath: opts.config, store, log, version: VERSION, savedSlots: saved.slots,
     onChange: () => {
       decisions.invalidate();
-      void sessions.refresh().then(() => engine.refreshNft()).catch((e: unknown) => log.error('session backstop update failed', { error: e instanceof Error ? e.message : String(e) }));
+      void sessions.refresh().then(() => engine.refreshNft()).catch((e: unknown) => log.error('session backstop update failed', { error: errorMessage(e) }));
     },
     nftExtra: () => renderSessionChains(sessions.backstops(), uplinkDns(engine.uplinkStates(), engine.getConfig().destinations), { cgroupMount: cgroups.mount }),
     learnedHosts: () => decisions.learnedHosts(),
@@ -172,7 +173,7 @@ async function main(): Promise<void> {
       await engine.stop(opts.keepState);
       process.exit(0);
     })().catch((e: unknown) => {
-      log.error('unclean stop', { error: e instanceof Error ? e.message : String(e) });
+      log.error('unclean stop', { error: errorMessage(e) });
       process.exit(1);
     });
   };

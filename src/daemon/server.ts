@@ -35,6 +35,7 @@ import {
   MAX_LINE, METHODS, PROTOCOL_VERSION, PROTOCOL_VERSIONS, requestSchema,
   type CallContext, type EventMessage, type Handlers, type Method, type Params, type ProtocolVersion, type Response, type Results, type SubscribeResult, type WireError,
 } from './protocol.js';
+import { errorMessage } from '../errors.js';
 
 const TOPIC_LIST: readonly Topic[] = TOPICS;
 
@@ -215,7 +216,7 @@ export class ControlServer {
           sock.write(JSON.stringify(reply) + '\n', written);
         }).catch((e: unknown) => {
           conn.outstanding--;
-          this.log.error('control socket: cannot answer; closing the connection', { error: e instanceof Error ? e.message : String(e), pid: cred.pid, uid: cred.uid });
+          this.log.error('control socket: cannot answer; closing the connection', { error: errorMessage(e), pid: cred.pid, uid: cred.uid });
           sock.destroy();
         });
       }
@@ -310,8 +311,8 @@ export class ControlServer {
       return { v, id, ok: true, result: r.result };
     } catch (e) {
       if (e instanceof RequestError) return this.fail(id, e.wire, cred, v);
-      this.log.error('request failed', { method, error: e instanceof Error ? e.message : String(e) });
-      return this.fail(id, { code: 'EIO', message: e instanceof Error ? e.message : String(e) }, cred, v);
+      this.log.error('request failed', { method, error: errorMessage(e) });
+      return this.fail(id, { code: 'EIO', message: errorMessage(e) }, cred, v);
     }
   }
 

@@ -18,6 +18,7 @@ import type { EventBus } from './events.js';
 import type { Logger } from './log.js';
 import type { ExecBeginParams, ExecBeginResult } from './protocol.js';
 import { RequestError } from './server.js';
+import { errorMessage } from '../errors.js';
 
 /** The kernel side of sessions (src/backstop): cgroups and their socket-creation program. */
 export interface CgroupBackend {
@@ -257,7 +258,7 @@ export class SessionService {
   private readonly reaping = new Set<string>();
 
   private reapLater(s: Session): void {
-    this.reap(s).catch((e: unknown) => this.log.error('cannot end session', { session: s.id, error: e instanceof Error ? e.message : String(e) }));
+    this.reap(s).catch((e: unknown) => this.log.error('cannot end session', { session: s.id, error: errorMessage(e) }));
   }
 
   /** Ends a session once nothing runs in its cgroup any more. */
@@ -276,7 +277,7 @@ export class SessionService {
     // The cgroup leaves the nftables render before it leaves the kernel: once refreshNft()
     // resolves, no update in flight or to come names it, so removing it cannot fail another
     // session's transaction ("cgroupv2 path fails").
-    await this.engine.refreshNft().catch((e: unknown) => this.log.error('nftables update failed', { error: e instanceof Error ? e.message : String(e) }));
+    await this.engine.refreshNft().catch((e: unknown) => this.log.error('nftables update failed', { error: errorMessage(e) }));
     try {
       await this.cgroups.remove(s.cgroup);
     } catch (e) {
@@ -296,7 +297,7 @@ export class SessionService {
   }
 
   private async persist(): Promise<void> {
-    await this.store.save(this.registry.all()).catch((e: unknown) => this.log.error('cannot save sessions', { error: e instanceof Error ? e.message : String(e) }));
+    await this.store.save(this.registry.all()).catch((e: unknown) => this.log.error('cannot save sessions', { error: errorMessage(e) }));
   }
 
   close(): void {

@@ -7,6 +7,7 @@ import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { NEED_NAMES } from '../config/schema.js';
+import { errorMessage } from '../errors.js';
 
 export const DEFAULT_STATE_DIR = '/var/lib/waymark';
 
@@ -68,7 +69,7 @@ export class StateStore {
       if (parsed.success) return (this.state = parsed.data);
       onCorrupt(parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
     } catch (e) {
-      onCorrupt(e instanceof Error ? e.message : String(e));
+      onCorrupt(errorMessage(e));
     }
     return this.state;
   }

@@ -57,6 +57,7 @@ import {
   WM_ACTION, WM_RESOLVE, WM_TYPE, decodeDecideRequest, decodeResolveRequest, encodeDecideResponse, encodePending, encodeResolveResponse,
   readHeader, type DecideRequest, type DecideResponse, type ResolveRequest, type ResolveResponse,
 } from './wire.js';
+import { errorMessage } from '../errors.js';
 
 export interface Caller {
   readonly pid: number;
@@ -522,7 +523,7 @@ export class DecisionServer {
     }
     this.lastErrorLog = now;
     this.log.error('decision handler failed; answered fail-closed', {
-      handler: what, error: e instanceof Error ? e.message : String(e), pid: client.caller.pid, uid: client.caller.uid,
+      handler: what, error: errorMessage(e), pid: client.caller.pid, uid: client.caller.uid,
       suppressed: this.suppressedErrors > 0 ? this.suppressedErrors : undefined,
     });
     this.suppressedErrors = 0;

@@ -18,6 +18,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { readdir, readFile, rm } from 'node:fs/promises';
 import { Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
+import { errorMessage } from '../errors.js';
 
 export type Role = 'dev' | 'wifi' | 'cell' | 'mms' | 'office' | 'inet';
 export const ROLES = ['dev', 'wifi', 'cell', 'mms', 'office', 'inet'] as const satisfies readonly Role[];
@@ -481,7 +482,7 @@ async function removeNetns(ns: string): Promise<void> {
   try {
     await exec('ip', ['netns', 'del', ns]);
   } catch (err) {
-    if (!/No such file|not found|does not exist/i.test(err instanceof Error ? err.message : String(err))) throw err;
+    if (!/No such file|not found|does not exist/i.test(errorMessage(err))) throw err;
   }
 }
 
@@ -552,7 +553,7 @@ function checkTool(cmd: string, args: string[], hint: string): void {
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') throw new Error(`lab: \`${cmd}\` not found on PATH: ${hint}`, { cause: err });
-    throw new Error(`lab: \`${cmd} ${args.join(' ')}\` failed: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+    throw new Error(`lab: \`${cmd} ${args.join(' ')}\` failed: ${errorMessage(err)}`, { cause: err });
   }
 }
 
@@ -701,7 +702,7 @@ export class Lab {
         dummyDriver = true;
         return;
       } catch (err) {
-        if (!/Unknown device type/i.test(err instanceof Error ? err.message : String(err))) throw err;
+        if (!/Unknown device type/i.test(errorMessage(err))) throw err;
         if (dummyDriver === undefined) this.log(`lab: no dummy link driver in this kernel; using veth pairs instead`);
         dummyDriver = false;
       }

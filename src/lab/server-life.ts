@@ -1,3 +1,4 @@
+import { errorMessage } from '../errors.js';
 /** The life cycle every lab server shares: say it is ready, stop on a signal or when its parent goes. */
 
 export function fail(server: string, message: string): never {
@@ -30,6 +31,6 @@ export function serveUntilStopped(opts: {
   }
   Promise.all(opts.listening).then(
     () => process.stdout.write(`${JSON.stringify({ ready: opts.server, ...opts.ready })}\n`),
-    (err: unknown) => fail(opts.server, `cannot listen: ${err instanceof Error ? err.message : String(err)}`),
+    (err: unknown) => fail(opts.server, `cannot listen: ${errorMessage(err)}`),
   );
 }

@@ -16,6 +16,7 @@
 import { createRequire } from 'node:module';
 import { Socket, type Server } from 'node:net';
 import { getSystemErrorName } from 'node:util';
+import { errorMessage } from '../errors.js';
 
 export interface PeerCred {
   pid: number;
@@ -160,7 +161,7 @@ function addon(): NativeAddon {
     mod = require(ADDON_PATH);
   } catch (e) {
     throw new Error(
-      `waymark_native addon not loadable (${e instanceof Error ? e.message : String(e)}); ` +
+      `waymark_native addon not loadable (${errorMessage(e)}); ` +
         'build it with `make -C native` (or `npm run setup`) in the package root',
       { cause: e },
     );

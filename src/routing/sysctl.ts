@@ -11,8 +11,8 @@
  */
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { errorMessage } from '../errors.js';
 
-const message = (e: unknown): string => (e instanceof Error ? e.message : String(e));
 const isMissing = (e: unknown): boolean => e instanceof Error && 'code' in e && e.code === 'ENOENT';
 
 /** An interface name as it can appear under /proc/sys/net/ipv4/conf (no path tricks). */
@@ -41,7 +41,7 @@ export class SrcValidMark {
         if (!this.saved.has(ifname)) this.saved.set(ifname, now);
         await writeFile(p, '1\n');
       } catch (e) {
-        errors.push(`net.ipv4.conf.${ifname}.src_valid_mark: ${message(e)}`);
+        errors.push(`net.ipv4.conf.${ifname}.src_valid_mark: ${errorMessage(e)}`);
       }
     }
     for (const ifname of [...this.saved.keys()]) if (!wanted.has(ifname)) await this.restoreOne(ifname, errors);
@@ -62,7 +62,7 @@ export class SrcValidMark {
       await writeFile(this.path(ifname), `${before}\n`);
     } catch (e) {
       // A device that is gone took its setting with it.
-      if (!isMissing(e)) errors.push(`net.ipv4.conf.${ifname}.src_valid_mark: ${message(e)}`);
+      if (!isMissing(e)) errors.push(`net.ipv4.conf.${ifname}.src_valid_mark: ${errorMessage(e)}`);
     }
   }
 }
