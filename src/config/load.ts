@@ -11,6 +11,7 @@ import { INTERNET, type DestinationSpec } from '../destination/destination.js';
 import { formatPrefix, overlaps, parsePrefix, type Prefix } from '../net/prefix.js';
 import type { AppRule } from '../policy/app.js';
 import { counterName, nftUplinkId } from '../nftables/ruleset.js';
+import { compileGlob } from '../glob.js';
 import { globProblem, type UplinkSpec } from '../uplink/uplink.js';
 import { configSchema, type RawConfig } from './schema.js';
 import { errorMessage } from '../errors.js';
@@ -284,6 +285,11 @@ function resolve(raw: RawConfig, check: (path: Path, message: string) => void): 
     a.deny.forEach((v, j) => {
       if (a.uplinks?.includes(v)) check(['apps', i, 'deny', j], `uplink "${v}" is both allowed and denied`);
     });
+    for (const field of ['unit', 'app', 'flatpak'] as const) {
+      const pattern = a.match[field];
+      const bad = pattern === undefined ? undefined : compileGlob(pattern);
+      if (typeof bad === 'string') check(['apps', i, 'match', field], bad);
+    }
     const match = Object.fromEntries(Object.entries(a.match).filter(([, v]) => v !== undefined));
     return { name: a.name, match, ...(a.uplinks ? { uplinks: a.uplinks } : {}), deny: a.deny, needs: a.needs };
   });

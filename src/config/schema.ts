@@ -82,13 +82,18 @@ export const appSchema = z.strictObject({
     .strictObject({
       /** Absolute path of the executable (/proc/PID/exe). */
       exe: z.string().regex(/^\//, 'must be an absolute path').optional(),
-      /** systemd unit (service or scope) the process runs in. */
-      unit: z.string().min(1).optional(),
+      /** systemd unit (service or scope) the process runs in; a glob (app-*-chat-*.scope) matches several. */
+      unit: z.string().min(1).max(256).optional(),
+      /**
+       * The application ID of a desktop app unit (app-[<launcher>-]<ID>-<RANDOM>.scope or
+       * app-[<launcher>-]<ID>@<RANDOM>.service, https://systemd.io/DESKTOP_ENVIRONMENTS/); a glob.
+       */
+      app: z.string().min(1).max(256).optional(),
       /** Flatpak application id. */
-      flatpak: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'must be a Flatpak application id').optional(),
+      flatpak: z.string().regex(/^[A-Za-z0-9_.*?-]+$/, 'must be a Flatpak application id (or a glob of one)').optional(),
       uid: z.number().int().nonnegative().optional(),
     })
-    .refine((m) => Object.values(m).some((v) => v !== undefined), 'give at least one of exe, unit, flatpak, uid'),
+    .refine((m) => Object.values(m).some((v) => v !== undefined), 'give at least one of exe, unit, app, flatpak, uid'),
   /** Allowed uplinks in order of preference; absent: any uplink not denied. */
   uplinks: z.array(name).min(1).optional(),
   /** Uplinks this app must never use. */

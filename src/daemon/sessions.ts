@@ -48,7 +48,7 @@ const hex = (n: number): string => `0x${(n >>> 0).toString(16).padStart(8, '0')}
 function uniqueFacts(facts: readonly AppFacts[]): AppFacts[] {
   const seen = new Set<string>();
   return facts.filter((f) => {
-    const key = JSON.stringify([f.uid, f.exe, f.unit, f.flatpakId]);
+    const key = JSON.stringify([f.uid, f.exe, f.unit, f.app ?? null, f.flatpakId]);
     if (seen.has(key)) return false;
     seen.add(key);
     return true;
@@ -170,7 +170,7 @@ export class SessionService {
     if (uplink && deny.includes(uplink.spec.name)) {
       throw new RequestError({ code: 'EINVAL', message: `contradictory wish: uplink ${uplink.spec.name} is both asked for and denied` });
     }
-    const own: AppFacts = { uid: who.uid, exe: who.exe, unit: who.unit, flatpakId: who.flatpakId };
+    const own: AppFacts = { uid: who.uid, exe: who.exe, unit: who.unit, app: who.app, flatpakId: who.flatpakId };
     // The program as the client names it (its resolved executable): one more rule, never a looser one.
     const program: AppFacts[] = p.exe !== undefined ? [{ ...own, exe: p.exe }] : [];
     const apps = uniqueFacts([own, ...program, ...(parent?.apps ?? [])]);

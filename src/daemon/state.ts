@@ -15,6 +15,7 @@ const appFactsSchema = z.object({
   uid: z.number().int().nonnegative(),
   exe: z.string().nullable(),
   unit: z.string().nullable(),
+  app: z.string().nullable().optional(),
   flatpakId: z.string().nullable(),
 });
 

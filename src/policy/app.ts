@@ -1,9 +1,13 @@
 /** Apps as the user described them, matching a calling process against them, and what that allows. */
 import type { NeedName } from '../config/schema.js';
+import { globMatch } from '../glob.js';
 
+/** Every field given must match; unit, app and flatpak are globs (src/glob.ts). */
 export interface AppMatch {
   readonly exe?: string;
   readonly unit?: string;
+  /** The application ID of a desktop app unit (src/identity/app.ts: appOfUnit). */
+  readonly app?: string;
   readonly flatpak?: string;
   readonly uid?: number;
 }
@@ -22,13 +26,19 @@ export interface AppFacts {
   readonly uid: number;
   readonly exe: string | null;
   readonly unit: string | null;
+  /** The application ID of the desktop app unit it runs in (absent: unknown, as null). */
+  readonly app?: string | null;
   readonly flatpakId: string | null;
 }
 
+const globOr = (pattern: string | undefined, value: string | null | undefined): boolean =>
+  pattern === undefined || (value != null && globMatch(pattern, value));
+
 export function matches(m: AppMatch, app: AppFacts): boolean {
   return (m.exe === undefined || m.exe === app.exe)
-    && (m.unit === undefined || m.unit === app.unit)
-    && (m.flatpak === undefined || m.flatpak === app.flatpakId)
+    && globOr(m.unit, app.unit)
+    && globOr(m.app, app.app)
+    && globOr(m.flatpak, app.flatpakId)
     && (m.uid === undefined || m.uid === app.uid);
 }
 
