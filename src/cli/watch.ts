@@ -25,6 +25,11 @@ export function formatEvent(e: DaemonEvent): string {
       return `${at} session ${e.id} started (uid ${e.uid}${e.uplink ? `, uplink ${e.uplink}` : ''}): ${e.command}`;
     case 'session.ended':
       return `${at} session ${e.id} ended (uid ${e.uid})`;
+    case 'app.appeared':
+      return `${at} app ${e.name} appeared (${e.kind} ${e.unit}, ${e.uid === null ? 'system' : `uid ${e.uid}`})`
+        + `: rule ${e.rule ?? '-'}, uplink ${e.uplink ?? 'default routing'}`;
+    case 'app.left':
+      return `${at} app ${e.name} left (${e.unit}, ${e.uid === null ? 'system' : `uid ${e.uid}`})`;
     case 'events.lost':
       return `${at} events lost: ${e.count} (this watcher did not keep up; the last lost was #${e.lastSeq})`;
     default: {

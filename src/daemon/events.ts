@@ -27,7 +27,7 @@ import type { UplinkState } from '../uplink/state.js';
 /** Events one subscriber may have queued (not yet handed to its connection). */
 export const EVENT_QUEUE_LIMIT = 256;
 
-export const TOPICS = ['uplink', 'config', 'decision', 'session'] as const;
+export const TOPICS = ['uplink', 'config', 'decision', 'session', 'app'] as const;
 export type Topic = (typeof TOPICS)[number];
 
 export interface UplinkChanged {
@@ -91,8 +91,37 @@ export interface SessionEnded {
   readonly uid: number;
 }
 
+/** An app's cgroup as the daemon recognised it (src/daemon/apps.ts). */
+interface AppEventBase {
+  /** The user it belongs to; null: a system service (only root and the waymark group see those). */
+  readonly uid: number | null;
+  /** What a user calls it: the Flatpak ID, the desktop app ID, else the unit. */
+  readonly name: string;
+  readonly unit: string;
+  /** The cgroup, relative to the daemon's cgroup root. */
+  readonly cgroup: string;
+}
+
+export interface AppAppeared extends AppEventBase {
+  readonly type: 'app.appeared';
+  readonly kind: string;
+  /** The app rule that applies (null: none). */
+  readonly rule: string | null;
+  /** The uplink its new sockets are marked for (null: default routing). */
+  readonly uplink: string | null;
+  /**
+   * When the kernel side knew it: wall-clock milliseconds (performance.timeOrigin +
+   * performance.now(), so sub-millisecond) right after its entry was written.
+   */
+  readonly classifiedAt: number;
+}
+
+export interface AppLeft extends AppEventBase {
+  readonly type: 'app.left';
+}
+
 /** What is published: each member's topic is the part of `type` before the dot. */
-export type EventBody = UplinkChanged | ConfigReloaded | ConfigRejected | DecisionDenied | SessionStarted | SessionEnded;
+export type EventBody = UplinkChanged | ConfigReloaded | ConfigRejected | DecisionDenied | SessionStarted | SessionEnded | AppAppeared | AppLeft;
 
 /** Sent in place of events a subscriber's full queue could not take: `count` of them, the last numbered `lastSeq`. */
 export interface EventsLost { readonly type: 'events.lost'; readonly count: number; readonly lastSeq: number }
@@ -110,10 +139,15 @@ export function topicOf(e: EventBody): Topic {
     case 'decision.denied': return 'decision';
     case 'session.started':
     case 'session.ended': return 'session';
+    case 'app.appeared':
+    case 'app.left': return 'app';
   }
 }
 
 /** The uid an event is about (only it and those who see all get it), or 'all'. */
+/** An owner no subscriber has (uids are ≥ 0): the event reaches only those who see all. */
+const NOBODY = -1;
+
 export function ownerOf(e: EventBody): number | 'all' {
   switch (e.type) {
     case 'uplink.changed':
@@ -122,6 +156,9 @@ export function ownerOf(e: EventBody): number | 'all' {
     case 'decision.denied':
     case 'session.started':
     case 'session.ended': return e.uid;
+    // A system service is no user's: only those who see everything get it.
+    case 'app.appeared':
+    case 'app.left': return e.uid ?? NOBODY;
   }
 }
 

@@ -1,0 +1,196 @@
+/**
+ * The BPF maps Waymark wants (pure): what the kernel does to the sockets of every cgroup it knows
+ * (docs/kernel-apps.md). Same shape as the routing (src/routing/desired.ts): desired state from
+ * the observed world, a plan against what was written last, and an adapter that applies it.
+ *
+ * Every cgroup the daemon knows gets an entry, also one no rule matches ("decided: untouched"),
+ * so that the kernel's walk up the hierarchy stops at it: only a cgroup the daemon has not seen
+ * yet (created a moment ago) falls through to its nearest known ancestor's `pending` treatment,
+ * the most restrictive treatment among the rules that could match a child there.
+ */
+import { MARK_MASK, MAX_SLOTS } from '../constants.js';
+import { NO_WISH } from '../decision/decide.js';
+import { INTERNET, type DestinationSpec } from '../destination/destination.js';
+import { formatPrefix } from '../net/prefix.js';
+import { ruleFor, type AppFacts, type AppRule } from '../policy/app.js';
+import { mostRestrictive, treatmentFor, UNTOUCHED, type Treatment } from '../policy/treatment.js';
+import { bestUplink } from '../routing/desired.js';
+import type { UplinkState } from '../uplink/state.js';
+
+/** This entry decides (else the kernel consults the uid's entry: rules that name only a uid). */
+export const WM_T_SET = 1;
+/** Deny bit of "every uplink" (slots use bits 1..30). */
+export const WM_DENY_ALL = 0x80000000;
+
+/** One treatment as the kernel holds it (native/include/waymark_bpf.h: struct wm_treatment). */
+export interface KernelTreatment {
+  /** App key for the per-app counters (0: none). */
+  readonly app: number;
+  /** Waymark mark bits for the app's sockets (0: none). */
+  readonly mark: number;
+  /** Bit N: uplink slot N denied; WM_DENY_ALL: every uplink. */
+  readonly deny: number;
+  readonly flags: number;
+}
+
+export interface CgroupEntry {
+  readonly self: KernelTreatment;
+  readonly pending: KernelTreatment;
+}
+
+/** A cgroup as the daemon knows it, relative to its cgroup root. */
+export interface KnownCgroup {
+  readonly id: bigint;
+  readonly rel: string;
+  /** The uid it belongs to (user-UID.slice, user@UID.service), null where the path does not say. */
+  readonly uid: number | null;
+  /** The systemd unit it is (or is nested in), its app ID and Flatpak ID; null: a slice or plain directory. */
+  readonly unit: { readonly unit: string; readonly appId: string | null; readonly flatpakId: string | null } | null;
+  /** The app key the daemon gave the app (for counters). */
+  readonly appKey: number;
+}
+
+export interface DesiredMaps {
+  readonly cgroups: ReadonlyMap<bigint, CgroupEntry>;
+  readonly uids: ReadonlyMap<number, KernelTreatment>;
+  /** Uplink devices: ifindex → slot. */
+  readonly ifslots: ReadonlyMap<number, number>;
+  /** Destination prefixes ("10.200.0.0/24") → the slot routing them now. */
+  readonly destinations: ReadonlyMap<string, number>;
+  /** The slot main's default route uses, per family (0: none known). */
+  readonly main: { readonly v4: number; readonly v6: number };
+}
+
+export interface MapsWorld {
+  readonly rules: readonly AppRule[];
+  readonly uplinks: readonly UplinkState[];
+  /** With learned hosts already folded in (withLearnedHosts). */
+  readonly destinations: readonly DestinationSpec[];
+  readonly cgroups: readonly KnownCgroup[];
+  /** Interface index main's default route leaves by, per family (null: none). */
+  readonly mainDefault: { readonly v4: number | null; readonly v6: number | null };
+}
+
+/** A treatment as the kernel holds it. */
+export function encodeTreatment(t: Treatment, appKey: number, flags = WM_T_SET): KernelTreatment {
+  let deny = 0;
+  for (const u of t.denied) if (u.slot >= 1 && u.slot <= MAX_SLOTS) deny |= 1 << u.slot;
+  return { app: appKey, mark: t.mark === null ? 0 : (t.mark & MARK_MASK) >>> 0, deny: deny >>> 0, flags };
+}
+
+/** The facts of a cgroup that rules can match in the kernel: no executable (it is per process). */
+export function cgroupFacts(c: KnownCgroup): AppFacts | null {
+  if (c.unit === null) return null;
+  // An unknown uid matches no rule that names one: such rules are left to the uid entry.
+  return { uid: c.uid ?? -1, exe: null, unit: c.unit.unit, app: c.unit.appId, flatpakId: c.unit.flatpakId };
+}
+
+/** Rules the kernel can apply by cgroup or uid (a rule naming an executable needs the library or a session). */
+const kernelRules = (rules: readonly AppRule[]): AppRule[] => rules.filter((r) => r.match.exe === undefined);
+const uidOnly = (r: AppRule): boolean => r.match.uid !== undefined && r.match.unit === undefined
+  && r.match.app === undefined && r.match.flatpak === undefined && r.match.exe === undefined;
+
+function treatmentOf(rule: AppRule | undefined, w: MapsWorld): Treatment {
+  return rule === undefined ? UNTOUCHED : treatmentFor(rule, NO_WISH, w.uplinks, w.destinations);
+}
+
+function encodeFor(rule: AppRule | undefined, w: MapsWorld, appKey: number): KernelTreatment {
+  const t = treatmentOf(rule, w);
+  const k = encodeTreatment(t, appKey);
+  // A rule that allows no configured uplink at all denies every uplink, also one added later.
+  const all = rule !== undefined && w.uplinks.length > 0 && t.denied.length === w.uplinks.length;
+  return all ? { ...k, deny: WM_DENY_ALL | k.deny } : k;
+}
+
+/** The most restrictive treatment among the rules a new child of a cgroup of this uid could match. */
+function pendingFor(uid: number | null, rules: readonly AppRule[], w: MapsWorld): KernelTreatment {
+  const candidates = rules.filter((r) => uid === null || r.match.uid === undefined || r.match.uid === uid);
+  return encodeFor(mostRestrictive(candidates), w, 0);
+}
+
+/** The entry of one known cgroup (what desiredMaps gives it; the daemon writes a new cgroup's at once with this). */
+export function cgroupEntry(c: KnownCgroup, w: MapsWorld, pending?: (uid: number | null) => KernelTreatment): CgroupEntry {
+  const rules = kernelRules(w.rules);
+  const facts = cgroupFacts(c);
+  if (facts === null) {
+    // A slice or directory: nothing for its own sockets (a uid rule may still apply), the most
+    // restrictive of what could match for a child not classified yet.
+    const own = c.uid === null ? encodeTreatment(UNTOUCHED, 0, 0)
+      : encodeFor(ruleFor(rules, { uid: c.uid, exe: null, unit: null, app: null, flatpakId: null }), w, 0);
+    return { self: own, pending: pending ? pending(c.uid) : pendingFor(c.uid, rules, w) };
+  }
+  const rule = ruleFor(rules, facts);
+  // Unknown uid and no rule of the cgroup's own: leave it to the uid entry (flags 0).
+  const self = rule === undefined && c.uid === null ? encodeTreatment(UNTOUCHED, c.appKey, 0) : encodeFor(rule, w, c.appKey);
+  // A cgroup inside a unit belongs to that unit: a child not classified yet is treated like it.
+  return { self, pending: self };
+}
+
+export function desiredMaps(w: MapsWorld): DesiredMaps {
+  const rules = kernelRules(w.rules);
+  const pendingByUid = new Map<number | null, KernelTreatment>();
+  const pending = (uid: number | null): KernelTreatment => {
+    let p = pendingByUid.get(uid);
+    if (p === undefined) pendingByUid.set(uid, (p = pendingFor(uid, rules, w)));
+    return p;
+  };
+  const cgroups = new Map<bigint, CgroupEntry>();
+  for (const c of w.cgroups) cgroups.set(c.id, cgroupEntry(c, w, pending));
+  const uids = new Map<number, KernelTreatment>();
+  for (const r of rules) {
+    if (!uidOnly(r) || r.match.uid === undefined || uids.has(r.match.uid)) continue;
+    uids.set(r.match.uid, encodeFor(r, w, 0));
+  }
+  const ifslots = new Map<number, number>();
+  for (const u of w.uplinks) if (u.link) ifslots.set(u.link.index, u.slot);
+  const destinations = new Map<string, number>();
+  for (const d of w.destinations) {
+    if (d.name === INTERNET) continue;
+    for (const p of d.prefixes) {
+      const best = bestUplink(w.uplinks, d, p.family);
+      destinations.set(formatPrefix(p), best ? best.slot : 0);
+    }
+  }
+  const slotOfIf = (i: number | null): number => (i === null ? 0 : ifslots.get(i) ?? 0);
+  return { cgroups, uids, ifslots, destinations, main: { v4: slotOfIf(w.mainDefault.v4), v6: slotOfIf(w.mainDefault.v6) } };
+}
+
+export const sameTreatment = (a: KernelTreatment, b: KernelTreatment): boolean =>
+  a.app === b.app && a.mark === b.mark && a.deny === b.deny && a.flags === b.flags;
+
+/** What to write to get from `applied` to `desired` (deletions of what is no longer wanted included). */
+export interface MapsPlan {
+  readonly setCgroups: readonly (readonly [bigint, CgroupEntry])[];
+  readonly delCgroups: readonly bigint[];
+  readonly setUids: readonly (readonly [number, KernelTreatment])[];
+  readonly delUids: readonly number[];
+  readonly setIfslots: readonly (readonly [number, number])[];
+  readonly delIfslots: readonly number[];
+  readonly setDestinations: readonly (readonly [string, number])[];
+  readonly delDestinations: readonly string[];
+  readonly main?: { readonly v4: number; readonly v6: number };
+}
+
+function diff<K, V>(want: ReadonlyMap<K, V>, have: ReadonlyMap<K, V>, same: (a: V, b: V) => boolean): { set: [K, V][]; del: K[] } {
+  const set: [K, V][] = [];
+  for (const [k, v] of want) {
+    const h = have.get(k);
+    if (h === undefined || !same(h, v)) set.push([k, v]);
+  }
+  const del = [...have.keys()].filter((k) => !want.has(k));
+  return { set, del };
+}
+
+export function planMaps(desired: DesiredMaps, applied: DesiredMaps | undefined): MapsPlan {
+  const none: DesiredMaps = applied ?? { cgroups: new Map(), uids: new Map(), ifslots: new Map(), destinations: new Map(), main: { v4: -1, v6: -1 } };
+  const cg = diff(desired.cgroups, none.cgroups, (a, b) => sameTreatment(a.self, b.self) && sameTreatment(a.pending, b.pending));
+  const ui = diff(desired.uids, none.uids, sameTreatment);
+  const ifs = diff(desired.ifslots, none.ifslots, (a, b) => a === b);
+  const ds = diff(desired.destinations, none.destinations, (a, b) => a === b);
+  const mainChanged = desired.main.v4 !== none.main.v4 || desired.main.v6 !== none.main.v6;
+  return {
+    setCgroups: cg.set, delCgroups: cg.del, setUids: ui.set, delUids: ui.del,
+    setIfslots: ifs.set, delIfslots: ifs.del, setDestinations: ds.set, delDestinations: ds.del,
+    ...(mainChanged ? { main: desired.main } : {}),
+  };
+}
