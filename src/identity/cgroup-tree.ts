@@ -136,7 +136,7 @@ export class CgroupTree {
     return this.dirs.size;
   }
 
-  /** Some directory was skipped for a limit (maxDirs, maxDepth): the tree is incomplete. */
+  /** Some directory was skipped (maxDirs, maxDepth, a watch that failed): the tree may be incomplete. */
   get truncated(): boolean {
     return this.skipped;
   }
@@ -173,7 +173,7 @@ export class CgroupTree {
   }
 
   private abs(key: string): Buffer {
-    return Buffer.from(key === '' ? this.rootRaw : `${this.rootRaw}/${key}`, 'latin1');
+    return Buffer.from(key === '' ? this.rootRaw : `${this.rootRaw === '/' ? '' : this.rootRaw}/${key}`, 'latin1');
   }
 
   private warnOnce(what: string, message: string): void {
@@ -195,6 +195,10 @@ export class CgroupTree {
       w.close();
       dir.watcher = null;
       this.recheck(dir);
+      if (this.tracked(dir)) {
+        this.skipped = true; // still there, no longer watched: what appears below it is missed
+        this.warnOnce('watch-error', `cgroup tree: the watch of ${dir.rel || utf8Of(this.rootRaw)} failed; not watching it any more`);
+      }
     });
     return w;
   }

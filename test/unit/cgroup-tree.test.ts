@@ -400,6 +400,11 @@ describe('CgroupTree on cgroupfs', { skip }, () => {
     await endOfPoll();
     assert.equal(rec.events.length, 3);
     assert.equal(tree.size, 0);
+
+    // A listener that throws during the initial scan: the constructor throws, no watch is left.
+    const withWitness = await watchHandles();
+    assert.throws(() => new CgroupTree(root, { onAdded: () => { throw new Error('listener bug'); } }), /listener bug/);
+    assert.equal(await watchHandles(), withWitness, 'only the witness');
   });
 
   it(`latency: mkdir by another process -> added, rmdir -> removed (${LATENCY_N} each)`, async (t) => {
