@@ -33,6 +33,7 @@
  * with the file system again.
  */
 import { readdirSync, statSync, watch, type FSWatcher } from 'node:fs';
+import { errnoCode, errorMessage } from '../errors.js';
 import { classifyCgroup, type CgroupApp } from './cgroup.js';
 
 export interface CgroupAdded {
@@ -84,10 +85,6 @@ const ASCII_RE = /^[\x20-\x7e]*$/;
 /** The UTF-8 reading of raw latin1-held bytes (ASCII, the usual case, as is). */
 function utf8Of(latin1: string): string {
   return ASCII_RE.test(latin1) ? latin1 : Buffer.from(latin1, 'latin1').toString('utf8');
-}
-
-function errnoCode(e: unknown): string | undefined {
-  return e instanceof Error ? (e as NodeJS.ErrnoException).code : undefined;
 }
 
 /** Gone or never there: what a vanished directory (or one of its ancestors) shows. */
@@ -323,7 +320,7 @@ export class CgroupTree {
         this.remove(dir);
         return;
       }
-      this.warnOnce(`watch:${errnoCode(e) ?? 'error'}`, `cgroup tree: cannot watch ${dir.rel}: ${e instanceof Error ? e.message : String(e)}`);
+      this.warnOnce(`watch:${errnoCode(e) ?? 'error'}`, `cgroup tree: cannot watch ${dir.rel}: ${errorMessage(e)}`);
       this.skipped = true;
     }
     this.scan(dir);

@@ -44,8 +44,19 @@ describe('classifyCgroup: desktop apps', () => {
   it('Flatpak scopes: the Flatpak ID is the name', () => {
     assert.deepEqual(classifyCgroup(`${APPS}/app-flatpak-org.mozilla.firefox-12345.scope`),
       app('app-flatpak-org.mozilla.firefox-12345.scope', 'org.mozilla.firefox', 'flatpak', { flatpakId: 'org.mozilla.firefox' }));
+    // Flatpak escapes the ID (systemd_unit_name_escape in flatpak-run.c): a dash inside is \x2d.
+    assert.equal(classifyCgroup(`${APPS}/app-flatpak-io.github.my\\x2dapp-4242.scope`)?.flatpakId, 'io.github.my-app');
     // A Flatpak *service* name is not a Flatpak scope: an app, but no Flatpak ID.
     assert.equal(classifyCgroup(`${APPS}/app-flatpak-org.foo.Bar.service`)?.flatpakId, null);
+  });
+
+  it('XDG autostart services and browser web apps', () => {
+    // systemd-xdg-autostart-generator: app-<desktop id>@autostart.service.
+    assert.deepEqual(classifyCgroup(`${APPS}/app-gnome\\x2dkeyring\\x2dpkcs11@autostart.service`),
+      app('app-gnome\\x2dkeyring\\x2dpkcs11@autostart.service', 'gnome-keyring-pkcs11', null));
+    assert.equal(classifyCgroup(`${APPS}/app-gnome-xdg\\x2duser\\x2ddirs-1377.scope`)?.appId, 'xdg-user-dirs');
+    assert.equal(classifyCgroup(`${APPS}/app-gnome-chrome\\x2dfmgjjmmmlfnkbppncabfkddbjimcfncm\\x2dDefault-8123.scope`)?.appId,
+      'chrome-fmgjjmmmlfnkbppncabfkddbjimcfncm-Default');
   });
 
   it('a leading slash and empty components are ignored (paths from /proc/PID/cgroup)', () => {
