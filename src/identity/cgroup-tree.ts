@@ -2,7 +2,7 @@
  * The live cgroup tree: every cgroup directory below a cgroup2 directory, with its cgroup id
  * and the app it belongs to (./cgroup.ts), from an initial scan and then inotify, so the
  * daemon learns of a new app cgroup about as soon as systemd has made it (before the process
- * is moved in and opens its first socket, if the daemon is quick: see the README's numbers).
+ * is moved in and opens its first socket, if the daemon is quick: docs/app-cgroups.md).
  *
  * Mechanism: one Node fs.watch (an inotify watch on libuv's one inotify fd per loop) per
  * directory. A new directory's event is handled synchronously in the watcher callback: stat
@@ -105,6 +105,8 @@ export class CgroupTree {
   private rootParentWatcher: FSWatcher | null = null;
   private closed = false;
   private skipped = false;
+  /** In the constructor's initial scan (which throws what it cannot read). */
+  private scanning = true;
 
   /** Scans `root` (an absolute directory) and watches it; throws if it cannot be read. */
   constructor(root: string, private readonly opts: CgroupTreeOptions = {}) {
@@ -122,6 +124,7 @@ export class CgroupTree {
     try {
       this.watchRootParent(dir);
       this.scan(dir);
+      this.scanning = false;
     } catch (e) {
       this.close(); // an onAdded that threw, or an unexpected errno: no watch left behind
       throw e;
@@ -224,7 +227,7 @@ export class CgroupTree {
       try {
         there = statSync(this.abs(''), { bigint: true, throwIfNoEntry: false })?.ino === dir.id;
       } catch (e) {
-        if (!isGone(e)) throw e;
+        if (!isGone(e)) return this.unreadable('', e);
       }
       if (!there) this.rootGone();
     } else {
@@ -251,7 +254,7 @@ export class CgroupTree {
     try {
       st = statSync(this.abs(key), { bigint: true, throwIfNoEntry: false });
     } catch (e) {
-      if (!isGone(e)) throw e;
+      if (!isGone(e)) return this.unreadable(key, e);
     }
     const known = this.dirs.get(key);
     if (st === undefined || !st.isDirectory()) {
@@ -273,12 +276,23 @@ export class CgroupTree {
     try {
       st = statSync(this.abs(dir.key), { bigint: true, throwIfNoEntry: false });
     } catch (e) {
-      if (!isGone(e)) throw e;
+      if (!isGone(e)) return this.unreadable(dir.key, e);
     }
     if (st === undefined || st.ino !== dir.id) {
       if (dir.parent === null) this.rootGone();
       else this.check(dir.parent, dir.key.slice(dir.key.lastIndexOf('/') + 1));
     }
+  }
+
+  /**
+   * A stat or readdir that failed for another reason than "gone" (EMFILE at the fd limit,
+   * EACCES): nothing is changed, the tree may now miss something. Never thrown from a watcher
+   * callback, where it would end the process; only the initial scan throws (the constructor).
+   */
+  private unreadable(key: string, e: unknown): void {
+    if (this.scanning) throw e;
+    this.skipped = true;
+    this.warnOnce(`read:${errnoCode(e) ?? 'error'}`, `cgroup tree: cannot read ${utf8Of(key) || utf8Of(this.rootRaw)}: ${errorMessage(e)}; the tree may be incomplete (resync() to look again)`);
   }
 
   /** `dir` is the root or a directory still in the tree (not one removed meanwhile). */
@@ -333,7 +347,7 @@ export class CgroupTree {
       names = readdirSync(this.abs(dir.key), { withFileTypes: true, encoding: 'latin1' })
         .filter((e) => e.isDirectory()).map((e) => e.name);
     } catch (e) {
-      if (!isGone(e)) throw e;
+      if (!isGone(e)) return this.unreadable(dir.key, e);
       this.recheck(dir);
       return;
     }
