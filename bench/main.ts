@@ -8,10 +8,16 @@
  *    Modes are interleaved over several rounds; medians over the rounds are reported, ratios
  *    taken within each round.
  * 2. decide(), the pure rule evaluation, against the destination lookup it starts with.
+ * 3. The cgroup tree (src/identity/cgroup-tree.ts): mkdir of an app scope by another process
+ *    → the daemon's `added` callback, and rmdir → `removed` (test/support/cgroup-latency.ts),
+ *    in a per-run directory under the cgroup2 mount.
  *
  * A benchmark, not a test: it prints numbers and the targets, and fails only if it cannot run.
  */
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, rmdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { findCgroup2Mount } from '../src/backstop/cgroup.js';
 import { decide, NO_WISH } from '../src/decision/decide.js';
 import { destinationOfAddress } from '../src/destination/destination.js';
 import { startDevice } from '../src/lab/device.js';
@@ -19,6 +25,7 @@ import { Lab, LAB } from '../src/lab/lab.js';
 import { publicRoot } from '../src/lab/public.js';
 import { parseAddress } from '../src/net/prefix.js';
 import { PACKAGE_ROOT } from '../src/version.js';
+import { measureTreeLatency } from '../test/support/cgroup-latency.js';
 import { exampleConfig, labStates } from '../test/support/fixture.js';
 
 const N = Number(process.env['WAYMARK_BENCH_N'] ?? 4000);
@@ -128,5 +135,31 @@ apps:
   console.log(`\ndecide() (rule evaluation, ${ITER} calls): ${full.toFixed(0)} ns/call; destination lookup alone ${lookup.toFixed(0)} ns/call; ratio ${(full / lookup).toFixed(2)}× (${sink > 0 ? 'ok' : ''})`);
 }
 
+async function cgroupTreeBench(): Promise<void> {
+  const n = Number(process.env['WAYMARK_BENCH_CGROUPS'] ?? 500);
+  const root = join(await findCgroup2Mount(), `wm-bench-cgtree-${process.pid}-${randomBytes(2).toString('hex')}`);
+  const apps = 'user.slice/user-1000.slice/user@1000.service/app.slice';
+  mkdirSync(join(root, apps), { recursive: true });
+  try {
+    const r = await measureTreeLatency(root, apps, n);
+    const row = (what: string, s: typeof r.mkdir): string =>
+      `${what.padEnd(40)} ${s.p50_us.toFixed(0).padStart(7)} ${s.p99_us.toFixed(0).padStart(8)} ${s.mean_us.toFixed(0).padStart(8)} ${s.max_us.toFixed(0).padStart(8)}`;
+    console.log(`\ncgroup tree, ${n} app scopes made and removed one at a time by another process (${r.watched} directories watched):`);
+    console.log('event                                     p50 µs   p99 µs  mean µs   max µs');
+    console.log(row('mkdir -> added (id and app known)', r.mkdir));
+    console.log(row('rmdir -> removed', r.rmdir));
+    console.log(`target: mkdir -> known ≤ 1000 µs p99: ${r.mkdir.p99_us.toFixed(0)} µs`);
+  } finally {
+    for (let p = join(root, apps); p.startsWith(root); p = join(p, '..')) {
+      try {
+        rmdirSync(p);
+      } catch {
+        /* not ours or not empty */
+      }
+    }
+  }
+}
+
 await connectBench();
 decideBench();
+await cgroupTreeBench();

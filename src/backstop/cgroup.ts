@@ -35,6 +35,7 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { mkdir, readFile, readdir, rmdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { errnoCode } from '../errors.js';
 
 /** Directory under the cgroup2 mount that holds every Waymark session cgroup. */
 export const WAYMARK_CGROUP_DIR = 'waymark';
@@ -100,10 +101,6 @@ export interface SessionCgroup {
 export interface SessionCgroupState extends SessionCgroup {
   /** Some process lives in it (or in a descendant). */
   readonly populated: boolean;
-}
-
-function errnoCode(e: unknown): string | undefined {
-  return e instanceof Error ? (e as NodeJS.ErrnoException).code : undefined;
 }
 
 /** Session cgroups under `<mount>/waymark/`. Every method is async and touches only that directory. */

@@ -8,11 +8,12 @@
  *   - cgroup: the cgroup v2 path (the "0::" line of /proc/PID/cgroup). In hybrid mode (v2 mounted
  *     at /sys/fs/cgroup/unified, as on this project's machines) processes usually show "0::/";
  *     it is reported as is, since that is what a v2 match (BPF, nftables `socket cgroupv2`) sees;
- *   - unit: the systemd unit, the last component of the cgroup path ending in .service or .scope;
+ *   - unit: the systemd unit the cgroup belongs to (./cgroup.ts: the first .service or .scope below
+ *     the slices, or below user@UID.service; what lies below a unit is the unit's own subtree),
  *     from the v2 path, or from the v1 "name=systemd" hierarchy when the v2 path names none;
  *   - app: the application ID of a systemd app unit as desktops name them
  *     (https://systemd.io/DESKTOP_ENVIRONMENTS/): app[-<launcher>]-<ApplicationID>[@<RANDOM>].service
- *     or app[-<launcher>]-<ApplicationID>-<RANDOM>.scope; IDs escape '-' as \x2d;
+ *     or app[-<launcher>]-<ApplicationID>-<RANDOM>.scope; IDs escape '-' as \x2d (./unit.ts);
  *   - flatpakId: [Application] name= of /proc/PID/root/.flatpak-info when readable (what Flatpak
  *     and xdg-desktop-portal use), else the ID in a scope named app-flatpak-<ID>-<N>.scope.
  *
@@ -33,6 +34,12 @@
 import { closeSync, constants, existsSync, fstatSync, openSync, readlinkSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Caller } from '../decision/server.js';
+import { unitOf } from './cgroup.js';
+import { appOfUnit, flatpakOfUnit } from './unit.js';
+
+// The unit-name parsers moved to ./unit.ts and ./cgroup.ts; still importable from here.
+export { unitOf } from './cgroup.js';
+export { appOfUnit, flatpakOfUnit } from './unit.js';
 
 export interface AppIdentity {
   pid: number;
@@ -122,51 +129,6 @@ export function parseCgroupFile(text: string): { v2: string | null; systemdV1: s
     else if (controllers === 'name=systemd') systemdV1 = path;
   }
   return { v2, systemdV1 };
-}
-
-/** The last component of a cgroup path that names a service or scope unit. */
-export function unitOf(cgroupPath: string | null): string | null {
-  if (cgroupPath === null) return null;
-  const parts = cgroupPath.split('/');
-  for (let i = parts.length - 1; i >= 0; i--) {
-    const p = parts[i]!;
-    if (p.endsWith('.service') || p.endsWith('.scope')) return p;
-  }
-  return null;
-}
-
-/** systemd unit-name unescaping: \xNN -> the byte. */
-function unescapeUnit(s: string): string {
-  return s.replace(/\\x([0-9a-fA-F]{2})/g, (_, h: string) => String.fromCharCode(parseInt(h, 16)));
-}
-
-/** Launcher and application ID of a desktop app unit name; null for other units. */
-export function appOfUnit(unit: string | null): { launcher: string | null; app: string } | null {
-  if (unit === null || !unit.startsWith('app-')) return null;
-  let body: string;
-  if (unit.endsWith('.scope')) {
-    body = unit.slice(4, -'.scope'.length);
-    const dash = body.lastIndexOf('-'); // the -<RANDOM> suffix is mandatory for scopes
-    if (dash <= 0) return null;
-    body = body.slice(0, dash);
-  } else if (unit.endsWith('.service')) {
-    body = unit.slice(4, -'.service'.length);
-    const at = body.indexOf('@');
-    if (at >= 0) body = body.slice(0, at);
-  } else {
-    return null;
-  }
-  // Dashes inside the ID are escaped, so the last dash separates an optional launcher.
-  const dash = body.lastIndexOf('-');
-  const launcher = dash >= 0 ? unescapeUnit(body.slice(0, dash)) : null;
-  const app = unescapeUnit(dash >= 0 ? body.slice(dash + 1) : body);
-  return app === '' ? null : { launcher, app };
-}
-
-/** The Flatpak ID in a scope name app-flatpak-<ID>-<N>.scope. */
-export function flatpakOfUnit(unit: string | null): string | null {
-  const a = appOfUnit(unit);
-  return a !== null && a.launcher === 'flatpak' && unit!.endsWith('.scope') ? a.app : null;
 }
 
 /** [Application] name= of a .flatpak-info keyfile. */

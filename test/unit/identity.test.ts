@@ -55,7 +55,7 @@ describe('unit and cgroup parsing', () => {
     assert.deepEqual(parseCgroupFile('3:cpu:/\n'), { v2: null, systemdV1: null });
   });
 
-  it('takes the last .service/.scope component as the unit', () => {
+  it('takes the enclosing unit (the first service or scope below the slices) as the unit', () => {
     assert.equal(unitOf('/system.slice/nginx.service'), 'nginx.service');
     assert.equal(unitOf('/system.slice/docker.service/sub/leaf'), 'docker.service');
     assert.equal(unitOf('/user.slice/user-1000.slice/user@1000.service/app.slice/app-gnome-firefox-4242.scope'), 'app-gnome-firefox-4242.scope');
