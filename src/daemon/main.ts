@@ -4,29 +4,22 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { createCgroupBackend } from '../backstop/backend.js';
-import { SESSION_CHAINS, sessionRules, uplinkDns } from '../backstop/nft.js';
 import { ConfigError, DEFAULT_CONFIG_PATH, loadConfigFile } from '../config/load.js';
 import { GenerationFile } from '../decision/generation.js';
 import { DEFAULT_BUSY_POLL_US, DecisionServer } from '../decision/server.js';
 import { DECIDE_SOCKET } from '../decision/wire.js';
-import { DecisionService } from './decisions.js';
-import { SessionService } from './sessions.js';
 import { mayChangeState } from './access.js';
 import { refusalsSeenBy } from './limits.js';
 import { VERSION } from '../version.js';
 import { nftCommand } from '../nftables/nft.js';
-import { NftReconciler } from '../nftables/reconciler.js';
-import { countedUplinks, UPLINK_CHAINS, uplinkRules } from '../nftables/ruleset.js';
-import { NftTable } from '../nftables/table.js';
 import { KernelRouting } from '../routing/kernel.js';
-import { RoutingReconciler } from '../routing/reconciler.js';
 import { SrcValidMark } from '../routing/sysctl.js';
 import { statusView } from './status.js';
-import { World } from './world.js';
+import { assemble } from './assemble.js';
 import { createLogger, type Level } from './log.js';
 import { controlSocketPath } from './client.js';
 import { AlreadyRunning, claimInstance, EX_ALREADY_RUNNING } from './lock.js';
-import { EventBus, TOPICS, UplinkWatcher } from './events.js';
+import { EventBus, TOPICS } from './events.js';
 import { DEFAULT_SOCKET, METHODS, PROTOCOL_VERSION, PROTOCOL_VERSIONS, type HelloResult, type ReloadResult } from './protocol.js';
 import { ControlServer, RequestError } from './server.js';
 import { DEFAULT_STATE_DIR, StateStore } from './state.js';
@@ -97,26 +90,11 @@ async function main(): Promise<void> {
   const generation = new GenerationFile(runDir);
   const cgroups = await createCgroupBackend();
   const events = new EventBus();
-  const uplinkEvents = new UplinkWatcher((e) => events.publish(e));
   const startedAt = new Date();
-
-  // The world first, then the services made of it, then who follows which of its changes.
-  const world = new World({ config, savedSlots: saved.slots, saveSlots: (slots) => store.update({ slots: { ...slots } }), log });
-  const sessions = new SessionService(world, cgroups,
-    { save: (all) => store.update({ sessions: all.map((x) => ({ ...x, needs: [...x.needs], deny: [...x.deny], apps: [...x.apps] })) }) }, log, events);
-  const table = new NftTable([...UPLINK_CHAINS, ...SESSION_CHAINS]);
-  table.contribute('uplinks', () => uplinkRules(countedUplinks(world.uplinks)));
-  table.contribute('sessions', () => sessionRules(sessions.backstops(), uplinkDns(world.uplinks, world.config.destinations), { cgroupMount: cgroups.mount }));
-  const nftables = new NftReconciler(table, nftCommand, log);
-  const routing = new RoutingReconciler({ world, kernel: new KernelRouting(), sysctl: new SrcValidMark(), log, follow: [() => nftables.update()] });
-  const decisions = new DecisionService(world, generation, log, {}, events);
-  // Order matters within a change: the kernel follows a new config before the libraries' caches
-  // are voided, and those before the sessions are fenced anew (and the table with them).
-  world.subscribe(['observed'], (c) => uplinkEvents.update(c.states));
-  routing.follow(world);
-  decisions.follow(world);
-  sessions.follow(world);
-  nftables.follow(world);
+  const { world, nftables, routing, sessions, decisions } = assemble({
+    config, savedSlots: saved.slots, saveSlots: (slots) => store.update({ slots: { ...slots } }), generation, events, log,
+    sessionStore: { save: (all) => store.update({ sessions: all.map((x) => ({ ...x, needs: [...x.needs], deny: [...x.deny], apps: [...x.apps] })) }) },
+  }, { kernel: new KernelRouting(), sysctl: new SrcValidMark(), nft: nftCommand, cgroups });
   const decideServer = new DecisionServer(join(runDir, DECIDE_SOCKET), decisions, log, { busyPollUs: opts.busyPollUs });
 
   const reload = async (): Promise<ReloadResult> => {

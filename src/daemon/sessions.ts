@@ -35,6 +35,8 @@ export interface CgroupBackend {
   watch(cgroup: string, onEmpty: () => void): { close(): void };
   /** Attaches (or with null removes) the program that marks every new socket of the cgroup. */
   setMark(cgroup: string, mark: number | null): Promise<void>;
+  /** Whether the cgroup's directory is there right now (nft resolves its path when it loads a rule). */
+  present(cgroup: string): boolean;
 }
 
 export interface SessionStore {

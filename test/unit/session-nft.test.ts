@@ -40,6 +40,7 @@ function harness(opts: { failMove?: boolean } = {}) {
     },
     watch: () => ({ close: () => undefined }),
     setMark: () => Promise.resolve(),
+    present: () => true,
   };
   const service: SessionService = new SessionService(world, cgroups, { save: () => Promise.resolve() }, createLogger('error', () => undefined));
   return { service, removed, removedWhileRendered };
