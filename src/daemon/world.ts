@@ -6,7 +6,7 @@
  *   - the exec sessions (the registry) and the addresses learnt for domain destinations.
  * It does no I/O of its own beyond what is injected (the slots' persistence, the clock). The
  * reconcilers (routing, nftables, the session backstop, the decisions' caches) subscribe to its
- * changes; src/daemon/main.ts builds it, then them, then subscribes them in order.
+ * changes; src/daemon/assemble.ts builds it, then them, then subscribes them in order.
  */
 import type { Config } from '../config/load.js';
 import type { LinkMsg, AddrMsg, RouteMsg, RdnssMsg } from '../netlink/message.js';
@@ -135,7 +135,7 @@ export class World {
   }
 
   /** Still valid announcements, by interface index (expired ones are dropped). */
-  validLinkDns(): Map<number, readonly string[]> {
+  private validLinkDns(): Map<number, readonly string[]> {
     const now = this.clock.now();
     const out = new Map<number, readonly string[]>();
     for (const [ifindex, d] of this.linkDns) {

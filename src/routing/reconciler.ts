@@ -7,8 +7,7 @@
  */
 import { withLearnedHosts } from '../destination/destination.js';
 import { decodeRdnss, type NlMessage } from '../netlink/message.js';
-import type { Clock, Timer } from '../daemon/clock.js';
-import { systemClock } from '../daemon/clock.js';
+import { systemClock, type Clock, type Timer } from '../daemon/clock.js';
 import type { Logger } from '../daemon/log.js';
 import type { StatusResult } from '../daemon/protocol.js';
 import type { World } from '../daemon/world.js';
@@ -41,7 +40,7 @@ export interface RpathSysctl {
 export type LastReconcile = StatusResult['lastReconcile'];
 
 export interface RoutingOptions {
-  readonly world: Pick<World, 'config' | 'uplinks' | 'observe' | 'settled' | 'noteLinkDns' | 'learned' | 'subscribe'>;
+  readonly world: Pick<World, 'config' | 'observe' | 'settled' | 'noteLinkDns' | 'learned'>;
   readonly kernel: RoutingKernel;
   readonly sysctl: RpathSysctl;
   readonly log: Logger;
