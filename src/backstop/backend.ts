@@ -2,6 +2,7 @@
  * The cgroup side of sessions as the daemon uses it (src/daemon/sessions.ts: CgroupBackend):
  * SessionCgroups for the directories, the addon for the socket-marking BPF program.
  */
+import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { cgroupAttachSockMark, cgroupDetachSockPrograms } from '../native/index.js';
@@ -38,6 +39,7 @@ export async function createCgroupBackend(): Promise<CgroupBackend & { readonly 
       const stop = cgroups.watchEmpty(nameOf(rel), onChange);
       return { close: stop };
     },
+    present: (rel) => existsSync(join(mount, rel)),
     // eslint-disable-next-line @typescript-eslint/require-await -- async so that a throw of the synchronous addon call reaches the caller as a rejection, as CgroupBackend promises
     setMark: async (rel, mark) => {
       const path = join(mount, rel);

@@ -6,8 +6,9 @@
  * rule outranks the mark. It matches on the socket's cgroup, so it holds for static binaries and
  * raw syscalls too.
  *
- * Rendered as nft text, to be placed inside the daemon's `table inet waymark { ... }`
- * (src/nftables/ruleset.ts). For one session, the equivalent commands are
+ * Rules as nft text, contributed to the chains of the daemon's table model
+ * (src/nftables/table.ts), which writes the chain headers. For one session, the equivalent
+ * commands are
  *
  *   nft add chain inet waymark backstop '{ type filter hook output priority 0; policy accept; }'
  *   nft add rule inet waymark backstop socket cgroupv2 level 2 '"unified/waymark/exec-42"' \
@@ -37,6 +38,7 @@ import { posix } from 'node:path';
 import { INTERNET, type DestinationSpec } from '../destination/destination.js';
 import { formatPrefix } from '../net/prefix.js';
 import type { UplinkState } from '../uplink/state.js';
+import type { Chain, Contribution } from '../nftables/table.js';
 
 export interface BackstopSession {
   /** Path relative to the cgroup2 mount, e.g. "waymark/exec-42" (SessionCgroup.relPath). */
@@ -48,8 +50,6 @@ export interface BackstopSession {
 export interface BackstopOptions {
   /** The cgroup2 mount point (findCgroup2Mount()); default /sys/fs/cgroup (pure cgroup v2). */
   readonly cgroupMount?: string;
-  /** Chain name; default "backstop". */
-  readonly chain?: string;
 }
 
 /** Where nft looks up `socket cgroupv2` paths (nftables: SYSFS_CGROUPSV2_PATH). */
@@ -60,6 +60,12 @@ export const BACKSTOP_DNS_CHAIN = 'backstop_dns';
 /** Before conntrack's own nat (srcnat 100, dstnat -100): the usual place of a dnat. */
 export const BACKSTOP_DNS_PRIORITY = -100;
 
+/** The chains of sessions in the table; the DNS one exists only while it has rules (no conntrack otherwise). */
+export const SESSION_CHAINS: readonly Chain[] = [
+  { name: BACKSTOP_CHAIN, hook: 'output' },
+  { name: BACKSTOP_DNS_CHAIN, hook: 'output', type: 'nat', priority: BACKSTOP_DNS_PRIORITY, optional: true },
+];
+
 /** A cgroup path component: what Waymark creates (SessionCgroups), nothing nft would misread. */
 const COMPONENT_RE = /^[A-Za-z0-9_@+:-][A-Za-z0-9_.@+:-]*$/;
 /** An interface name: 1..15 bytes, none of '/', ':', '"', '\', '*', whitespace (no wildcards). */
@@ -69,7 +75,6 @@ const IFNAME_RE = /^[^/:"\\*\s]{1,15}$/;
  * in names, which would end the string or make it a wildcard ("eth*" matches every eth).
  */
 export const nftSafeIfname = (name: string): boolean => IFNAME_RE.test(name);
-const CHAIN_RE = /^[A-Za-z][A-Za-z0-9_]{0,63}$/;
 
 function checkCgroup(cgroup: string): string[] {
   const parts = cgroup.split('/');
@@ -97,13 +102,10 @@ function cgroupMatch(cgroup: string, options: BackstopOptions): string {
 }
 
 /**
- * The backstop chain for `sessions`, as lines to place inside `table inet waymark { ... }`
- * (two-space indent, trailing newline), or '' when no session denies anything.
+ * The backstop chain's rules for `sessions` (none when no session denies anything).
  * Throws on a malformed cgroup path or interface name (they come from our own state).
  */
-export function renderBackstop(sessions: readonly BackstopSession[], options: BackstopOptions = {}): string {
-  const chain = options.chain ?? BACKSTOP_CHAIN;
-  if (!CHAIN_RE.test(chain)) throw new Error(`backstop: invalid chain name ${JSON.stringify(chain)}`);
+export function backstopRules(sessions: readonly BackstopSession[], options: BackstopOptions = {}): string[] {
   const q = (s: string): string => `"${s}"`; // validated: no quote or backslash inside
   const rules: string[] = [];
   for (const s of sessions) {
@@ -115,17 +117,10 @@ export function renderBackstop(sessions: readonly BackstopSession[], options: Ba
     if (denied.length === 0) continue;
     const match = `${cgroupMatch(s.cgroup, options)} oifname { ${denied.map(q).join(', ')} }`;
     const comment = `comment ${q(`waymark ${s.cgroup}`)}`;
-    rules.push(`    ${match} meta l4proto tcp reject with tcp reset ${comment}`);
-    rules.push(`    ${match} drop ${comment}`);
+    rules.push(`${match} meta l4proto tcp reject with tcp reset ${comment}`);
+    rules.push(`${match} drop ${comment}`);
   }
-  if (rules.length === 0) return '';
-  return [
-    `  chain ${chain} {`,
-    '    type filter hook output priority 0; policy accept;',
-    ...rules,
-    '  }',
-    '',
-  ].join('\n');
+  return rules;
 }
 
 /** An uplink as the DNS redirect sees it. */
@@ -167,19 +162,19 @@ export function uplinkDns(
  * this host (systemd-resolved's 127.0.0.53) is left alone; so is any uplink the session is
  * denied (the backstop drops that anyway). A pinned session's query to a resolver its uplink
  * does not reach gets this far thanks to its uplink's DNS table (constants.ts: PRIO_DNS).
- * Lines for inside `table inet waymark { }`, or '' when no rule is needed (then the chain does
- * not exist at all: see nft.ts on optional chains). Equivalent to
+ * The rules of the chain backstop_dns; none when no rule is needed (then the chain does not
+ * exist at all: see table.ts on optional chains). Equivalent to
  *
  *   nft add chain inet waymark backstop_dns '{ type nat hook output priority -100; policy accept; }'
  *   nft add rule inet waymark backstop_dns socket cgroupv2 level 2 '"waymark/exec-42"' \
  *       oifname "wwan1" meta nfproto ipv4 meta l4proto '{ tcp, udp }' th dport 53 \
  *       ip daddr != '{ 10.64.0.1, 10.200.0.0/24 }' fib daddr type != local dnat ip to 10.64.0.1
  */
-export function renderBackstopDns(
+export function backstopDnsRules(
   sessions: readonly BackstopSession[],
   uplinks: readonly UplinkDns[],
   options: BackstopOptions = {},
-): string {
+): string[] {
   const q = (s: string): string => `"${s}"`;
   const rules: string[] = [];
   for (const u of uplinks) {
@@ -194,34 +189,27 @@ export function renderBackstopDns(
         if (to === undefined) continue;
         const own = [...new Set([...u.dns.filter((a) => isIP(a) === f), ...(u.reaches ?? []).filter((p) => isIP(p.split('/')[0] ?? '') === f)])];
         const ip = f === 4 ? 'ip' : 'ip6';
-        rules.push(`    ${match} oifname ${q(u.ifname)} meta nfproto ipv${f} meta l4proto { tcp, udp } th dport 53 `
+        rules.push(`${match} oifname ${q(u.ifname)} meta nfproto ipv${f} meta l4proto { tcp, udp } th dport 53 `
           + `${ip} daddr != { ${own.join(', ')} } fib daddr type != local dnat ${ip} to ${to} comment ${q(`waymark ${s.cgroup} dns`)}`);
       }
     }
   }
-  if (rules.length === 0) return '';
-  return [
-    `  chain ${BACKSTOP_DNS_CHAIN} {`,
-    `    type nat hook output priority ${BACKSTOP_DNS_PRIORITY}; policy accept;`,
-    ...rules,
-    '  }',
-    '',
-  ].join('\n');
+  return rules;
 }
 
 /**
- * Both session chains for the daemon's table, naming only the session cgroups that exist right
+ * The sessions' part of the daemon's table (both chains), naming only the session cgroups that exist right
  * now (`present`, default: the directory is there): nft resolves each path at load time and a
  * missing one fails the whole transaction, so a session that ended (or whose cgroup someone
  * removed) must never keep another session's update from loading.
  */
-export function renderSessionChains(
+export function sessionRules(
   sessions: readonly BackstopSession[],
   uplinks: readonly UplinkDns[],
   options: BackstopOptions & { readonly present?: (cgroup: string) => boolean } = {},
-): string {
+): Contribution {
   const mount = options.cgroupMount ?? NFT_CGROUP_ROOT;
   const present = options.present ?? ((cgroup: string): boolean => existsSync(posix.join(mount, cgroup)));
   const live = sessions.filter((s) => present(s.cgroup));
-  return renderBackstop(live, options) + renderBackstopDns(live, uplinks, options);
+  return { rules: { [BACKSTOP_CHAIN]: backstopRules(live, options), [BACKSTOP_DNS_CHAIN]: backstopDnsRules(live, uplinks, options) } };
 }

@@ -16,11 +16,11 @@ import { bestUplink } from '../routing/desired.js';
 import { identify, type AppIdentity } from '../identity/app.js';
 import { formatAddress, parseAddress, type Family } from '../net/prefix.js';
 import { policyFor, type AppRule } from '../policy/app.js';
-import { mergeWish, wishOf, type Session, type SessionRegistry } from '../session/session.js';
+import { mergeWish, wishOf, type Session } from '../session/session.js';
 import { ExpiringMap } from './expiring.js';
-import type { Engine } from './engine.js';
 import type { EventBus } from './events.js';
 import type { Logger } from './log.js';
+import type { World } from './world.js';
 
 /** How long the library may keep an answer; a generation bump ends it sooner. */
 const TTL_MS = { steer: 60_000, pass: 60_000, deny: 10_000 } as const;
@@ -37,62 +37,53 @@ const DNS_TIMEOUT_MS = 2_000;
 const DNS_PORT = 53;
 const NO_DENY: readonly string[] = Object.freeze([]);
 
-interface Learned { destination: string; until: number }
-
 /**
- * Bounds of what is learnt from DNS answers (a caller may resolve any number of names under a
- * domain destination): addresses (each also routed by the kernel, see learnedHosts()) and
- * cached answers. Beyond the cap the expired entries go first, then the oldest; expired ones
- * are also pruned every {@link PRUNE_INTERVAL_MS}.
+ * Bound of the cached answers (the learnt addresses are the world's: src/daemon/world.ts,
+ * MAX_LEARNED). Beyond the cap the expired entries go first, then the oldest; expired ones
+ * (and expired learnt addresses) are also pruned every {@link PRUNE_INTERVAL_MS}.
  */
-export const MAX_LEARNED = 4096;
 export const MAX_DNS_CACHE = 1024;
 export const PRUNE_INTERVAL_MS = 60_000;
 
+/** What decisions are made from: the world's config, uplinks, sessions and learnt addresses. */
+export type DecisionWorld = Pick<World, 'config' | 'uplinks' | 'sessions' | 'learned'>;
+
 export class DecisionService implements DecisionHandlers {
   private readonly identities = new WeakMap<Caller, { id: AppIdentity; at: number }>();
-  /** Addresses learned from names of domain destinations: address text → destination. */
-  private readonly learned: ExpiringMap<string, Learned>;
   private readonly dnsCache: ExpiringMap<string, { answer: ResolveResponse; until: number }>;
   private readonly pruneTimer: NodeJS.Timeout;
   private readonly logged = new Map<string, number>();
 
   constructor(
-    private readonly engine: Pick<Engine, 'getConfig' | 'uplinkStates'>,
-    private readonly sessions: SessionRegistry,
+    private readonly world: DecisionWorld,
     private readonly generation: GenerationFile,
     private readonly log: Logger,
-    /** Called when the set of learnt addresses changed (the kernel routes them too). */
-    private readonly onLearned: () => void = () => undefined,
-    bounds: { learned?: number; dnsCache?: number; now?: () => number } = {},
+    bounds: { dnsCache?: number; now?: () => number } = {},
     /** Where denials are published (`decision.denied`), synchronously and only when someone listens. */
     private readonly events?: Pick<EventBus, 'publish' | 'wants'>,
   ) {
-    this.learned = new ExpiringMap(bounds.learned ?? MAX_LEARNED, bounds.now);
     this.dnsCache = new ExpiringMap(bounds.dnsCache ?? MAX_DNS_CACHE, bounds.now);
     this.pruneTimer = setInterval(() => this.prune(), PRUNE_INTERVAL_MS).unref();
+  }
+
+  /** A new config or new uplink facts void every cached answer. */
+  follow(world: Pick<World, 'subscribe'>): void {
+    world.subscribe(['config', 'uplinks'], () => this.invalidate());
   }
 
   /** Drops expired learnt addresses and cached answers (the kernel's copy follows). */
   prune(): void {
     this.dnsCache.prune();
-    if (this.learned.prune().length > 0) this.onLearned();
+    this.world.learned.prune();
+  }
+
+  private get sessions(): DecisionWorld['sessions'] {
+    return this.world.sessions;
   }
 
   /** Stops the periodic pruning. */
   close(): void {
     clearInterval(this.pruneTimer);
-  }
-
-  /** Valid learnt addresses by destination. */
-  learnedHosts(): Map<string, string[]> {
-    const now = Date.now();
-    const out = new Map<string, string[]>();
-    for (const [addr, l] of this.learned) {
-      if (l.until <= now) continue;
-      out.set(l.destination, [...(out.get(l.destination) ?? []), addr]);
-    }
-    return out;
   }
 
   /** Policy or uplinks changed: every cached answer in every library is void. */
@@ -113,32 +104,19 @@ export class DecisionService implements DecisionHandlers {
 
   /** The app rule that binds a process: in a session, the rules of its app facts (its starter's, ...) as well as its own. */
   private policyOf(id: AppIdentity, session: Session | undefined = this.sessions.ofCgroup(id.cgroup)): AppRule | undefined {
-    const rules = this.engine.getConfig().apps;
+    const rules = this.world.config.apps;
     return session ? policyFor(rules, id, session.apps) : policyFor(rules, id);
   }
 
   decideFor(id: AppIdentity, own: Wish, family: Family, addr: Uint8Array, destination?: string): Decision {
-    const config = this.engine.getConfig();
+    const config = this.world.config;
     const session = this.sessions.ofCgroup(id.cgroup);
     const app = this.policyOf(id, session);
-    const learned = destination ?? this.learnedDestination(family, addr);
+    const learned = destination ?? this.world.learned.destinationOf(family, addr);
     return decide({
-      uplinks: this.engine.uplinkStates(), destinations: config.destinations, wish: mergeWish(session ? wishOf(session) : undefined, own),
+      uplinks: this.world.uplinks, destinations: config.destinations, wish: mergeWish(session ? wishOf(session) : undefined, own),
       family, addr, app, learnedDestination: learned,
     });
-  }
-
-  private learnedDestination(family: Family, addr: Uint8Array): string | undefined {
-    if (this.learned.size === 0) return undefined;
-    const key = formatAddress(family, addr);
-    const l = this.learned.get(key);
-    if (!l) return undefined;
-    // Expired, or its destination is gone from the config: the address speaks for itself again.
-    if (l.until < Date.now() || !this.engine.getConfig().destinations.some((d) => d.name === l.destination)) {
-      this.learned.delete(key);
-      return undefined;
-    }
-    return l.destination;
   }
 
   /**
@@ -187,7 +165,7 @@ export class DecisionService implements DecisionHandlers {
   private pinnedDns(id: AppIdentity, family: Family): Decision | undefined {
     const session = this.sessions.ofCgroup(id.cgroup);
     if (session?.uplink === undefined) return undefined;
-    const u = findUplink(this.engine.uplinkStates(), session.uplink);
+    const u = findUplink(this.world.uplinks, session.uplink);
     if (!u || u.status !== 'active' || !u.link || !u.dns.some((a) => isIP(a) === family)) return undefined;
     return { action: 'steer', destination: INTERNET, uplink: u, reason: `DNS of a session pinned to ${u.spec.name}: redirected to its resolver` };
   }
@@ -204,7 +182,7 @@ export class DecisionService implements DecisionHandlers {
 
   async resolve(req: ResolveRequest, caller: Caller): Promise<ResolveResponse> {
     const base = { seq: req.seq, generation: this.generation.value, ttlMs: 0, uplink: '', addrs: [] };
-    const config = this.engine.getConfig();
+    const config = this.world.config;
     const destName = destinationOfName(config.destinations, req.name);
     if (!destName || destName === INTERNET) return { ...base, status: WM_RESOLVE.NOT_OURS };
     const id = this.who(caller);
@@ -220,7 +198,7 @@ export class DecisionService implements DecisionHandlers {
       if (d.action === 'pass') {
         // No opinion: the uplink the destination's routing rule uses for this family.
         const dest = config.destinations.find((x) => x.name === destName);
-        uplink = dest ? bestUplink(this.engine.uplinkStates(), dest, f) : undefined;
+        uplink = dest ? bestUplink(this.world.uplinks, dest, f) : undefined;
         if (uplink) break;
       }
     }
@@ -246,19 +224,11 @@ export class DecisionService implements DecisionHandlers {
       const p = parseAddress(a.address);
       return p ? [{ family: p.family, addr: p.bytes }] : [];
     });
-    let learnedNew = false;
-    for (const a of answer.addrs) {
-      if (!this.learned.has(a.address)) learnedNew = true;
-      this.learned.set(a.address, { destination: destName, until: Date.now() + ttlMs });
-    }
     const res: ResolveResponse = { ...base, status: WM_RESOLVE.RESOLVED, ttlMs, uplink: uplink.spec.name, addrs };
     this.dnsCache.set(cacheKey, { answer: res, until: Date.now() + ttlMs });
-    // A library may hold a decision for one of these addresses made before we knew its destination.
-    if (learnedNew && this.generation.opened) this.generation.bump();
-    if (learnedNew) {
-      this.onLearned();
-      setTimeout(() => this.onLearned(), ttlMs + 10).unref(); // and once they expire
-    }
+    // The world routes new addresses (and again once they expire); a library may hold a
+    // decision for one of them made before we knew its destination.
+    if (this.world.learned.learn(answer.addrs.map((a) => a.address), destName, ttlMs) && this.generation.opened) this.generation.bump();
     this.log.debug('resolved', { name: req.name, uplink: uplink.spec.name, addrs: answer.addrs.map((a) => a.address) });
     return res;
   }

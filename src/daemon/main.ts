@@ -4,21 +4,22 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { createCgroupBackend } from '../backstop/backend.js';
-import { renderSessionChains, uplinkDns } from '../backstop/nft.js';
 import { ConfigError, DEFAULT_CONFIG_PATH, loadConfigFile } from '../config/load.js';
 import { GenerationFile } from '../decision/generation.js';
 import { DEFAULT_BUSY_POLL_US, DecisionServer } from '../decision/server.js';
 import { DECIDE_SOCKET } from '../decision/wire.js';
-import { DecisionService } from './decisions.js';
-import { SessionService } from './sessions.js';
 import { mayChangeState } from './access.js';
 import { refusalsSeenBy } from './limits.js';
 import { VERSION } from '../version.js';
-import { Engine } from './engine.js';
+import { nftCommand } from '../nftables/nft.js';
+import { KernelRouting } from '../routing/kernel.js';
+import { SrcValidMark } from '../routing/sysctl.js';
+import { statusView } from './status.js';
+import { assemble } from './assemble.js';
 import { createLogger, type Level } from './log.js';
 import { controlSocketPath } from './client.js';
 import { AlreadyRunning, claimInstance, EX_ALREADY_RUNNING } from './lock.js';
-import { EventBus, TOPICS, UplinkWatcher } from './events.js';
+import { EventBus, TOPICS } from './events.js';
 import { DEFAULT_SOCKET, METHODS, PROTOCOL_VERSION, PROTOCOL_VERSIONS, type HelloResult, type ReloadResult } from './protocol.js';
 import { ControlServer, RequestError } from './server.js';
 import { DEFAULT_STATE_DIR, StateStore } from './state.js';
@@ -89,31 +90,19 @@ async function main(): Promise<void> {
   const generation = new GenerationFile(runDir);
   const cgroups = await createCgroupBackend();
   const events = new EventBus();
-  const uplinkEvents = new UplinkWatcher((e) => events.publish(e));
-  // The engine calls back into the sessions and decisions (declared below, used only once
-  // engine.start() runs).
-  const engine: Engine = new Engine({
-    config, configPath: opts.config, store, log, version: VERSION, savedSlots: saved.slots,
-    onChange: () => {
-      decisions.invalidate();
-      void sessions.refresh().then(() => engine.refreshNft()).catch((e: unknown) => log.error('session backstop update failed', { error: errorMessage(e) }));
-    },
-    nftExtra: () => renderSessionChains(sessions.backstops(), uplinkDns(engine.uplinkStates(), engine.getConfig().destinations), { cgroupMount: cgroups.mount }),
-    learnedHosts: () => decisions.learnedHosts(),
-    onObserved: (states) => uplinkEvents.update(states),
-  });
-  const sessions: SessionService = new SessionService(engine, cgroups,
-    { save: (all) => store.update({ sessions: all.map((x) => ({ ...x, needs: [...x.needs], deny: [...x.deny], apps: [...x.apps] })) }) }, log, events);
-  const decisions: DecisionService = new DecisionService(engine, sessions.registry, generation, log, () => engine.schedule(), {}, events);
+  const startedAt = new Date();
+  const { world, nftables, routing, sessions, decisions } = assemble({
+    config, savedSlots: saved.slots, saveSlots: (slots) => store.update({ slots: { ...slots } }), generation, events, log,
+    sessionStore: { save: (all) => store.update({ sessions: all.map((x) => ({ ...x, needs: [...x.needs], deny: [...x.deny], apps: [...x.apps] })) }) },
+  }, { kernel: new KernelRouting(), sysctl: new SrcValidMark(), nft: nftCommand, cgroups });
   const decideServer = new DecisionServer(join(runDir, DECIDE_SOCKET), decisions, log, { busyPollUs: opts.busyPollUs });
 
   const reload = async (): Promise<ReloadResult> => {
     try {
       const next = await loadConfigFile(opts.config);
-      const generation = await engine.replaceConfig(next);
-      // Running sessions are held to the new app rules before the caller hears back.
-      await sessions.refresh();
-      await engine.refreshNft();
+      // Resolves once the kernel follows and running sessions are held to the new app rules:
+      // before the caller hears back.
+      const generation = await world.replaceConfig(next);
       log.info('configuration reloaded', { file: opts.config, generation });
       events.publish({ type: 'config.reloaded', generation, uplinks: next.uplinks.length, destinations: next.destinations.length, apps: next.apps.length });
       return { generation, uplinks: next.uplinks.length, destinations: next.destinations.length };
@@ -131,7 +120,7 @@ async function main(): Promise<void> {
       daemon: 'waymarkd', version: VERSION, protocol: PROTOCOL_VERSION, protocols: [...PROTOCOL_VERSIONS], methods: Object.keys(METHODS), topics: [...TOPICS],
     }),
     status: async (_params, cred) => ({
-      ...(await engine.status()),
+      ...statusView(world, await nftables.readCounters(), routing.lastReconcile, { version: VERSION, configPath: opts.config, pid: process.pid, startedAt }),
       // Sessions name users and command lines (arguments may hold secrets): to others, only their own.
       sessions: sessions.registry.all().filter((x) => x.uid === cred.uid || mayChangeState(cred)).map((x) => ({
         id: x.id, uid: x.uid, uplink: x.uplink ?? null, needs: [...x.needs], deny: [...x.deny], command: x.command, startedAt: x.startedAt,
@@ -147,10 +136,10 @@ async function main(): Promise<void> {
     'events.subscribe': (params, _cred, ctx) => Promise.resolve(ctx.subscribe(params.topics)),
   }, log, { events });
 
-  await engine.start();
+  await world.saveSlots();
+  await routing.start();
   await sessions.restore(saved.sessions);
   await sessions.refresh();
-  await engine.refreshNft();
   decideServer.listen();
   // Only now: a new generation voids every library's cached answers, and from this very tick on
   // the decide socket answers them, so none falls back to default routing in between.
@@ -170,7 +159,12 @@ async function main(): Promise<void> {
       if (generation.opened) generation.bump();
       sessions.close();
       await server.close();
-      await engine.stop(opts.keepState);
+      const changes = await routing.stop(opts.keepState);
+      if (!opts.keepState) {
+        await nftables.remove();
+        log.info('removed kernel state', { changes });
+      }
+      routing.close();
       process.exit(0);
     })().catch((e: unknown) => {
       log.error('unclean stop', { error: errorMessage(e) });

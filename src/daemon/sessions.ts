@@ -11,14 +11,17 @@ import type { BackstopSession } from '../backstop/nft.js';
 import { identify } from '../identity/app.js';
 import { allowsUplink, policyFor, type AppFacts } from '../policy/app.js';
 import { backstopFor, type Backstop } from '../session/backstop.js';
-import { SessionRegistry, sessionPolicy, type Session } from '../session/session.js';
+import { sessionPolicy, type Session, type SessionRegistry } from '../session/session.js';
 import type { UplinkState } from '../uplink/state.js';
-import type { Engine } from './engine.js';
 import type { EventBus } from './events.js';
 import type { Logger } from './log.js';
 import type { ExecBeginParams, ExecBeginResult } from './protocol.js';
 import { RequestError } from './server.js';
+import type { World } from './world.js';
 import { errorMessage } from '../errors.js';
+
+/** What sessions are made from, and where they are kept: the world's config, uplinks and registry. */
+export type SessionWorld = Pick<World, 'config' | 'uplinks' | 'sessions' | 'sessionsChanged'>;
 
 /** The kernel side of sessions (src/backstop): cgroups and their socket-creation program. */
 export interface CgroupBackend {
@@ -32,6 +35,8 @@ export interface CgroupBackend {
   watch(cgroup: string, onEmpty: () => void): { close(): void };
   /** Attaches (or with null removes) the program that marks every new socket of the cgroup. */
   setMark(cgroup: string, mark: number | null): Promise<void>;
+  /** Whether the cgroup's directory is there right now (nft resolves its path when it loads a rule). */
+  present(cgroup: string): boolean;
 }
 
 export interface SessionStore {
@@ -63,18 +68,31 @@ function describe(s: Session): string {
 }
 
 export class SessionService {
-  readonly registry = new SessionRegistry();
   private readonly watchers = new Map<string, { close(): void }>();
   private readonly origins = new Map<string, string>();
   private readonly applied = new Map<string, Backstop>();
 
   constructor(
-    private readonly engine: Engine,
+    private readonly world: SessionWorld,
     private readonly cgroups: CgroupBackend,
     private readonly store: SessionStore,
     private readonly log: Logger,
     private readonly events?: Pick<EventBus, 'publish'>,
   ) {}
+
+  /** The world's registry of sessions. */
+  get registry(): SessionRegistry {
+    return this.world.sessions;
+  }
+
+  /**
+   * Re-fences every session when the config changed (the reload waits for it, and fails with
+   * it) or the uplinks did (logged: nobody waits for that).
+   */
+  follow(world: Pick<World, 'subscribe'>): void {
+    world.subscribe(['config'], () => this.refresh());
+    world.subscribe(['uplinks'], () => this.refresh().catch((e: unknown) => this.log.error('session backstop update failed', { error: errorMessage(e) })));
+  }
 
   /** Re-adopts the sessions of a previous run whose cgroups still exist (the others ended meanwhile). */
   async restore(saved: readonly Session[]): Promise<void> {
@@ -88,7 +106,7 @@ export class SessionService {
     await this.persist();
   }
 
-  /** Rendered into our nftables table by the engine. */
+  /** What the sessions' part of the nftables table is rendered from (src/backstop/nft.ts: sessionRules). */
   backstops(): BackstopSession[] {
     return this.registry.all().map((s) => {
       const b = this.applied.get(s.id);
@@ -96,11 +114,14 @@ export class SessionService {
     });
   }
 
-  /** Recomputes every session's backstop (uplinks or config changed); re-marks where it moved. */
+  /**
+   * Recomputes every session's backstop (uplinks or config changed); re-marks where it moved;
+   * resolves once the nftables table follows (rejects if it cannot).
+   */
   async refresh(): Promise<void> {
-    const config = this.engine.getConfig();
+    const config = this.world.config;
     for (const s of this.registry.all()) {
-      const b = backstopFor(s, this.engine.uplinkStates(), config.destinations, config.apps);
+      const b = backstopFor(s, this.world.uplinks, config.destinations, config.apps);
       const before = this.applied.get(s.id);
       this.applied.set(s.id, b);
       if (before !== undefined && before.mark === b.mark) continue;
@@ -110,6 +131,7 @@ export class SessionService {
         this.log.error('cannot mark session cgroup', { session: s.id, error: (e as Error).message });
       }
     }
+    await this.world.sessionsChanged();
   }
 
   /** Begins not yet finished, per uid: they hold a place under the cap from their first tick on. */
@@ -152,8 +174,8 @@ export class SessionService {
    * inheriting all of that session's restrictions. Throws what the caller is told.
    */
   private sessionFor(p: ExecBeginParams, caller: PeerCred): Omit<Session, 'id' | 'cgroup' | 'startedAt'> {
-    const states = this.engine.uplinkStates();
-    const config = this.engine.getConfig();
+    const states = this.world.uplinks;
+    const config = this.world.config;
     const who = identify(caller);
     if (who.startTime === null) throw new RequestError({ code: 'EIO', message: `process ${caller.pid} is gone` });
     const parent = this.registry.ofCgroup(who.cgroup);
@@ -210,7 +232,6 @@ export class SessionService {
       release(); // from here on the registry counts it
       this.registry.add(session);
       await this.refresh();
-      await this.engine.refreshNft();
       // Only now, with the backstop in place, does the caller (and so its command) join it.
       // SO_PEERCRED names the pid at connect time: make sure it is still that user's process.
       if (!ownedBy(caller.pid, caller.uid)) throw new Error(`process ${caller.pid} is gone or no longer the caller's`);
@@ -218,7 +239,7 @@ export class SessionService {
     } catch (e) {
       this.drop(session);
       // Out of the render first, then gone (see endEmpty).
-      await this.engine.refreshNft().catch(() => undefined);
+      await this.world.sessionsChanged().catch(() => undefined);
       await this.cgroups.remove(cgroup).catch(() => undefined);
       throw new RequestError({ code: 'EIO', message: `cannot set up the session: ${(e as Error).message}` });
     }
@@ -227,7 +248,7 @@ export class SessionService {
     const b = this.applied.get(id);
     this.log.info('session started', {
       session: id, uid: caller.uid, pid: caller.pid, uplink: session.uplink, needs: session.needs, deny: session.deny,
-      app: sessionPolicy(this.engine.getConfig().apps, session)?.name, mark: b?.mark != null ? hex(b.mark) : 'none',
+      app: sessionPolicy(this.world.config.apps, session)?.name, mark: b?.mark != null ? hex(b.mark) : 'none',
     });
     this.events?.publish({ type: 'session.started', id, uid: caller.uid, uplink: b?.uplink?.spec.name ?? null, command: session.command });
     return {
@@ -274,10 +295,10 @@ export class SessionService {
 
   private async endEmpty(s: Session): Promise<void> {
     this.drop(s);
-    // The cgroup leaves the nftables render before it leaves the kernel: once refreshNft()
-    // resolves, no update in flight or to come names it, so removing it cannot fail another
+    // The cgroup leaves the nftables render before it leaves the kernel: once the change is
+    // followed, no update in flight or to come names it, so removing it cannot fail another
     // session's transaction ("cgroupv2 path fails").
-    await this.engine.refreshNft().catch((e: unknown) => this.log.error('nftables update failed', { error: errorMessage(e) }));
+    await this.world.sessionsChanged().catch((e: unknown) => this.log.error('nftables update failed', { error: errorMessage(e) }));
     try {
       await this.cgroups.remove(s.cgroup);
     } catch (e) {

@@ -1,21 +1,19 @@
 /**
  * The nftables adapter. Waymark owns exactly one table (inet waymark) and never reads or writes
- * another. Each update is one `nft -f -` transaction that keeps the table and its counters
- * (byte counts survive reloads and daemon restarts) and replaces the rules of each chain:
- *   add table inet waymark
- *   add chain inet waymark C { type filter hook H priority 0; policy accept; }   (each chain)
- *   flush chain inet waymark C                                                   (each chain)
- *   table inet waymark { counter ... { }  chain C { rules } }                    (adds)
- * An optional chain (a nat chain: while one exists the kernel tracks every connection of the
- * namespace) is deleted instead and exists only while the body declares it, type and hook
- * included:
- *   add chain inet waymark D { type nat hook H priority P; policy accept; }
- *   delete chain inet waymark D
+ * another. Each update is one `nft -f -` transaction (src/nftables/table.ts: updateScript).
  */
 import { execFile } from 'node:child_process';
 import { NFT_FAMILY, NFT_TABLE } from '../constants.js';
+import { TABLE, updateScript, type RenderedTable } from './table.js';
 
-const TABLE = `${NFT_FAMILY} ${NFT_TABLE}`;
+/** The nftables side of the kernel, as the table reconciler uses it (src/nftables/reconciler.ts). */
+export interface NftKernel {
+  /** Atomically makes the table what `t` says. */
+  load(t: RenderedTable): Promise<void>;
+  deleteTable(): Promise<void>;
+  /** Named counters of our table: name → { packets, bytes }; none while the table is not there. */
+  readCounters(): Promise<Map<string, { packets: number; bytes: number }>>;
+}
 
 function nft(args: readonly string[], input?: string): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -27,39 +25,14 @@ function nft(args: readonly string[], input?: string): Promise<string> {
   });
 }
 
-export interface BaseChain {
-  readonly name: string;
-  readonly hook: 'prerouting' | 'input' | 'forward' | 'output' | 'postrouting';
-  /** Default filter. */
-  readonly type?: 'filter' | 'nat';
-  /** Default 0. */
-  readonly priority?: number;
-  /** Deleted at each update; present only while the body declares it (see above). */
-  readonly optional?: boolean;
-}
-
-const declaration = (c: BaseChain): string =>
-  `{ type ${c.type ?? 'filter'} hook ${c.hook} priority ${c.priority ?? 0}; policy accept; }`;
-
-/** Atomically sets the rules of `chains` to what `body` (statements inside `table inet waymark { }`) says. */
-export async function updateTable(chains: readonly BaseChain[], body: string): Promise<void> {
-  const script = [
-    `add table ${TABLE}`,
-    ...chains.map((c) => `add chain ${TABLE} ${c.name} ${declaration(c)}`),
-    ...chains.map((c) => `${c.optional ? 'delete' : 'flush'} chain ${TABLE} ${c.name}`),
-    `table ${TABLE} {`,
-    body,
-    '}',
-    '',
-  ].join('\n');
-  await nft(['-f', '-'], script);
+export async function updateTable(t: RenderedTable): Promise<void> {
+  await nft(['-f', '-'], updateScript(t));
 }
 
 export async function deleteTable(): Promise<void> {
   await nft(['-f', '-'], `table ${TABLE}\ndelete table ${TABLE}\n`);
 }
 
-/** Named counters of our table: name → { packets, bytes }. */
 export async function readCounters(): Promise<Map<string, { packets: number; bytes: number }>> {
   const out = new Map<string, { packets: number; bytes: number }>();
   let json: unknown;
@@ -77,3 +50,6 @@ export async function readCounters(): Promise<Map<string, { packets: number; byt
   }
   return out;
 }
+
+/** The `nft` command as the NftKernel. */
+export const nftCommand: NftKernel = { load: updateTable, deleteTable, readCounters };

@@ -1,8 +1,8 @@
 /**
  * What Waymark keeps in its nftables table, rendered as nft text (pure): per-uplink byte
  * counters on the uplink's device (the base the accounting builds on), the chains they count
- * in, and the reverse-path marks (below). The session backstop (src/backstop/nft.ts) adds its
- * own chains.
+ * in, and the reverse-path marks (below): this part's contribution to the table model
+ * (src/nftables/table.ts). The session backstop (src/backstop/nft.ts) contributes its own.
  *
  * Reverse-path marks. With rp_filter on (a stock host: 2, loose; Ubuntu and systemd's
  * 50-default.conf set it), a packet arriving on an uplink passes only if the kernel finds a
@@ -17,21 +17,20 @@
  * rp_filter=1, and a sender the uplink's table does not reach is still dropped. Only packets
  * addressed to this host (fib daddr type local): forwarded traffic keeps its mark and its route.
  */
-import { BACKSTOP_CHAIN, BACKSTOP_DNS_CHAIN, BACKSTOP_DNS_PRIORITY } from '../backstop/nft.js';
 import { MARK_MASK } from '../constants.js';
-import type { BaseChain } from './nft.js';
+import type { UplinkState } from '../uplink/state.js';
+import type { Chain, Contribution } from './table.js';
 
 /** Before conntrack (-200) and before a fib-based rpfilter (firewalld's at -290) reads the mark. */
 export const RPATH_PRIORITY = -300;
 
-/** Every base chain of our table; each update flushes and refills them all (or, optional ones, deletes and re-declares them when needed). */
-export const CHAINS: readonly BaseChain[] = [
+/** The chains the uplinks' counters and reverse-path marks live in. */
+export const UPLINK_CHAINS: readonly Chain[] = [
   { name: 'egress', hook: 'postrouting' },
   { name: 'ingress', hook: 'prerouting' },
   { name: 'rpath', hook: 'prerouting', priority: RPATH_PRIORITY },
-  { name: BACKSTOP_CHAIN, hook: 'output' },
-  { name: BACKSTOP_DNS_CHAIN, hook: 'output', type: 'nat', priority: BACKSTOP_DNS_PRIORITY, optional: true },
 ];
+
 export interface CountedUplink {
   readonly name: string;
   readonly ifname: string;
@@ -50,25 +49,24 @@ export const nftUplinkId = (uplink: string): string => uplink.replace(/-/g, '_')
 
 export const counterName = (uplink: string, dir: 'tx' | 'rx'): string => `uplink_${nftUplinkId(uplink)}_${dir}`;
 
-export function renderRuleset(uplinks: readonly CountedUplink[]): string {
-  const counters = uplinks.flatMap((u) => [`  counter ${counterName(u.name, 'tx')} { }`, `  counter ${counterName(u.name, 'rx')} { }`]);
+/** The uplinks' part of the table: their counters, what counts into them, their reverse-path marks. */
+export function uplinkRules(uplinks: readonly CountedUplink[]): Contribution {
   const q = (s: string): string => JSON.stringify(s);
-  return [
-    ...counters,
-    '  chain egress {',
-    '    type filter hook postrouting priority 0; policy accept;',
-    ...uplinks.map((u) => `    oifname ${q(u.ifname)} counter name ${counterName(u.name, 'tx')}`),
-    '  }',
-    '  chain ingress {',
-    '    type filter hook prerouting priority 0; policy accept;',
-    ...uplinks.map((u) => `    iifname ${q(u.ifname)} counter name ${counterName(u.name, 'rx')}`),
-    '  }',
-    '  chain rpath {',
-    `    type filter hook prerouting priority ${RPATH_PRIORITY}; policy accept;`,
-    ...uplinks.flatMap((u) => (u.mark === undefined ? [] : [
-      `    iifname ${q(u.ifname)} fib daddr type local meta mark set meta mark and ${hex(~MARK_MASK)} or ${hex(u.mark & MARK_MASK)}`,
-    ])),
-    '  }',
-    '',
-  ].join('\n');
+  return {
+    counters: uplinks.flatMap((u) => [counterName(u.name, 'tx'), counterName(u.name, 'rx')]),
+    rules: {
+      egress: uplinks.map((u) => `oifname ${q(u.ifname)} counter name ${counterName(u.name, 'tx')}`),
+      ingress: uplinks.map((u) => `iifname ${q(u.ifname)} counter name ${counterName(u.name, 'rx')}`),
+      rpath: uplinks.flatMap((u) => (u.mark === undefined ? [] : [
+        `iifname ${q(u.ifname)} fib daddr type local meta mark set meta mark and ${hex(~MARK_MASK)} or ${hex(u.mark & MARK_MASK)}`,
+      ])),
+    },
+  };
+}
+
+/** The uplinks the table counts: each with a device; active ones also get their reverse-path mark. */
+export function countedUplinks(states: readonly UplinkState[]): CountedUplink[] {
+  return states.flatMap((s) => (s.link
+    ? [{ name: s.spec.name, ifname: s.link.name, ...(s.status === 'active' ? { mark: s.mark } : {}) }]
+    : []));
 }

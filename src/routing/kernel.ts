@@ -58,6 +58,11 @@ export class KernelRouting {
     return { applied, errors };
   }
 
+  /** Follows the kernel's changes (see watchKernel). */
+  watch(onChange: (lost: boolean, m?: NlMessage) => void): { close(): void } {
+    return watchKernel(onChange);
+  }
+
   close(): void {
     this.sock.close();
   }
@@ -74,3 +79,4 @@ export function watchKernel(onChange: (lost: boolean, m?: NlMessage) => void): {
   const s = new RtnlSocket(groups, (m) => onChange(m === undefined, m));
   return { close: () => s.close() };
 }
+

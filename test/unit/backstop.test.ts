@@ -32,7 +32,8 @@ import {
   parsePopulated,
   type SessionCgroup,
 } from '../../src/backstop/cgroup.js';
-import { nftCgroupPath, renderBackstop, renderBackstopDns, renderSessionChains } from '../../src/backstop/nft.js';
+import { backstopDnsRules, backstopRules, nftCgroupPath, SESSION_CHAINS, sessionRules, type BackstopSession } from '../../src/backstop/nft.js';
+import { NftTable } from '../../src/nftables/table.js';
 import * as native from '../../src/native/index.js';
 import { buildGoClient } from '../support/goclient.js';
 
@@ -107,7 +108,7 @@ describe('backstop: pure parts', () => {
       { ifname: 'wwan1', dns: ['10.64.0.1'], reaches: ['10.200.0.0/24', 'fd00:200::/64'] },
       { ifname: 'wlan0', dns: [] },
     ];
-    const text = renderBackstopDns(
+    const rules = backstopDnsRules(
       [
         { cgroup: 'waymark/exec-42', deniedIfnames: ['wwan1'] },
         { cgroup: 'waymark/exec-43', deniedIfnames: ['wwan0'] },
@@ -118,32 +119,49 @@ describe('backstop: pure parts', () => {
     const m = (id: number): string => `socket cgroupv2 level 2 "unified/waymark/exec-${id}"`;
     const dns = 'meta l4proto { tcp, udp } th dport 53';
     const local = 'fib daddr type != local';
-    assert.equal(
-      text,
-      [
-        '  chain backstop_dns {',
-        '    type nat hook output priority -100; policy accept;',
-        `    ${m(42)} oifname "wwan0" meta nfproto ipv4 ${dns} ip daddr != { 10.64.0.1, 10.64.0.9 } ${local} dnat ip to 10.64.0.1 comment "waymark waymark/exec-42 dns"`,
-        `    ${m(42)} oifname "wwan0" meta nfproto ipv6 ${dns} ip6 daddr != { fd00:64::1 } ${local} dnat ip6 to fd00:64::1 comment "waymark waymark/exec-42 dns"`,
-        `    ${m(43)} oifname "wwan1" meta nfproto ipv4 ${dns} ip daddr != { 10.64.0.1, 10.200.0.0/24 } ${local} dnat ip to 10.64.0.1 comment "waymark waymark/exec-43 dns"`,
-        '  }',
-        '',
-      ].join('\n'),
-    );
-    assert.equal(renderBackstopDns([{ cgroup: 'waymark/x', deniedIfnames: [] }], [{ ifname: 'wwan0', dns: ['not-an-address'] }]), '', 'no chain at all: no conntrack');
-    assert.throws(() => renderBackstopDns([{ cgroup: 'waymark/../x', deniedIfnames: [] }], uplinks), /invalid cgroup/);
+    assert.deepEqual(rules, [
+      `${m(42)} oifname "wwan0" meta nfproto ipv4 ${dns} ip daddr != { 10.64.0.1, 10.64.0.9 } ${local} dnat ip to 10.64.0.1 comment "waymark waymark/exec-42 dns"`,
+      `${m(42)} oifname "wwan0" meta nfproto ipv6 ${dns} ip6 daddr != { fd00:64::1 } ${local} dnat ip6 to fd00:64::1 comment "waymark waymark/exec-42 dns"`,
+      `${m(43)} oifname "wwan1" meta nfproto ipv4 ${dns} ip daddr != { 10.64.0.1, 10.200.0.0/24 } ${local} dnat ip to 10.64.0.1 comment "waymark waymark/exec-43 dns"`,
+    ]);
+    assert.deepEqual(backstopDnsRules([{ cgroup: 'waymark/x', deniedIfnames: [] }], [{ ifname: 'wwan0', dns: ['not-an-address'] }]), []);
+    assert.throws(() => backstopDnsRules([{ cgroup: 'waymark/../x', deniedIfnames: [] }], uplinks), /invalid cgroup/);
+  });
+
+  it('the table writes the session chains\' headers; the DNS chain only while it has rules (no conntrack otherwise)', () => {
+    let sessions: BackstopSession[] = [{ cgroup: 'waymark/exec-42', deniedIfnames: ['wlan0'] }];
+    let uplinks = [{ ifname: 'wwan0', dns: ['10.64.0.1'] }];
+    const table = new NftTable(SESSION_CHAINS);
+    table.contribute('sessions', () => sessionRules(sessions, uplinks, { present: () => true }));
+    const m = 'socket cgroupv2 level 2 "waymark/exec-42"';
+    assert.equal(table.render().body, [
+      '  chain backstop {',
+      '    type filter hook output priority 0; policy accept;',
+      `    ${m} oifname { "wlan0" } meta l4proto tcp reject with tcp reset comment "waymark waymark/exec-42"`,
+      `    ${m} oifname { "wlan0" } drop comment "waymark waymark/exec-42"`,
+      '  }',
+      '  chain backstop_dns {',
+      '    type nat hook output priority -100; policy accept;',
+      `    ${m} oifname "wwan0" meta nfproto ipv4 meta l4proto { tcp, udp } th dport 53 ip daddr != { 10.64.0.1 } fib daddr type != local dnat ip to 10.64.0.1 comment "waymark waymark/exec-42 dns"`,
+      '  }',
+      '',
+    ].join('\n'));
+    uplinks = [];
+    assert.doesNotMatch(table.render().body, /backstop_dns/, 'no rule: no nat chain');
+    sessions = [];
+    assert.equal(table.render().body, '  chain backstop {\n    type filter hook output priority 0; policy accept;\n  }\n', 'the filter chain stays, empty');
   });
 
   it('names only session cgroups that exist in the table it renders', () => {
     const sessions = [{ cgroup: 'waymark/exec-1', deniedIfnames: ['wlan0'] }, { cgroup: 'waymark/exec-2', deniedIfnames: ['wlan0'] }];
-    const text = renderSessionChains(sessions, [{ ifname: 'wwan0', dns: ['10.64.0.1'] }], { present: (c) => c === 'waymark/exec-2' });
+    const text = JSON.stringify(sessionRules(sessions, [{ ifname: 'wwan0', dns: ['10.64.0.1'] }], { present: (c) => c === 'waymark/exec-2' }));
     assert.match(text, /exec-2/);
     assert.doesNotMatch(text, /exec-1/);
-    assert.equal(renderSessionChains(sessions, [], { cgroupMount: '/nonexistent' }), '', 'by default: the directory must be there');
+    assert.deepEqual(sessionRules(sessions, [], { cgroupMount: '/nonexistent' }), { rules: { backstop: [], backstop_dns: [] } }, 'by default: the directory must be there');
   });
 
   it('renders one reject and one drop rule per session, only for sessions that deny something', () => {
-    const text = renderBackstop(
+    const rules = backstopRules(
       [
         { cgroup: 'waymark/exec-42', deniedIfnames: ['wwan1', 'wlan0', 'wwan1'] },
         { cgroup: 'waymark/exec-43', deniedIfnames: [] },
@@ -151,24 +169,17 @@ describe('backstop: pure parts', () => {
       { cgroupMount: '/sys/fs/cgroup/unified' },
     );
     const m = 'socket cgroupv2 level 2 "unified/waymark/exec-42" oifname { "wlan0", "wwan1" }';
-    assert.equal(
-      text,
-      [
-        '  chain backstop {',
-        '    type filter hook output priority 0; policy accept;',
-        `    ${m} meta l4proto tcp reject with tcp reset comment "waymark waymark/exec-42"`,
-        `    ${m} drop comment "waymark waymark/exec-42"`,
-        '  }',
-        '',
-      ].join('\n'),
-    );
-    assert.equal(renderBackstop([]), '');
-    assert.equal(renderBackstop([{ cgroup: 'waymark/x', deniedIfnames: [] }]), '');
-    assert.throws(() => renderBackstop([{ cgroup: '/abs/x', deniedIfnames: ['a'] }]), /invalid cgroup/);
-    assert.throws(() => renderBackstop([{ cgroup: 'waymark/../x', deniedIfnames: ['a'] }]), /invalid cgroup/);
-    assert.throws(() => renderBackstop([{ cgroup: 'waymark/x', deniedIfnames: ['wl"an0'] }]), /invalid interface/);
-    assert.throws(() => renderBackstop([{ cgroup: 'waymark/x', deniedIfnames: ['wwan*'] }]), /invalid interface/);
-    assert.throws(() => renderBackstop([{ cgroup: 'waymark/x', deniedIfnames: ['a'.repeat(16)] }]), /invalid interface/);
+    assert.deepEqual(rules, [
+      `${m} meta l4proto tcp reject with tcp reset comment "waymark waymark/exec-42"`,
+      `${m} drop comment "waymark waymark/exec-42"`,
+    ]);
+    assert.deepEqual(backstopRules([]), []);
+    assert.deepEqual(backstopRules([{ cgroup: 'waymark/x', deniedIfnames: [] }]), []);
+    assert.throws(() => backstopRules([{ cgroup: '/abs/x', deniedIfnames: ['a'] }]), /invalid cgroup/);
+    assert.throws(() => backstopRules([{ cgroup: 'waymark/../x', deniedIfnames: ['a'] }]), /invalid cgroup/);
+    assert.throws(() => backstopRules([{ cgroup: 'waymark/x', deniedIfnames: ['wl"an0'] }]), /invalid interface/);
+    assert.throws(() => backstopRules([{ cgroup: 'waymark/x', deniedIfnames: ['wwan*'] }]), /invalid interface/);
+    assert.throws(() => backstopRules([{ cgroup: 'waymark/x', deniedIfnames: ['a'.repeat(16)] }]), /invalid interface/);
   });
 });
 
@@ -506,7 +517,9 @@ except OSError as e:
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /^side-b /m, 'the leak the backstop must close');
 
-    const body = renderBackstop([{ cgroup: s.relPath, deniedIfnames: ['up2'] }], { cgroupMount: mount });
+    const table = new NftTable(SESSION_CHAINS);
+    table.contribute('sessions', () => sessionRules([{ cgroup: s.relPath, deniedIfnames: ['up2'] }], [], { cgroupMount: mount }));
+    const body = table.render().body;
     loadNft(body);
     const listed = sh('nsenter', [`--net=/run/netns/${NS.d}`, '--', 'nft', 'list', 'chain', 'inet', 'waymark', 'backstop']);
     assert.match(listed, new RegExp(`socket cgroupv2 level 3 "${nftCgroupPath(s.relPath, mount)}" oifname "up2"`));

@@ -20,6 +20,7 @@ import { exampleConfig, labStates } from '../support/fixture.js';
 import { isRoot } from '../support/uidclient.js';
 
 import { ExpiringMap } from '../../src/daemon/expiring.js';
+import { LearnedHosts } from '../../src/daemon/learned.js';
 import {
   CONTROL_LIMITS, ConnectionLimiter, DECIDE_LIMITS, MAX_TRACKED_UIDS, REFUSAL_LOG_INTERVAL_MS, connectionLimits, decideTotalFor, openFilesLimit, refusalsSeenBy,
 } from '../../src/daemon/limits.js';
@@ -181,8 +182,10 @@ describe('DecisionService learnt addresses', { skip: !isRoot && 'needs root (DNS
     let now = Date.now();
     let changes = 0;
     const none = (): void => undefined;
-    const service = new DecisionService({ getConfig: () => config, uplinkStates: () => states }, new SessionRegistry(), new GenerationFile(dir),
-      { debug: none, info: none, warn: none, error: none }, () => { changes++; }, { learned: 4, dnsCache: 3, now: () => now });
+    const clock = { now: () => now, after: () => ({ cancel: none }) };
+    const learned = new LearnedHosts({ onChange: () => { changes++; }, configured: () => true, max: 4, clock });
+    const service = new DecisionService({ config, uplinks: states, sessions: new SessionRegistry(), learned }, new GenerationFile(dir),
+      { debug: none, info: none, warn: none, error: none }, { dnsCache: 3, now: () => now });
     try {
       const caller = { pid: process.pid, uid: 0, gid: 0 };
       for (let i = 0; i < NAMES; i++) {
@@ -190,7 +193,7 @@ describe('DecisionService learnt addresses', { skip: !isRoot && 'needs root (DNS
         assert.equal(r.status, WM_RESOLVE.RESOLVED, `h${i}.corp.example`);
         assert.equal(r.uplink, 'office-vpn');
       }
-      assert.deepEqual(service.learnedHosts(), new Map([['office', ['10.9.0.7', '10.9.0.8', '10.9.0.9', '10.9.0.10']]]));
+      assert.deepEqual(learned.byDestination(), new Map([['office', ['10.9.0.7', '10.9.0.8', '10.9.0.9', '10.9.0.10']]]));
       assert.equal(changes, NAMES, 'each new address reached the kernel side');
       now += 3_600_001; // past every TTL (at most an hour)
       service.prune();
@@ -198,7 +201,7 @@ describe('DecisionService learnt addresses', { skip: !isRoot && 'needs root (DNS
       now = Date.now();
       const again = await service.resolve({ type: WM_TYPE.RESOLVE, seq: 99, family: 4, needs: 0, uplink: '', name: 'h0.corp.example' }, caller);
       assert.equal(again.status, WM_RESOLVE.RESOLVED);
-      assert.deepEqual(service.learnedHosts(), new Map([['office', ['10.9.0.1']]]), 'nothing expired was kept');
+      assert.deepEqual(learned.byDestination(), new Map([['office', ['10.9.0.1']]]), 'nothing expired was kept');
     } finally {
       service.close();
     }

@@ -5,7 +5,8 @@ import {
   softMarkForSlot, TABLE_BASE,
 } from '../../src/constants.js';
 import { decodeRdnss, decodeRule, encodeRule, FR_ACT, RTM, RTN, type RouteMsg, type RuleMsg } from '../../src/netlink/message.js';
-import { renderRuleset } from '../../src/nftables/ruleset.js';
+import { UPLINK_CHAINS, uplinkRules } from '../../src/nftables/ruleset.js';
+import { NftTable } from '../../src/nftables/table.js';
 import { describeRule } from '../../src/routing/describe.js';
 import { withLearnedHosts } from '../../src/destination/destination.js';
 import { formatPrefix } from '../../src/net/prefix.js';
@@ -111,7 +112,9 @@ describe('DNS of pinned sockets', () => {
 
 describe('reverse-path marks', () => {
   it('packets for this host arriving on an active uplink get its mark, in our bits only, before routing', () => {
-    const text = renderRuleset([{ name: 'cellular', ifname: 'wwan0', mark: markForSlot(2) }, { name: 'wifi', ifname: 'wlan0' }]);
+    const table = new NftTable(UPLINK_CHAINS);
+    table.contribute('uplinks', () => uplinkRules([{ name: 'cellular', ifname: 'wwan0', mark: markForSlot(2) }, { name: 'wifi', ifname: 'wlan0' }]));
+    const text = table.render().body;
     assert.match(text, /chain rpath \{\n {4}type filter hook prerouting priority -300; policy accept;\n {4}iifname "wwan0" fib daddr type local meta mark set meta mark and 0xc0ffffff or 0x02000000\n {2}\}/);
     assert.doesNotMatch(text, /iifname "wlan0" fib/, 'an uplink that is not active gets no mark');
   });

@@ -6,8 +6,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { createLogger } from '../../src/daemon/log.js';
-import type { Engine } from '../../src/daemon/engine.js';
-import { SessionService, type CgroupBackend } from '../../src/daemon/sessions.js';
+import { SessionService, type CgroupBackend, type SessionWorld } from '../../src/daemon/sessions.js';
+import { SessionRegistry } from '../../src/session/session.js';
 import { exampleConfig, labStates } from '../support/fixture.js';
 
 const config = exampleConfig();
@@ -19,10 +19,11 @@ function harness(opts: { failMove?: boolean } = {}) {
   let rendered: readonly string[] = [];
   const removedWhileRendered: string[] = [];
   const removed: string[] = [];
-  const engine = {
-    getConfig: () => config,
-    uplinkStates: () => states,
-    refreshNft: (): Promise<void> => {
+  const world: SessionWorld = {
+    config,
+    uplinks: states,
+    sessions: new SessionRegistry(),
+    sessionsChanged: (): Promise<void> => {
       rendered = service.backstops().map((b) => b.cgroup);
       return Promise.resolve();
     },
@@ -39,8 +40,9 @@ function harness(opts: { failMove?: boolean } = {}) {
     },
     watch: () => ({ close: () => undefined }),
     setMark: () => Promise.resolve(),
+    present: () => true,
   };
-  const service: SessionService = new SessionService(engine as unknown as Engine, cgroups, { save: () => Promise.resolve() }, createLogger('error', () => undefined));
+  const service: SessionService = new SessionService(world, cgroups, { save: () => Promise.resolve() }, createLogger('error', () => undefined));
   return { service, removed, removedWhileRendered };
 }
 

@@ -1,0 +1,76 @@
+/**
+ * How the daemon's model is put together: the world first, then the services made of it, then
+ * who follows which of its changes, in an order that matters (see below). The kernel is reached
+ * only through the adapters passed in: main.ts passes the real ones (rtnetlink, /proc/sys, nft,
+ * cgroupfs), test/unit/engine.test.ts fakes.
+ */
+import { SESSION_CHAINS, sessionRules, uplinkDns } from '../backstop/nft.js';
+import type { Config } from '../config/load.js';
+import type { GenerationFile } from '../decision/generation.js';
+import type { NftKernel } from '../nftables/nft.js';
+import { NftReconciler } from '../nftables/reconciler.js';
+import { countedUplinks, UPLINK_CHAINS, uplinkRules } from '../nftables/ruleset.js';
+import { NftTable } from '../nftables/table.js';
+import { RoutingReconciler, type RoutingKernel, type RpathSysctl } from '../routing/reconciler.js';
+import type { Clock } from './clock.js';
+import { DecisionService } from './decisions.js';
+import { UplinkWatcher, type EventBus } from './events.js';
+import type { Logger } from './log.js';
+import { SessionService, type CgroupBackend, type SessionStore } from './sessions.js';
+import { World } from './world.js';
+
+export interface Adapters {
+  readonly kernel: RoutingKernel;
+  readonly sysctl: RpathSysctl;
+  readonly nft: NftKernel;
+  /** With the cgroup2 mount, which nft paths are relative to. */
+  readonly cgroups: CgroupBackend & { readonly mount: string };
+  readonly clock?: Clock;
+}
+
+export interface ModelOptions {
+  readonly config: Config;
+  readonly savedSlots: Readonly<Record<string, number>>;
+  readonly saveSlots: (slots: Readonly<Record<string, number>>) => Promise<void>;
+  readonly sessionStore: SessionStore;
+  readonly generation: GenerationFile;
+  readonly events: Pick<EventBus, 'publish' | 'wants'>;
+  readonly log: Logger;
+}
+
+export interface Model {
+  readonly world: World;
+  readonly table: NftTable;
+  readonly nftables: NftReconciler;
+  readonly routing: RoutingReconciler;
+  readonly sessions: SessionService;
+  readonly decisions: DecisionService;
+}
+
+export function assemble(o: ModelOptions, a: Adapters): Model {
+  const { log } = o;
+  const clock = a.clock ? { clock: a.clock } : {};
+  const world = new World({ config: o.config, savedSlots: o.savedSlots, saveSlots: o.saveSlots, log, ...clock });
+  const sessions = new SessionService(world, a.cgroups, o.sessionStore, log, o.events);
+  // One table; each part contributes its counters and rules to its chains.
+  const table = new NftTable([...UPLINK_CHAINS, ...SESSION_CHAINS]);
+  table.contribute('uplinks', () => uplinkRules(countedUplinks(world.uplinks)));
+  table.contribute('sessions', () => sessionRules(sessions.backstops(), uplinkDns(world.uplinks, world.config.destinations),
+    { cgroupMount: a.cgroups.mount, present: (cgroup) => a.cgroups.present(cgroup) }));
+  const nftables = new NftReconciler(table, a.nft, log);
+  // The table follows the uplinks in the same pass as the routes (its errors are the pass's).
+  const routing = new RoutingReconciler({ world, kernel: a.kernel, sysctl: a.sysctl, log, follow: [() => nftables.update()], ...clock });
+  const decisions = new DecisionService(world, o.generation, log, {}, o.events);
+  const uplinkEvents = new UplinkWatcher((e) => o.events.publish(e));
+
+  // Each change reaches its followers in this order, each done before the next hears of it:
+  // the event bus hears of an observation before the kernel follows it; a new config reaches
+  // the kernel before the libraries' caches are voided, and those before the sessions are
+  // fenced anew (and the table loaded with them).
+  world.subscribe(['observed'], (c) => uplinkEvents.update(c.states));
+  routing.follow(world);
+  decisions.follow(world);
+  sessions.follow(world);
+  nftables.follow(world);
+  return { world, table, nftables, routing, sessions, decisions };
+}

@@ -1,0 +1,74 @@
+/** The `status` answer's daemon, uplinks and destinations parts, from the world (pure). */
+import { MARK_MASK } from '../constants.js';
+import { INTERNET } from '../destination/destination.js';
+import { formatPrefix } from '../net/prefix.js';
+import { counterName } from '../nftables/ruleset.js';
+import { bestUplink } from '../routing/desired.js';
+import { PROTOCOL_VERSION, type DestinationStatusView, type StatusResult, type UplinkStatusView } from './protocol.js';
+import type { LastReconcile } from '../routing/reconciler.js';
+import type { World } from './world.js';
+
+const hex = (n: number): string => `0x${(n >>> 0).toString(16).padStart(8, '0')}`;
+
+export interface DaemonFacts {
+  readonly version: string;
+  readonly configPath: string;
+  readonly pid: number;
+  readonly startedAt: Date;
+}
+
+export function statusView(
+  world: Pick<World, 'config' | 'uplinks' | 'generation'>,
+  counters: ReadonlyMap<string, { readonly packets: number; readonly bytes: number }>,
+  lastReconcile: LastReconcile,
+  daemon: DaemonFacts,
+): StatusResult {
+  const states = world.uplinks;
+  const uplinks: UplinkStatusView[] = states.map((s) => {
+    const tx = counters.get(counterName(s.spec.name, 'tx'));
+    const rx = counters.get(counterName(s.spec.name, 'rx'));
+    const fam = (f: 4 | 6) => s.families.find((x) => x.family === f);
+    return {
+      name: s.spec.name,
+      kind: s.spec.kind,
+      status: s.status,
+      ifname: s.link?.name ?? null,
+      ifindex: s.link?.index ?? null,
+      addresses: s.families.flatMap((f) => f.addresses),
+      gateways: { ipv4: fam(4)?.gateway ?? null, ipv6: fam(6)?.gateway ?? null },
+      dns: { servers: [...s.dns], source: s.dnsSource },
+      cost: { ...s.spec.cost },
+      metered: s.spec.metered,
+      roaming: s.spec.roaming,
+      sim: s.spec.sim ? { iccid: s.spec.sim.iccid, apn: s.spec.sim.apn ?? null } : null,
+      preference: s.spec.preference,
+      table: s.table,
+      mark: hex(s.mark),
+      markMask: hex(MARK_MASK),
+      traffic: tx && rx ? { txBytes: tx.bytes, rxBytes: rx.bytes } : null,
+    };
+  });
+  const destinations: DestinationStatusView[] = world.config.destinations.map((d) => {
+    const pick = (f: 4 | 6): string | null => {
+      if (d.name === INTERNET) return null;
+      if (!d.prefixes.some((p) => p.family === f)) return null;
+      return bestUplink(states, d, f)?.spec.name ?? null;
+    };
+    return {
+      name: d.name,
+      prefixes: d.prefixes.map(formatPrefix),
+      domains: [...d.domains],
+      via: [...d.via],
+      active: { ipv4: pick(4), ipv6: pick(6) },
+    };
+  });
+  return {
+    daemon: {
+      version: daemon.version, protocol: PROTOCOL_VERSION, pid: daemon.pid, configPath: daemon.configPath,
+      generation: world.generation, startedAt: daemon.startedAt.toISOString(),
+    },
+    uplinks,
+    destinations,
+    lastReconcile,
+  };
+}
