@@ -1,33 +1,22 @@
 /**
  * The app programs (native/bpf/waymark.bpf.c) and their adapter (src/backstop/bpf.ts) against the
- * real kernel, as root. The test builds its own world and removes it on every exit path:
- *   - two network namespaces: A (the "device": uplinks up0 = slot 1 and up1 = slot 2, veths to B)
- *     and B (the far end: a TCP listener and UDP echo server on both links);
- *   - a cgroup subtree wmbpf-<run> under the cgroup2 mount, the programs attached at its top by an
- *     agent process living in A (test/support/bpf-agent.ts: the netns filter is the loader's
- *     namespace), child cgroups for the probes (test/fixtures/bpf_probe.py).
+ * real kernel, as root, in a world of its own (test/support/bpf-world.ts, removed on every exit
+ * path): namespace A (the "device": uplinks up0 = slot 1 and up1 = slot 2) and B (the far end:
+ * a TCP listener and UDP echo server on both links), a cgroup subtree with the programs attached
+ * at its top by an agent process living in A (the netns filter is the loader's namespace), and
+ * child cgroups for the probes (test/fixtures/bpf_probe.py).
  * Checked: marks at socket() and at connect(), pending of an ancestor, the uid fallback, the
  * connect-time deny along the routing ladder and the egress drop, loopback, another namespace
  * untouched, byte counters, live socket counts, nothing left attached after close or death.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, rmdirSync } from 'node:fs';
-import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { after, before, describe, it } from 'node:test';
 import { cgroupId, NO_TREATMENT, type Treatment } from '../../src/backstop/bpf.js';
-import { findCgroup2Mount } from '../../src/backstop/cgroup.js';
 import { markForSlot, softMarkForSlot } from '../../src/constants.js';
 import { publicPath } from '../../src/lab/public.js';
 import { cgroupAttachSockMark } from '../../src/native/index.js';
-import { PACKAGE_ROOT } from '../../src/version.js';
-import type { AgentRequest } from '../support/bpf-agent.js';
+import { BpfWorld, type Lines, type SpawnInOptions } from '../support/bpf-world.js';
 
-const RUN = `${process.pid.toString(36)}${randomBytes(2).toString('hex')}`;
-const NS_A = `wmbpfa-${RUN}`;
-const NS_B = `wmbpfb-${RUN}`;
 const PORT = 5555;
 const NOBODY = 65534;
 const FAR1 = '10.90.1.2'; // B over up0 (slot 1)
@@ -36,140 +25,29 @@ const FAR1_6 = 'fd00:90:1::2';
 const FAR2_6 = 'fd00:90:2::2';
 const PROBE_TIMEOUT_MS = 20_000;
 
-let mount = '';
-let base = ''; // the subtree's top, where the programs are attached
-const made: string[] = []; // cgroups created, in creation order
-const children = new Set<ChildProcess>();
-
-function sh(cmd: string[], allowFail = false): string {
-  const r = spawnSync(cmd[0] ?? '', cmd.slice(1), { encoding: 'utf8' });
-  if (!allowFail && r.status !== 0) throw new Error(`${cmd.join(' ')}: ${r.stderr || r.error?.message || `exit ${r.status}`}`);
-  return r.stdout;
-}
-
-/** Removes everything this run made; safe to call more than once and from 'exit'. */
-function cleanup(): void {
-  for (const c of children) c.kill('SIGKILL');
-  for (const dir of [...made].reverse()) {
-    // Kill what lives there (probes still running after a failure), then remove it.
-    try {
-      for (const pid of readFileSync(join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean)) {
-        try {
-          process.kill(Number(pid), 'SIGKILL');
-        } catch { /* gone */ }
-      }
-    } catch { /* gone */ }
-    for (let i = 0; i < 100; i++) {
-      try {
-        rmdirSync(dir);
-        break;
-      } catch (e) {
-        const code = (e as NodeJS.ErrnoException).code;
-        if (code === 'ENOENT') break;
-        if (code !== 'EBUSY') throw e;
-        spawnSync('sleep', ['0.05']); // a killed process is still leaving its cgroup
-      }
-    }
-  }
-  made.length = 0;
-  sh(['ip', 'netns', 'del', NS_A], true);
-  sh(['ip', 'netns', 'del', NS_B], true);
-}
-process.on('exit', cleanup);
-
-function cgroup(rel: string): string {
-  const dir = join(base, rel);
-  mkdirSync(dir);
-  made.push(dir);
-  return dir;
-}
-
-/** JSON lines of a child's stdout, one at a time. */
-class Lines {
-  private readonly queue: unknown[] = [];
-  private waiter: ((v: unknown) => void) | undefined;
-  private ended = false;
-  stderr = '';
-
-  constructor(readonly child: ChildProcess) {
-    children.add(child);
-    child.stderr?.on('data', (d: Buffer) => (this.stderr += d.toString()));
-    if (child.stdout === null) throw new Error('no stdout');
-    const rl = createInterface({ input: child.stdout });
-    rl.on('line', (l) => {
-      const v: unknown = JSON.parse(l);
-      if (this.waiter !== undefined) {
-        const w = this.waiter;
-        this.waiter = undefined;
-        w(v);
-      } else this.queue.push(v);
-    });
-    rl.on('close', () => {
-      this.ended = true;
-      this.waiter?.(undefined);
-    });
-    child.on('exit', () => children.delete(child));
-  }
-
-  /** The next line, or undefined once the output ended. */
-  next(): Promise<unknown> {
-    if (this.queue.length > 0) return Promise.resolve(this.queue.shift());
-    if (this.ended) return Promise.resolve(undefined);
-    return new Promise((resolve) => (this.waiter = resolve));
-  }
-
-  async expect<T>(what: string): Promise<T> {
-    const v = await this.next();
-    if (v === undefined) throw new Error(`${what}: output ended (stderr: ${this.stderr})`);
-    return v as T;
-  }
-}
-
-// ------------------------------------------------------------------------------------------
-// The agent (holds the AppMaps in namespace A)
-
-let agent: Lines | undefined;
-
-function startAgent(): Lines {
-  const js = join(PACKAGE_ROOT, 'dist/test/support/bpf-agent.js');
-  const child = spawn('nsenter', [`--net=/run/netns/${NS_A}`, process.execPath, js], { stdio: ['pipe', 'pipe', 'pipe'] });
-  return new Lines(child);
-}
-
-async function call(r: AgentRequest): Promise<unknown> {
-  if (agent === undefined) throw new Error('no agent');
-  agent.child.stdin?.write(`${JSON.stringify(r)}\n`);
-  const reply = await agent.expect<{ ok: boolean; value?: unknown; error?: string }>(r.op);
-  if (!reply.ok) throw new Error(`${r.op}: ${reply.error}`);
-  return reply.value;
-}
-
-async function setCgroup(dir: string, self: Treatment, pending: Treatment = NO_TREATMENT): Promise<void> {
-  await call({ op: 'setCgroup', id: cgroupId(dir).toString(), self, pending });
-}
-
+let w: BpfWorld | undefined;
+const world = (): BpfWorld => {
+  if (w === undefined) throw new Error('no world');
+  return w;
+};
+const cgroup = (rel: string): string => world().cgroup(rel);
+const call: BpfWorld['call'] = (r) => world().call(r);
+const setCgroup = (dir: string, self: Treatment, pending: Treatment = NO_TREATMENT): Promise<void> => world().setCgroup(dir, self, pending);
 const decides = (t: Partial<Treatment>): Treatment => ({ ...NO_TREATMENT, decides: true, ...t });
-
-// ------------------------------------------------------------------------------------------
-// Probes
 
 let probePy = '';
 
-/** A probe in cgroup `dir` and namespace `ns` (A by default), as `uid` (root by default). */
-function startProbe(dir: string, args: string[], opts: { ns?: string; uid?: number } = {}): Lines {
-  const as = opts.uid === undefined ? [] : ['setpriv', `--reuid=${opts.uid}`, `--regid=${opts.uid}`, '--clear-groups', '--'];
-  const child = spawn('nsenter', [`--net=/run/netns/${opts.ns ?? NS_A}`, 'sh', '-c', 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"',
-    'sh', dir, ...as, '/usr/bin/python3', probePy, ...args], { stdio: ['pipe', 'pipe', 'pipe'], timeout: PROBE_TIMEOUT_MS });
-  return new Lines(child);
+/** A probe (test/fixtures/bpf_probe.py) in cgroup `dir`, namespace A unless told, as root unless told. */
+function startProbe(dir: string, args: string[], opts: SpawnInOptions = {}): Lines {
+  return world().spawnIn(dir, ['/usr/bin/python3', probePy, ...args], { timeoutMs: PROBE_TIMEOUT_MS, ...opts });
 }
 
 /** A one-shot probe's single output line. */
-async function probe<T>(dir: string, args: string[], opts: { ns?: string; uid?: number } = {}): Promise<T> {
-  const p = startProbe(dir, args, opts);
-  return p.expect<T>(`probe ${args.join(' ')}`);
+async function probe<T>(dir: string, args: string[], opts: SpawnInOptions = {}): Promise<T> {
+  return startProbe(dir, args, opts).expect<T>(`probe ${args.join(' ')}`);
 }
 
-const result = async (dir: string, args: string[], opts: { ns?: string; uid?: number } = {}): Promise<string> =>
+const result = async (dir: string, args: string[], opts: SpawnInOptions = {}): Promise<string> =>
   (await probe<{ result: string }>(dir, args, opts)).result;
 
 /** Sources of the "probe" datagrams the far end received so far. */
@@ -177,8 +55,7 @@ const probesSeen: string[] = [];
 let probeArrived: (() => void) | undefined;
 
 async function serve(): Promise<void> {
-  const child = spawn('nsenter', [`--net=/run/netns/${NS_B}`, '/usr/bin/python3', probePy, 'serve', String(PORT)], { stdio: ['pipe', 'pipe', 'pipe'] });
-  const s = new Lines(child); // killed by cleanup()
+  const s = world().spawnIn(null, ['/usr/bin/python3', probePy, 'serve', String(PORT)], { ns: world().nsB });
   assert.deepEqual(await s.expect('serve'), { step: 'listening' });
   void (async () => {
     for (let v = await s.next(); v !== undefined; v = await s.next()) {
@@ -193,49 +70,16 @@ async function arrived(src: string): Promise<void> {
   while (!probesSeen.includes(src)) await new Promise<void>((resolve) => (probeArrived = resolve));
 }
 
-function ifindex(ns: string, dev: string): number {
-  const [link] = JSON.parse(sh(['ip', '-n', ns, '-j', 'link', 'show', dev])) as { ifindex: number }[];
-  if (link === undefined) throw new Error(`no ${dev} in ${ns}`);
-  return link.ifindex;
-}
-
-/** Programs attached at `dir` itself (BPF_PROG_QUERY through bpftool). */
-function attached(dir: string): string[] {
-  const out = sh(['bpftool', '-j', 'cgroup', 'show', dir]).trim();
-  return out === '' ? [] : (JSON.parse(out) as { name: string }[]).map((p) => p.name);
-}
-
-// ------------------------------------------------------------------------------------------
-
 before(async () => {
-  mount = await findCgroup2Mount();
-  base = join(mount, `wmbpf-${RUN}`);
-  mkdirSync(base);
-  made.push(base);
   probePy = publicPath('test/fixtures/bpf_probe.py');
-  sh(['ip', 'netns', 'add', NS_A]);
-  sh(['ip', 'netns', 'add', NS_B]);
-  for (const ns of [NS_A, NS_B]) sh(['ip', '-n', ns, 'link', 'set', 'lo', 'up']);
-  for (const n of [1, 2]) {
-    const [up, far] = [`up${n - 1}`, `far${n - 1}`];
-    sh(['ip', '-n', NS_A, 'link', 'add', up, 'type', 'veth', 'peer', 'name', far, 'netns', NS_B]);
-    sh(['ip', '-n', NS_A, 'addr', 'add', `10.90.${n}.1/24`, 'dev', up]);
-    sh(['ip', '-n', NS_B, 'addr', 'add', `10.90.${n}.2/24`, 'dev', far]);
-    sh(['ip', '-n', NS_A, 'addr', 'add', `fd00:90:${n}::1/64`, 'dev', up, 'nodad']);
-    sh(['ip', '-n', NS_B, 'addr', 'add', `fd00:90:${n}::2/64`, 'dev', far, 'nodad']);
-    sh(['ip', '-n', NS_A, 'link', 'set', up, 'up']);
-    sh(['ip', '-n', NS_B, 'link', 'set', far, 'up']);
-  }
+  w = await BpfWorld.create();
   await serve();
-  agent = startAgent();
-  await call({ op: 'open', dir: base });
-  await call({ op: 'setIfSlot', ifindex: ifindex(NS_A, 'up0'), slot: 1 });
-  await call({ op: 'setIfSlot', ifindex: ifindex(NS_A, 'up1'), slot: 2 });
+  await call({ op: 'setIfSlot', ifindex: w.ifindex(w.nsA, 'up0'), slot: 1 });
+  await call({ op: 'setIfSlot', ifindex: w.ifindex(w.nsA, 'up1'), slot: 2 });
 }, { timeout: 60_000 });
 
 after(() => {
-  agent?.child.stdin?.end();
-  cleanup();
+  w?.destroy();
 });
 
 describe('marks', { timeout: 60_000 }, () => {
@@ -292,9 +136,9 @@ describe('marks', { timeout: 60_000 }, () => {
     const a = cgroup('other-ns');
     await setCgroup(a, decides({ mark: markForSlot(1), deny: 'all' }));
     assert.deepEqual(await probe(a, ['mark']), { udp4: markForSlot(1), tcp6: markForSlot(1) });
-    assert.deepEqual(await probe(a, ['mark'], { ns: NS_B }), { udp4: 0, tcp6: 0 });
+    assert.deepEqual(await probe(a, ['mark'], { ns: world().nsB }), { udp4: 0, tcp6: 0 });
     // B's own link to A: in B, up0's ifindex may well name a B device too; nothing is denied.
-    assert.equal(await result(a, ['connect', '10.90.1.1', '9'], { ns: NS_B }), 'ECONNREFUSED');
+    assert.equal(await result(a, ['connect', '10.90.1.1', '9'], { ns: world().nsB }), 'ECONNREFUSED');
   });
 });
 
@@ -399,23 +243,18 @@ describe('counters', { timeout: 60_000 }, () => {
 
 describe('lifetime', { timeout: 60_000 }, () => {
   it('nothing stays attached after close, nor after the loading process dies', async () => {
-    const names = attached(base);
+    const names = world().attached();
     for (const n of ['wm_sock_create', 'wm_sock_release', 'wm_connect4', 'wm_connect6', 'wm_sendmsg4', 'wm_sendmsg6', 'wm_egress', 'wm_ingress']) {
       assert.ok(names.includes(n), `${n} attached: ${names.join(' ')}`);
     }
     await call({ op: 'close' });
-    assert.deepEqual(attached(base), []);
+    assert.deepEqual(world().attached(), []);
 
-    await call({ op: 'open', dir: base });
-    assert.equal(attached(base).length, 8);
-    const child = agent?.child;
-    assert.ok(child);
-    const gone = new Promise((resolve) => child.once('exit', resolve));
-    child.kill('SIGKILL');
-    await gone;
-    agent = undefined;
+    await call({ op: 'open', dir: world().base });
+    assert.equal(world().attached().length, 8);
+    await world().killAgent();
     // The links go with the process's files; the kernel may free them just after the exit.
-    for (let i = 0; i < 40 && attached(base).length > 0; i++) await new Promise((r) => setTimeout(r, 50));
-    assert.deepEqual(attached(base), []);
+    for (let i = 0; i < 40 && world().attached().length > 0; i++) await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(world().attached(), []);
   });
 });
