@@ -122,19 +122,29 @@ static __always_inline const struct wm_treatment *task_treatment(__u64 cg)
     return 0;
 }
 
-/* The same for a packet's socket (cgroup_skb). */
+/* The same for a packet's socket (cgroup_skb), then the uid's. A packet without a full socket
+ * (a request or time-wait socket's SYN-ACK or RST) has cgroup id 0 and gets none: its uid would
+ * read as the overflow uid (65534), someone else's treatment. */
 static __always_inline const struct wm_treatment *skb_treatment(struct __sk_buff *skb)
 {
     __u64 cg = bpf_skb_cgroup_id(skb);
+    if (cg == 0) return 0;
     const struct wm_cgroup *e = bpf_map_lookup_elem(&wm_cgroups, &cg);
-    if (e != 0) return &e->self;
-    for (int level = WM_MAX_DEPTH; level >= 0; level--) {
-        __u64 id = bpf_skb_ancestor_cgroup_id(skb, level);
-        if (id == 0 || id == cg) continue;
-        e = bpf_map_lookup_elem(&wm_cgroups, &id);
-        if (e != 0) return &e->pending;
+    const struct wm_treatment *t = 0;
+    if (e != 0) {
+        t = &e->self;
+    } else {
+        for (int level = WM_MAX_DEPTH; level >= 0; level--) {
+            __u64 id = bpf_skb_ancestor_cgroup_id(skb, level);
+            if (id == 0 || id == cg) continue;
+            e = bpf_map_lookup_elem(&wm_cgroups, &id);
+            if (e != 0) {
+                t = &e->pending;
+                break;
+            }
+        }
     }
-    return 0;
+    return decide(t, bpf_get_socket_uid(skb));
 }
 
 static __always_inline const struct wm_treatment *current_treatment(void)
@@ -320,7 +330,7 @@ int wm_egress(struct __sk_buff *skb)
     __u32 *s = bpf_map_lookup_elem(&wm_ifslot, &ifindex);
     if (s == 0 || *s == 0) return 1; /* not an uplink: loopback, bridges, tunnels' inner side */
     __u32 slot = *s;
-    const struct wm_treatment *t = decide(skb_treatment(skb), bpf_get_socket_uid(skb));
+    const struct wm_treatment *t = skb_treatment(skb);
     if (t != 0 && denied(t, slot)) return 0;
     count(t != 0 ? t->app : 0, slot, WM_DIR_TX, skb->len, skb->gso_segs);
     return 1;
@@ -333,7 +343,7 @@ int wm_ingress(struct __sk_buff *skb)
     __u32 ifindex = skb->ifindex; /* the arrival device */
     __u32 *s = bpf_map_lookup_elem(&wm_ifslot, &ifindex);
     if (s == 0 || *s == 0) return 1;
-    const struct wm_treatment *t = decide(skb_treatment(skb), bpf_get_socket_uid(skb));
+    const struct wm_treatment *t = skb_treatment(skb);
     count(t != 0 ? t->app : 0, *s, WM_DIR_RX, skb->len, skb->gso_segs);
     return 1;
 }

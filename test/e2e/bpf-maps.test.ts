@@ -137,8 +137,11 @@ describe('marks', { timeout: 60_000 }, () => {
     await setCgroup(a, decides({ mark: markForSlot(1), deny: 'all' }));
     assert.deepEqual(await probe(a, ['mark']), { udp4: markForSlot(1), tcp6: markForSlot(1) });
     assert.deepEqual(await probe(a, ['mark'], { ns: world().nsB }), { udp4: 0, tcp6: 0 });
-    // B's own link to A: in B, up0's ifindex may well name a B device too; nothing is denied.
+    // B's devices have the ifindexes of A's uplinks (each namespace counts from 1): only the
+    // namespace filter keeps connect4 (EPERM at once) and egress (EPERM from sendto) off them.
+    assert.equal(world().ifindex(world().nsB, 'far0'), world().ifindex(world().nsA, 'up0'));
     assert.equal(await result(a, ['connect', '10.90.1.1', '9'], { ns: world().nsB }), 'ECONNREFUSED');
+    assert.equal(await result(a, ['sendto', '10.90.1.1', '9'], { ns: world().nsB }), 'ok');
   });
 });
 

@@ -15,7 +15,7 @@ import { errorMessage } from '../../src/errors.js';
 import { parsePrefix } from '../../src/net/prefix.js';
 
 export type AgentRequest =
-  | { op: 'open'; dir: string }
+  | { op: 'open'; dir: string; object?: string }
   | { op: 'setCgroup'; id: string; self: Treatment; pending?: Treatment }
   | { op: 'deleteCgroup'; id: string }
   | { op: 'setUid'; uid: number; t: Treatment }
@@ -43,7 +43,7 @@ function prefixOf(text: string) {
 function handle(r: AgentRequest): unknown {
   switch (r.op) {
     case 'open':
-      maps = AppMaps.open(r.dir);
+      maps = r.object === undefined ? AppMaps.open(r.dir) : AppMaps.open(r.dir, r.object);
       return null;
     case 'setCgroup':
       need().setCgroup(BigInt(r.id), r.self, r.pending ?? NO_TREATMENT);

@@ -23,7 +23,7 @@ function sh(cmd: string[], allowFail = false): string {
   return r.stdout;
 }
 
-/** JSON lines of a child's stdout, one at a time. */
+/** A child's stdout, one line at a time: parsed when JSON, else the text. */
 export class Lines {
   private readonly queue: unknown[] = [];
   private waiter: ((v: unknown) => void) | undefined;
@@ -35,7 +35,10 @@ export class Lines {
     if (child.stdout === null) throw new Error('no stdout');
     const rl = createInterface({ input: child.stdout });
     rl.on('line', (l) => {
-      const v: unknown = JSON.parse(l);
+      let v: unknown = l;
+      try {
+        v = JSON.parse(l);
+      } catch { /* plain text */ }
       if (this.waiter !== undefined) {
         const w = this.waiter;
         this.waiter = undefined;
