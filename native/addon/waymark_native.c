@@ -1177,16 +1177,35 @@ static int netns_cookie(__u64 *cookie)
     return r < 0 ? -err : 0;
 }
 
-/* bpfOpen(objectPath, cgroupPath) -> handle: loads the object, sets wm_conf.netns_cookie to this
- * process's namespace and attaches every program at the cgroup through bpf_links (multi-attach:
- * other programs there stay; the links die with the handle or the process). */
+/* Whether the kernel lets cgroup_skb programs call bpf_get_netns_cookie (Linux 6.17). */
+static bool skb_has_netns_cookie(void)
+{
+    return libbpf_probe_bpf_helper(BPF_PROG_TYPE_CGROUP_SKB, BPF_FUNC_get_netns_cookie, NULL) == 1;
+}
+
+static bool ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
+#define BPF_OPEN_COMPAT 1u /* use the *_compat packet programs even where the others would load */
+
+/* bpfOpen(objectPath, cgroupPath, flags = 0) -> handle: loads the object, sets
+ * wm_conf.netns_cookie to this process's namespace and attaches every program at the cgroup
+ * through bpf_links (multi-attach: other programs there stay; the links die with the handle or
+ * the process). Of a program NAME and NAME_compat, one is loaded: NAME_compat where the kernel
+ * lacks bpf_get_netns_cookie for cgroup_skb, or when flags has BPF_OPEN_COMPAT. */
 static napi_value js_bpf_open(napi_env env, napi_callback_info info)
 {
-    napi_value argv[2];
+    napi_value argv[3];
     char objpath[PATH_MAX], path[PATH_MAX];
     size_t len;
-    if (!get_args(env, info, 2, 2, argv, NULL)) return NULL;
+    int64_t flags = 0;
+    if (!get_args(env, info, 2, 3, argv, NULL)) return NULL;
     if (!get_string(env, argv[0], "objectPath", objpath, sizeof objpath, &len)) return NULL;
+    if (!is_undefined(env, argv[2]) && !get_int(env, argv[2], "flags", 0, BPF_OPEN_COMPAT, &flags))
+        return NULL;
     int cgfd = open_cgroup2(env, argv[1], path, sizeof path);
     if (cgfd < 0) return NULL;
 
@@ -1209,6 +1228,16 @@ static napi_value js_bpf_open(napi_env env, napi_callback_info info)
         hint = objpath;
         goto out;
     }
+    bool compat = (flags & BPF_OPEN_COMPAT) != 0 || !skb_has_netns_cookie();
+    struct bpf_program *prog;
+    bpf_object__for_each_program(prog, h->obj) {
+        char twin[128];
+        const char *name = bpf_program__name(prog);
+        snprintf(twin, sizeof twin, "%s_compat", name);
+        if (ends_with(name, "_compat")) bpf_program__set_autoload(prog, compat);
+        else if (bpf_object__find_program_by_name(h->obj, twin) != NULL)
+            bpf_program__set_autoload(prog, !compat);
+    }
     if (bpf_object__load(h->obj) != 0) {
         err = errno;
         failed = "bpf_object__load";
@@ -1230,8 +1259,8 @@ static napi_value js_bpf_open(napi_env env, napi_callback_info info)
         failed = "bpf_map_update_elem(wm_conf)";
         goto out;
     }
-    struct bpf_program *prog;
     bpf_object__for_each_program(prog, h->obj) {
+        if (!bpf_program__autoload(prog)) continue;
         if (h->nlinks == BPF_MAX_LINKS) {
             err = E2BIG;
             failed = "bpf_program__attach_cgroup";
@@ -1430,6 +1459,25 @@ static napi_value js_bpf_entries(napi_env env, napi_callback_info info)
         return NULL;
     }
     if (err != 0) return throw_map_errno(env, err, "bpf_map_get_next_key", argv[1]);
+    return arr;
+}
+
+/* bpfPrograms(handle) -> the names of the programs attached through this handle */
+static napi_value js_bpf_programs(napi_env env, napi_callback_info info)
+{
+    napi_value argv[1], arr, name;
+    if (!get_args(env, info, 1, 1, argv, NULL)) return NULL;
+    struct bpf_handle *h = get_bpf_handle(env, argv[0], false);
+    if (h == NULL) return NULL;
+    CHECK_NAPI(env, napi_create_array(env, &arr));
+    if (h->obj == NULL) return arr;
+    uint32_t i = 0;
+    struct bpf_program *prog;
+    bpf_object__for_each_program(prog, h->obj) {
+        if (!bpf_program__autoload(prog)) continue;
+        CHECK_NAPI(env, napi_create_string_utf8(env, bpf_program__name(prog), NAPI_AUTO_LENGTH, &name));
+        CHECK_NAPI(env, napi_set_element(env, arr, i++, name));
+    }
     return arr;
 }
 
@@ -1735,6 +1783,7 @@ static napi_value init(napi_env env, napi_value exports)
         FN("bpfLookup", js_bpf_lookup),
         FN("bpfEntries", js_bpf_entries),
         FN("bpfPossibleCpus", js_bpf_possible_cpus),
+        FN("bpfPrograms", js_bpf_programs),
     };
     if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok)
         return NULL;

@@ -223,18 +223,26 @@ int wm_sock_release(struct bpf_sock *sk)
 /* ---------------------------------------------------------------------------------------- */
 /* connect() and sendmsg() with an address: late mark, then the fast deny. */
 
+/* The socket's storage, made now for a socket that predates the programs (sock_create made it
+ * for the others): it also tells the compat packet programs the socket is of our namespace. */
+static __always_inline struct wm_sk *storage(struct bpf_sock_addr *ctx)
+{
+    struct bpf_sock *sk = ctx->sk;
+    if (sk == 0) return 0;
+    return bpf_sk_storage_get(&wm_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+}
+
 /* Gives the socket the treatment's mark if its Waymark bits are ours to change (0, or what
  * these programs set earlier); returns the socket's mark afterwards. */
-static __always_inline __u32 late_mark(struct bpf_sock_addr *ctx, const struct wm_treatment *t)
+static __always_inline __u32 late_mark(struct bpf_sock_addr *ctx, struct wm_sk *st,
+                                       const struct wm_treatment *t)
 {
     struct bpf_sock *sk = ctx->sk;
     if (sk == 0) return 0;
     __u32 mark = sk->mark;
     __u32 have = mark & WAYMARK_MARK_MASK;
     __u32 want = t->mark & WAYMARK_MARK_MASK;
-    if (have == want) return mark;
-    struct wm_sk *st = bpf_sk_storage_get(&wm_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-    if (st == 0) return mark;
+    if (have == want || st == 0) return mark;
     if (have != 0 && have != st->mark) return mark; /* set by someone else (the daemon): stays */
     int m = (int)((mark & ~WAYMARK_MARK_MASK) | want);
     if (bpf_setsockopt(ctx, SOL_SOCKET, SO_MARK, &m, sizeof m) != 0) return mark;
@@ -269,9 +277,10 @@ static __always_inline int addr4(struct bpf_sock_addr *ctx)
     if (c == 0) return 1;
     __u32 ip = ctx->user_ip4; /* network order */
     if ((ip & 0xff) == 127) return 1; /* 127/8: loopback always works */
+    struct wm_sk *st = storage(ctx);
     const struct wm_treatment *t = current_treatment();
     if (t == 0) return 1;
-    __u32 mark = late_mark(ctx, t);
+    __u32 mark = late_mark(ctx, st, t);
     if (t->deny == 0 || ctx->sk == 0) return 1;
     struct wm_dst4_key k = { .prefixlen = 32 };
     __builtin_memcpy(k.addr, &ip, 4);
@@ -287,9 +296,10 @@ static __always_inline int addr6(struct bpf_sock_addr *ctx)
     int mapped = w0 == 0 && w1 == 0 && w2 == 0xffff0000u;
     if (w0 == 0 && w1 == 0 && w2 == 0 && w3 == 0x01000000u) return 1; /* ::1 */
     if (mapped && (w3 & 0xff) == 127) return 1;                       /* ::ffff:127/104 */
+    struct wm_sk *st = storage(ctx);
     const struct wm_treatment *t = current_treatment();
     if (t == 0) return 1;
-    __u32 mark = late_mark(ctx, t);
+    __u32 mark = late_mark(ctx, st, t);
     if (t->deny == 0 || ctx->sk == 0) return 1;
     __u32 slot;
     if (mapped) { /* routed as IPv4 */
@@ -322,10 +332,25 @@ int wm_sendmsg6(struct bpf_sock_addr *ctx) { return addr6(ctx); }
 /* ---------------------------------------------------------------------------------------- */
 /* Packets: the guarantee (egress drop) and the counters. */
 
-SEC("cgroup_skb/egress")
-int wm_egress(struct __sk_buff *skb)
+/* Is this packet's socket in our namespace? cgroup_skb may call bpf_get_netns_cookie only since
+ * Linux 6.17 (sk_filter_func_proto, 2025). The loader (bpfOpen) probes for it and loads either
+ * the wm_egress/wm_ingress pair or the *_compat pair, which asks the socket's storage instead:
+ * wm_sk exists only for sockets our sock_create or connect/sendmsg programs saw in our namespace.
+ * The compat pair leaves alone the sockets of our namespace that predate the attachment and never
+ * connect()ed or sendmsg()ed to an address since. */
+static __always_inline int skb_ours(struct __sk_buff *skb, int compat)
 {
-    if (ours(skb) == 0) return 1;
+    if (!compat) return ours(skb) != 0;
+    struct bpf_sock *sk = skb->sk;
+    if (sk == 0) return 0;
+    sk = bpf_sk_fullsock(sk);
+    if (sk == 0) return 0;
+    return bpf_sk_storage_get(&wm_sk, sk, 0, 0) != 0;
+}
+
+static __always_inline int egress(struct __sk_buff *skb, int compat)
+{
+    if (!skb_ours(skb, compat)) return 1;
     __u32 ifindex = skb->ifindex; /* the output device */
     __u32 *s = bpf_map_lookup_elem(&wm_ifslot, &ifindex);
     if (s == 0 || *s == 0) return 1; /* not an uplink: loopback, bridges, tunnels' inner side */
@@ -336,10 +361,9 @@ int wm_egress(struct __sk_buff *skb)
     return 1;
 }
 
-SEC("cgroup_skb/ingress")
-int wm_ingress(struct __sk_buff *skb)
+static __always_inline int ingress(struct __sk_buff *skb, int compat)
 {
-    if (ours(skb) == 0) return 1;
+    if (!skb_ours(skb, compat)) return 1;
     __u32 ifindex = skb->ifindex; /* the arrival device */
     __u32 *s = bpf_map_lookup_elem(&wm_ifslot, &ifindex);
     if (s == 0 || *s == 0) return 1;
@@ -347,3 +371,15 @@ int wm_ingress(struct __sk_buff *skb)
     count(t != 0 ? t->app : 0, *s, WM_DIR_RX, skb->len, skb->gso_segs);
     return 1;
 }
+
+SEC("cgroup_skb/egress")
+int wm_egress(struct __sk_buff *skb) { return egress(skb, 0); }
+
+SEC("cgroup_skb/ingress")
+int wm_ingress(struct __sk_buff *skb) { return ingress(skb, 0); }
+
+SEC("cgroup_skb/egress")
+int wm_egress_compat(struct __sk_buff *skb) { return egress(skb, 1); }
+
+SEC("cgroup_skb/ingress")
+int wm_ingress_compat(struct __sk_buff *skb) { return ingress(skb, 1); }

@@ -20,7 +20,9 @@ import {
   bpfLookup,
   bpfOpen,
   bpfPossibleCpus,
+  bpfPrograms,
   bpfUpdate,
+  BPF_OPEN_COMPAT,
   type BpfHandle,
 } from '../native/index.js';
 import { PACKAGE_ROOT } from '../version.js';
@@ -278,9 +280,18 @@ export class AppMaps {
     this.handle = handle;
   }
 
-  /** Loads `objectPath` and attaches it at `cgroupDir` (absolute, on cgroup2). Needs root. */
-  static open(cgroupDir: string, objectPath: string = BPF_OBJECT_PATH): AppMaps {
-    return new AppMaps(bpfOpen(objectPath, cgroupDir), cgroupDir);
+  /**
+   * Loads the object and attaches it at `cgroupDir` (absolute, on cgroup2). Needs root.
+   * `compat`: the packet programs that work without bpf_get_netns_cookie in cgroup_skb (chosen
+   * anyway on kernels before 6.17; docs/kernel-apps.md says what they cannot do).
+   */
+  static open(cgroupDir: string, opts: { objectPath?: string; compat?: boolean } = {}): AppMaps {
+    return new AppMaps(bpfOpen(opts.objectPath ?? BPF_OBJECT_PATH, cgroupDir, opts.compat === true ? BPF_OPEN_COMPAT : 0), cgroupDir);
+  }
+
+  /** The names of the programs attached. */
+  programs(): string[] {
+    return bpfPrograms(this.h());
   }
 
   private h(): BpfHandle {

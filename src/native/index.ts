@@ -118,7 +118,8 @@ interface NativeAddon {
   cgroupAttachSockMark(cgroupPath: string, mark: number): void;
   cgroupDetachSockPrograms(cgroupPath: string): number;
   cgroupQuerySockPrograms(cgroupPath: string): CgroupSockPrograms;
-  bpfOpen(objectPath: string, cgroupPath: string): BpfHandle;
+  bpfOpen(objectPath: string, cgroupPath: string, flags?: number): BpfHandle;
+  bpfPrograms(handle: BpfHandle): string[];
   bpfClose(handle: BpfHandle): void;
   bpfUpdate(handle: BpfHandle, mapName: string, key: Uint8Array, value: Uint8Array): void;
   bpfDelete(handle: BpfHandle, mapName: string, key: Uint8Array): boolean;
@@ -162,6 +163,7 @@ const ADDON_FUNCTIONS: readonly (keyof NativeAddon)[] = [
   'bpfLookup',
   'bpfEntries',
   'bpfPossibleCpus',
+  'bpfPrograms',
 ];
 
 /** Relative to this file once compiled (dist/src/native/index.js): the package root is 3 up. */
@@ -412,11 +414,21 @@ export function cgroupQuerySockPrograms(cgroupPath: string): CgroupSockPrograms 
  * this process's network namespace, and attaches every program in it at the cgroup v2 directory
  * `cgroupPath` through bpf_links (BPF_F_ALLOW_MULTI semantics: other programs there stay). The
  * links live as long as the handle: {@link bpfClose}, the handle's garbage collection, or the
- * process's end detach everything. Needs CAP_BPF + CAP_NET_ADMIN (or root). A load failure's
- * message ends with the verifier's log; errors carry .path (the cgroup).
+ * process's end detach everything. Of two programs NAME and NAME_compat one is loaded:
+ * NAME_compat where the kernel lacks what NAME needs (bpf_get_netns_cookie in cgroup_skb, Linux
+ * 6.17), or always with {@link BPF_OPEN_COMPAT}. Needs CAP_BPF + CAP_NET_ADMIN (or root). A load
+ * failure's message ends with the verifier's log; errors carry .path (the cgroup).
  */
-export function bpfOpen(objectPath: string, cgroupPath: string): BpfHandle {
-  return addon().bpfOpen(objectPath, cgroupPath);
+export function bpfOpen(objectPath: string, cgroupPath: string, flags = 0): BpfHandle {
+  return addon().bpfOpen(objectPath, cgroupPath, flags);
+}
+
+/** {@link bpfOpen} flag: load the NAME_compat programs even where NAME would load (tests). */
+export const BPF_OPEN_COMPAT = 1;
+
+/** Names of the programs a handle attached (none once closed). */
+export function bpfPrograms(handle: BpfHandle): string[] {
+  return addon().bpfPrograms(handle);
 }
 
 /** Detaches the programs and frees the object. Idempotent; the handle is then unusable. */

@@ -24,6 +24,8 @@ const FAR2 = '10.90.2.2'; // B over up1 (slot 2)
 const FAR1_6 = 'fd00:90:1::2';
 const FAR2_6 = 'fd00:90:2::2';
 const PROBE_TIMEOUT_MS = 20_000;
+/** WAYMARK_BPF_COMPAT=1: the whole file against the compat packet programs (see bpf-agent.ts). */
+const COMPAT = process.env['WAYMARK_BPF_COMPAT'] === '1';
 
 let w: BpfWorld | undefined;
 const world = (): BpfWorld => {
@@ -246,10 +248,10 @@ describe('counters', { timeout: 60_000 }, () => {
 
 describe('lifetime', { timeout: 60_000 }, () => {
   it('nothing stays attached after close, nor after the loading process dies', async () => {
-    const names = world().attached();
-    for (const n of ['wm_sock_create', 'wm_sock_release', 'wm_connect4', 'wm_connect6', 'wm_sendmsg4', 'wm_sendmsg6', 'wm_egress', 'wm_ingress']) {
-      assert.ok(names.includes(n), `${n} attached: ${names.join(' ')}`);
-    }
+    const names = world().attached().sort();
+    const egress = COMPAT ? ['wm_egress_compat', 'wm_ingress_compat'] : ['wm_egress', 'wm_ingress'];
+    assert.deepEqual(names, ['wm_sock_create', 'wm_sock_release', 'wm_connect4', 'wm_connect6', 'wm_sendmsg4', 'wm_sendmsg6', ...egress].sort());
+    assert.deepEqual((await call({ op: 'programs' }) as string[]).sort(), names);
     await call({ op: 'close' });
     assert.deepEqual(world().attached(), []);
 

@@ -7,6 +7,7 @@
  *   {"op":"open","dir":"/sys/fs/cgroup/unified/x"}            -> {"ok":true}
  *   {"op":"setCgroup","id":"123","self":T,"pending":T}        -> {"ok":true}
  *   {"op":"usage"} -> {"ok":true,"value":[{app,slot,dir,bytes:"..",packets:".."}]}
+ * With WAYMARK_BPF_COMPAT=1 in its environment, it loads the compat packet programs.
  *   ...
  */
 import { createInterface } from 'node:readline';
@@ -25,6 +26,7 @@ export type AgentRequest =
   | { op: 'setMain'; slot4: number; slot6: number }
   | { op: 'usage' }
   | { op: 'liveSockets' }
+  | { op: 'programs' }
   | { op: 'close' };
 
 let maps: AppMaps | undefined;
@@ -43,7 +45,8 @@ function prefixOf(text: string) {
 function handle(r: AgentRequest): unknown {
   switch (r.op) {
     case 'open':
-      maps = r.object === undefined ? AppMaps.open(r.dir) : AppMaps.open(r.dir, r.object);
+      // WAYMARK_BPF_COMPAT=1: the compat packet programs (to test them where the others load).
+      maps = AppMaps.open(r.dir, { ...(r.object === undefined ? {} : { objectPath: r.object }), compat: process.env['WAYMARK_BPF_COMPAT'] === '1' });
       return null;
     case 'setCgroup':
       need().setCgroup(BigInt(r.id), r.self, r.pending ?? NO_TREATMENT);
@@ -68,6 +71,8 @@ function handle(r: AgentRequest): unknown {
       return need().usage().map((u) => ({ ...u, bytes: u.bytes.toString(), packets: u.packets.toString() }));
     case 'liveSockets':
       return [...need().liveSockets()].map(([id, n]) => [id.toString(), n]);
+    case 'programs':
+      return need().programs();
     case 'close':
       need().close();
       maps = undefined;
