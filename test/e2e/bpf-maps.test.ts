@@ -10,11 +10,13 @@
  * untouched, byte counters, live socket counts, nothing left attached after close or death.
  */
 import assert from 'node:assert/strict';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { cgroupId, NO_TREATMENT, type Treatment } from '../../src/backstop/bpf.js';
+import { AppMaps, cgroupId, NO_TREATMENT, type Treatment } from '../../src/backstop/bpf.js';
 import { markForSlot, softMarkForSlot } from '../../src/constants.js';
 import { publicPath } from '../../src/lab/public.js';
-import { cgroupAttachSockMark } from '../../src/native/index.js';
+import { bpfLookup, bpfOpen, bpfClose, bpfUpdate, cgroupAttachSockMark, isNativeError } from '../../src/native/index.js';
+import { PACKAGE_ROOT } from '../../src/version.js';
 import { BpfWorld, type Lines, type SpawnInOptions } from '../support/bpf-world.js';
 
 const PORT = 5555;
@@ -261,5 +263,36 @@ describe('lifetime', { timeout: 60_000 }, () => {
     // The links go with the process's files; the kernel may free them just after the exit.
     for (let i = 0; i < 40 && world().attached().length > 0; i++) await new Promise((r) => setTimeout(r, 50));
     assert.deepEqual(world().attached(), []);
+  });
+});
+
+describe('errors', { timeout: 30_000 }, () => {
+  it('say what failed: a missing object, a directory off cgroup2, bad keys, a closed handle', () => {
+    const dir = cgroup('errors');
+    assert.throws(() => bpfOpen('/nonexistent/waymark.bpf.o', dir), (e) => isNativeError(e, 'ENOENT') && e.path === dir && /bpf_object__open_file/.test(e.message));
+    assert.throws(() => AppMaps.open('/tmp'), (e) => isNativeError(e, 'ENOTDIR') && /not a cgroup v2 directory/.test(e.message));
+    // Opened here, in the test's own namespace: it touches nothing (no process lives in `dir`).
+    const maps = AppMaps.open(dir);
+    try {
+      assert.equal(maps.conf().mainSlot4, 0);
+      assert.ok(maps.conf().netnsCookie > 0n);
+      assert.equal(maps.cgroup(1n), null);
+      assert.equal(maps.deleteCgroup(1n), false);
+      assert.throws(() => maps.setIfSlot(1, 31), RangeError);
+    } finally {
+      maps.close();
+    }
+    maps.close(); // idempotent
+    assert.throws(() => maps.cgroup(1n), /closed/);
+    const h = bpfOpen(join(PACKAGE_ROOT, 'native/bpf/waymark.bpf.o'), dir);
+    try {
+      assert.throws(() => bpfLookup(h, 'wm_cgroups', Buffer.alloc(4)), (e) => e instanceof RangeError && /key must be 8 bytes/.test(e.message));
+      assert.throws(() => bpfUpdate(h, 'wm_uids', Buffer.alloc(4), Buffer.alloc(15)), (e) => e instanceof RangeError && /value must be 16 bytes/.test(e.message));
+      assert.throws(() => bpfLookup(h, 'no_such_map', Buffer.alloc(4)), /no map named 'no_such_map'/);
+    } finally {
+      bpfClose(h);
+    }
+    assert.throws(() => bpfLookup(h, 'wm_uids', Buffer.alloc(4)), /closed/);
+    assert.deepEqual(world().attached(dir), []);
   });
 });
