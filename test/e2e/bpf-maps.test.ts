@@ -112,6 +112,24 @@ describe('marks', { timeout: 60_000 }, () => {
     assert.deepEqual(await p.expect('after'), { after: softMarkForSlot(2) });
   });
 
+  it('an unconnected UDP socket older than its entry is marked at its first sendto(), which still goes by the old mark', async () => {
+    // In A only: slot 5's mark meets a prohibit route to FAR1 (sendto fails with EACCES).
+    const nsA = world().nsA;
+    world().sh(['ip', '-n', nsA, 'rule', 'add', 'prio', '100', 'fwmark', `${markForSlot(5)}/0x3f000000`, 'lookup', '105']);
+    world().sh(['ip', '-n', nsA, 'route', 'add', 'prohibit', '10.90.1.0/24', 'table', '105']);
+    try {
+      const l = cgroup('late-send');
+      const p = startProbe(l, ['latesend', FAR1, String(PORT)], { uid: NOBODY });
+      assert.deepEqual(await p.expect('before'), { before: 0 });
+      await setCgroup(l, decides({ mark: markForSlot(5) }));
+      p.child.stdin?.write('go\n');
+      // The kernel copies sk_mark for the datagram before the sendmsg4 hook runs.
+      assert.deepEqual(await p.expect('sends'), { first: 'ok', second: 'EACCES', after: markForSlot(5) });
+    } finally {
+      world().sh(['ip', '-n', nsA, 'rule', 'del', 'prio', '100'], true);
+    }
+  });
+
   it("an ancestor's pending applies to a cgroup without entry (nearest first); its own entry wins once set", async () => {
     const p = cgroup('pend');
     const c = cgroup('pend/c');

@@ -171,6 +171,11 @@ export class BpfWorld {
     await this.call({ op: 'open', dir: this.base });
   }
 
+  /** Runs a command (ip, ...); throws on failure unless `allowFail`. Returns stdout. */
+  sh(cmd: string[], allowFail = false): string {
+    return sh(cmd, allowFail);
+  }
+
   ifindex(ns: string, dev: string): number {
     const [link] = JSON.parse(sh(['ip', '-n', ns, '-j', 'link', 'show', dev])) as { ifindex: number }[];
     if (link === undefined) throw new Error(`no ${dev} in ${ns}`);
