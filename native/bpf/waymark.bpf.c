@@ -171,7 +171,12 @@ static __always_inline void count(__u32 app, __u32 slot, __u8 dir, __u32 len, __
         return;
     }
     struct wm_usage_val init = { .bytes = len, .packets = packets };
-    bpf_map_update_elem(&wm_usage, &k, &init, BPF_NOEXIST);
+    if (bpf_map_update_elem(&wm_usage, &k, &init, BPF_NOEXIST) == 0) return;
+    v = bpf_map_lookup_elem(&wm_usage, &k); /* made by another CPU meanwhile (or the map is full) */
+    if (v != 0) {
+        v->bytes += len;
+        v->packets += packets;
+    }
 }
 
 /* ---------------------------------------------------------------------------------------- */
