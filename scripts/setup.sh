@@ -9,7 +9,7 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 
 # command -> Debian package that provides it
 missing=""
-for pair in ip:iproute2 nft:nftables curl:curl wget:wget socat:socat dig:dnsutils setpriv:util-linux nsenter:util-linux cc:gcc make:make go:golang-go; do
+for pair in ip:iproute2 nft:nftables curl:curl wget:wget socat:socat dig:dnsutils setpriv:util-linux nsenter:util-linux cc:gcc make:make go:golang-go clang:clang bpftool:bpftool; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || missing="$missing $pkg"
 done
@@ -18,6 +18,8 @@ done
 # The N-API addon needs node_api.h: shipped with upstream Node, in libnode-dev for Debian's nodejs.
 node_include=$(node -p "require('path').resolve(process.execPath, '../../include/node')")
 [ -f "$node_include/node_api.h" ] || missing="$missing libnode-dev"
+# The app BPF programs (native/bpf) and the addon's loader need libbpf's headers and library.
+[ -f /usr/include/bpf/libbpf.h ] || missing="$missing libbpf-dev"
 if [ -n "$missing" ]; then
   if [ "$(id -u)" -ne 0 ]; then say "missing Debian packages:$missing (run as root to install them)"; exit 1; fi
   say "installing Debian packages:$missing"

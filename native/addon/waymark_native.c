@@ -6,6 +6,8 @@
  *     libwaymark.so and the daemon
  *   - the kernel backstop: a 4-instruction cgroup BPF program that marks every socket created
  *     in a cgroup v2 (raw bpf() syscall, no libbpf)
+ *   - the app programs (native/bpf/waymark.bpf.o): loaded and attached with libbpf, their maps
+ *     read and written by name (bpfOpen, bpfUpdate, ...)
  *
  * Conventions:
  *   - every socket is created non-blocking and close-on-exec
@@ -35,6 +37,11 @@
 #include <linux/bpf.h>
 #include <linux/magic.h>
 #include <linux/netlink.h>
+#include <stdarg.h>
+#include <bpf/libbpf.h>
+#include <bpf/bpf.h>
+
+#include "waymark_bpf.h"
 
 #include <node_api.h>
 #include <uv.h>
@@ -1085,6 +1092,405 @@ static napi_value js_cgroup_query_sock_programs(napi_env env, napi_callback_info
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* The app programs: native/bpf/waymark.bpf.o loaded with libbpf (docs/kernel-apps.md)        */
+
+#define BPF_HANDLE_MAGIC 0x776d6266u /* "wmbf" */
+#define BPF_MAX_LINKS 16
+#ifndef SO_NETNS_COOKIE
+#define SO_NETNS_COOKIE 71
+#endif
+
+struct bpf_handle {
+    uint32_t magic;
+    struct bpf_object *obj; /* NULL once closed */
+    struct bpf_link *links[BPF_MAX_LINKS];
+    int nlinks;
+};
+
+/* libbpf's messages (the verifier log among them) of the current open/load, for the error.
+ * Only the JS thread that calls bpfOpen writes it; bpfOpen is synchronous. */
+static char bpf_log[BPF_LOG_SIZE];
+static size_t bpf_log_len;
+
+static int bpf_log_print(enum libbpf_print_level level, const char *fmt, va_list ap)
+{
+    if (level == LIBBPF_DEBUG || bpf_log_len >= sizeof bpf_log - 1) return 0;
+    int n = vsnprintf(bpf_log + bpf_log_len, sizeof bpf_log - bpf_log_len, fmt, ap);
+    if (n > 0) bpf_log_len += (size_t)n < sizeof bpf_log - bpf_log_len ? (size_t)n : sizeof bpf_log - bpf_log_len - 1;
+    return 0;
+}
+
+/* Keeps the end of the log (the verifier's verdict is last), on one line. */
+static const char *bpf_log_tail(void)
+{
+    for (char *c = bpf_log; *c != '\0'; c++)
+        if (*c == '\n') *c = ' ';
+    size_t keep = BPF_LOG_SIZE / 4 - 1;
+    return bpf_log_len > keep ? bpf_log + bpf_log_len - keep : bpf_log;
+}
+
+static void bpf_handle_close(struct bpf_handle *h)
+{
+    for (int i = 0; i < h->nlinks; i++) bpf_link__destroy(h->links[i]);
+    h->nlinks = 0;
+    if (h->obj != NULL) bpf_object__close(h->obj);
+    h->obj = NULL;
+}
+
+static void bpf_handle_finalize(napi_env env, void *data, void *hint)
+{
+    (void)env;
+    (void)hint;
+    struct bpf_handle *h = data;
+    bpf_handle_close(h);
+    h->magic = 0;
+    free(h);
+}
+
+static struct bpf_handle *get_bpf_handle(napi_env env, napi_value v, bool open)
+{
+    napi_valuetype t;
+    void *data = NULL;
+    if (napi_typeof(env, v, &t) != napi_ok || t != napi_external ||
+        napi_get_value_external(env, v, &data) != napi_ok || data == NULL ||
+        ((struct bpf_handle *)data)->magic != BPF_HANDLE_MAGIC) {
+        throw_type(env, "handle must be a handle returned by bpfOpen");
+        return NULL;
+    }
+    struct bpf_handle *h = data;
+    if (open && h->obj == NULL) {
+        napi_throw_error(env, "ERR_BPF_CLOSED", "the BPF handle is closed");
+        return NULL;
+    }
+    return h;
+}
+
+/* The calling process's network namespace cookie (SO_NETNS_COOKIE, Linux 5.14). */
+static int netns_cookie(__u64 *cookie)
+{
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    socklen_t len = sizeof *cookie;
+    int r = getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, cookie, &len);
+    int err = errno;
+    close(fd);
+    return r < 0 ? -err : 0;
+}
+
+/* Whether the kernel lets cgroup_skb programs call bpf_get_netns_cookie (Linux 6.17). */
+static bool skb_has_netns_cookie(void)
+{
+    return libbpf_probe_bpf_helper(BPF_PROG_TYPE_CGROUP_SKB, BPF_FUNC_get_netns_cookie, NULL) == 1;
+}
+
+static bool ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
+#define BPF_OPEN_COMPAT 1u /* use the *_compat packet programs even where the others would load */
+
+/* bpfOpen(objectPath, cgroupPath, flags = 0) -> handle: loads the object, sets
+ * wm_conf.netns_cookie to this process's namespace and attaches every program at the cgroup
+ * through bpf_links (multi-attach: other programs there stay; the links die with the handle or
+ * the process). Of a program NAME and NAME_compat, one is loaded: NAME_compat where the kernel
+ * lacks bpf_get_netns_cookie for cgroup_skb, or when flags has BPF_OPEN_COMPAT. */
+static napi_value js_bpf_open(napi_env env, napi_callback_info info)
+{
+    napi_value argv[3];
+    char objpath[PATH_MAX], path[PATH_MAX];
+    size_t len;
+    int64_t flags = 0;
+    if (!get_args(env, info, 2, 3, argv, NULL)) return NULL;
+    if (!get_string(env, argv[0], "objectPath", objpath, sizeof objpath, &len)) return NULL;
+    if (!is_undefined(env, argv[2]) && !get_int(env, argv[2], "flags", 0, BPF_OPEN_COMPAT, &flags))
+        return NULL;
+    int cgfd = open_cgroup2(env, argv[1], path, sizeof path);
+    if (cgfd < 0) return NULL;
+
+    struct bpf_handle *h = calloc(1, sizeof *h);
+    if (h == NULL) {
+        close(cgfd);
+        return throw_errno(env, ENOMEM, "calloc");
+    }
+    h->magic = BPF_HANDLE_MAGIC;
+    bpf_log_len = 0;
+    bpf_log[0] = '\0';
+    libbpf_print_fn_t old = libbpf_set_print(bpf_log_print);
+    const char *failed = NULL, *hint = NULL;
+    int err = 0;
+
+    h->obj = bpf_object__open_file(objpath, NULL);
+    if (h->obj == NULL) {
+        err = errno;
+        failed = "bpf_object__open_file";
+        hint = objpath;
+        goto out;
+    }
+    bool compat = (flags & BPF_OPEN_COMPAT) != 0 || !skb_has_netns_cookie();
+    struct bpf_program *prog;
+    bpf_object__for_each_program(prog, h->obj) {
+        char twin[128];
+        const char *name = bpf_program__name(prog);
+        snprintf(twin, sizeof twin, "%s_compat", name);
+        if (ends_with(name, "_compat")) bpf_program__set_autoload(prog, compat);
+        else if (bpf_object__find_program_by_name(h->obj, twin) != NULL)
+            bpf_program__set_autoload(prog, !compat);
+    }
+    if (bpf_object__load(h->obj) != 0) {
+        err = errno;
+        failed = "bpf_object__load";
+        hint = err == EPERM ? "needs CAP_BPF and CAP_NET_ADMIN (or CAP_SYS_ADMIN)" : bpf_log_tail();
+        goto out;
+    }
+    struct bpf_map *conf = bpf_object__find_map_by_name(h->obj, "wm_conf");
+    struct wm_conf c;
+    uint32_t zero = 0;
+    memset(&c, 0, sizeof c);
+    int r = netns_cookie(&c.netns_cookie);
+    if (r < 0) {
+        err = -r;
+        failed = "getsockopt(SO_NETNS_COOKIE)";
+        goto out;
+    }
+    if (conf == NULL || bpf_map__update_elem(conf, &zero, sizeof zero, &c, sizeof c, BPF_ANY) != 0) {
+        err = conf == NULL ? ENOENT : errno;
+        failed = "bpf_map_update_elem(wm_conf)";
+        goto out;
+    }
+    bpf_object__for_each_program(prog, h->obj) {
+        if (!bpf_program__autoload(prog)) continue;
+        if (h->nlinks == BPF_MAX_LINKS) {
+            err = E2BIG;
+            failed = "bpf_program__attach_cgroup";
+            hint = "too many programs in the object";
+            goto out;
+        }
+        struct bpf_link *link = bpf_program__attach_cgroup(prog, cgfd);
+        if (link == NULL) {
+            err = errno;
+            failed = "bpf_program__attach_cgroup";
+            hint = bpf_program__name(prog);
+            goto out;
+        }
+        h->links[h->nlinks++] = link;
+    }
+out:
+    libbpf_set_print(old);
+    close(cgfd);
+    if (err != 0) {
+        bpf_handle_close(h);
+        free(h);
+        return throw_errno_path(env, err, failed, path, hint);
+    }
+    napi_value ext;
+    if (napi_create_external(env, h, bpf_handle_finalize, NULL, &ext) != napi_ok) {
+        bpf_handle_close(h);
+        free(h);
+        napi_throw_error(env, "ERR_NAPI", "napi_create_external failed");
+        return NULL;
+    }
+    return ext;
+}
+
+/* bpfClose(handle): detaches the programs and frees the maps. Idempotent. */
+static napi_value js_bpf_close(napi_env env, napi_callback_info info)
+{
+    napi_value argv[1];
+    if (!get_args(env, info, 1, 1, argv, NULL)) return NULL;
+    struct bpf_handle *h = get_bpf_handle(env, argv[0], false);
+    if (h == NULL) return NULL;
+    bpf_handle_close(h);
+    return make_undefined(env);
+}
+
+/* The named map of an open handle and its key and (all-CPU) value sizes. */
+static struct bpf_map *get_bpf_map(napi_env env, napi_value vh, napi_value vname, size_t *key_size,
+                                   size_t *value_size)
+{
+    struct bpf_handle *h = get_bpf_handle(env, vh, true);
+    if (h == NULL) return NULL;
+    char name[BPF_OBJ_NAME_LEN];
+    size_t len;
+    if (!get_string(env, vname, "mapName", name, sizeof name, &len)) return NULL;
+    struct bpf_map *map = bpf_object__find_map_by_name(h->obj, name);
+    if (map == NULL) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "no map named '%s' in the BPF object", name);
+        throw_range(env, msg);
+        return NULL;
+    }
+    *key_size = bpf_map__key_size(map);
+    *value_size = bpf_map__value_size(map);
+    enum bpf_map_type t = bpf_map__type(map);
+    if (t == BPF_MAP_TYPE_PERCPU_HASH || t == BPF_MAP_TYPE_PERCPU_ARRAY ||
+        t == BPF_MAP_TYPE_LRU_PERCPU_HASH) {
+        int ncpus = libbpf_num_possible_cpus();
+        if (ncpus < 1) ncpus = 1;
+        *value_size = ((*value_size + 7) & ~(size_t)7) * (size_t)ncpus;
+    }
+    return map;
+}
+
+static bool get_sized_bytes(napi_env env, napi_value v, const char *what, size_t want, void **data)
+{
+    size_t len;
+    if (!get_bytes(env, v, data, &len)) return false;
+    if (len != want) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "%s must be %zu bytes, not %zu", what, want, len);
+        throw_range(env, msg);
+        return false;
+    }
+    return true;
+}
+
+static napi_value throw_map_errno(napi_env env, int err, const char *syscall, napi_value vname)
+{
+    char name[BPF_OBJ_NAME_LEN], sc[64];
+    size_t len;
+    if (napi_get_value_string_utf8(env, vname, name, sizeof name, &len) != napi_ok) name[0] = '\0';
+    snprintf(sc, sizeof sc, "%s(%s)", syscall, name);
+    return throw_errno(env, err, sc);
+}
+
+/* bpfUpdate(handle, mapName, key, value) */
+static napi_value js_bpf_update(napi_env env, napi_callback_info info)
+{
+    napi_value argv[4];
+    size_t ks, vs;
+    void *key, *value;
+    if (!get_args(env, info, 4, 4, argv, NULL)) return NULL;
+    struct bpf_map *map = get_bpf_map(env, argv[0], argv[1], &ks, &vs);
+    if (map == NULL || !get_sized_bytes(env, argv[2], "key", ks, &key) ||
+        !get_sized_bytes(env, argv[3], "value", vs, &value))
+        return NULL;
+    if (bpf_map__update_elem(map, key, ks, value, vs, BPF_ANY) != 0)
+        return throw_map_errno(env, errno, "bpf_map_update_elem", argv[1]);
+    return make_undefined(env);
+}
+
+/* bpfDelete(handle, mapName, key) -> whether there was an entry */
+static napi_value js_bpf_delete(napi_env env, napi_callback_info info)
+{
+    napi_value argv[3], result;
+    size_t ks, vs;
+    void *key;
+    if (!get_args(env, info, 3, 3, argv, NULL)) return NULL;
+    struct bpf_map *map = get_bpf_map(env, argv[0], argv[1], &ks, &vs);
+    if (map == NULL || !get_sized_bytes(env, argv[2], "key", ks, &key)) return NULL;
+    if (bpf_map__delete_elem(map, key, ks, 0) != 0) {
+        if (errno != ENOENT) return throw_map_errno(env, errno, "bpf_map_delete_elem", argv[1]);
+        napi_get_boolean(env, false, &result);
+        return result;
+    }
+    napi_get_boolean(env, true, &result);
+    return result;
+}
+
+/* bpfLookup(handle, mapName, key) -> Buffer | null */
+static napi_value js_bpf_lookup(napi_env env, napi_callback_info info)
+{
+    napi_value argv[3], buf;
+    size_t ks, vs;
+    void *key, *value;
+    if (!get_args(env, info, 3, 3, argv, NULL)) return NULL;
+    struct bpf_map *map = get_bpf_map(env, argv[0], argv[1], &ks, &vs);
+    if (map == NULL || !get_sized_bytes(env, argv[2], "key", ks, &key)) return NULL;
+    CHECK_NAPI(env, napi_create_buffer(env, vs, &value, &buf));
+    if (bpf_map__lookup_elem(map, key, ks, value, vs, 0) != 0) {
+        if (errno == ENOENT) return make_null(env);
+        return throw_map_errno(env, errno, "bpf_map_lookup_elem", argv[1]);
+    }
+    return buf;
+}
+
+/* bpfEntries(handle, mapName) -> [key, value][]: every entry (a snapshot entry by entry; keys
+ * deleted meanwhile are skipped). */
+static napi_value js_bpf_entries(napi_env env, napi_callback_info info)
+{
+    napi_value argv[2], arr;
+    size_t ks, vs;
+    if (!get_args(env, info, 2, 2, argv, NULL)) return NULL;
+    struct bpf_map *map = get_bpf_map(env, argv[0], argv[1], &ks, &vs);
+    if (map == NULL) return NULL;
+    unsigned char *prev = malloc(ks), *next = malloc(ks), *value = malloc(vs);
+    if (prev == NULL || next == NULL || value == NULL) {
+        free(prev);
+        free(next);
+        free(value);
+        return throw_errno(env, ENOMEM, "malloc");
+    }
+    CHECK_NAPI(env, napi_create_array(env, &arr));
+    uint32_t n = 0;
+    /* Bounded: a map changing under us could otherwise restart the walk forever. */
+    uint64_t limit = 2 * (uint64_t)bpf_map__max_entries(map) + 16;
+    const void *cur = NULL;
+    int err = 0;
+    for (uint64_t i = 0; i < limit; i++) {
+        if (bpf_map__get_next_key(map, cur, next, ks) != 0) {
+            if (errno != ENOENT) err = errno;
+            break;
+        }
+        memcpy(prev, next, ks);
+        cur = prev;
+        if (bpf_map__lookup_elem(map, prev, ks, value, vs, 0) != 0) {
+            if (errno == ENOENT) continue;
+            err = errno;
+            break;
+        }
+        napi_value pair, k, v;
+        void *d;
+        if (napi_create_array_with_length(env, 2, &pair) != napi_ok ||
+            napi_create_buffer_copy(env, ks, prev, &d, &k) != napi_ok ||
+            napi_create_buffer_copy(env, vs, value, &d, &v) != napi_ok ||
+            napi_set_element(env, pair, 0, k) != napi_ok || napi_set_element(env, pair, 1, v) != napi_ok ||
+            napi_set_element(env, arr, n++, pair) != napi_ok) {
+            err = -1;
+            break;
+        }
+    }
+    free(prev);
+    free(next);
+    free(value);
+    if (err == -1) {
+        napi_throw_error(env, "ERR_NAPI", "building the entries failed");
+        return NULL;
+    }
+    if (err != 0) return throw_map_errno(env, err, "bpf_map_get_next_key", argv[1]);
+    return arr;
+}
+
+/* bpfPrograms(handle) -> the names of the programs attached through this handle */
+static napi_value js_bpf_programs(napi_env env, napi_callback_info info)
+{
+    napi_value argv[1], arr, name;
+    if (!get_args(env, info, 1, 1, argv, NULL)) return NULL;
+    struct bpf_handle *h = get_bpf_handle(env, argv[0], false);
+    if (h == NULL) return NULL;
+    CHECK_NAPI(env, napi_create_array(env, &arr));
+    if (h->obj == NULL) return arr;
+    uint32_t i = 0;
+    struct bpf_program *prog;
+    bpf_object__for_each_program(prog, h->obj) {
+        if (!bpf_program__autoload(prog)) continue;
+        CHECK_NAPI(env, napi_create_string_utf8(env, bpf_program__name(prog), NAPI_AUTO_LENGTH, &name));
+        CHECK_NAPI(env, napi_set_element(env, arr, i++, name));
+    }
+    return arr;
+}
+
+/* bpfPossibleCpus() -> the number of per-CPU slots in a per-CPU map's value */
+static napi_value js_bpf_possible_cpus(napi_env env, napi_callback_info info)
+{
+    (void)info;
+    int n = libbpf_num_possible_cpus();
+    if (n < 0) return throw_errno(env, -n, "libbpf_num_possible_cpus");
+    return make_int(env, n);
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* watch(fd, onReadable, unref = false) -> { stop(), ref(), unref() }
  *
  * A uv_poll_t on the environment's loop (level-triggered: the callback fires again while data
@@ -1370,6 +1776,14 @@ static napi_value init(napi_env env, napi_value exports)
         FN("cgroupAttachSockMark", js_cgroup_attach_sock_mark),
         FN("cgroupDetachSockPrograms", js_cgroup_detach_sock_programs),
         FN("cgroupQuerySockPrograms", js_cgroup_query_sock_programs),
+        FN("bpfOpen", js_bpf_open),
+        FN("bpfClose", js_bpf_close),
+        FN("bpfUpdate", js_bpf_update),
+        FN("bpfDelete", js_bpf_delete),
+        FN("bpfLookup", js_bpf_lookup),
+        FN("bpfEntries", js_bpf_entries),
+        FN("bpfPossibleCpus", js_bpf_possible_cpus),
+        FN("bpfPrograms", js_bpf_programs),
     };
     if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok)
         return NULL;

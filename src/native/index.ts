@@ -1,7 +1,8 @@
 /**
  * Typed access to the `waymark_native` N-API addon (native/addon/waymark_native.c): the socket
  * operations Node's `net` cannot do (netlink, SO_PEERCRED, SO_MARK, SO_BINDTODEVICE, Unix
- * sockets), and the kernel backstop's cgroup BPF socket marking.
+ * sockets), the kernel backstop's cgroup BPF socket marking, and the loader of the app BPF
+ * programs (native/bpf/waymark.bpf.o, libbpf) with access to their maps by name.
  *
  * Conventions (enforced by the addon):
  *   - every socket it creates is non-blocking and close-on-exec;
@@ -62,6 +63,12 @@ export interface CgroupSockPrograms {
   flags: number;
 }
 
+declare const bpfHandleBrand: unique symbol;
+/** A loaded and attached BPF object ({@link bpfOpen}); opaque (an N-API external). */
+export interface BpfHandle {
+  readonly [bpfHandleBrand]: true;
+}
+
 /** An Error from a failed system call inside the addon. */
 export interface NativeError extends Error {
   /** errno name, e.g. 'EAGAIN', 'EPERM', 'ENOBUFS', 'EMSGSIZE' */
@@ -111,6 +118,14 @@ interface NativeAddon {
   cgroupAttachSockMark(cgroupPath: string, mark: number): void;
   cgroupDetachSockPrograms(cgroupPath: string): number;
   cgroupQuerySockPrograms(cgroupPath: string): CgroupSockPrograms;
+  bpfOpen(objectPath: string, cgroupPath: string, flags?: number): BpfHandle;
+  bpfPrograms(handle: BpfHandle): string[];
+  bpfClose(handle: BpfHandle): void;
+  bpfUpdate(handle: BpfHandle, mapName: string, key: Uint8Array, value: Uint8Array): void;
+  bpfDelete(handle: BpfHandle, mapName: string, key: Uint8Array): boolean;
+  bpfLookup(handle: BpfHandle, mapName: string, key: Uint8Array): Buffer | null;
+  bpfEntries(handle: BpfHandle, mapName: string): [Buffer, Buffer][];
+  bpfPossibleCpus(): number;
 }
 
 const ADDON_FUNCTIONS: readonly (keyof NativeAddon)[] = [
@@ -141,6 +156,14 @@ const ADDON_FUNCTIONS: readonly (keyof NativeAddon)[] = [
   'cgroupAttachSockMark',
   'cgroupDetachSockPrograms',
   'cgroupQuerySockPrograms',
+  'bpfOpen',
+  'bpfClose',
+  'bpfUpdate',
+  'bpfDelete',
+  'bpfLookup',
+  'bpfEntries',
+  'bpfPossibleCpus',
+  'bpfPrograms',
 ];
 
 /** Relative to this file once compiled (dist/src/native/index.js): the package root is 3 up. */
@@ -381,6 +404,64 @@ export function cgroupDetachSockPrograms(cgroupPath: string): number {
 /** The programs attached to the cgroup itself at BPF_CGROUP_INET_SOCK_CREATE (BPF_PROG_QUERY). */
 export function cgroupQuerySockPrograms(cgroupPath: string): CgroupSockPrograms {
   return addon().cgroupQuerySockPrograms(cgroupPath);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The app BPF programs (src/backstop/bpf.ts is the typed layer over these)
+
+/**
+ * Opens and loads the BPF object file `objectPath` (libbpf), sets its `wm_conf.netns_cookie` to
+ * this process's network namespace, and attaches every program in it at the cgroup v2 directory
+ * `cgroupPath` through bpf_links (BPF_F_ALLOW_MULTI semantics: other programs there stay). The
+ * links live as long as the handle: {@link bpfClose}, the handle's garbage collection, or the
+ * process's end detach everything. Of two programs NAME and NAME_compat one is loaded:
+ * NAME_compat where the kernel lacks what NAME needs (bpf_get_netns_cookie in cgroup_skb, Linux
+ * 6.17), or always with {@link BPF_OPEN_COMPAT}. Needs CAP_BPF + CAP_NET_ADMIN (or root). A load
+ * failure's message ends with the verifier's log; errors carry .path (the cgroup).
+ */
+export function bpfOpen(objectPath: string, cgroupPath: string, flags = 0): BpfHandle {
+  return addon().bpfOpen(objectPath, cgroupPath, flags);
+}
+
+/** {@link bpfOpen} flag: load the NAME_compat programs even where NAME would load (tests). */
+export const BPF_OPEN_COMPAT = 1;
+
+/** Names of the programs a handle attached (none once closed). */
+export function bpfPrograms(handle: BpfHandle): string[] {
+  return addon().bpfPrograms(handle);
+}
+
+/** Detaches the programs and frees the object. Idempotent; the handle is then unusable. */
+export function bpfClose(handle: BpfHandle): void {
+  addon().bpfClose(handle);
+}
+
+/**
+ * Writes one entry (BPF_ANY). `key` and `value` must have the map's exact sizes (RangeError
+ * otherwise); a per-CPU map's value is {@link bpfPossibleCpus} values, each padded to 8 bytes.
+ */
+export function bpfUpdate(handle: BpfHandle, mapName: string, key: Uint8Array, value: Uint8Array): void {
+  addon().bpfUpdate(handle, mapName, key, value);
+}
+
+/** Deletes one entry; false when there was none. */
+export function bpfDelete(handle: BpfHandle, mapName: string, key: Uint8Array): boolean {
+  return addon().bpfDelete(handle, mapName, key);
+}
+
+/** One entry's value, or null. */
+export function bpfLookup(handle: BpfHandle, mapName: string, key: Uint8Array): Buffer | null {
+  return addon().bpfLookup(handle, mapName, key);
+}
+
+/** Every entry as [key, value] (walked key by key: entries changed meanwhile may be missed). */
+export function bpfEntries(handle: BpfHandle, mapName: string): [Buffer, Buffer][] {
+  return addon().bpfEntries(handle, mapName);
+}
+
+/** How many CPUs a per-CPU map's value holds (libbpf_num_possible_cpus). */
+export function bpfPossibleCpus(): number {
+  return addon().bpfPossibleCpus();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,390 @@
+// SPDX-License-Identifier: (MIT OR GPL-2.0)
+/* Waymark's app programs: the kernel steers every socket of the device by the app (cgroup, else
+ * uid) it belongs to, as the daemon wrote it into the maps below. docs/kernel-apps.md explains
+ * the design; native/include/waymark_bpf.h is the layout the daemon shares.
+ *
+ * Every program first checks the socket's network namespace: only wm_conf.netns_cookie's is
+ * touched; sockets of any other namespace (containers, test labs) pass untouched and allowed.
+ *
+ * No libc headers here (they pull in 32-bit stubs under -target bpf). */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "waymark_kernel.h"
+#include "waymark_bpf.h"
+
+#define SOL_SOCKET 1
+#define SO_MARK 36
+
+#define DENY_MARK ((__u32)WAYMARK_DENY_SLOT << WAYMARK_MARK_SHIFT)
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, WM_CGROUPS_MAX);
+    __type(key, __u64);
+    __type(value, struct wm_cgroup);
+} wm_cgroups SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, WM_UIDS_MAX);
+    __type(key, __u32);
+    __type(value, struct wm_treatment);
+} wm_uids SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, WM_IFSLOT_MAX);
+    __type(key, __u32);
+    __type(value, __u32);
+} wm_ifslot SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LPM_TRIE);
+    __uint(max_entries, WM_DST_MAX);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, struct wm_dst4_key);
+    __type(value, __u32);
+} wm_dst4 SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LPM_TRIE);
+    __uint(max_entries, WM_DST_MAX);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, struct wm_dst6_key);
+    __type(value, __u32);
+} wm_dst6 SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct wm_conf);
+} wm_conf SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+    __uint(max_entries, WM_USAGE_MAX);
+    __type(key, struct wm_usage_key);
+    __type(value, struct wm_usage_val);
+} wm_usage SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, WM_SOCKS_MAX);
+    __type(key, __u64);
+    __type(value, __s64);
+} wm_socks SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_SK_STORAGE);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, int);
+    __type(value, struct wm_sk);
+} wm_sk SEC(".maps");
+
+static __always_inline const struct wm_conf *conf(void)
+{
+    __u32 zero = 0;
+    return bpf_map_lookup_elem(&wm_conf, &zero);
+}
+
+/* Our namespace? The cookie of the context's socket against wm_conf (0 there: none is). */
+static __always_inline const struct wm_conf *ours(void *ctx)
+{
+    const struct wm_conf *c = conf();
+    if (c == 0 || c->netns_cookie == 0 || bpf_get_netns_cookie(ctx) != c->netns_cookie) return 0;
+    return c;
+}
+
+/* A treatment that decides, or the uid's, or NULL. */
+static __always_inline const struct wm_treatment *decide(const struct wm_treatment *t, __u32 uid)
+{
+    if (t != 0 && (t->flags & WM_T_SET)) return t;
+    return bpf_map_lookup_elem(&wm_uids, &uid);
+}
+
+/* The current task's cgroup: its own entry's `self`, else the deepest ancestor entry's
+ * `pending`. The ancestors are walked from WM_MAX_DEPTH down: levels deeper than the cgroup
+ * give id 0 and cost no map lookup. */
+static __always_inline const struct wm_treatment *task_treatment(__u64 cg)
+{
+    const struct wm_cgroup *e = bpf_map_lookup_elem(&wm_cgroups, &cg);
+    if (e != 0) return &e->self;
+    for (int level = WM_MAX_DEPTH; level >= 0; level--) {
+        __u64 id = bpf_get_current_ancestor_cgroup_id(level);
+        if (id == 0 || id == cg) continue;
+        e = bpf_map_lookup_elem(&wm_cgroups, &id);
+        if (e != 0) return &e->pending;
+    }
+    return 0;
+}
+
+/* The same for a packet's socket (cgroup_skb), then the uid's. A packet without a full socket
+ * (a request or time-wait socket's SYN-ACK or RST) has cgroup id 0 and gets none: its uid would
+ * read as the overflow uid (65534), someone else's treatment. */
+static __always_inline const struct wm_treatment *skb_treatment(struct __sk_buff *skb)
+{
+    __u64 cg = bpf_skb_cgroup_id(skb);
+    if (cg == 0) return 0;
+    const struct wm_cgroup *e = bpf_map_lookup_elem(&wm_cgroups, &cg);
+    const struct wm_treatment *t = 0;
+    if (e != 0) {
+        t = &e->self;
+    } else {
+        for (int level = WM_MAX_DEPTH; level >= 0; level--) {
+            __u64 id = bpf_skb_ancestor_cgroup_id(skb, level);
+            if (id == 0 || id == cg) continue;
+            e = bpf_map_lookup_elem(&wm_cgroups, &id);
+            if (e != 0) {
+                t = &e->pending;
+                break;
+            }
+        }
+    }
+    return decide(t, bpf_get_socket_uid(skb));
+}
+
+static __always_inline const struct wm_treatment *current_treatment(void)
+{
+    __u64 cg = bpf_get_current_cgroup_id();
+    return decide(task_treatment(cg), (__u32)bpf_get_current_uid_gid());
+}
+
+static __always_inline int denied(const struct wm_treatment *t, __u32 slot)
+{
+    if (slot == 0 || slot > WAYMARK_MAX_SLOTS) return 0;
+    return (t->deny & WM_DENY_ALL) || (t->deny & (1u << slot));
+}
+
+static __always_inline void count(__u32 app, __u32 slot, __u8 dir, __u32 len, __u32 segs)
+{
+    struct wm_usage_key k = { .app = app, .slot = (__u8)slot, .dir = dir, .pad = 0 };
+    __u64 packets = segs > 1 ? segs : 1;
+    struct wm_usage_val *v = bpf_map_lookup_elem(&wm_usage, &k);
+    if (v != 0) {
+        /* per-CPU: no other writer */
+        v->bytes += len;
+        v->packets += packets;
+        return;
+    }
+    struct wm_usage_val init = { .bytes = len, .packets = packets };
+    if (bpf_map_update_elem(&wm_usage, &k, &init, BPF_NOEXIST) == 0) return;
+    v = bpf_map_lookup_elem(&wm_usage, &k); /* made by another CPU meanwhile (or the map is full) */
+    if (v != 0) {
+        v->bytes += len;
+        v->packets += packets;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Socket creation: mark, count. */
+
+SEC("cgroup/sock_create")
+int wm_sock_create(struct bpf_sock *sk)
+{
+    if (ours(sk) == 0) return 1;
+    __u64 cg = bpf_get_current_cgroup_id();
+    struct wm_sk *st = bpf_sk_storage_get(&wm_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+    if (st != 0) {
+        __s64 one = 1;
+        __s64 *n = bpf_map_lookup_elem(&wm_socks, &cg);
+        if (n != 0) {
+            __sync_fetch_and_add(n, 1);
+            st->cgroup = cg;
+        } else if (bpf_map_update_elem(&wm_socks, &cg, &one, BPF_NOEXIST) == 0) {
+            st->cgroup = cg;
+        } else if ((n = bpf_map_lookup_elem(&wm_socks, &cg)) != 0) {
+            /* created by another CPU meanwhile */
+            __sync_fetch_and_add(n, 1);
+            st->cgroup = cg;
+        }
+    }
+    const struct wm_treatment *t = decide(task_treatment(cg), (__u32)bpf_get_current_uid_gid());
+    if (t == 0 || t->mark == 0) return 1;
+    __u32 mark = sk->mark;
+    /* Waymark bits already there: another program (a session's, deeper) ran first. */
+    if (mark & WAYMARK_MARK_MASK) return 1;
+    sk->mark = (mark & ~WAYMARK_MARK_MASK) | (t->mark & WAYMARK_MARK_MASK);
+    if (st != 0) st->mark = t->mark & WAYMARK_MARK_MASK;
+    return 1; /* never fail socket() */
+}
+
+SEC("cgroup/sock_release")
+int wm_sock_release(struct bpf_sock *sk)
+{
+    if (ours(sk) == 0) return 1;
+    struct wm_sk *st = bpf_sk_storage_get(&wm_sk, sk, 0, 0);
+    if (st == 0 || st->cgroup == 0) return 1;
+    __u64 cg = st->cgroup;
+    __s64 *n = bpf_map_lookup_elem(&wm_socks, &cg);
+    if (n != 0) __sync_fetch_and_add(n, -1);
+    st->cgroup = 0;
+    return 1;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* connect() and sendmsg() with an address: late mark, then the fast deny. */
+
+/* The socket's storage, made now for a socket that predates the programs (sock_create made it
+ * for the others): it also tells the compat packet programs the socket is of our namespace. */
+static __always_inline struct wm_sk *storage(struct bpf_sock_addr *ctx)
+{
+    struct bpf_sock *sk = ctx->sk;
+    if (sk == 0) return 0;
+    return bpf_sk_storage_get(&wm_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+}
+
+/* Gives the socket the treatment's mark if its Waymark bits are ours to change (0, or what
+ * these programs set earlier); returns the socket's mark afterwards. */
+static __always_inline __u32 late_mark(struct bpf_sock_addr *ctx, struct wm_sk *st,
+                                       const struct wm_treatment *t)
+{
+    struct bpf_sock *sk = ctx->sk;
+    if (sk == 0) return 0;
+    __u32 mark = sk->mark;
+    __u32 have = mark & WAYMARK_MARK_MASK;
+    __u32 want = t->mark & WAYMARK_MARK_MASK;
+    if (have == want || st == 0) return mark;
+    if (have != 0 && have != st->mark) return mark; /* set by someone else (the daemon): stays */
+    int m = (int)((mark & ~WAYMARK_MARK_MASK) | want);
+    if (bpf_setsockopt(ctx, SOL_SOCKET, SO_MARK, &m, sizeof m) != 0) return mark;
+    st->mark = want;
+    return (__u32)m;
+}
+
+/* The uplink slot a packet of this socket will leave by, in the routing ladder's order. dst
+ * is looked up only when the ladder gets that far (dst4 != 0: IPv4, else dst6). */
+static __always_inline __u32 predict_slot(const struct wm_conf *c, struct bpf_sock *sk, __u32 mark,
+                                          const struct wm_dst4_key *dst4,
+                                          const struct wm_dst6_key *dst6)
+{
+    __u32 dev = sk->bound_dev_if;
+    if (dev != 0) { /* 4200 oif DEV */
+        __u32 *s = bpf_map_lookup_elem(&wm_ifslot, &dev);
+        return s != 0 ? *s : 0;
+    }
+    __u32 ms = (mark & WAYMARK_MARK_MASK) >> WAYMARK_MARK_SHIFT;
+    if (ms == WAYMARK_DENY_SLOT) return 0; /* 4100 unreachable: routing refuses it anyway */
+    int soft = (mark & WAYMARK_SOFT_FLAG) != 0;
+    if (ms != 0 && !soft) return ms; /* 4300 hard mark */
+    __u32 *s = dst4 != 0 ? bpf_map_lookup_elem(&wm_dst4, dst4) : bpf_map_lookup_elem(&wm_dst6, dst6);
+    if (s != 0) return *s;                                            /* 4500 destination */
+    if (soft) return ms & ~(WAYMARK_SOFT_FLAG >> WAYMARK_MARK_SHIFT); /* 4550 soft mark */
+    return dst4 != 0 ? c->main_slot4 : c->main_slot6;                 /* main */
+}
+
+static __always_inline int addr4(struct bpf_sock_addr *ctx)
+{
+    const struct wm_conf *c = ours(ctx);
+    if (c == 0) return 1;
+    __u32 ip = ctx->user_ip4; /* network order */
+    if ((ip & 0xff) == 127) return 1; /* 127/8: loopback always works */
+    struct wm_sk *st = storage(ctx);
+    const struct wm_treatment *t = current_treatment();
+    if (t == 0) return 1;
+    __u32 mark = late_mark(ctx, st, t);
+    if (t->deny == 0 || ctx->sk == 0) return 1;
+    struct wm_dst4_key k = { .prefixlen = 32 };
+    __builtin_memcpy(k.addr, &ip, 4);
+    return denied(t, predict_slot(c, ctx->sk, mark, &k, 0)) ? 0 : 1;
+}
+
+static __always_inline int addr6(struct bpf_sock_addr *ctx)
+{
+    const struct wm_conf *c = ours(ctx);
+    if (c == 0) return 1;
+    __u32 w0 = ctx->user_ip6[0], w1 = ctx->user_ip6[1], w2 = ctx->user_ip6[2],
+          w3 = ctx->user_ip6[3]; /* network order */
+    int mapped = w0 == 0 && w1 == 0 && w2 == 0xffff0000u;
+    if (w0 == 0 && w1 == 0 && w2 == 0 && w3 == 0x01000000u) return 1; /* ::1 */
+    if (mapped && (w3 & 0xff) == 127) return 1;                       /* ::ffff:127/104 */
+    struct wm_sk *st = storage(ctx);
+    const struct wm_treatment *t = current_treatment();
+    if (t == 0) return 1;
+    __u32 mark = late_mark(ctx, st, t);
+    if (t->deny == 0 || ctx->sk == 0) return 1;
+    __u32 slot;
+    if (mapped) { /* routed as IPv4 */
+        struct wm_dst4_key k = { .prefixlen = 32 };
+        __builtin_memcpy(k.addr, &w3, 4);
+        slot = predict_slot(c, ctx->sk, mark, &k, 0);
+    } else {
+        struct wm_dst6_key k = { .prefixlen = 128 };
+        __builtin_memcpy(&k.addr[0], &w0, 4);
+        __builtin_memcpy(&k.addr[4], &w1, 4);
+        __builtin_memcpy(&k.addr[8], &w2, 4);
+        __builtin_memcpy(&k.addr[12], &w3, 4);
+        slot = predict_slot(c, ctx->sk, mark, 0, &k);
+    }
+    return denied(t, slot) ? 0 : 1;
+}
+
+SEC("cgroup/connect4")
+int wm_connect4(struct bpf_sock_addr *ctx) { return addr4(ctx); }
+
+SEC("cgroup/connect6")
+int wm_connect6(struct bpf_sock_addr *ctx) { return addr6(ctx); }
+
+SEC("cgroup/sendmsg4")
+int wm_sendmsg4(struct bpf_sock_addr *ctx) { return addr4(ctx); }
+
+SEC("cgroup/sendmsg6")
+int wm_sendmsg6(struct bpf_sock_addr *ctx) { return addr6(ctx); }
+
+/* ---------------------------------------------------------------------------------------- */
+/* Packets: the guarantee (egress drop) and the counters. */
+
+/* Is this packet's socket in our namespace? cgroup_skb may call bpf_get_netns_cookie only since
+ * Linux 6.17 (sk_filter_func_proto, 2025). The loader (bpfOpen) probes for it and loads either
+ * the wm_egress/wm_ingress pair or the *_compat pair, which asks the socket's storage instead:
+ * wm_sk exists only for sockets our sock_create or connect/sendmsg programs saw in our namespace.
+ * The compat pair leaves alone the sockets of our namespace that predate the attachment and never
+ * connect()ed or sendmsg()ed to an address since. */
+static __always_inline int skb_ours(struct __sk_buff *skb, int compat)
+{
+    if (!compat) return ours(skb) != 0;
+    struct bpf_sock *sk = skb->sk;
+    if (sk == 0) return 0;
+    sk = bpf_sk_fullsock(sk);
+    if (sk == 0) return 0;
+    return bpf_sk_storage_get(&wm_sk, sk, 0, 0) != 0;
+}
+
+static __always_inline int egress(struct __sk_buff *skb, int compat)
+{
+    if (!skb_ours(skb, compat)) return 1;
+    __u32 ifindex = skb->ifindex; /* the output device */
+    __u32 *s = bpf_map_lookup_elem(&wm_ifslot, &ifindex);
+    if (s == 0 || *s == 0) return 1; /* not an uplink: loopback, bridges, tunnels' inner side */
+    __u32 slot = *s;
+    const struct wm_treatment *t = skb_treatment(skb);
+    if (t != 0 && denied(t, slot)) return 0;
+    count(t != 0 ? t->app : 0, slot, WM_DIR_TX, skb->len, skb->gso_segs);
+    return 1;
+}
+
+static __always_inline int ingress(struct __sk_buff *skb, int compat)
+{
+    if (!skb_ours(skb, compat)) return 1;
+    __u32 ifindex = skb->ifindex; /* the arrival device */
+    __u32 *s = bpf_map_lookup_elem(&wm_ifslot, &ifindex);
+    if (s == 0 || *s == 0) return 1;
+    const struct wm_treatment *t = skb_treatment(skb);
+    count(t != 0 ? t->app : 0, *s, WM_DIR_RX, skb->len, skb->gso_segs);
+    return 1;
+}
+
+SEC("cgroup_skb/egress")
+int wm_egress(struct __sk_buff *skb) { return egress(skb, 0); }
+
+SEC("cgroup_skb/ingress")
+int wm_ingress(struct __sk_buff *skb) { return ingress(skb, 0); }
+
+SEC("cgroup_skb/egress")
+int wm_egress_compat(struct __sk_buff *skb) { return egress(skb, 1); }
+
+SEC("cgroup_skb/ingress")
+int wm_ingress_compat(struct __sk_buff *skb) { return ingress(skb, 1); }

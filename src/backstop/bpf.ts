@@ -1,0 +1,385 @@
+/**
+ * The app programs' maps (native/bpf/waymark.bpf.c, layout native/include/waymark_bpf.h, design
+ * docs/kernel-apps.md) as typed TypeScript: pure encoders/decoders of keys and values, and
+ * {@link AppMaps}, one loaded and attached object. test/unit/bpf.test.ts checks the sizes, offsets
+ * and constants here against the C header.
+ *
+ * Integers in map keys and values are in host byte order (the kernel's and the BPF program's),
+ * addresses in network order. Cgroup ids and counters are bigint (u64).
+ */
+import { statSync } from 'node:fs';
+import { endianness } from 'node:os';
+import { join } from 'node:path';
+import { MARK_MASK, MAX_SLOTS } from '../constants.js';
+import type { Prefix } from '../net/prefix.js';
+import { maskBytes } from '../net/prefix.js';
+import {
+  bpfClose,
+  bpfDelete,
+  bpfEntries,
+  bpfLookup,
+  bpfOpen,
+  bpfPossibleCpus,
+  bpfPrograms,
+  bpfUpdate,
+  BPF_OPEN_COMPAT,
+  type BpfHandle,
+} from '../native/index.js';
+import { PACKAGE_ROOT } from '../version.js';
+
+/** The compiled object (make -C native). */
+export const BPF_OBJECT_PATH = join(PACKAGE_ROOT, 'native/bpf/waymark.bpf.o');
+
+// Mirrors of waymark_bpf.h.
+export const WM_DENY_ALL = 0x80000000;
+export const WM_T_SET = 0x1;
+export const WM_MAX_DEPTH = 16;
+export const WM_DIR_TX = 0;
+export const WM_DIR_RX = 1;
+
+/** Map names and their sizes in bytes (per CPU for wm_usage's value). */
+export const MAPS = {
+  cgroups: { name: 'wm_cgroups', key: 8, value: 32, max: 65536 },
+  uids: { name: 'wm_uids', key: 4, value: 16, max: 4096 },
+  ifslot: { name: 'wm_ifslot', key: 4, value: 4, max: 256 },
+  dst4: { name: 'wm_dst4', key: 8, value: 4, max: 1024 },
+  dst6: { name: 'wm_dst6', key: 20, value: 4, max: 1024 },
+  conf: { name: 'wm_conf', key: 4, value: 16, max: 1 },
+  usage: { name: 'wm_usage', key: 8, value: 16, max: 16384 },
+  socks: { name: 'wm_socks', key: 8, value: 8, max: 65536 },
+} as const;
+
+/** Field offsets of the structs (bytes). */
+export const OFFSETS = {
+  treatment: { app: 0, mark: 4, deny: 8, flags: 12 },
+  cgroup: { self: 0, pending: 16 },
+  dst4Key: { prefixlen: 0, addr: 4 },
+  dst6Key: { prefixlen: 0, addr: 4 },
+  conf: { netns_cookie: 0, main_slot4: 8, main_slot6: 12 },
+  usageKey: { app: 0, slot: 4, dir: 5, pad: 6 },
+  usageVal: { bytes: 0, packets: 8 },
+} as const;
+
+const LE = endianness() === 'LE';
+
+/** What the kernel does to the sockets of one app. */
+export interface Treatment {
+  /** App key for the usage counters (daemon-assigned, 0 = none). */
+  readonly app: number;
+  /** Waymark mark bits to give the socket (within MARK_MASK), 0 = none. */
+  readonly mark: number;
+  /** Denied uplink slots (1..MAX_SLOTS), or every uplink. */
+  readonly deny: readonly number[] | 'all';
+  /** This treatment decides; false: the uid's treatment (wm_uids) does. */
+  readonly decides: boolean;
+}
+
+/** An entry that decides nothing (the uid's treatment applies). */
+export const NO_TREATMENT: Treatment = { app: 0, mark: 0, deny: [], decides: false };
+
+export interface Conf {
+  readonly netnsCookie: bigint;
+  readonly mainSlot4: number;
+  readonly mainSlot6: number;
+}
+
+export interface UsageRow {
+  readonly app: number;
+  readonly slot: number;
+  readonly dir: 'tx' | 'rx';
+  /** IP bytes, headers included, summed over CPUs. */
+  readonly bytes: bigint;
+  readonly packets: bigint;
+}
+
+function view(b: Uint8Array): DataView {
+  return new DataView(b.buffer, b.byteOffset, b.byteLength);
+}
+
+function checkSlot(slot: number, what: string, allowZero: boolean): void {
+  if (!Number.isInteger(slot) || slot < (allowZero ? 0 : 1) || slot > MAX_SLOTS) {
+    throw new RangeError(`${what} must be an uplink slot ${allowZero ? 0 : 1}..${MAX_SLOTS}, not ${slot}`);
+  }
+}
+
+function checkU32(x: number, what: string): void {
+  if (!Number.isInteger(x) || x < 0 || x > 0xffffffff) throw new RangeError(`${what} must be a u32, not ${x}`);
+}
+
+function checkSize(b: Uint8Array, size: number, what: string): void {
+  if (b.byteLength !== size) throw new RangeError(`${what}: ${b.byteLength} bytes, expected ${size}`);
+}
+
+export function encodeU32(x: number): Buffer {
+  checkU32(x, 'value');
+  const b = Buffer.alloc(4);
+  view(b).setUint32(0, x, LE);
+  return b;
+}
+
+export function decodeU32(b: Uint8Array): number {
+  checkSize(b, 4, 'u32');
+  return view(b).getUint32(0, LE);
+}
+
+export function encodeCgroupId(id: bigint): Buffer {
+  if (id < 0n || id > 0xffffffffffffffffn) throw new RangeError(`cgroup id out of range: ${id}`);
+  const b = Buffer.alloc(8);
+  view(b).setBigUint64(0, id, LE);
+  return b;
+}
+
+export function decodeCgroupId(b: Uint8Array): bigint {
+  checkSize(b, 8, 'cgroup id');
+  return view(b).getBigUint64(0, LE);
+}
+
+export function denyBits(deny: Treatment['deny']): number {
+  if (deny === 'all') return WM_DENY_ALL;
+  let bits = 0;
+  for (const s of deny) {
+    checkSlot(s, 'denied slot', false);
+    bits = (bits | (1 << s)) >>> 0;
+  }
+  return bits;
+}
+
+function writeTreatment(dv: DataView, at: number, t: Treatment): void {
+  checkU32(t.app, 'app');
+  checkU32(t.mark, 'mark');
+  if ((t.mark & ~MARK_MASK) >>> 0 !== 0) throw new RangeError(`mark 0x${t.mark.toString(16)} has bits outside MARK_MASK`);
+  const o = OFFSETS.treatment;
+  dv.setUint32(at + o.app, t.app, LE);
+  dv.setUint32(at + o.mark, t.mark, LE);
+  dv.setUint32(at + o.deny, denyBits(t.deny), LE);
+  dv.setUint32(at + o.flags, t.decides ? WM_T_SET : 0, LE);
+}
+
+function readTreatment(dv: DataView, at: number): Treatment {
+  const o = OFFSETS.treatment;
+  const bits = dv.getUint32(at + o.deny, LE);
+  const deny: number[] = [];
+  for (let s = 1; s <= MAX_SLOTS; s++) if ((bits >>> s) & 1) deny.push(s);
+  return {
+    app: dv.getUint32(at + o.app, LE),
+    mark: dv.getUint32(at + o.mark, LE),
+    deny: (bits & WM_DENY_ALL) !== 0 ? 'all' : deny,
+    decides: (dv.getUint32(at + o.flags, LE) & WM_T_SET) !== 0,
+  };
+}
+
+export function encodeTreatment(t: Treatment): Buffer {
+  const b = Buffer.alloc(MAPS.uids.value);
+  writeTreatment(view(b), 0, t);
+  return b;
+}
+
+export function decodeTreatment(b: Uint8Array): Treatment {
+  checkSize(b, MAPS.uids.value, 'treatment');
+  return readTreatment(view(b), 0);
+}
+
+export function encodeCgroupValue(self: Treatment, pending: Treatment): Buffer {
+  const b = Buffer.alloc(MAPS.cgroups.value);
+  writeTreatment(view(b), OFFSETS.cgroup.self, self);
+  writeTreatment(view(b), OFFSETS.cgroup.pending, pending);
+  return b;
+}
+
+export function decodeCgroupValue(b: Uint8Array): { self: Treatment; pending: Treatment } {
+  checkSize(b, MAPS.cgroups.value, 'cgroup value');
+  return { self: readTreatment(view(b), OFFSETS.cgroup.self), pending: readTreatment(view(b), OFFSETS.cgroup.pending) };
+}
+
+/** The LPM key of a prefix: prefix length (host order), then the network bytes (host bits cleared). */
+export function encodeDestination(p: Prefix): { map: 'wm_dst4' | 'wm_dst6'; key: Buffer } {
+  const size = p.family === 4 ? 4 : 16;
+  if (p.bytes.byteLength !== size || !Number.isInteger(p.len) || p.len < 0 || p.len > size * 8) {
+    throw new RangeError(`invalid IPv${p.family} prefix (length ${p.len}, ${p.bytes.byteLength} bytes)`);
+  }
+  const b = Buffer.alloc(4 + size);
+  view(b).setUint32(OFFSETS.dst4Key.prefixlen, p.len, LE);
+  b.set(maskBytes(p.bytes, p.len), OFFSETS.dst4Key.addr);
+  return { map: p.family === 4 ? MAPS.dst4.name : MAPS.dst6.name, key: b };
+}
+
+export function encodeConf(c: Conf): Buffer {
+  checkSlot(c.mainSlot4, 'main slot (IPv4)', true);
+  checkSlot(c.mainSlot6, 'main slot (IPv6)', true);
+  const b = Buffer.alloc(MAPS.conf.value);
+  const dv = view(b);
+  dv.setBigUint64(OFFSETS.conf.netns_cookie, c.netnsCookie, LE);
+  dv.setUint32(OFFSETS.conf.main_slot4, c.mainSlot4, LE);
+  dv.setUint32(OFFSETS.conf.main_slot6, c.mainSlot6, LE);
+  return b;
+}
+
+export function decodeConf(b: Uint8Array): Conf {
+  checkSize(b, MAPS.conf.value, 'conf');
+  const dv = view(b);
+  return {
+    netnsCookie: dv.getBigUint64(OFFSETS.conf.netns_cookie, LE),
+    mainSlot4: dv.getUint32(OFFSETS.conf.main_slot4, LE),
+    mainSlot6: dv.getUint32(OFFSETS.conf.main_slot6, LE),
+  };
+}
+
+export function encodeUsageKey(app: number, slot: number, dir: 'tx' | 'rx'): Buffer {
+  checkU32(app, 'app');
+  checkSlot(slot, 'slot', true);
+  const b = Buffer.alloc(MAPS.usage.key);
+  const dv = view(b);
+  dv.setUint32(OFFSETS.usageKey.app, app, LE);
+  dv.setUint8(OFFSETS.usageKey.slot, slot);
+  dv.setUint8(OFFSETS.usageKey.dir, dir === 'tx' ? WM_DIR_TX : WM_DIR_RX);
+  return b;
+}
+
+/** One wm_usage entry, its per-CPU values (`cpus` of them, each padded to 8 bytes) summed. */
+export function decodeUsage(key: Uint8Array, value: Uint8Array, cpus: number): UsageRow {
+  checkSize(key, MAPS.usage.key, 'usage key');
+  const stride = (MAPS.usage.value + 7) & ~7;
+  checkSize(value, stride * cpus, 'usage value');
+  const k = view(key);
+  const v = view(value);
+  let bytes = 0n;
+  let packets = 0n;
+  for (let i = 0; i < cpus; i++) {
+    bytes += v.getBigUint64(i * stride + OFFSETS.usageVal.bytes, LE);
+    packets += v.getBigUint64(i * stride + OFFSETS.usageVal.packets, LE);
+  }
+  return {
+    app: k.getUint32(OFFSETS.usageKey.app, LE),
+    slot: k.getUint8(OFFSETS.usageKey.slot),
+    dir: k.getUint8(OFFSETS.usageKey.dir) === WM_DIR_TX ? 'tx' : 'rx',
+    bytes,
+    packets,
+  };
+}
+
+export function decodeSockCount(b: Uint8Array): number {
+  checkSize(b, MAPS.socks.value, 'socket count');
+  return Number(view(b).getBigInt64(0, LE));
+}
+
+/** A cgroup's id: the inode number of its directory (what bpf_get_current_cgroup_id returns). */
+export function cgroupId(absDir: string): bigint {
+  return statSync(absDir, { bigint: true }).ino;
+}
+
+/**
+ * The app programs loaded and attached at one cgroup (normally the cgroup2 root), and their
+ * maps. Only sockets of the network namespace of the process that opened it are touched. The
+ * programs stay attached until {@link close} or this process's end (bpf_links): a crashed daemon
+ * leaves nothing behind, and a restarted one starts from empty maps.
+ */
+export class AppMaps {
+  private handle: BpfHandle | null;
+
+  private constructor(handle: BpfHandle, readonly cgroupDir: string) {
+    this.handle = handle;
+  }
+
+  /**
+   * Loads the object and attaches it at `cgroupDir` (absolute, on cgroup2). Needs root.
+   * `compat`: the packet programs that work without bpf_get_netns_cookie in cgroup_skb (chosen
+   * anyway on kernels before 6.17; docs/kernel-apps.md says what they cannot do).
+   */
+  static open(cgroupDir: string, opts: { objectPath?: string; compat?: boolean } = {}): AppMaps {
+    return new AppMaps(bpfOpen(opts.objectPath ?? BPF_OBJECT_PATH, cgroupDir, opts.compat === true ? BPF_OPEN_COMPAT : 0), cgroupDir);
+  }
+
+  /** The names of the programs attached. */
+  programs(): string[] {
+    return bpfPrograms(this.h());
+  }
+
+  private h(): BpfHandle {
+    if (this.handle === null) throw new Error('AppMaps is closed');
+    return this.handle;
+  }
+
+  /** The cgroup's own treatment and the one for descendants without an entry yet. */
+  setCgroup(id: bigint, self: Treatment, pending: Treatment = NO_TREATMENT): void {
+    bpfUpdate(this.h(), MAPS.cgroups.name, encodeCgroupId(id), encodeCgroupValue(self, pending));
+  }
+
+  cgroup(id: bigint): { self: Treatment; pending: Treatment } | null {
+    const v = bpfLookup(this.h(), MAPS.cgroups.name, encodeCgroupId(id));
+    return v === null ? null : decodeCgroupValue(v);
+  }
+
+  /** Every cgroup entry (a daemon's view after a reload, tests). */
+  cgroups(): Map<bigint, { self: Treatment; pending: Treatment }> {
+    return new Map(bpfEntries(this.h(), MAPS.cgroups.name).map(([k, v]) => [decodeCgroupId(k), decodeCgroupValue(v)]));
+  }
+
+  deleteCgroup(id: bigint): boolean {
+    return bpfDelete(this.h(), MAPS.cgroups.name, encodeCgroupId(id));
+  }
+
+  /** The treatment of a uid's sockets whose cgroup has none that decides. */
+  setUid(uid: number, t: Treatment): void {
+    bpfUpdate(this.h(), MAPS.uids.name, encodeU32(uid), encodeTreatment(t));
+  }
+
+  deleteUid(uid: number): boolean {
+    return bpfDelete(this.h(), MAPS.uids.name, encodeU32(uid));
+  }
+
+  /** An uplink device and its slot. */
+  setIfSlot(ifindex: number, slot: number): void {
+    checkSlot(slot, 'slot', false);
+    bpfUpdate(this.h(), MAPS.ifslot.name, encodeU32(ifindex), encodeU32(slot));
+  }
+
+  deleteIfSlot(ifindex: number): boolean {
+    return bpfDelete(this.h(), MAPS.ifslot.name, encodeU32(ifindex));
+  }
+
+  /** A destination prefix and the uplink slot that routes it now (rule 4500). */
+  setDestination(prefix: Prefix, slot: number): void {
+    checkSlot(slot, 'slot', false);
+    const { map, key } = encodeDestination(prefix);
+    bpfUpdate(this.h(), map, key, encodeU32(slot));
+  }
+
+  deleteDestination(prefix: Prefix): boolean {
+    const { map, key } = encodeDestination(prefix);
+    return bpfDelete(this.h(), map, key);
+  }
+
+  conf(): Conf {
+    const v = bpfLookup(this.h(), MAPS.conf.name, encodeU32(0));
+    if (v === null) throw new Error('wm_conf has no entry 0');
+    return decodeConf(v);
+  }
+
+  /** The uplink slots main's IPv4 and IPv6 defaults use now (0: none). */
+  setMain(slot4: number, slot6: number): void {
+    bpfUpdate(this.h(), MAPS.conf.name, encodeU32(0), encodeConf({ ...this.conf(), mainSlot4: slot4, mainSlot6: slot6 }));
+  }
+
+  /** Per app x uplink x direction counters since the object was loaded, summed over CPUs. */
+  usage(): UsageRow[] {
+    const cpus = bpfPossibleCpus();
+    return bpfEntries(this.h(), MAPS.usage.name).map(([k, v]) => decodeUsage(k, v, cpus));
+  }
+
+  /** Live inet sockets per cgroup id (created since the load minus released). */
+  liveSockets(): Map<bigint, number> {
+    return new Map(bpfEntries(this.h(), MAPS.socks.name).map(([k, v]) => [decodeCgroupId(k), decodeSockCount(v)]));
+  }
+
+  /** Forgets a removed cgroup's socket count (entries are never deleted by the programs). */
+  deleteSockets(id: bigint): boolean {
+    return bpfDelete(this.h(), MAPS.socks.name, encodeCgroupId(id));
+  }
+
+  /** Detaches the programs. Idempotent. */
+  close(): void {
+    if (this.handle === null) return;
+    bpfClose(this.handle);
+    this.handle = null;
+  }
+}

@@ -1,0 +1,316 @@
+/**
+ * The app programs (native/bpf/waymark.bpf.c) and their adapter (src/backstop/bpf.ts) against the
+ * real kernel, as root, in a world of its own (test/support/bpf-world.ts, removed on every exit
+ * path): namespace A (the "device": uplinks up0 = slot 1 and up1 = slot 2) and B (the far end:
+ * a TCP listener and UDP echo server on both links), a cgroup subtree with the programs attached
+ * at its top by an agent process living in A (the netns filter is the loader's namespace), and
+ * child cgroups for the probes (test/fixtures/bpf_probe.py).
+ * Checked: marks at socket() and at connect(), pending of an ancestor, the uid fallback, the
+ * connect-time deny along the routing ladder and the egress drop, loopback, another namespace
+ * untouched, byte counters, live socket counts, nothing left attached after close or death.
+ */
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { AppMaps, cgroupId, NO_TREATMENT, type Treatment } from '../../src/backstop/bpf.js';
+import { markForSlot, softMarkForSlot } from '../../src/constants.js';
+import { publicPath } from '../../src/lab/public.js';
+import { bpfLookup, bpfOpen, bpfClose, bpfUpdate, cgroupAttachSockMark, isNativeError } from '../../src/native/index.js';
+import { PACKAGE_ROOT } from '../../src/version.js';
+import { BpfWorld, type Lines, type SpawnInOptions } from '../support/bpf-world.js';
+
+const PORT = 5555;
+const NOBODY = 65534;
+const FAR1 = '10.90.1.2'; // B over up0 (slot 1)
+const FAR2 = '10.90.2.2'; // B over up1 (slot 2)
+const FAR1_6 = 'fd00:90:1::2';
+const FAR2_6 = 'fd00:90:2::2';
+const PROBE_TIMEOUT_MS = 20_000;
+/** WAYMARK_BPF_COMPAT=1: the whole file against the compat packet programs (see bpf-agent.ts). */
+const COMPAT = process.env['WAYMARK_BPF_COMPAT'] === '1';
+
+let w: BpfWorld | undefined;
+const world = (): BpfWorld => {
+  if (w === undefined) throw new Error('no world');
+  return w;
+};
+const cgroup = (rel: string): string => world().cgroup(rel);
+const call: BpfWorld['call'] = (r) => world().call(r);
+const setCgroup = (dir: string, self: Treatment, pending: Treatment = NO_TREATMENT): Promise<void> => world().setCgroup(dir, self, pending);
+const decides = (t: Partial<Treatment>): Treatment => ({ ...NO_TREATMENT, decides: true, ...t });
+
+let probePy = '';
+
+/** A probe (test/fixtures/bpf_probe.py) in cgroup `dir`, namespace A unless told, as root unless told. */
+function startProbe(dir: string, args: string[], opts: SpawnInOptions = {}): Lines {
+  return world().spawnIn(dir, ['/usr/bin/python3', probePy, ...args], { timeoutMs: PROBE_TIMEOUT_MS, ...opts });
+}
+
+/** A one-shot probe's single output line. */
+async function probe<T>(dir: string, args: string[], opts: SpawnInOptions = {}): Promise<T> {
+  return startProbe(dir, args, opts).expect<T>(`probe ${args.join(' ')}`);
+}
+
+const result = async (dir: string, args: string[], opts: SpawnInOptions = {}): Promise<string> =>
+  (await probe<{ result: string }>(dir, args, opts)).result;
+
+/** Sources of the "probe" datagrams the far end received so far. */
+const probesSeen: string[] = [];
+let probeArrived: (() => void) | undefined;
+
+async function serve(): Promise<void> {
+  const s = world().spawnIn(null, ['/usr/bin/python3', probePy, 'serve', String(PORT)], { ns: world().nsB });
+  assert.deepEqual(await s.expect('serve'), { step: 'listening' });
+  void (async () => {
+    for (let v = await s.next(); v !== undefined; v = await s.next()) {
+      probesSeen.push((v as { probe: string }).probe);
+      probeArrived?.();
+    }
+  })();
+}
+
+/** Waits until the far end has seen a probe from `src`. */
+async function arrived(src: string): Promise<void> {
+  while (!probesSeen.includes(src)) await new Promise<void>((resolve) => (probeArrived = resolve));
+}
+
+before(async () => {
+  probePy = publicPath('test/fixtures/bpf_probe.py');
+  w = await BpfWorld.create();
+  await serve();
+  await call({ op: 'setIfSlot', ifindex: w.ifindex(w.nsA, 'up0'), slot: 1 });
+  await call({ op: 'setIfSlot', ifindex: w.ifindex(w.nsA, 'up1'), slot: 2 });
+}, { timeout: 60_000 });
+
+after(() => {
+  w?.destroy();
+});
+
+describe('marks', { timeout: 60_000 }, () => {
+  it('a socket of a cgroup with an entry gets its mark, also unprivileged; without entry or pending: 0', async () => {
+    const a = cgroup('mark-a');
+    const b = cgroup('mark-b');
+    await setCgroup(a, decides({ app: 1, mark: markForSlot(1) }));
+    assert.deepEqual(await probe(a, ['mark']), { udp4: markForSlot(1), tcp6: markForSlot(1) });
+    assert.deepEqual(await probe(a, ['mark'], { uid: NOBODY }), { udp4: markForSlot(1), tcp6: markForSlot(1) });
+    assert.deepEqual(await probe(b, ['mark']), { udp4: 0, tcp6: 0 });
+  });
+
+  it('a mark another program set first (a session cgroup) stays', async () => {
+    const s = cgroup('mark-session');
+    await setCgroup(s, decides({ mark: markForSlot(1) }));
+    cgroupAttachSockMark(s, markForSlot(3));
+    assert.deepEqual(await probe(s, ['mark']), { udp4: markForSlot(3), tcp6: markForSlot(3) });
+  });
+
+  it('a socket created before its cgroup had an entry gets the mark at connect()', async () => {
+    const l = cgroup('late');
+    const p = startProbe(l, ['late', FAR1, String(PORT)], { uid: NOBODY });
+    assert.deepEqual(await p.expect('before'), { before: 0 });
+    await setCgroup(l, decides({ mark: softMarkForSlot(2) }));
+    p.child.stdin?.write('go\n');
+    assert.deepEqual(await p.expect('after'), { after: softMarkForSlot(2) });
+  });
+
+  it('an unconnected UDP socket older than its entry is marked at its first sendto(), which still goes by the old mark', async () => {
+    // In A only: slot 5's mark meets a prohibit route to FAR1 (sendto fails with EACCES).
+    const nsA = world().nsA;
+    world().sh(['ip', '-n', nsA, 'rule', 'add', 'prio', '100', 'fwmark', `${markForSlot(5)}/0x3f000000`, 'lookup', '105']);
+    world().sh(['ip', '-n', nsA, 'route', 'add', 'prohibit', '10.90.1.0/24', 'table', '105']);
+    try {
+      const l = cgroup('late-send');
+      const p = startProbe(l, ['latesend', FAR1, String(PORT)], { uid: NOBODY });
+      assert.deepEqual(await p.expect('before'), { before: 0 });
+      await setCgroup(l, decides({ mark: markForSlot(5) }));
+      p.child.stdin?.write('go\n');
+      // The kernel copies sk_mark for the datagram before the sendmsg4 hook runs.
+      assert.deepEqual(await p.expect('sends'), { first: 'ok', second: 'EACCES', after: markForSlot(5) });
+    } finally {
+      world().sh(['ip', '-n', nsA, 'rule', 'del', 'prio', '100'], true);
+    }
+  });
+
+  it("an ancestor's pending applies to a cgroup without entry (nearest first); its own entry wins once set", async () => {
+    const p = cgroup('pend');
+    const c = cgroup('pend/c');
+    const g = cgroup('pend/c/g');
+    await setCgroup(p, decides({ mark: markForSlot(1) }), decides({ mark: markForSlot(4) }));
+    assert.deepEqual(await probe(p, ['mark']), { udp4: markForSlot(1), tcp6: markForSlot(1) });
+    assert.deepEqual(await probe(c, ['mark']), { udp4: markForSlot(4), tcp6: markForSlot(4) });
+    assert.deepEqual(await probe(g, ['mark']), { udp4: markForSlot(4), tcp6: markForSlot(4) }, 'two levels up');
+    await setCgroup(c, decides({ mark: markForSlot(5) }), decides({ mark: markForSlot(6) }));
+    assert.deepEqual(await probe(c, ['mark']), { udp4: markForSlot(5), tcp6: markForSlot(5) });
+    assert.deepEqual(await probe(g, ['mark']), { udp4: markForSlot(6), tcp6: markForSlot(6) }, 'the nearest ancestor');
+  });
+
+  it("the uid's treatment applies where the cgroup's does not decide", async () => {
+    const u = cgroup('uid');
+    await call({ op: 'setUid', uid: NOBODY, t: decides({ mark: markForSlot(7) }) });
+    assert.deepEqual(await probe(u, ['mark'], { uid: NOBODY }), { udp4: markForSlot(7), tcp6: markForSlot(7) });
+    assert.deepEqual(await probe(u, ['mark']), { udp4: 0, tcp6: 0 }, 'root has no uid entry');
+    await setCgroup(u, { ...NO_TREATMENT, mark: markForSlot(8) }); // an entry without WM_T_SET
+    assert.deepEqual(await probe(u, ['mark'], { uid: NOBODY }), { udp4: markForSlot(7), tcp6: markForSlot(7) });
+    await setCgroup(u, decides({ mark: markForSlot(8) }));
+    assert.deepEqual(await probe(u, ['mark'], { uid: NOBODY }), { udp4: markForSlot(8), tcp6: markForSlot(8) });
+  });
+
+  it('a process of the same cgroup in another network namespace is untouched', async () => {
+    const a = cgroup('other-ns');
+    await setCgroup(a, decides({ mark: markForSlot(1), deny: 'all' }));
+    assert.deepEqual(await probe(a, ['mark']), { udp4: markForSlot(1), tcp6: markForSlot(1) });
+    assert.deepEqual(await probe(a, ['mark'], { ns: world().nsB }), { udp4: 0, tcp6: 0 });
+    // B's devices have the ifindexes of A's uplinks (each namespace counts from 1): only the
+    // namespace filter keeps connect4 (EPERM at once) and egress (EPERM from sendto) off them.
+    assert.equal(world().ifindex(world().nsB, 'far0'), world().ifindex(world().nsA, 'up0'));
+    assert.equal(await result(a, ['connect', '10.90.1.1', '9'], { ns: world().nsB }), 'ECONNREFUSED');
+    assert.equal(await result(a, ['sendto', '10.90.1.1', '9'], { ns: world().nsB }), 'ok');
+  });
+});
+
+describe('deny', { timeout: 120_000 }, () => {
+  let d = '';
+  before(async () => {
+    d = cgroup('deny');
+    await setCgroup(d, decides({ app: 5, deny: [2] }));
+  });
+
+  it('connect() bound to a denied device fails with EPERM at once; an allowed one connects', async () => {
+    const t0 = Date.now();
+    assert.equal(await result(d, ['connect', FAR2, String(PORT), 'up1'], { uid: NOBODY }), 'EPERM');
+    assert.equal(await result(d, ['connect', FAR2_6, String(PORT), 'up1']), 'EPERM');
+    assert.ok(Date.now() - t0 < 5_000, 'no SYN retransmission wait');
+    assert.equal(await result(d, ['connect', FAR1, String(PORT), 'up0'], { uid: NOBODY }), 'ok');
+    assert.equal(await result(d, ['connect', FAR1_6, String(PORT), 'up0']), 'ok');
+  });
+
+  it('a UDP send that leaves by a denied device is refused and never arrives; an allowed one arrives', async () => {
+    // Unbound: nothing predicts up1 (main's slot is unset), the egress program drops it.
+    assert.equal(await result(d, ['sendto', FAR2, String(PORT)]), 'EPERM');
+    assert.equal(await result(d, ['sendto', FAR2, String(PORT), 'up1']), 'EPERM');
+    assert.equal(await result(d, ['sendto', FAR1, String(PORT)]), 'ok');
+    await arrived('::ffff:10.90.1.1');
+    assert.ok(!probesSeen.includes('::ffff:10.90.2.1'), `a denied datagram arrived: ${probesSeen.join(' ')}`);
+  });
+
+  it('the prediction follows the ladder: destination prefix, hard mark, soft mark, main', async () => {
+    // Each case predicts slot 2 (denied) for a destination that really leaves by up0 (allowed):
+    // EPERM proves the prediction, "ok" without the entry proves it is the entry.
+    assert.equal(await result(d, ['connect', FAR1, String(PORT)]), 'ok');
+    await call({ op: 'setDestination', prefix: '10.90.1.0/24', slot: 2 });
+    assert.equal(await result(d, ['connect', FAR1, String(PORT)]), 'EPERM', 'destination');
+    assert.equal(await result(d, ['connect', `::ffff:${FAR1}`, String(PORT)]), 'EPERM', 'v4-mapped destination');
+    await call({ op: 'deleteDestination', prefix: '10.90.1.0/24' });
+    await call({ op: 'setDestination', prefix: 'fd00:90:1::/48', slot: 2 });
+    assert.equal(await result(d, ['connect', FAR1_6, String(PORT)]), 'EPERM', 'IPv6 destination');
+    await call({ op: 'deleteDestination', prefix: 'fd00:90:1::/48' });
+
+    const h = cgroup('deny-hard');
+    await setCgroup(h, decides({ mark: markForSlot(2), deny: [2] }));
+    assert.equal(await result(h, ['connect', FAR1, String(PORT)]), 'EPERM', 'hard mark');
+    await call({ op: 'setDestination', prefix: '10.90.1.0/24', slot: 1 });
+    assert.equal(await result(h, ['connect', FAR1, String(PORT)]), 'EPERM', 'a hard mark wins over the destination');
+    await setCgroup(h, decides({ mark: softMarkForSlot(2), deny: [2] }));
+    assert.equal(await result(h, ['connect', FAR1, String(PORT)]), 'ok', 'the destination wins over a soft mark');
+    await call({ op: 'deleteDestination', prefix: '10.90.1.0/24' });
+    assert.equal(await result(h, ['connect', FAR1, String(PORT)]), 'EPERM', 'soft mark');
+
+    await call({ op: 'setMain', slot4: 2, slot6: 0 });
+    try {
+      assert.equal(await result(d, ['connect', FAR1, String(PORT)]), 'EPERM', "main's slot");
+      assert.equal(await result(d, ['connect', FAR1_6, String(PORT)]), 'ok', "main's IPv6 slot is unset");
+    } finally {
+      await call({ op: 'setMain', slot4: 0, slot6: 0 });
+    }
+  });
+
+  it('loopback always works, even for a cgroup denied every uplink', async () => {
+    const all = cgroup('deny-all');
+    await setCgroup(all, decides({ mark: markForSlot(2), deny: 'all' }));
+    const ok = { 'tcp127.0.0.1': 'ok', 'udp127.0.0.1': 'ok', 'tcp::1': 'ok', 'udp::1': 'ok' };
+    assert.deepEqual(await probe(all, ['loopback'], { uid: NOBODY }), ok);
+    assert.equal(await result(all, ['connect', FAR1, String(PORT), 'up0']), 'EPERM');
+  });
+});
+
+describe('counters', { timeout: 60_000 }, () => {
+  it('wm_usage counts the IP bytes of a transfer per app and uplink, both ways', async () => {
+    const x = cgroup('usage');
+    await setCgroup(x, decides({ app: 77 }));
+    const count = 200;
+    const size = 1000;
+    assert.deepEqual(await probe(x, ['transfer', FAR1, String(PORT), String(count), String(size)]), { sent: count * size, echoed: count * size });
+    const rows = (await call({ op: 'usage' })) as { app: number; slot: number; dir: string; bytes: string; packets: string }[];
+    const expected = count * (size + 8 + 20); // UDP and IPv4 headers
+    for (const dir of ['tx', 'rx']) {
+      const row = rows.find((r) => r.app === 77 && r.slot === 1 && r.dir === dir);
+      assert.ok(row, `no ${dir} row for app 77: ${JSON.stringify(rows)}`);
+      const bytes = Number(row.bytes);
+      assert.ok(bytes >= expected && bytes <= expected * 1.03, `${dir}: ${bytes} bytes, expected about ${expected}`);
+      assert.ok(Number(row.packets) >= count && Number(row.packets) <= count * 1.03, `${dir}: ${row.packets} packets`);
+    }
+    assert.ok(!rows.some((r) => r.app === 77 && r.slot === 2), 'nothing of it left by up1');
+  });
+
+  it('wm_socks goes up with sockets created and down with sockets closed', async () => {
+    const k = cgroup('socks');
+    const id = cgroupId(k).toString();
+    const live = async (): Promise<number | undefined> =>
+      new Map((await call({ op: 'liveSockets' })) as [string, number][]).get(id);
+    const p = startProbe(k, ['socks', '5'], { uid: NOBODY });
+    assert.deepEqual(await p.expect('holding'), { step: 'holding' });
+    assert.equal(await live(), 5);
+    p.child.stdin?.write('close\n');
+    assert.deepEqual(await p.expect('closed'), { step: 'closed' });
+    assert.equal(await live(), 0);
+    p.child.stdin?.end();
+  });
+});
+
+describe('lifetime', { timeout: 60_000 }, () => {
+  it('nothing stays attached after close, nor after the loading process dies', async () => {
+    const names = world().attached().sort();
+    const egress = COMPAT ? ['wm_egress_compat', 'wm_ingress_compat'] : ['wm_egress', 'wm_ingress'];
+    assert.deepEqual(names, ['wm_sock_create', 'wm_sock_release', 'wm_connect4', 'wm_connect6', 'wm_sendmsg4', 'wm_sendmsg6', ...egress].sort());
+    assert.deepEqual((await call({ op: 'programs' }) as string[]).sort(), names);
+    await call({ op: 'close' });
+    assert.deepEqual(world().attached(), []);
+
+    await call({ op: 'open', dir: world().base });
+    assert.equal(world().attached().length, 8);
+    await world().killAgent();
+    // The links go with the process's files; the kernel may free them just after the exit.
+    for (let i = 0; i < 40 && world().attached().length > 0; i++) await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(world().attached(), []);
+  });
+});
+
+describe('errors', { timeout: 30_000 }, () => {
+  it('say what failed: a missing object, a directory off cgroup2, bad keys, a closed handle', () => {
+    const dir = cgroup('errors');
+    assert.throws(() => bpfOpen('/nonexistent/waymark.bpf.o', dir), (e) => isNativeError(e, 'ENOENT') && e.path === dir && /bpf_object__open_file/.test(e.message));
+    assert.throws(() => AppMaps.open('/tmp'), (e) => isNativeError(e, 'ENOTDIR') && /not a cgroup v2 directory/.test(e.message));
+    // Opened here, in the test's own namespace: it touches nothing (no process lives in `dir`).
+    const maps = AppMaps.open(dir);
+    try {
+      assert.equal(maps.conf().mainSlot4, 0);
+      assert.ok(maps.conf().netnsCookie > 0n);
+      assert.equal(maps.cgroup(1n), null);
+      assert.equal(maps.deleteCgroup(1n), false);
+      assert.throws(() => maps.setIfSlot(1, 31), RangeError);
+    } finally {
+      maps.close();
+    }
+    maps.close(); // idempotent
+    assert.throws(() => maps.cgroup(1n), /closed/);
+    const h = bpfOpen(join(PACKAGE_ROOT, 'native/bpf/waymark.bpf.o'), dir);
+    try {
+      assert.throws(() => bpfLookup(h, 'wm_cgroups', Buffer.alloc(4)), (e) => e instanceof RangeError && /key must be 8 bytes/.test(e.message));
+      assert.throws(() => bpfUpdate(h, 'wm_uids', Buffer.alloc(4), Buffer.alloc(15)), (e) => e instanceof RangeError && /value must be 16 bytes/.test(e.message));
+      assert.throws(() => bpfLookup(h, 'no_such_map', Buffer.alloc(4)), /no map named 'no_such_map'/);
+    } finally {
+      bpfClose(h);
+    }
+    assert.throws(() => bpfLookup(h, 'wm_uids', Buffer.alloc(4)), /closed/);
+    assert.deepEqual(world().attached(dir), []);
+  });
+});
