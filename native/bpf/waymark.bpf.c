@@ -10,6 +10,7 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
+#include <bpf/bpf_endian.h>
 #include "waymark_kernel.h"
 #include "waymark_bpf.h"
 
@@ -247,6 +248,9 @@ static __always_inline __u32 late_mark(struct bpf_sock_addr *ctx, struct wm_sk *
     __u32 mark = sk->mark;
     __u32 have = mark & WAYMARK_MARK_MASK;
     __u32 want = t->mark & WAYMARK_MARK_MASK;
+    /* DNS goes by the app's DNS uplink (a hard mark: see WM_T_DNS_SHIFT). */
+    __u32 dns = (t->flags & WM_T_DNS_MASK) >> WM_T_DNS_SHIFT;
+    if (dns != 0 && ctx->user_port == bpf_htons(53)) want = (dns << WAYMARK_MARK_SHIFT) & WAYMARK_MARK_MASK;
     if (have == want || st == 0) return mark;
     if (have != 0 && have != st->mark) return mark; /* set by someone else (the daemon): stays */
     int m = (int)((mark & ~WAYMARK_MARK_MASK) | want);

@@ -11,6 +11,11 @@
 #define WM_DENY_ALL 0x80000000u
 /* wm_treatment.flags: this treatment decides; without it the uid's treatment (wm_uids) does. */
 #define WM_T_SET 0x1u
+/* wm_treatment.flags bits 8..13: the uplink slot the app's DNS goes by (0: none). A connect() or
+ * send to port 53 gets that slot's hard mark: routing (PRIO_DNS) sends it out by that uplink,
+ * where the nftables DNS redirect gives it to the uplink's resolver. */
+#define WM_T_DNS_SHIFT 8
+#define WM_T_DNS_MASK 0x3f00u
 
 /* How many ancestors the lookup walks (deepest first) for a cgroup without an entry. */
 #define WM_MAX_DEPTH 16
@@ -31,7 +36,7 @@ struct wm_treatment {
     __u32 app;   /* app key for the counters (daemon-assigned, 0 = none) */
     __u32 mark;  /* Waymark mark bits (within WAYMARK_MARK_MASK) to give the socket, 0 = none */
     __u32 deny;  /* bit N: uplink slot N denied; WM_DENY_ALL: every uplink */
-    __u32 flags; /* WM_T_SET */
+    __u32 flags; /* WM_T_SET | DNS slot << WM_T_DNS_SHIFT */
 };
 
 /* Value of wm_cgroups, keyed by the __u64 cgroup id (the inode number of its directory). */

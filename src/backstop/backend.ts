@@ -9,19 +9,25 @@ import { cgroupAttachSockMark, cgroupDetachSockPrograms } from '../native/index.
 import type { CgroupBackend } from '../daemon/sessions.js';
 import { findCgroup2Mount, SessionCgroups, WAYMARK_CGROUP_DIR } from './cgroup.js';
 
-export async function createCgroupBackend(): Promise<CgroupBackend & { readonly mount: string }> {
+/**
+ * `root`: the daemon's cgroup root relative to the mount ('' for the whole hierarchy); session
+ * cgroups are `<root>/waymark/<name>`.
+ */
+export async function createCgroupBackend(root = ''): Promise<CgroupBackend & { readonly mount: string; readonly sessionsDir: string }> {
   const mount = await findCgroup2Mount();
-  const cgroups = new SessionCgroups(mount);
+  const dir = root === '' ? WAYMARK_CGROUP_DIR : `${root}/${WAYMARK_CGROUP_DIR}`;
+  const cgroups = new SessionCgroups(mount, dir);
   const nameOf = (rel: string): string => {
-    const prefix = `${WAYMARK_CGROUP_DIR}/`;
+    const prefix = `${dir}/`;
     if (!rel.startsWith(prefix)) throw new Error(`not a session cgroup: ${rel}`);
     return rel.slice(prefix.length);
   };
   return {
     mount,
+    sessionsDir: cgroups.base,
     create: async (id) => (await cgroups.create(id)).relPath,
     // Sessions move a process in; ending one moves the caller back where it came from.
-    movePid: (rel, pid) => (rel.startsWith(`${WAYMARK_CGROUP_DIR}/`) ? cgroups.movePid(nameOf(rel), pid)
+    movePid: (rel, pid) => (rel.startsWith(`${dir}/`) ? cgroups.movePid(nameOf(rel), pid)
       : writeFile(join(mount, rel, 'cgroup.procs'), `${pid}\n`)),
     isEmpty: async (rel) => {
       try {

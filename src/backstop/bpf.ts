@@ -12,6 +12,9 @@ import { endianness } from 'node:os';
 import { join } from 'node:path';
 import { MARK_MASK, MAX_SLOTS } from '../constants.js';
 import type { Prefix } from '../net/prefix.js';
+import { parsePrefix } from '../net/prefix.js';
+import { errorMessage } from '../errors.js';
+import type { KernelAppMaps, KernelTreatment, MapsPlan } from './desired.js';
 import { maskBytes } from '../net/prefix.js';
 import {
   bpfClose,
@@ -33,6 +36,8 @@ export const BPF_OBJECT_PATH = join(PACKAGE_ROOT, 'native/bpf/waymark.bpf.o');
 // Mirrors of waymark_bpf.h.
 export const WM_DENY_ALL = 0x80000000;
 export const WM_T_SET = 0x1;
+export const WM_T_DNS_SHIFT = 8;
+export const WM_T_DNS_MASK = 0x3f00;
 export const WM_MAX_DEPTH = 16;
 export const WM_DIR_TX = 0;
 export const WM_DIR_RX = 1;
@@ -72,6 +77,8 @@ export interface Treatment {
   readonly deny: readonly number[] | 'all';
   /** This treatment decides; false: the uid's treatment (wm_uids) does. */
   readonly decides: boolean;
+  /** The uplink slot its DNS goes by (port 53 gets that slot's hard mark); 0 or absent: none. */
+  readonly dnsSlot?: number;
 }
 
 /** An entry that decides nothing (the uid's treatment applies). */
@@ -152,7 +159,15 @@ function writeTreatment(dv: DataView, at: number, t: Treatment): void {
   dv.setUint32(at + o.app, t.app, LE);
   dv.setUint32(at + o.mark, t.mark, LE);
   dv.setUint32(at + o.deny, denyBits(t.deny), LE);
-  dv.setUint32(at + o.flags, t.decides ? WM_T_SET : 0, LE);
+  const dns = t.dnsSlot ?? 0;
+  if (dns !== 0) checkSlot(dns, 'DNS slot', false);
+  dv.setUint32(at + o.flags, ((t.decides ? WM_T_SET : 0) | (dns << WM_T_DNS_SHIFT)) >>> 0, LE);
+}
+
+/** The DNS slot of a flags word, as an optional field (absent when 0, so plain treatments compare equal). */
+function dnsOf(flags: number): { dnsSlot?: number } {
+  const dns = (flags & WM_T_DNS_MASK) >>> WM_T_DNS_SHIFT;
+  return dns === 0 ? {} : { dnsSlot: dns };
 }
 
 function readTreatment(dv: DataView, at: number): Treatment {
@@ -165,6 +180,7 @@ function readTreatment(dv: DataView, at: number): Treatment {
     mark: dv.getUint32(at + o.mark, LE),
     deny: (bits & WM_DENY_ALL) !== 0 ? 'all' : deny,
     decides: (dv.getUint32(at + o.flags, LE) & WM_T_SET) !== 0,
+    ...dnsOf(dv.getUint32(at + o.flags, LE)),
   };
 }
 
@@ -382,4 +398,44 @@ export class AppMaps {
     bpfClose(this.handle);
     this.handle = null;
   }
+}
+
+/** A treatment as the app service computes it (src/backstop/desired.ts), for the adapter above. */
+function fromKernel(t: KernelTreatment): Treatment {
+  const deny: number[] = [];
+  for (let s = 1; s <= MAX_SLOTS; s++) if ((t.deny >>> s) & 1) deny.push(s);
+  return { app: t.app, mark: t.mark, deny: (t.deny & WM_DENY_ALL) !== 0 ? 'all' : deny, decides: (t.flags & WM_T_SET) !== 0, ...dnsOf(t.flags) };
+}
+
+/** The app service's kernel side over loaded maps: applies a plan entry by entry, collecting failures. */
+export function appMapsPort(maps: AppMaps): KernelAppMaps {
+  return {
+    apply(plan: MapsPlan): readonly string[] {
+      const errors: string[] = [];
+      const step = (what: string, f: () => unknown): void => {
+        try {
+          f();
+        } catch (e) {
+          errors.push(`${what}: ${errorMessage(e)}`);
+        }
+      };
+      for (const id of plan.delCgroups) step(`delete cgroup ${id}`, () => { maps.deleteCgroup(id); maps.deleteSockets(id); });
+      for (const [id, e] of plan.setCgroups) step(`cgroup ${id}`, () => maps.setCgroup(id, fromKernel(e.self), fromKernel(e.pending)));
+      for (const uid of plan.delUids) step(`delete uid ${uid}`, () => maps.deleteUid(uid));
+      for (const [uid, t] of plan.setUids) step(`uid ${uid}`, () => maps.setUid(uid, fromKernel(t)));
+      for (const i of plan.delIfslots) step(`delete ifindex ${i}`, () => maps.deleteIfSlot(i));
+      for (const [i, slot] of plan.setIfslots) step(`ifindex ${i}`, () => maps.setIfSlot(i, slot));
+      const prefix = (text: string): Prefix => {
+        const p = parsePrefix(text);
+        if (typeof p === 'string') throw new Error(p);
+        return p;
+      };
+      for (const d of plan.delDestinations) step(`delete destination ${d}`, () => maps.deleteDestination(prefix(d)));
+      for (const [d, slot] of plan.setDestinations) step(`destination ${d}`, () => maps.setDestination(prefix(d), slot));
+      const main = plan.main;
+      if (main) step('main slots', () => maps.setMain(main.v4, main.v6));
+      return errors;
+    },
+    liveSockets: () => maps.liveSockets(),
+  };
 }

@@ -19,6 +19,8 @@ import type { UplinkState } from '../uplink/state.js';
 
 /** This entry decides (else the kernel consults the uid's entry: rules that name only a uid). */
 export const WM_T_SET = 1;
+/** Flags bits 8..13: the slot of the uplink the app's DNS goes by (native/include/waymark_bpf.h). */
+export const WM_T_DNS_SHIFT = 8;
 /** Deny bit of "every uplink" (slots use bits 1..30). */
 export const WM_DENY_ALL = 0x80000000;
 
@@ -69,6 +71,8 @@ export interface MapsWorld {
   readonly cgroups: readonly KnownCgroup[];
   /** Interface index main's default route leaves by, per family (null: none). */
   readonly mainDefault: { readonly v4: number | null; readonly v6: number | null };
+  /** Entries the daemon sets itself (its session cgroups: src/daemon/apps.ts), over the computed ones. */
+  readonly fixed?: ReadonlyMap<bigint, CgroupEntry>;
 }
 
 /** A treatment as the kernel holds it. */
@@ -94,12 +98,30 @@ function treatmentOf(rule: AppRule | undefined, w: MapsWorld): Treatment {
   return rule === undefined ? UNTOUCHED : treatmentFor(rule, NO_WISH, w.uplinks, w.destinations);
 }
 
+/**
+ * The uplink an app's DNS goes by: its default uplink if that has resolvers, else the first
+ * uplink its rule allows (in the rule's order, else by preference) that is active and has some.
+ * An app allowed only the MMS APN so resolves the MMSC's name over it. None: no redirect.
+ */
+export function dnsUplink(rule: AppRule, t: Treatment, uplinks: readonly UplinkState[]): UplinkState | undefined {
+  if (t.uplink && t.uplink.dns.length > 0) return t.uplink;
+  const allowed = uplinks.filter((u) => u.status === 'active' && u.dns.length > 0 && !t.denied.includes(u));
+  const order = rule.uplinks ?? [...allowed].sort((a, b) => b.spec.preference - a.spec.preference).map((u) => u.spec.name);
+  for (const name of order) {
+    const u = allowed.find((x) => x.spec.name === name);
+    if (u) return u;
+  }
+  return undefined;
+}
+
 function encodeFor(rule: AppRule | undefined, w: MapsWorld, appKey: number): KernelTreatment {
   const t = treatmentOf(rule, w);
-  const k = encodeTreatment(t, appKey);
+  const dns = rule === undefined ? undefined : dnsUplink(rule, t, w.uplinks);
+  const k0 = encodeTreatment(t, appKey);
+  const k = dns === undefined ? k0 : { ...k0, flags: (k0.flags | (dns.slot << WM_T_DNS_SHIFT)) >>> 0 };
   // A rule that allows no configured uplink at all denies every uplink, also one added later.
   const all = rule !== undefined && w.uplinks.length > 0 && t.denied.length === w.uplinks.length;
-  return all ? { ...k, deny: WM_DENY_ALL | k.deny } : k;
+  return all ? { ...k, deny: (WM_DENY_ALL | k.deny) >>> 0 } : k;
 }
 
 /** The most restrictive treatment among the rules a new child of a cgroup of this uid could match. */
@@ -136,6 +158,7 @@ export function desiredMaps(w: MapsWorld): DesiredMaps {
   };
   const cgroups = new Map<bigint, CgroupEntry>();
   for (const c of w.cgroups) cgroups.set(c.id, cgroupEntry(c, w, pending));
+  for (const [id, e] of w.fixed ?? []) cgroups.set(id, e);
   const uids = new Map<number, KernelTreatment>();
   for (const r of rules) {
     if (!uidOnly(r) || r.match.uid === undefined || uids.has(r.match.uid)) continue;
@@ -193,4 +216,12 @@ export function planMaps(desired: DesiredMaps, applied: DesiredMaps | undefined)
     setIfslots: ifs.set, delIfslots: ifs.del, setDestinations: ds.set, delDestinations: ds.del,
     ...(mainChanged ? { main: desired.main } : {}),
   };
+}
+
+/** The kernel side of the app maps (src/backstop/bpf.ts: appMapsPort; a fake in unit tests). */
+export interface KernelAppMaps {
+  /** Writes the plan; returns what failed (each a message), having applied the rest. */
+  apply(plan: MapsPlan): readonly string[];
+  /** Live inet sockets per cgroup id, as the kernel counts them (empty when it cannot). */
+  liveSockets(): ReadonlyMap<bigint, number>;
 }

@@ -37,6 +37,7 @@ import { isIP } from 'node:net';
 import { posix } from 'node:path';
 import { INTERNET, type DestinationSpec } from '../destination/destination.js';
 import { formatPrefix } from '../net/prefix.js';
+import { DENY_SLOT, MARK_MASK, markForSlot } from '../constants.js';
 import type { UplinkState } from '../uplink/state.js';
 import type { Chain, Contribution } from '../nftables/table.js';
 
@@ -45,12 +46,16 @@ export interface BackstopSession {
   readonly cgroup: string;
   /** Interface names the session's sockets must never leave by. None: no rule. */
   readonly deniedIfnames: readonly string[];
+  /** The mark its sockets get (null: none); for the app maps' entry of the session (src/daemon/apps.ts). */
+  readonly mark?: number | null;
 }
 
 export interface BackstopOptions {
   /** The cgroup2 mount point (findCgroup2Mount()); default /sys/fs/cgroup (pure cgroup v2). */
   readonly cgroupMount?: string;
 }
+
+const hex = (n: number): string => `0x${(n >>> 0).toString(16).padStart(8, '0')}`;
 
 /** Where nft looks up `socket cgroupv2` paths (nftables: SYSFS_CGROUPSV2_PATH). */
 export const NFT_CGROUP_ROOT = '/sys/fs/cgroup';
@@ -203,6 +208,32 @@ export function backstopDnsRules(
  * missing one fails the whole transaction, so a session that ended (or whose cgroup someone
  * removed) must never keep another session's update from loading.
  */
+/**
+ * The DNS redirect of apps (src/daemon/apps.ts): a socket the kernel marked for an app (the BPF
+ * programs: any Waymark mark but the deny value) whose port-53 traffic leaves by an uplink with
+ * DNS servers goes to that uplink's resolver, as a session's does (backstopDnsRules, whose
+ * exceptions it shares). An app's DNS queries get the hard mark of its DNS uplink at connect()
+ * (docs/kernel-apps.md), so they leave by it (rule PRIO_DNS) and land here. Sockets nobody
+ * marked (programs no rule matches, the library's own steering) are left alone.
+ */
+export function appDnsRules(uplinks: readonly UplinkDns[]): Contribution {
+  const q = (s: string): string => `"${s}"`;
+  const marked = `meta mark and ${hex(MARK_MASK)} != 0 meta mark and ${hex(MARK_MASK)} != ${hex(markForSlot(DENY_SLOT))}`;
+  const rules: string[] = [];
+  for (const u of uplinks) {
+    if (!IFNAME_RE.test(u.ifname)) throw new Error(`backstop: invalid interface name ${JSON.stringify(u.ifname)}`);
+    for (const f of [4, 6] as const) {
+      const to = u.dns.find((a) => isIP(a) === f);
+      if (to === undefined) continue;
+      const own = [...new Set([...u.dns.filter((a) => isIP(a) === f), ...(u.reaches ?? []).filter((p) => isIP(p.split('/')[0] ?? '') === f)])];
+      const ip = f === 4 ? 'ip' : 'ip6';
+      rules.push(`${marked} oifname ${q(u.ifname)} meta nfproto ipv${f} meta l4proto { tcp, udp } th dport 53 `
+        + `${ip} daddr != { ${own.join(', ')} } fib daddr type != local dnat ${ip} to ${to} comment ${q('waymark apps dns')}`);
+    }
+  }
+  return { rules: { [BACKSTOP_DNS_CHAIN]: rules } };
+}
+
 export function sessionRules(
   sessions: readonly BackstopSession[],
   uplinks: readonly UplinkDns[],

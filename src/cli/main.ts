@@ -5,6 +5,7 @@ import { Client, DaemonError, DaemonUnavailable, defaultSocketPath } from '../da
 import { VERSION } from '../version.js';
 import { NEED_NAMES, type NeedName } from '../config/schema.js';
 import { execWith } from './exec.js';
+import { formatApps } from './apps.js';
 import { formatStatus } from './status.js';
 import { TOPICS, type Topic } from '../daemon/events.js';
 import { errorMessage } from '../errors.js';
@@ -26,6 +27,17 @@ program
     const s = await c.call('status');
     c.close();
     process.stdout.write(o.json ? JSON.stringify(s, null, 2) + '\n' : formatStatus(s));
+  });
+
+program
+  .command('apps')
+  .description('list the apps on the device now (yours; root and the waymark group: all): how each was recognised, the rule and uplink per destination that apply, its live sockets')
+  .option('--json', 'print them as JSON', false)
+  .action(async (o: { json: boolean }) => {
+    const c = client();
+    const r = await c.call('apps');
+    c.close();
+    process.stdout.write(o.json ? JSON.stringify(r, null, 2) + '\n' : formatApps(r));
   });
 
 program
@@ -94,6 +106,7 @@ program
 program.addHelpText('after', `
 Examples:
   waymark status
+  waymark apps
   waymark watch --json --topic decision
   waymark exec --uplink mms -- curl http://10.200.0.10/
   sudo waymark demo --shell

@@ -4,7 +4,7 @@
  * only through the adapters passed in: main.ts passes the real ones (rtnetlink, /proc/sys, nft,
  * cgroupfs), test/unit/engine.test.ts fakes.
  */
-import { SESSION_CHAINS, sessionRules, uplinkDns } from '../backstop/nft.js';
+import { appDnsRules, SESSION_CHAINS, sessionRules, uplinkDns } from '../backstop/nft.js';
 import type { Config } from '../config/load.js';
 import type { GenerationFile } from '../decision/generation.js';
 import type { NftKernel } from '../nftables/nft.js';
@@ -18,6 +18,8 @@ import { UplinkWatcher, type EventBus } from './events.js';
 import type { Logger } from './log.js';
 import { SessionService, type CgroupBackend, type SessionStore } from './sessions.js';
 import { World } from './world.js';
+import { AppService, type AppKeys, type AppServiceDeps } from './apps.js';
+import { withLearnedHosts } from '../destination/destination.js';
 
 export interface Adapters {
   readonly kernel: RoutingKernel;
@@ -26,6 +28,8 @@ export interface Adapters {
   /** With the cgroup2 mount, which nft paths are relative to. */
   readonly cgroups: CgroupBackend & { readonly mount: string };
   readonly clock?: Clock;
+  /** The apps' kernel side and where the apps are (src/daemon/apps.ts). */
+  readonly apps: Pick<AppServiceDeps, 'maps' | 'kernelOff' | 'cgroupDir' | 'mount' | 'cgroupRoot' | 'sessionsDir'>;
 }
 
 export interface ModelOptions {
@@ -36,6 +40,7 @@ export interface ModelOptions {
   readonly generation: GenerationFile;
   readonly events: Pick<EventBus, 'publish' | 'wants'>;
   readonly log: Logger;
+  readonly appKeys: AppKeys;
 }
 
 export interface Model {
@@ -45,6 +50,7 @@ export interface Model {
   readonly routing: RoutingReconciler;
   readonly sessions: SessionService;
   readonly decisions: DecisionService;
+  readonly apps: AppService;
 }
 
 export function assemble(o: ModelOptions, a: Adapters): Model {
@@ -57,11 +63,21 @@ export function assemble(o: ModelOptions, a: Adapters): Model {
   table.contribute('uplinks', () => uplinkRules(countedUplinks(world.uplinks)));
   table.contribute('sessions', () => sessionRules(sessions.backstops(), uplinkDns(world.uplinks, world.config.destinations),
     { cgroupMount: a.cgroups.mount, present: (cgroup) => a.cgroups.present(cgroup) }));
+  // After the sessions' (a session's own redirect comes first), the apps' by their mark.
+  table.contribute('apps', () => appDnsRules(uplinkDns(world.uplinks, world.config.destinations)));
   const nftables = new NftReconciler(table, a.nft, log);
   // The table follows the uplinks in the same pass as the routes (its errors are the pass's).
   const routing = new RoutingReconciler({ world, kernel: a.kernel, sysctl: a.sysctl, log, follow: [() => nftables.update()], ...clock });
   const decisions = new DecisionService(world, o.generation, log, {}, o.events);
   const uplinkEvents = new UplinkWatcher((e) => o.events.publish(e));
+  const apps = new AppService({
+    ...a.apps, keys: o.appKeys, log, publish: (e) => o.events.publish(e),
+    world: () => ({
+      rules: world.config.apps, uplinks: world.uplinks, mainDefault: world.mainDefault,
+      destinations: withLearnedHosts(world.config.destinations, world.learned.byDestination()),
+    }),
+    sessions: () => sessions.backstops(),
+  });
 
   // Each change reaches its followers in this order, each done before the next hears of it:
   // the event bus hears of an observation before the kernel follows it; a new config reaches
@@ -72,5 +88,7 @@ export function assemble(o: ModelOptions, a: Adapters): Model {
   decisions.follow(world);
   sessions.follow(world);
   nftables.follow(world);
-  return { world, table, nftables, routing, sessions, decisions };
+  // The apps' entries follow the same changes, and a session's is in place before its caller joins it.
+  apps.follow(world);
+  return { world, table, nftables, routing, sessions, decisions, apps };
 }

@@ -1,9 +1,13 @@
 #!/usr/bin/env node
 /** waymarkd: the Waymark daemon. */
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { createCgroupBackend } from '../backstop/backend.js';
+import { AppMaps, appMapsPort } from '../backstop/bpf.js';
+import { WAYMARK_CGROUP_DIR } from '../backstop/cgroup.js';
+import { CgroupTree } from '../identity/cgroup-tree.js';
+import { AppKeys, seenOf } from './apps.js';
 import { ConfigError, DEFAULT_CONFIG_PATH, loadConfigFile } from '../config/load.js';
 import { GenerationFile } from '../decision/generation.js';
 import { DEFAULT_BUSY_POLL_US, DecisionServer } from '../decision/server.js';
@@ -32,6 +36,7 @@ const program = new Command('waymarkd')
   .option('--state-dir <dir>', 'where durable state is kept', DEFAULT_STATE_DIR)
   .option('--keep-state', 'leave rules, routes and the nftables table in place on exit', false)
   .option('--check', 'validate the configuration and exit', false)
+  .option('--cgroup-root <path>', 'the cgroup subtree whose apps are recognised and steered in the kernel, relative to the cgroup2 mount ("/": every process of the device); session cgroups go in its waymark/', cgroupRoot, '')
   .addOption(new Option('--log-level <level>', 'least severe level logged').choices(['debug', 'info', 'warn', 'error']).default('info'))
   .addOption(new Option('--busy-poll-us <µs>', 'after a decision request, poll this long (yielding the CPU) before sleeping: answers the next first connect of a burst without a wake-up; 0 turns it off')
     .default(DEFAULT_BUSY_POLL_US).argParser(busyPollUs))
@@ -45,7 +50,14 @@ Exit status: 0 stopped cleanly (--check: the configuration is valid); 1 bad opti
 start or unclean stop; 75 another waymarkd holds a lock or answers on the socket (that one keeps
 running); 78 configuration rejected (each problem as FILE:LINE:COLUMN: FIELD: PROBLEM).`);
 
-interface Opts { config: string; socket: string; stateDir: string; keepState: boolean; check: boolean; logLevel: Level; busyPollUs: number }
+interface Opts { config: string; socket: string; stateDir: string; keepState: boolean; check: boolean; logLevel: Level; busyPollUs: number; cgroupRoot: string }
+
+/** "/", "" or "a/b" (no "." or ".." components): the root relative to the mount, '' for the whole hierarchy. */
+function cgroupRoot(v: string): string {
+  const parts = v.split('/').filter((p) => p !== '');
+  if (parts.some((p) => p === '.' || p === '..' || /[\0\n]/.test(p))) throw new InvalidArgumentError('a path below the cgroup2 mount, without . or .. components');
+  return parts.join('/');
+}
 
 function busyPollUs(v: string): number {
   const n = Number(v);
@@ -88,13 +100,30 @@ async function main(): Promise<void> {
   const store = new StateStore(opts.stateDir);
   const saved = await store.load((why) => log.warn('state file unreadable, starting fresh', { why }));
   const generation = new GenerationFile(runDir);
-  const cgroups = await createCgroupBackend();
+  const cgroups = await createCgroupBackend(opts.cgroupRoot);
+  const cgroupDir = join(cgroups.mount, opts.cgroupRoot);
+  // The apps' BPF programs, attached at the cgroup root; without them apps are still listed.
+  let appMaps: AppMaps | null = null;
+  let kernelOff: string | null = null;
+  try {
+    appMaps = AppMaps.open(cgroupDir);
+  } catch (e) {
+    kernelOff = `the BPF programs could not be loaded at ${cgroupDir}: ${errorMessage(e)}`;
+    log.error('apps are not steered in the kernel', { reason: kernelOff });
+  }
   const events = new EventBus();
   const startedAt = new Date();
-  const { world, nftables, routing, sessions, decisions } = assemble({
-    config, savedSlots: saved.slots, saveSlots: (slots) => store.update({ slots: { ...slots } }), generation, events, log,
+  const appKeys = new AppKeys(saved.appKeys, (all) => void store.update({ appKeys: all }).catch((e: unknown) => log.error('cannot save state', { error: errorMessage(e) })));
+  const { world, nftables, routing, sessions, decisions, apps } = assemble({
+    config, savedSlots: saved.slots, saveSlots: (slots) => store.update({ slots: { ...slots } }), generation, events, log, appKeys,
     sessionStore: { save: (all) => store.update({ sessions: all.map((x) => ({ ...x, needs: [...x.needs], deny: [...x.deny], apps: [...x.apps] })) }) },
-  }, { kernel: new KernelRouting(), sysctl: new SrcValidMark(), nft: nftCommand, cgroups });
+  }, {
+    kernel: new KernelRouting(), sysctl: new SrcValidMark(), nft: nftCommand, cgroups,
+    apps: {
+      maps: appMaps ? appMapsPort(appMaps) : { apply: () => [], liveSockets: () => new Map() }, kernelOff,
+      cgroupDir, mount: cgroups.mount, cgroupRoot: `/${opts.cgroupRoot}`, sessionsDir: cgroups.sessionsDir,
+    },
+  });
   const decideServer = new DecisionServer(join(runDir, DECIDE_SOCKET), decisions, log, { busyPollUs: opts.busyPollUs });
 
   const reload = async (): Promise<ReloadResult> => {
@@ -134,12 +163,22 @@ async function main(): Promise<void> {
     'exec.begin': (params, cred) => sessions.begin(params, cred),
     'exec.end': (params, cred) => sessions.end(params.id, cred),
     'events.subscribe': (params, _cred, ctx) => Promise.resolve(ctx.subscribe(params.topics)),
+    apps: (_params, cred) => Promise.resolve({ cgroupRoot: `/${opts.cgroupRoot}`, kernel: apps.kernel, apps: apps.list(cred) }),
   }, log, { events });
 
   await world.saveSlots();
   await routing.start();
   await sessions.restore(saved.sessions);
   await sessions.refresh();
+  // The apps: the root's entry, then every cgroup below it as the tree finds them, live from now on.
+  apps.start(statSync(cgroupDir, { bigint: true }).ino);
+  const tree = new CgroupTree(cgroupDir, {
+    exclude: [WAYMARK_CGROUP_DIR],
+    onAdded: (e) => apps.added(seenOf(e.rel, e.id, e.app)),
+    onRemoved: (e) => apps.removed(e.rel),
+    warn: (m) => log.warn(m),
+  });
+  apps.refresh();
   decideServer.listen();
   // Only now: a new generation voids every library's cached answers, and from this very tick on
   // the decide socket answers them, so none falls back to default routing in between.
@@ -158,6 +197,7 @@ async function main(): Promise<void> {
       // Libraries drop their cached answers at once and fall back to their fail-open/closed mode.
       if (generation.opened) generation.bump();
       sessions.close();
+      tree.close();
       await server.close();
       const changes = await routing.stop(opts.keepState);
       if (!opts.keepState) {
@@ -165,6 +205,8 @@ async function main(): Promise<void> {
         log.info('removed kernel state', { changes });
       }
       routing.close();
+      // Detaches the apps' programs (they would go with the process anyway).
+      appMaps?.close();
       process.exit(0);
     })().catch((e: unknown) => {
       log.error('unclean stop', { error: errorMessage(e) });

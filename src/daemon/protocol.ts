@@ -32,6 +32,7 @@ import { NEED_NAMES } from '../config/schema.js';
 import type { DecisionStats } from '../decision/server.js';
 import type { PeerCred } from '../native/index.js';
 import { TOPICS, type DaemonEvent, type EventStats, type Topic } from './events.js';
+import type { AppView } from './apps.js';
 import type { ControlStats } from './server.js';
 
 /** The version this code speaks by default; the daemon answers every one of PROTOCOL_VERSIONS. */
@@ -135,6 +136,8 @@ export const METHODS = {
   },
   /** Ends a session of the caller's (root may end any). */
   'exec.end': { privileged: false, since: 1, params: z.object({ id: z.string().regex(/^[a-z0-9-]{1,40}$/) }).strict() },
+  /** The apps on the device now (the caller's own; root and the waymark group: all). */
+  apps: { privileged: false, since: 2, params: z.object({}).strict() },
   /**
    * From now on this connection also receives the events of these topics (all when empty) that
    * the caller may see. Again on the same connection: replaces the topics.
@@ -180,7 +183,16 @@ export interface ExecBeginResult {
   backstop: { mark: string | null; deniedIfnames: string[] };
 }
 
+export interface AppsResult {
+  /** The cgroup subtree whose apps the daemon steers ("/": the whole device). */
+  cgroupRoot: string;
+  /** Whether the kernel side (the BPF programs) is in force; when not, why. */
+  kernel: { active: boolean; reason: string | null };
+  apps: AppView[];
+}
+
 export interface Results {
+  apps: AppsResult;
   hello: HelloResult;
   status: StatusResult;
   reload: ReloadResult;

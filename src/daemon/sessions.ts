@@ -110,7 +110,7 @@ export class SessionService {
   backstops(): BackstopSession[] {
     return this.registry.all().map((s) => {
       const b = this.applied.get(s.id);
-      return { cgroup: s.cgroup, deniedIfnames: b?.deniedIfnames ?? [] };
+      return { cgroup: s.cgroup, deniedIfnames: b?.deniedIfnames ?? [], mark: b?.mark ?? null };
     });
   }
 

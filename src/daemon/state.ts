@@ -36,12 +36,14 @@ const stateSchema = z.object({
   version: z.literal(1),
   slots: z.record(z.string(), z.number().int().min(1).max(62)),
   sessions: z.array(sessionSchema).default([]),
+  /** App keys ("uid/name" → key, src/daemon/apps.ts): the kernel's counters stay the same app's across restarts. */
+  appKeys: z.record(z.string().max(512), z.number().int().min(1).max(0xffffffff)).default({}),
 });
 export type PersistedState = z.infer<typeof stateSchema>;
 
 export class StateStore {
   private readonly file: string;
-  private state: PersistedState = { version: 1, slots: {}, sessions: [] };
+  private state: PersistedState = { version: 1, slots: {}, sessions: [], appKeys: {} };
   private writing: Promise<void> = Promise.resolve();
 
   constructor(readonly dir: string) {

@@ -9,7 +9,7 @@
  * changes; src/daemon/assemble.ts builds it, then them, then subscribes them in order.
  */
 import type { Config } from '../config/load.js';
-import type { LinkMsg, AddrMsg, RouteMsg, RdnssMsg } from '../netlink/message.js';
+import { RTN, type LinkMsg, type AddrMsg, type RouteMsg, type RdnssMsg } from '../netlink/message.js';
 import { SessionRegistry } from '../session/session.js';
 import { assignSlots } from '../uplink/slots.js';
 import { ambiguousMatches, unusableMatches, uplinkStates, type UplinkState } from '../uplink/state.js';
@@ -20,6 +20,16 @@ import type { Logger } from './log.js';
 import { errorMessage } from '../errors.js';
 
 const MAIN_TABLE = 254;
+
+/** The device of the lowest-metric default route of a family (main's routes), or null. */
+function defaultOif(routes: readonly RouteMsg[], family: 4 | 6): number | null {
+  let best: RouteMsg | undefined;
+  for (const r of routes) {
+    if (r.family !== family || r.dstLen !== 0 || r.type !== RTN.UNICAST || r.oif === undefined) continue;
+    if (!best || (r.metric ?? 0) < (best.metric ?? 0)) best = r;
+  }
+  return best?.oif ?? null;
+}
 
 /** What the world tells its subscribers. A new part of the world is one more line here. */
 export type WorldChange =
@@ -34,7 +44,9 @@ export type WorldChange =
   /** Sessions began or ended, or what the kernel must enforce for them changed. */
   | { readonly kind: 'sessions' }
   /** The set of addresses learnt for domain destinations changed. */
-  | { readonly kind: 'learned' };
+  | { readonly kind: 'learned' }
+  /** Apps appeared or left (the cgroup tree: src/daemon/apps.ts). */
+  | { readonly kind: 'apps' };
 
 export type WorldChangeKind = WorldChange['kind'];
 
@@ -61,6 +73,7 @@ export class World {
   private currentGeneration = 1;
   private currentSlots: Map<string, number>;
   private states: UplinkState[] = [];
+  private mainDefaults: { v4: number | null; v6: number | null } = { v4: null, v6: null };
   private readonly linkDns = new Map<number, { servers: readonly string[]; until: number }>();
   /** Addresses learnt for domain destinations (emits `learned`). */
   readonly learned: LearnedHosts;
@@ -99,6 +112,11 @@ export class World {
   /** The uplinks as last observed. */
   get uplinks(): readonly UplinkState[] {
     return this.states;
+  }
+
+  /** The interface main's default route leaves by, per family (lowest metric), as last observed; null: none. */
+  get mainDefault(): { readonly v4: number | null; readonly v6: number | null } {
+    return this.mainDefaults;
   }
 
   subscribe<K extends WorldChangeKind>(kinds: readonly K[], fn: Listener<Extract<WorldChange, { kind: K }>>): () => void {
@@ -151,6 +169,7 @@ export class World {
    */
   observe(facts: LinkFacts): readonly UplinkState[] {
     const routes = facts.routes.filter((r) => r.table === MAIN_TABLE);
+    this.mainDefaults = { v4: defaultOif(routes, 4), v6: defaultOif(routes, 6) };
     this.states = uplinkStates(this.currentConfig.uplinks, this.currentSlots, { links: facts.links, addrs: facts.addrs, routes, linkDns: this.validLinkDns() });
     this.warnAmbiguous(facts.links);
     this.announce({ kind: 'observed', states: this.states });
@@ -171,6 +190,11 @@ export class World {
   /** Sessions or their backstops changed; resolves once every subscriber followed (the nftables table is loaded). */
   sessionsChanged(): Promise<void> {
     return this.feed.emit({ kind: 'sessions' });
+  }
+
+  /** Apps appeared or left; resolves once every subscriber followed. */
+  appsChanged(): Promise<void> {
+    return this.feed.emit({ kind: 'apps' });
   }
 
   /** Emits a change nobody awaits; a subscriber that fails without logging it is logged here. */

@@ -42,7 +42,8 @@ export async function startDevice(lab: Lab, opts: { config?: string; logLevel?: 
     async startDaemon(extra = []) {
       const log = openSync(join(dir, 'waymarkd.log'), 'a');
       this.daemon = lab.spawn('dev', [process.execPath, DAEMON_JS, '--config', configPath, '--socket', socket,
-        '--state-dir', join(dir, 'state'), '--log-level', opts.logLevel ?? 'debug', ...extra], { stdio: ['ignore', log, log], hostMounts: true });
+        '--state-dir', join(dir, 'state'), '--log-level', opts.logLevel ?? 'debug',
+        ...(lab.cgroups ? ['--cgroup-root', lab.cgroups.rel] : []), ...extra], { stdio: ['ignore', log, log], hostMounts: true });
       await waitForDaemon(dev);
     },
     async stopDaemon(signal = 'SIGTERM') {

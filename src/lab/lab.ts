@@ -19,6 +19,7 @@ import { readdir, readFile, rm } from 'node:fs/promises';
 import { Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { errorMessage } from '../errors.js';
+import { cgroup2Mount, LabCgroups, sweepStaleCgroups } from './cgroups.js';
 
 export type Role = 'dev' | 'wifi' | 'cell' | 'mms' | 'office' | 'inet';
 export const ROLES = ['dev', 'wifi', 'cell', 'mms', 'office', 'inet'] as const satisfies readonly Role[];
@@ -41,6 +42,11 @@ export interface RunOptions {
   timeoutMs?: number;
   input?: string;
   cwd?: string;
+  /**
+   * Start it in this cgroup of the lab's own subtree (relative to it, e.g. "user.slice/…/app-x-1.scope",
+   * which must exist): moved in before anything else runs, as systemd starts an app in its scope.
+   */
+  cgroup?: string;
 }
 
 /** For spawn(): input is written to stdin (when it is a pipe); timeoutMs, if given, kills it. */
@@ -575,6 +581,8 @@ export const DETACHED_DIR = '/run/waymark-lab';
 
 export class Lab {
   readonly runId: string;
+  /** The lab's own cgroup subtree (null: no cgroup2 hierarchy here), the cgroup root of its daemon. */
+  readonly cgroups: LabCgroups | null;
   private readonly names: Readonly<Record<Role, string>>;
   private readonly plan: Record<Role, NsPlan>;
   private readonly children = new Set<ChildProcess>();
@@ -587,6 +595,8 @@ export class Lab {
   private constructor(runId: string, log: (msg: string) => void) {
     this.runId = runId;
     this.log = log;
+    const mount = cgroup2Mount();
+    this.cgroups = mount === null ? null : new LabCgroups(mount, runId);
     const names = {} as Record<Role, string>;
     for (const role of ROLES) names[role] = `wm-${role}-${runId}`;
     this.names = names;
@@ -611,6 +621,7 @@ export class Lab {
     liveLabs.add(lab);
     const t0 = performance.now();
     try {
+      lab.cgroups?.create();
       await lab.build();
       log(`lab ${runId}: namespaces built in ${Math.round(performance.now() - t0)} ms`);
       if (opts.servers ?? true) {
@@ -782,9 +793,12 @@ export class Lab {
   /** Spawns `ip netns exec NS argv...` (or nsenter, see hostMounts) in its own process group; killed by destroy(). */
   spawn(role: Role, argv: string[], opts: SpawnOptions = {}): ChildProcess {
     if (this.destroyed || this.destroying !== null) throw new Error(`lab ${this.runId}: already destroyed`);
-    const [cmd, ...args] = opts.hostMounts
+    const inner = opts.hostMounts
       ? ['nsenter', `--net=${this.nsPath(role)}`, '--', ...this.wrap(argv, opts)]
       : ['ip', 'netns', 'exec', this.names[role], ...this.wrap(argv, opts)];
+    // Into the cgroup first, on the host (`ip netns exec` hides /sys/fs/cgroup): what it runs inherits it.
+    if (opts.cgroup !== undefined && this.cgroups === null) throw new Error(`lab ${this.runId}: no cgroup2 hierarchy for cgroup ${opts.cgroup}`);
+    const [cmd = 'false', ...args] = opts.cgroup !== undefined && this.cgroups !== null ? this.cgroups.wrap(opts.cgroup, inner) : inner;
     const child = spawn(cmd, args, {
       env: opts.env ?? process.env,
       cwd: opts.cwd,
@@ -813,8 +827,8 @@ export class Lab {
     return new Promise((resolve, reject) => {
       let child: ChildProcess;
       try {
-        const { env, uid, gid, cwd } = opts;
-        child = this.spawn(role, argv, { env, uid, gid, cwd, stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
+        const { env, uid, gid, cwd, cgroup } = opts;
+        child = this.spawn(role, argv, { env, uid, gid, cwd, ...(cgroup !== undefined ? { cgroup } : {}), stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
       } catch (err) {
         reject(err);
         return;
@@ -896,6 +910,7 @@ export class Lab {
     for (const c of stubborn) killGroup(c, 'SIGKILL');
     await Promise.all(stubborn.map((c) => waitExit(c, 1000)));
     const results = await Promise.allSettled(ROLES.map((role) => removeNetns(this.names[role])));
+    this.cgroups?.destroy();
     this.destroyed = true;
     liveLabs.delete(this);
     const left = new Set(await listNetns());
@@ -914,6 +929,7 @@ export class Lab {
     liveLabs.delete(this);
     for (const c of this.children) killGroup(c, 'SIGKILL');
     removeNetnsSync(ROLES.map((r) => this.names[r]));
+    this.cgroups?.destroy();
   }
 
   /** GET http://HOST/ from a namespace with curl; the path server's reply, or null on failure. */
@@ -993,6 +1009,7 @@ export async function sweepStale(): Promise<string[]> {
     await removeNetns(name);
     removed.push(name);
   }
+  removed.push(...sweepStaleCgroups((pid, runId) => pid === process.pid || isAlive(pid) || existsSync(`${DETACHED_DIR}/${runId}.json`)));
   return removed;
 }
 
@@ -1018,7 +1035,11 @@ export async function destroyDetached(): Promise<string[]> {
     const rec = JSON.parse(text) as { runId?: unknown; namespaces?: Record<string, unknown> };
     const names = Object.values(rec.namespaces ?? {}).filter((n): n is string => typeof n === 'string' && /^wm-[a-z]+-\d+-[0-9a-f]{4}$/.test(n));
     for (const n of names) await removeNetns(n);
-    if (typeof rec.runId === 'string') ended.push(rec.runId);
+    if (typeof rec.runId === 'string') {
+      // Its cgroups go too (its processes are gone with the namespaces' teardown or now).
+      sweepStaleCgroups((_pid, runId) => runId !== rec.runId);
+      ended.push(rec.runId);
+    }
   }
   return ended;
 }

@@ -8,17 +8,17 @@
  * Every step waits for the line it expects; the 10 s bounds are guards against a hang only.
  */
 import assert from 'node:assert/strict';
-import { type ChildProcess } from 'node:child_process';
 import { realpathSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { after, before, describe, it } from 'node:test';
-import { CLI_JS, EXAMPLE_CONFIG, startDevice, type Device } from '../../src/lab/device.js';
+import { EXAMPLE_CONFIG, startDevice, type Device } from '../../src/lab/device.js';
 import { Lab, LAB, sweepStale } from '../../src/lab/lab.js';
 import { publicRoot } from '../../src/lab/public.js';
 import type { DaemonEvent } from '../../src/daemon/events.js';
 import type { StatusResult } from '../../src/daemon/protocol.js';
 import { SOCKET_HIGH_WATER } from '../../src/daemon/server.js';
+import { Watcher } from '../support/watcher.js';
 
 const GUARD_MS = 10_000;
 const USER = 4242;
@@ -44,73 +44,6 @@ after(async () => {
   await dev?.dispose();
   await lab?.destroy();
 });
-
-/** A `waymark watch` process in the device, its lines stamped as they arrive here. */
-class Watcher {
-  readonly child: ChildProcess;
-  readonly lines: { at: number; text: string }[] = [];
-  stderr = '';
-  private readonly waiters: { from: number; pred(t: string): boolean; resolve(l: { at: number; text: string }): void }[] = [];
-  private readonly exit: Promise<number | null>;
-
-  constructor(args: readonly string[], readonly uid?: number) {
-    const cli = uid !== undefined ? join(publicRoot(), 'dist/src/cli/main.js') : CLI_JS;
-    this.child = lab.spawn('dev', [process.execPath, cli, '--socket', dev.socket, 'watch', ...args], { ...(uid !== undefined ? { uid } : {}), stdio: ['ignore', 'pipe', 'pipe'] });
-    this.exit = new Promise((resolve) => this.child.once('exit', (code) => resolve(code)));
-    this.child.stderr?.setEncoding('utf8').on('data', (d: string) => {
-      this.stderr += d;
-      this.check();
-    });
-    if (this.child.stdout) {
-      createInterface({ input: this.child.stdout }).on('line', (text) => {
-        this.lines.push({ at: performance.now(), text });
-        this.check();
-      });
-    }
-  }
-
-  private check(): void {
-    for (const w of [...this.waiters]) {
-      const hit = w.from < 0 ? (this.stderr.split('\n').some((l) => w.pred(l)) ? { at: performance.now(), text: this.stderr } : undefined) : this.lines.slice(w.from).find((l) => w.pred(l.text));
-      if (hit) {
-        this.waiters.splice(this.waiters.indexOf(w), 1);
-        w.resolve(hit);
-      }
-    }
-  }
-
-  private wait(from: number, pred: (t: string) => boolean, what: string): Promise<{ at: number; text: string }> {
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`watcher${this.uid !== undefined ? ` (uid ${this.uid})` : ''}: no ${what} within ${GUARD_MS} ms; got:\n${this.lines.map((l) => l.text).join('\n')}\n${this.stderr}`)), GUARD_MS);
-      this.waiters.push({ from, pred, resolve: (l) => { clearTimeout(timer); resolve(l); } });
-      this.check();
-    });
-  }
-
-  /** Resolves once the subscription is in place (the watcher says so on stderr). */
-  async ready(): Promise<void> {
-    await this.wait(-1, (l) => l.startsWith('watching '), '"watching" line');
-  }
-
-  /** The first line from `from` on that `pred` accepts. */
-  line(from: number, pred: (t: string) => boolean, what: string): Promise<{ at: number; text: string }> {
-    return this.wait(from, pred, what);
-  }
-
-  /** The first event (JSON watchers) from `from` on that `pred` accepts. */
-  async event(from: number, pred: (e: DaemonEvent) => boolean, what: string): Promise<{ at: number; event: DaemonEvent }> {
-    const l = await this.wait(from, (t) => pred(JSON.parse(t) as DaemonEvent), what);
-    return { at: l.at, event: JSON.parse(l.text) as DaemonEvent };
-  }
-
-  events(): DaemonEvent[] {
-    return this.lines.map((l) => JSON.parse(l.text) as DaemonEvent);
-  }
-
-  exited(): Promise<number | null> {
-    return this.exit;
-  }
-}
 
 const preload = (): NodeJS.ProcessEnv => ({ ...process.env, LD_PRELOAD: join(publicRoot(), 'native/preload/libwaymark.so'), WAYMARK_SOCKET: dev.socket });
 
@@ -138,10 +71,10 @@ describe('waymark watch', () => {
   let denials: Watcher;
 
   before(async () => {
-    a = new Watcher(['--json']);
-    b = new Watcher([]); // readable text
-    user = new Watcher(['--json'], USER);
-    denials = new Watcher(['--json', '--topic', 'decision']);
+    a = new Watcher(lab, dev, ['--json']);
+    b = new Watcher(lab, dev, []); // readable text
+    user = new Watcher(lab, dev, ['--json'], USER);
+    denials = new Watcher(lab, dev, ['--json', '--topic', 'decision']);
     await Promise.all([a.ready(), b.ready(), user.ready(), denials.ready()]);
   });
 
@@ -340,7 +273,7 @@ while True:
     try {
       assert.equal(await a.exited(), 69);
       assert.match(a.stderr, /waymark: waymarkd closed the connection; no more events/);
-      const again = new Watcher(['--json']);
+      const again = new Watcher(lab, dev, ['--json']);
       assert.equal(await again.exited(), 69);
       assert.match(again.stderr, /waymarkd is not running/);
       assert.doesNotMatch(again.stderr, /closed the connection/, 'one message, not two');

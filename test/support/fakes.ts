@@ -1,4 +1,5 @@
 /** Fake adapters for the daemon's model (src/daemon/assemble.ts: Adapters), in memory. */
+import type { CgroupEntry, KernelAppMaps, MapsPlan } from '../../src/backstop/desired.js';
 import type { CgroupBackend } from '../../src/daemon/sessions.js';
 import type { Clock, Timer } from '../../src/daemon/clock.js';
 import type { Logger } from '../../src/daemon/log.js';
@@ -202,3 +203,26 @@ export function recordingLog(): Logger & { readonly lines: LogLine[] } {
   const at = (level: string) => (msg: string, fields?: Record<string, unknown>): void => { lines.push({ level, msg, fields }); };
   return { lines, debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error') };
 }
+
+/** The apps' kernel side: what was written, as the BPF maps would hold it. */
+export class FakeAppMaps implements KernelAppMaps {
+  readonly plans: MapsPlan[] = [];
+  readonly cgroups = new Map<bigint, CgroupEntry>();
+  sockets = new Map<bigint, number>();
+
+  apply(plan: MapsPlan): readonly string[] {
+    this.plans.push(plan);
+    for (const id of plan.delCgroups) this.cgroups.delete(id);
+    for (const [id, e] of plan.setCgroups) this.cgroups.set(id, e);
+    return [];
+  }
+
+  liveSockets(): ReadonlyMap<bigint, number> {
+    return this.sockets;
+  }
+}
+
+/** What assemble() needs for the apps, with nothing on disk. */
+export const fakeApps = (maps: KernelAppMaps = new FakeAppMaps()) => ({
+  maps, kernelOff: null, cgroupDir: '/nonexistent', mount: '/nonexistent', cgroupRoot: '/', sessionsDir: '/nonexistent/waymark',
+});

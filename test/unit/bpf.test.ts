@@ -67,7 +67,7 @@ describe('waymark_bpf.h ⇄ src/backstop/bpf.ts', () => {
 
   it('constants', () => {
     const ts: Record<string, number> = {
-      WM_DENY_ALL: B.WM_DENY_ALL, WM_T_SET: B.WM_T_SET, WM_MAX_DEPTH: B.WM_MAX_DEPTH, WM_DIR_TX: B.WM_DIR_TX, WM_DIR_RX: B.WM_DIR_RX,
+      WM_DENY_ALL: B.WM_DENY_ALL, WM_T_SET: B.WM_T_SET, WM_T_DNS_SHIFT: B.WM_T_DNS_SHIFT, WM_T_DNS_MASK: B.WM_T_DNS_MASK, WM_MAX_DEPTH: B.WM_MAX_DEPTH, WM_DIR_TX: B.WM_DIR_TX, WM_DIR_RX: B.WM_DIR_RX,
       WM_CGROUPS_MAX: B.MAPS.cgroups.max, WM_UIDS_MAX: B.MAPS.uids.max, WM_IFSLOT_MAX: B.MAPS.ifslot.max,
       WM_DST_MAX: B.MAPS.dst4.max, WM_USAGE_MAX: B.MAPS.usage.max, WM_SOCKS_MAX: B.MAPS.socks.max,
     };
@@ -119,6 +119,9 @@ describe('encoders and decoders', () => {
     if (le) assert.equal(b.toString('hex'), '07000000' + '00000003' + '02000040' + '01000000');
     assert.deepEqual(B.decodeTreatment(b), t);
     assert.deepEqual(B.decodeTreatment(B.encodeTreatment({ ...t, deny: 'all', decides: false })), { ...t, deny: 'all', decides: false });
+    // The DNS slot rides in the flags.
+    assert.deepEqual(B.decodeTreatment(B.encodeTreatment({ ...t, dnsSlot: 3 })), { ...t, dnsSlot: 3 });
+    assert.throws(() => B.encodeTreatment({ ...t, dnsSlot: 31 }), RangeError);
     assert.equal(B.denyBits([]), 0);
     assert.equal(B.denyBits('all'), 0x80000000);
     assert.throws(() => B.encodeTreatment({ ...t, deny: [0] }), RangeError);

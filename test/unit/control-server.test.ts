@@ -77,6 +77,7 @@ describe('ControlServer limits', { skip: !isRoot && 'needs root (clients run as 
     reload: () => placeholder({}),
     'exec.begin': () => placeholder({}),
     'exec.end': () => Promise.resolve({}),
+    apps: () => placeholder({}),
     'events.subscribe': () => placeholder({}),
   };
 

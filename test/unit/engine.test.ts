@@ -22,7 +22,8 @@ import { isOwnRoute, isOwnRule } from '../../src/routing/reconcile.js';
 import { RECONCILE_BURST } from '../../src/routing/reconciler.js';
 import type { KernelView } from '../../src/uplink/state.js';
 import { exampleConfig, labKernel } from '../support/fixture.js';
-import { FakeCgroups, FakeClock, FakeKernel, FakeNft, FakeSysctl, recordingLog } from '../support/fakes.js';
+import { FakeAppMaps, FakeCgroups, FakeClock, FakeKernel, FakeNft, FakeSysctl, fakeApps, recordingLog } from '../support/fakes.js';
+import { AppKeys } from '../../src/daemon/apps.js';
 
 const me = { pid: process.pid, uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
 const ALL: WorldChangeKind[] = ['config', 'observed', 'uplinks', 'linkDns', 'sessions', 'learned'];
@@ -47,6 +48,7 @@ function harness(view: KernelView = labKernel(), config: Config = exampleConfig(
   const sysctl = new FakeSysctl();
   const nft = new FakeNft();
   const cgroups = new FakeCgroups();
+  const appMaps = new FakeAppMaps();
   const log = recordingLog();
   const dir = mkdtempSync(join(tmpdir(), 'wm-engine-'));
   dirs.push(dir);
@@ -57,8 +59,8 @@ function harness(view: KernelView = labKernel(), config: Config = exampleConfig(
   const m = assemble({
     config, savedSlots: {}, saveSlots: (s) => { savedSlots = s; return Promise.resolve(); },
     sessionStore: { save: () => Promise.resolve() }, generation, log,
-    events: { publish: (e) => { published.push(e); }, wants: () => true },
-  }, { kernel, sysctl, nft, cgroups, clock });
+    events: { publish: (e) => { published.push(e); }, wants: () => true }, appKeys: new AppKeys(),
+  }, { kernel, sysctl, nft, cgroups, clock, apps: fakeApps(appMaps) });
   // Subscribed last: it hears of a change once every follower is done with it.
   const changes: WorldChange[] = [];
   const waiting: { kind: WorldChangeKind; resolve: (c: WorldChange) => void }[] = [];
@@ -279,7 +281,10 @@ describe('the nftables table model', { timeout: 10_000 }, () => {
     assert.match(h.nft.last, /add chain inet waymark backstop_dns \{ type nat hook output priority -100; policy accept; \}/);
     await h.sessions.end(r.id, me);
     assert.doesNotMatch(h.nft.last, /cgroupv2/);
-    assert.doesNotMatch(h.nft.last, /chain backstop_dns \{/, 'no session: no nat chain');
+    // No session: the nat chain holds only the apps' redirect (by mark, no cgroup).
+    const nat = (h.nft.last.split('  chain backstop_dns {\n')[1] ?? '').split('\n  }')[0] ?? '';
+    assert.doesNotMatch(nat, /cgroupv2/);
+    assert.match(nat, /meta mark and 0x3f000000 != 0 .* oifname "wwan0" .* dnat ip to 10\.64\.0\.1 comment "waymark apps dns"/);
     assert.equal(h.cgroups.made.has(r.cgroup), false);
   });
 

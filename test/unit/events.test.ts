@@ -137,6 +137,7 @@ describe('ControlServer events (protocol v2)', () => {
     reload: () => placeholder({}),
     'exec.begin': () => placeholder({}),
     'exec.end': () => Promise.resolve({}),
+    apps: () => placeholder({}),
     'events.subscribe': (p, _cred, ctx) => Promise.resolve(ctx.subscribe(p.topics)),
   };
 

@@ -1,0 +1,319 @@
+/**
+ * The apps on the device, as the cgroup tree shows them, and their kernel keys.
+ *
+ * Fed by the live cgroup tree (src/identity/cgroup-tree.ts): every directory under the daemon's
+ * cgroup root is a known cgroup; one that is (or is nested in) a systemd unit is an app's. A new
+ * cgroup's BPF entry is written synchronously, in the very callback that reported it, so the
+ * window in which its sockets get their parent's `pending` treatment is the watcher's latency
+ * alone (src/backstop/desired.ts says what `pending` is). Everything else (a reload, an uplink
+ * change, a learned host) recomputes the desired maps and writes only the difference.
+ *
+ * App keys: each app (uid + name) gets a small number, the key of its kernel counters, kept in
+ * the state file so that it means the same app across restarts.
+ */
+import { readFileSync, readlinkSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { decide, NO_WISH } from '../decision/decide.js';
+import { INTERNET } from '../destination/destination.js';
+import { errorMessage } from '../errors.js';
+import type { PeerCred } from '../native/index.js';
+import { ruleFor, type AppRule } from '../policy/app.js';
+import { treatmentFor } from '../policy/treatment.js';
+import { bestUplink } from '../routing/desired.js';
+import {
+  cgroupEntry, cgroupFacts, desiredMaps, planMaps, WM_T_SET,
+  type CgroupEntry, type DesiredMaps, type KernelAppMaps, type KernelTreatment, type KnownCgroup, type MapsWorld,
+} from '../backstop/desired.js';
+import { MARK_MASK } from '../constants.js';
+import type { World } from './world.js';
+import { mayChangeState } from './access.js';
+import type { CgroupApp } from '../identity/cgroup.js';
+import type { EventBody } from './events.js';
+import type { Logger } from './log.js';
+
+/** How the daemon recognised an app (shown by `waymark apps`). */
+export type AppKind = 'app' | 'flatpak' | 'service' | 'login' | 'scope';
+
+/** A cgroup as the tree reports it, with what its name says. */
+export interface SeenCgroup {
+  readonly rel: string;
+  readonly id: bigint;
+  readonly uid: number | null;
+  /** The unit it is or is nested in; null: a slice or plain directory. */
+  readonly unit: {
+    readonly unit: string;
+    /** The unit's own cgroup (rel): where a nested cgroup's app lives. */
+    readonly unitRel: string;
+    readonly kind: AppKind;
+    readonly name: string;
+    readonly appId: string | null;
+    readonly flatpakId: string | null;
+  } | null;
+}
+
+const USER_SLICE_RE = /(?:^|\/)user-(\d{1,10})\.slice(?:\/|$)/;
+
+/** A cgroup the tree reported (src/identity/cgroup-tree.ts), as the app service keeps it. */
+export function seenOf(rel: string, id: bigint, app: CgroupApp | null): SeenCgroup {
+  if (app === null) {
+    // A slice or plain directory: the uid of the user slice it is in, if any (for `pending`).
+    const m = USER_SLICE_RE.exec(rel);
+    const uid = m?.[1] === undefined ? null : Number(m[1]);
+    return { rel, id, uid: uid !== null && Number.isSafeInteger(uid) ? uid : null, unit: null };
+  }
+  // The unit's own directory: the innermost ancestor (or itself) named like the unit.
+  const parts = rel.split('/');
+  const at = app.nested ? parts.indexOf(app.unit) : parts.length - 1;
+  const unitRel = at >= 0 ? parts.slice(0, at + 1).join('/') : rel;
+  const kind: AppKind = app.kind === 'app' && app.flatpakId !== null ? 'flatpak' : app.kind;
+  return { rel, id, uid: app.uid, unit: { unit: app.unit, unitRel, kind, name: app.name, appId: app.appId, flatpakId: app.flatpakId } };
+}
+
+
+export interface AppView {
+  name: string;
+  kind: AppKind;
+  unit: string;
+  appId: string | null;
+  flatpakId: string | null;
+  uid: number | null;
+  cgroup: string;
+  /** Its kernel key (per-app counters). */
+  key: number;
+  /** The executable of its first process, when it has one. */
+  exe: string | null;
+  pids: number;
+  /** The app rule that applies in the kernel (null: none; default routing). */
+  rule: string | null;
+  /** Per destination: the uplink its connections take, "default" (main routing) or "denied". */
+  uplinks: Record<string, string>;
+  /** Its live inet sockets (null: the kernel cannot count them). */
+  sockets: number | null;
+}
+
+/** A session's cgroup, as the session service knows it (src/backstop/nft.ts: BackstopSession). */
+export interface SessionCgroupMark {
+  /** Relative to the cgroup2 mount. */
+  readonly cgroup: string;
+  readonly mark?: number | null;
+}
+
+export interface AppServiceDeps {
+  readonly maps: KernelAppMaps;
+  /** Null: the kernel side is not in force, and why (`waymark apps` says so). */
+  readonly kernelOff?: string | null;
+  /** The world the maps follow (rules, uplinks, destinations with learned hosts, main's default). */
+  readonly world: () => Omit<MapsWorld, 'cgroups'>;
+  /** The absolute directory of the cgroup root (to read cgroup.procs for `waymark apps`). */
+  readonly cgroupDir: string;
+  /** The cgroup2 mount and the root relative to it ("/": the whole hierarchy). */
+  readonly mount: string;
+  readonly cgroupRoot: string;
+  /** The daemon's session cgroups (absolute: their parent directory), and the sessions in it. */
+  readonly sessionsDir: string;
+  readonly sessions: () => readonly SessionCgroupMark[];
+  readonly keys: AppKeys;
+  readonly publish: (e: EventBody) => void;
+  readonly log: Logger;
+  /** Wall-clock milliseconds with a fraction (default: performance.timeOrigin + performance.now()). */
+  readonly now?: () => number;
+  readonly procRoot?: string;
+}
+
+/** App keys by "uid/name", persisted by the daemon (the state file's `appKeys`). */
+export class AppKeys {
+  private readonly keys: Map<string, number>;
+  private next: number;
+
+  constructor(saved: Readonly<Record<string, number>> = {}, private readonly save: (all: Record<string, number>) => void = () => undefined) {
+    this.keys = new Map(Object.entries(saved));
+    this.next = Math.max(0, ...this.keys.values()) + 1;
+  }
+
+  keyOf(uid: number | null, name: string): number {
+    const id = `${uid ?? 'system'}/${name}`;
+    let k = this.keys.get(id);
+    if (k === undefined) {
+      k = this.next++;
+      this.keys.set(id, k);
+      this.save(Object.fromEntries(this.keys));
+    }
+    return k;
+  }
+}
+
+export class AppService {
+  private readonly known = new Map<string, KnownCgroup & { readonly seen: SeenCgroup }>();
+  private applied: DesiredMaps | undefined;
+  private readonly now: () => number;
+
+  constructor(private readonly deps: AppServiceDeps) {
+    this.now = deps.now ?? ((): number => performance.timeOrigin + performance.now());
+  }
+
+  /** A cgroup appeared: its entry is in the kernel when this returns. */
+  added(c: SeenCgroup): void {
+    const appKey = c.unit ? this.deps.keys.keyOf(c.uid, c.unit.name) : 0;
+    const k = { id: c.id, rel: c.rel, uid: c.uid, unit: c.unit, appKey, seen: c };
+    const prev = this.known.get(c.rel);
+    this.known.set(c.rel, k);
+    const w = { ...this.deps.world(), cgroups: [] };
+    const entry = cgroupEntry(k, w);
+    const errors = this.deps.maps.apply({
+      setCgroups: [[c.id, entry]], delCgroups: prev && prev.id !== c.id ? [prev.id] : [],
+      setUids: [], delUids: [], setIfslots: [], delIfslots: [], setDestinations: [], delDestinations: [],
+    });
+    const at = this.now();
+    if (this.applied) {
+      const cgroups = new Map(this.applied.cgroups);
+      if (prev && prev.id !== c.id) cgroups.delete(prev.id);
+      cgroups.set(c.id, entry);
+      this.applied = { ...this.applied, cgroups };
+    }
+    for (const e of errors) this.deps.log.error('cannot write an app entry to the kernel', { cgroup: c.rel, error: e });
+    // The app's own cgroup (not one nested in it) is an app appearing.
+    if (c.unit && c.unit.unitRel === c.rel) {
+      const facts = cgroupFacts(k);
+      const rule = facts ? ruleFor(w.rules, facts) : undefined;
+      const t = rule ? treatmentFor(rule, NO_WISH, w.uplinks, w.destinations) : undefined;
+      this.deps.publish({
+        type: 'app.appeared', uid: c.uid, name: c.unit.name, unit: c.unit.unit, cgroup: c.rel, kind: c.unit.kind,
+        rule: rule?.name ?? null, uplink: t?.uplink?.spec.name ?? null, classifiedAt: at,
+      });
+    }
+  }
+
+  removed(rel: string): void {
+    const k = this.known.get(rel);
+    if (!k) return;
+    this.known.delete(rel);
+    const errors = this.deps.maps.apply({
+      setCgroups: [], delCgroups: [k.id], setUids: [], delUids: [], setIfslots: [], delIfslots: [], setDestinations: [], delDestinations: [],
+    });
+    if (this.applied) {
+      const cgroups = new Map(this.applied.cgroups);
+      cgroups.delete(k.id);
+      this.applied = { ...this.applied, cgroups };
+    }
+    for (const e of errors) this.deps.log.warn('cannot remove an app entry from the kernel', { cgroup: rel, error: e });
+    const u = k.seen.unit;
+    if (u && u.unitRel === rel) {
+      this.deps.publish({ type: 'app.left', uid: k.uid, name: u.name, unit: u.unit, cgroup: rel });
+    }
+  }
+
+  /** The cgroup root itself (never reported by the tree): the last ancestor every walk finds. */
+  start(rootId: bigint): void {
+    this.known.set('', { id: rootId, rel: '', uid: null, unit: null, appKey: 0, seen: { rel: '', id: rootId, uid: null, unit: null } });
+    this.refresh();
+  }
+
+  /** Follows what the treatments depend on (after the kernel's routes did). */
+  follow(world: Pick<World, 'subscribe'>): void {
+    world.subscribe(['config', 'uplinks', 'learned', 'sessions'], () => {
+      this.refresh();
+    });
+  }
+
+  get kernel(): { active: boolean; reason: string | null } {
+    const off = this.deps.kernelOff ?? null;
+    return { active: off === null, reason: off };
+  }
+
+  /**
+   * The daemon's own session cgroups: their directory (a new session's cgroup, before its entry,
+   * is left to the session's own mark) and each session (its mark; the nftables backstop does
+   * its denials, src/backstop/nft.ts).
+   */
+  private fixedEntries(): Map<bigint, CgroupEntry> {
+    const out = new Map<bigint, CgroupEntry>();
+    const idOf = (path: string): bigint | null => {
+      try {
+        return statSync(path, { bigint: true }).ino;
+      } catch {
+        return null;
+      }
+    };
+    const untouched: KernelTreatment = { app: 0, mark: 0, deny: 0, flags: WM_T_SET };
+    const dir = idOf(this.deps.sessionsDir);
+    if (dir !== null) out.set(dir, { self: untouched, pending: untouched });
+    for (const s of this.deps.sessions()) {
+      const id = idOf(join(this.deps.mount, s.cgroup));
+      if (id === null) continue;
+      const t: KernelTreatment = { ...untouched, mark: ((s.mark ?? 0) & MARK_MASK) >>> 0 };
+      out.set(id, { self: t, pending: t });
+    }
+    return out;
+  }
+
+  /** Recomputes every entry from the world as it is now and writes the difference. */
+  refresh(): void {
+    const desired = desiredMaps({ ...this.deps.world(), cgroups: [...this.known.values()], fixed: this.fixedEntries() });
+    const plan = planMaps(desired, this.applied);
+    const errors = this.deps.maps.apply(plan);
+    for (const e of errors) this.deps.log.error('cannot update the kernel app maps', { error: e });
+    // What failed is written again by the next refresh.
+    this.applied = errors.length === 0 ? desired : undefined;
+  }
+
+  /** The apps the caller may see (its own; root and the waymark group: all), sorted by name. */
+  list(cred: PeerCred): AppView[] {
+    const w = { ...this.deps.world(), cgroups: [] };
+    const live = this.deps.maps.liveSockets();
+    const counted = live.size > 0;
+    const out: AppView[] = [];
+    for (const k of this.known.values()) {
+      const u = k.seen.unit;
+      if (!u || u.unitRel !== k.rel) continue;
+      if (k.uid !== cred.uid && !mayChangeState(cred)) continue;
+      const nested = [...this.known.values()].filter((x) => x.rel === k.rel || x.rel.startsWith(`${k.rel}/`));
+      const facts = cgroupFacts(k);
+      const rule = facts ? ruleFor(w.rules.filter((r) => r.match.exe === undefined), facts) : undefined;
+      const pids = nested.flatMap((x) => this.pidsOf(x.rel));
+      out.push({
+        name: u.name, kind: u.kind, unit: u.unit, appId: u.appId, flatpakId: u.flatpakId, uid: k.uid, cgroup: k.rel, key: k.appKey,
+        exe: pids[0] === undefined ? null : this.exeOf(pids[0]), pids: pids.length,
+        rule: rule?.name ?? null, uplinks: this.uplinksOf(rule, w),
+        sockets: counted ? nested.reduce((n, x) => n + (live.get(x.id) ?? 0), 0) : null,
+      });
+    }
+    return out.sort((a, b) => a.name.localeCompare(b.name) || a.cgroup.localeCompare(b.cgroup));
+  }
+
+  /** How many cgroups and apps are known (for status). */
+  get counts(): { cgroups: number; apps: number } {
+    let apps = 0;
+    for (const k of this.known.values()) if (k.seen.unit?.unitRel === k.rel) apps++;
+    return { cgroups: this.known.size, apps };
+  }
+
+  private uplinksOf(rule: AppRule | undefined, w: Omit<MapsWorld, 'cgroups'>): Record<string, string> {
+    const out: Record<string, string> = {};
+    for (const d of w.destinations) {
+      if (rule === undefined) {
+        out[d.name] = d.name === INTERNET ? 'default' : bestUplink(w.uplinks, d, 4)?.spec.name ?? 'default';
+        continue;
+      }
+      const r = decide({ uplinks: w.uplinks, destinations: w.destinations, wish: NO_WISH, app: rule, family: 4, addr: new Uint8Array(4), learnedDestination: d.name });
+      out[d.name] = r.action === 'steer' ? r.uplink.spec.name : r.action === 'deny' ? 'denied' : 'default';
+    }
+    return out;
+  }
+
+  private pidsOf(rel: string): number[] {
+    try {
+      return readFileSync(join(this.deps.cgroupDir, rel, 'cgroup.procs'), 'latin1').split('\n').filter((l) => l !== '').map(Number);
+    } catch (e) {
+      this.deps.log.debug('cannot read a cgroup\'s processes', { cgroup: rel, error: errorMessage(e) });
+      return [];
+    }
+  }
+
+  private exeOf(pid: number): string | null {
+    try {
+      return readlinkSync(join(this.deps.procRoot ?? '/proc', String(pid), 'exe')).replace(/ \(deleted\)$/, '');
+    } catch {
+      return null;
+    }
+  }
+}

@@ -1,0 +1,249 @@
+/**
+ * Apps in the kernel, the pure part: the desired BPF maps (src/backstop/desired.ts) and the app
+ * service (src/daemon/apps.ts) driven with a fake kernel side.
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { markForSlot, softMarkForSlot } from '../../src/constants.js';
+import { desiredMaps, planMaps, WM_DENY_ALL, WM_T_DNS_SHIFT, WM_T_SET, type KnownCgroup, type MapsWorld } from '../../src/backstop/desired.js';
+import { AppKeys, AppService, seenOf, type SeenCgroup } from '../../src/daemon/apps.js';
+import { classifyCgroup } from '../../src/identity/cgroup.js';
+import type { EventBody } from '../../src/daemon/events.js';
+import { createLogger } from '../../src/daemon/log.js';
+import { exampleConfig, labStates } from '../support/fixture.js';
+import { FakeAppMaps } from '../support/fakes.js';
+
+const APPS = `
+apps:
+  - name: chat
+    match: { app: "*chat*", uid: 1000 }
+    uplinks: [cellular]
+    deny: [mms]
+  - name: browser
+    match: { flatpak: org.mozilla.firefox }
+    uplinks: [wifi, cellular]
+  - name: by-exe
+    match: { exe: /usr/bin/frugal }
+    deny: [cellular]
+  - name: guest
+    match: { uid: 2000 }
+    deny: [cellular, mms]
+`;
+const config = exampleConfig(APPS);
+const { states } = labStates(config);
+const slot = (name: string): number => states.find((u) => u.spec.name === name)?.slot ?? -1;
+const bit = (name: string): number => 1 << slot(name);
+const world: Omit<MapsWorld, 'cgroups'> = {
+  rules: config.apps, uplinks: states, destinations: config.destinations, mainDefault: { v4: 2, v6: 2 },
+};
+
+const USER_APPS = 'user.slice/user-1000.slice/user@1000.service/app.slice';
+const cg = (id: number, rel: string, uid: number | null, unit: KnownCgroup['unit'] = null): KnownCgroup => ({ id: BigInt(id), rel, uid, unit, appKey: unit ? id : 0 });
+const chat = cg(11, `${USER_APPS}/app-gnome-org.example.chat-42.scope`, 1000, { unit: 'app-gnome-org.example.chat-42.scope', appId: 'org.example.chat', flatpakId: null });
+const firefox = cg(12, `${USER_APPS}/app-flatpak-org.mozilla.firefox-7.scope`, 1000, { unit: 'app-flatpak-org.mozilla.firefox-7.scope', appId: 'org.mozilla.firefox', flatpakId: 'org.mozilla.firefox' });
+const other = cg(13, `${USER_APPS}/app-gnome-org.example.editor-9.scope`, 1000, { unit: 'app-gnome-org.example.editor-9.scope', appId: 'org.example.editor', flatpakId: null });
+const slice = cg(10, USER_APPS, 1000);
+const system = cg(20, 'system.slice', null);
+const nginx = cg(21, 'system.slice/nginx.service', null, { unit: 'nginx.service', appId: null, flatpakId: null });
+
+describe('desired BPF maps', () => {
+  const d = desiredMaps({ ...world, cgroups: [slice, chat, firefox, other, system, nginx] });
+  const entry = (c: KnownCgroup) => {
+    const e = d.cgroups.get(c.id);
+    assert.ok(e, c.rel);
+    return e;
+  };
+
+  it('marks an app\'s sockets for its rule\'s uplink and denies what the rule does not allow', () => {
+    const e = entry(chat);
+    assert.equal(e.self.mark, softMarkForSlot(slot('cellular')));
+    assert.equal(e.self.flags & 0xff, WM_T_SET);
+    // Its DNS goes by cellular too (the resolver that uplink has).
+    assert.equal(e.self.flags >>> WM_T_DNS_SHIFT, slot('cellular'));
+    assert.equal(e.self.app, 11);
+    // Only cellular is allowed: every other uplink is denied, mms explicitly.
+    assert.equal(e.self.deny & bit('mms'), bit('mms'));
+    assert.equal(e.self.deny & bit('wifi'), bit('wifi'));
+    assert.equal(e.self.deny & bit('cellular'), 0);
+    // A child of an app's cgroup is the app.
+    assert.deepEqual(e.pending, e.self);
+  });
+
+  it('matches a Flatpak scope by its Flatpak ID, prefers its first uplink', () => {
+    const e = entry(firefox);
+    assert.equal(e.self.mark, softMarkForSlot(slot('wifi')));
+    assert.equal(e.self.deny & (bit('wifi') | bit('cellular')), 0);
+    assert.equal(e.self.deny & bit('mms'), bit('mms'));
+  });
+
+  it('leaves an app no rule matches to default routing, but decides it (the kernel walk stops there)', () => {
+    const e = entry(other);
+    assert.deepEqual({ mark: e.self.mark, deny: e.self.deny, flags: e.self.flags }, { mark: 0, deny: 0, flags: WM_T_SET });
+  });
+
+  it('gives a new child of a user\'s app slice the most restrictive of the rules it could match', () => {
+    const p = entry(slice).pending;
+    // chat allows only cellular, browser only wifi+cellular: together, cellular; chat denies mms.
+    assert.equal(p.deny & bit('cellular'), 0);
+    assert.equal(p.deny & bit('wifi'), bit('wifi'));
+    assert.equal(p.deny & bit('mms'), bit('mms'));
+    assert.equal(p.mark, softMarkForSlot(slot('cellular')));
+    // The slice's own sockets (none usually) are untouched.
+    assert.equal(entry(slice).self.mark, 0);
+  });
+
+  it('a system service with no rule leaves the decision to the uid entry; uid-only rules go to the uid map', () => {
+    assert.equal(entry(nginx).self.flags, 0);
+    const guest = d.uids.get(2000);
+    assert.ok(guest);
+    assert.equal(guest.deny & (bit('cellular') | bit('mms')), bit('cellular') | bit('mms'));
+    assert.equal(guest.mark, softMarkForSlot(slot('wifi')));
+    // Below system.slice, any user's rule could match: chat's and guest's denials both hold.
+    const p = entry(system).pending;
+    assert.equal(p.deny & bit('mms'), bit('mms'));
+    assert.equal(p.deny & bit('cellular'), bit('cellular'));
+  });
+
+  it('never applies a rule that needs the executable (the kernel key is the cgroup)', () => {
+    const frugal = cg(30, `${USER_APPS}/app-frugal-1.scope`, 1000, { unit: 'app-frugal-1.scope', appId: 'frugal', flatpakId: null });
+    const e = desiredMaps({ ...world, cgroups: [frugal] }).cgroups.get(30n);
+    assert.equal(e?.self.deny, 0);
+  });
+
+  it('a rule that allows nothing usable denies every uplink, also ones added later', () => {
+    const c = exampleConfig(`
+apps:
+  - name: none
+    match: { app: x }
+    uplinks: [office-vpn]
+    deny: [wifi, cellular, mms]
+    needs: [unmetered, cheapest]
+`);
+    const x = cg(40, `${USER_APPS}/app-x-1.scope`, 1000, { unit: 'app-x-1.scope', appId: 'x', flatpakId: null });
+    const { states: s } = labStates(c);
+    const vpnDown = s.map((u) => (u.spec.name === 'office-vpn' ? { ...u, status: 'down' as const } : u));
+    const e = desiredMaps({ ...world, rules: c.apps, uplinks: vpnDown, cgroups: [x] }).cgroups.get(40n);
+    assert.ok(e);
+    assert.equal(e.self.mark, 0);
+    assert.equal(e.self.deny & bit('office-vpn'), 0, 'the vpn stays allowed (it is the rule\'s), only down');
+    const all = exampleConfig(`
+apps:
+  - name: nothing
+    match: { app: x }
+    uplinks: [wifi]
+    deny: [cellular]
+    needs: [no-roaming]
+  - name: other
+    match: { app: x* }
+    uplinks: [cellular]
+`);
+    const slicePending = desiredMaps({ ...world, rules: all.apps, cgroups: [slice] }).cgroups.get(10n)?.pending;
+    assert.ok(slicePending);
+    assert.equal((slicePending.deny & WM_DENY_ALL) >>> 0, WM_DENY_ALL, 'wifi ∩ cellular is nothing: every uplink denied');
+    assert.equal(slicePending.mark, 0);
+  });
+
+  it('knows the uplink devices, the destination prefixes by their current uplink, and main\'s slot', () => {
+    assert.equal(d.ifslots.get(4), slot('mms'));
+    assert.equal(d.destinations.get('10.200.0.0/24'), slot('mms'));
+    assert.equal(d.destinations.get('172.16.5.0/24'), slot('office-vpn'));
+    assert.deepEqual(d.main, { v4: slot('wifi'), v6: slot('wifi') });
+  });
+
+  it('plans only the difference', () => {
+    const before = desiredMaps({ ...world, cgroups: [slice, chat, other] });
+    const after = desiredMaps({ ...world, cgroups: [slice, chat, firefox] });
+    const p = planMaps(after, before);
+    assert.deepEqual(p.setCgroups.map(([id]) => id), [12n]);
+    assert.deepEqual(p.delCgroups, [13n]);
+    assert.equal(p.setIfslots.length + p.delIfslots.length + p.setDestinations.length + p.setUids.length, 0);
+    assert.equal(p.main, undefined);
+    // A pinned mark is not soft: sessions keep theirs (sanity of the encoding).
+    assert.notEqual(markForSlot(slot('cellular')), softMarkForSlot(slot('cellular')));
+  });
+});
+
+class FakeMaps extends FakeAppMaps {
+  override sockets = new Map([[11n, 3]]);
+}
+
+describe('AppService (fake kernel side)', () => {
+  const seen = (c: KnownCgroup, kind: 'app' | 'flatpak' | 'service' = 'app'): SeenCgroup => ({
+    rel: c.rel, id: c.id, uid: c.uid,
+    unit: c.unit ? { ...c.unit, unitRel: c.rel, kind, name: c.unit.flatpakId ?? c.unit.appId ?? c.unit.unit } : null,
+  });
+  const make = () => {
+    const maps = new FakeMaps();
+    const events: EventBody[] = [];
+    const saved: Record<string, number>[] = [];
+    const svc = new AppService({
+      maps, world: () => world, cgroupDir: '/nonexistent', mount: '/nonexistent', cgroupRoot: '/', sessionsDir: '/nonexistent/waymark', sessions: () => [], keys: new AppKeys({ '1000/org.example.chat': 7 }, (k) => saved.push(k)),
+      publish: (e) => events.push(e), log: createLogger('error'), now: () => 1234.5,
+    });
+    return { maps, events, saved, svc };
+  };
+
+  it('writes a new cgroup\'s entry before added() returns, and says the app appeared', () => {
+    const { maps, events, svc } = make();
+    svc.added(seen(slice));
+    svc.added(seen(chat));
+    assert.ok(maps.cgroups.has(11n));
+    assert.equal(events.length, 1);
+    const e = events[0];
+    assert.ok(e?.type === 'app.appeared');
+    assert.deepEqual([e.name, e.rule, e.uplink, e.uid, e.classifiedAt], ['org.example.chat', 'chat', 'cellular', 1000, 1234.5]);
+  });
+
+  it('keeps app keys: a known app keeps its key, a new one gets the next and is saved', () => {
+    const { maps, saved, svc } = make();
+    svc.added(seen(chat));
+    svc.added(seen(firefox, 'flatpak'));
+    const keys = maps.plans.flatMap((p) => p.setCgroups.map(([id, en]) => [id, en.self.app]));
+    assert.deepEqual(keys, [[11n, 7], [12n, 8]]);
+    assert.deepEqual(saved.at(-1), { '1000/org.example.chat': 7, '1000/org.mozilla.firefox': 8 });
+  });
+
+  it('lists only the caller\'s apps to an unprivileged caller, with rule, uplink per destination and sockets', () => {
+    const { svc } = make();
+    for (const c of [slice, chat, firefox, system, nginx]) svc.added(seen(c, c === firefox ? 'flatpak' : c === nginx ? 'service' : 'app'));
+    const mine = svc.list({ uid: 1000, gid: 1000, pid: 1 });
+    assert.deepEqual(mine.map((a) => a.name), ['org.example.chat', 'org.mozilla.firefox']);
+    const c = mine[0];
+    assert.ok(c);
+    assert.equal(c.rule, 'chat');
+    assert.equal(c.uplinks['internet'], 'cellular');
+    assert.equal(c.uplinks['mms'], 'denied');
+    assert.equal(c.sockets, 3);
+    assert.deepEqual(svc.list({ uid: 2000, gid: 2000, pid: 1 }), []);
+    assert.deepEqual(svc.list({ uid: 0, gid: 0, pid: 1 }).map((a) => a.name).sort(), ['nginx.service', 'org.example.chat', 'org.mozilla.firefox']);
+  });
+
+  it('removal deletes the entry and says the app left; refresh writes only changes', () => {
+    const { maps, events, svc } = make();
+    svc.added(seen(slice));
+    svc.added(seen(chat));
+    svc.refresh();
+    const full = maps.plans.at(-1);
+    assert.ok(full);
+    svc.refresh();
+    const again = maps.plans.at(-1);
+    assert.equal(again?.setCgroups.length, 0);
+    svc.removed(chat.rel);
+    assert.equal(maps.cgroups.has(11n), false);
+    assert.equal(events.at(-1)?.type, 'app.left');
+  });
+});
+
+describe('seenOf: a cgroup the tree reported, as the app service keeps it', () => {
+  it('names the unit\'s own directory for a nested cgroup, the user of a slice, Flatpak apps as such', () => {
+    const nested = `${USER_APPS}/app-gnome-org.example.chat-42.scope/sandbox/inner`;
+    const s = seenOf(nested, 5n, classifyCgroup(nested));
+    assert.equal(s.unit?.unitRel, `${USER_APPS}/app-gnome-org.example.chat-42.scope`);
+    assert.equal(s.unit?.name, 'org.example.chat');
+    assert.equal(s.uid, 1000);
+    assert.equal(seenOf(USER_APPS, 6n, classifyCgroup(USER_APPS)).uid, 1000);
+    assert.equal(seenOf('system.slice', 7n, classifyCgroup('system.slice')).uid, null);
+    const ff = `${USER_APPS}/app-flatpak-org.mozilla.firefox-7.scope`;
+    assert.equal(seenOf(ff, 8n, classifyCgroup(ff)).unit?.kind, 'flatpak');
+  });
+});
