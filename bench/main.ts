@@ -4,7 +4,9 @@
  * 1. connect()+close() from the lab's device to a listener next to its Internet server
  *    (native/bench/connect_bench): bare; under libwaymark.so with a cached decision (default
  *    routing; steered to an uplink; steered inside a `waymark exec` session, with the kernel
- *    backstop); and with a first decision for every connect (a new port each time).
+ *    backstop); and with a first decision for every connect (a new port each time); and a
+ *    program in an app scope whose rule names an uplink, without the library (the app BPF
+ *    programs mark and check its sockets: docs/kernel-apps.md).
  *    Modes are interleaved over several rounds; medians over the rounds are reported, ratios
  *    taken within each round.
  * 2. decide(), the pure rule evaluation, against the destination lookup it starts with.
@@ -15,12 +17,13 @@
  * A benchmark, not a test: it prints numbers and the targets, and fails only if it cannot run.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, rmdirSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { findCgroup2Mount } from '../src/backstop/cgroup.js';
 import { decide, NO_WISH } from '../src/decision/decide.js';
 import { destinationOfAddress } from '../src/destination/destination.js';
-import { startDevice } from '../src/lab/device.js';
+import { EXAMPLE_CONFIG, startDevice, type Device } from '../src/lab/device.js';
+import type { AppsResult } from '../src/daemon/protocol.js';
 import { Lab, LAB } from '../src/lab/lab.js';
 import { publicRoot } from '../src/lab/public.js';
 import { parseAddress } from '../src/net/prefix.js';
@@ -29,6 +32,19 @@ import { measureTreeLatency } from '../test/support/cgroup-latency.js';
 import { exampleConfig, labStates } from '../test/support/fixture.js';
 
 const N = Number(process.env['WAYMARK_BENCH_N'] ?? 4000);
+const BENCH_APP = 'org.example.Bench';
+/** The mode run in the app scope (the others run where the benchmark does: no app, no BPF entry). */
+const IN_SCOPE = 'app scope, rule, no library';
+
+/** Waits (polling: a benchmark, not a test) until the daemon lists the app. */
+async function untilKnown(dev: Device, name: string): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    const r = await dev.waymark(['apps', '--json']);
+    if (r.code === 0 && (JSON.parse(r.stdout) as AppsResult).apps.some((a) => a.name === name)) return;
+    await new Promise((res) => setTimeout(res, 50));
+  }
+  throw new Error(`waymarkd never listed ${name}`);
+}
 const PORT = 9000;
 const ROUNDS = 5;
 const WARM_DECISIONS = 2000;
@@ -38,7 +54,13 @@ const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floo
 
 async function connectBench(): Promise<void> {
   const lab = await Lab.create();
-  const dev = await startDevice(lab, { logLevel: 'warn' });
+  // The example config plus a rule for the benchmark's app scope (no library there: the kernel steers it).
+  const base = readFileSync(EXAMPLE_CONFIG, 'utf8');
+  const dev = await startDevice(lab, { logLevel: 'warn', config: base.replace(/^apps:\n/m, `apps:\n  - name: bench\n    match: { app: ${BENCH_APP} }\n    uplinks: [wifi]\n`) });
+  const scope = `user.slice/user-0.slice/user@0.service/app.slice/app-${BENCH_APP}-1.scope`;
+  if (!lab.cgroups) throw new Error('no cgroup2 hierarchy: cannot run the app-scope benchmark');
+  lab.cgroups.mkdir(scope);
+  await untilKnown(dev, BENCH_APP);
   const bench = join(PACKAGE_ROOT, 'native/bench/connect_bench');
   const lib = join(publicRoot(), 'native/preload/libwaymark.so');
   // A C accept-and-close listener next to the Internet server: the lab's Node server would let
@@ -58,6 +80,9 @@ async function connectBench(): Promise<void> {
     // nftables backstop chain, which the kernel evaluates for every packet.
     'steered in a session (exec --uplink)': () => [process.execPath, join(PACKAGE_ROOT, 'dist/src/cli/main.js'), '--socket', dev.socket,
       'exec', '--uplink', 'wifi', '--', bench, ...target, '--warmup', '200'],
+    // A program the desktop started in an app scope whose rule names an uplink, no library:
+    // the BPF programs mark its sockets and check its connects, the kernel routes by the mark.
+    [IN_SCOPE]: () => [bench, ...target, '--warmup', '200'],
     // Warmed by WARM_DECISIONS decisions first (ports below the measured ones): a daemon that has
     // been running a while, its decision path compiled by V8's optimising tiers.
     'bare, new port each time': (r) => [bench, ...target, '--warmup', String(WARM_DECISIONS), '--unique-ports', String(10000 + r * N)],
@@ -67,7 +92,7 @@ async function connectBench(): Promise<void> {
   try {
     for (let round = 0; round < ROUNDS; round++) {
       for (const [name, argv] of Object.entries(modes)) {
-        const r = await lab.run('dev', argv(round), { timeoutMs: 120_000 });
+        const r = await lab.run('dev', argv(round), { timeoutMs: 120_000, ...(name === IN_SCOPE ? { cgroup: scope } : {}) });
         const line = r.stdout.trim().split('\n').pop() ?? '';
         if (r.code !== 0 || !line.startsWith('{')) throw new Error(`${name}: exit ${r.code}\n${r.stdout}\n${r.stderr}`);
         results.set(name, [...(results.get(name) ?? []), JSON.parse(line) as Result]);
@@ -102,7 +127,9 @@ async function connectBench(): Promise<void> {
   const session = summary('steered in a session (exec --uplink)');
   const first = summary('first decision each time');
   const bareRefused = summary('bare, new port each time');
+  const app = summary(IN_SCOPE);
   console.log(`targets: cached ≤ 1.05× bare: default route ${cached.xP50.toFixed(3)}×, steered ${steered.xP50.toFixed(3)}×, in a session ${session.xP50.toFixed(3)}× (p50); `
+    + `app scope ≤ 1.05× bare: ${app.xP50.toFixed(3)}× (p50); `
     + `first decision p99 ≤ 150 µs: ${first.p99.toFixed(1)} µs (its extra cost over a bare connect of the same kind: ${(first.p50 - bareRefused.p50).toFixed(1)} µs p50)`);
 }
 

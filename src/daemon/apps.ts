@@ -115,8 +115,8 @@ export interface AppServiceDeps {
   readonly keys: AppKeys;
   readonly publish: (e: EventBody) => void;
   readonly log: Logger;
-  /** Wall-clock milliseconds with a fraction (default: performance.timeOrigin + performance.now()). */
-  readonly now?: () => number;
+  /** CLOCK_MONOTONIC nanoseconds (default: process.hrtime.bigint()). */
+  readonly now?: () => bigint;
   readonly procRoot?: string;
 }
 
@@ -145,10 +145,10 @@ export class AppKeys {
 export class AppService {
   private readonly known = new Map<string, KnownCgroup & { readonly seen: SeenCgroup }>();
   private applied: DesiredMaps | undefined;
-  private readonly now: () => number;
+  private readonly now: () => bigint;
 
   constructor(private readonly deps: AppServiceDeps) {
-    this.now = deps.now ?? ((): number => performance.timeOrigin + performance.now());
+    this.now = deps.now ?? ((): bigint => process.hrtime.bigint());
   }
 
   /** A cgroup appeared: its entry is in the kernel when this returns. */
@@ -178,7 +178,7 @@ export class AppService {
       const t = rule ? treatmentFor(rule, NO_WISH, w.uplinks, w.destinations) : undefined;
       this.deps.publish({
         type: 'app.appeared', uid: c.uid, name: c.unit.name, unit: c.unit.unit, cgroup: c.rel, kind: c.unit.kind,
-        rule: rule?.name ?? null, uplink: t?.uplink?.spec.name ?? null, classifiedAt: at,
+        rule: rule?.name ?? null, uplink: t?.uplink?.spec.name ?? null, classifiedNs: at.toString(),
       });
     }
   }

@@ -110,10 +110,11 @@ export interface AppAppeared extends AppEventBase {
   /** The uplink its new sockets are marked for (null: default routing). */
   readonly uplink: string | null;
   /**
-   * When the kernel side knew it: wall-clock milliseconds (performance.timeOrigin +
-   * performance.now(), so sub-millisecond) right after its entry was written.
+   * When its entry was in the kernel: CLOCK_MONOTONIC nanoseconds as decimal text (Node's
+   * process.hrtime.bigint()), comparable with any other process's clock on this machine: the
+   * classification delay of a cgroup someone created at a known moment.
    */
-  readonly classifiedAt: number;
+  readonly classifiedNs: string;
 }
 
 export interface AppLeft extends AppEventBase {

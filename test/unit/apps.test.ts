@@ -178,7 +178,7 @@ describe('AppService (fake kernel side)', () => {
     const saved: Record<string, number>[] = [];
     const svc = new AppService({
       maps, world: () => world, cgroupDir: '/nonexistent', mount: '/nonexistent', cgroupRoot: '/', sessionsDir: '/nonexistent/waymark', sessions: () => [], keys: new AppKeys({ '1000/org.example.chat': 7 }, (k) => saved.push(k)),
-      publish: (e) => events.push(e), log: createLogger('error'), now: () => 1234.5,
+      publish: (e) => events.push(e), log: createLogger('error'), now: () => 1234n,
     });
     return { maps, events, saved, svc };
   };
@@ -191,7 +191,7 @@ describe('AppService (fake kernel side)', () => {
     assert.equal(events.length, 1);
     const e = events[0];
     assert.ok(e?.type === 'app.appeared');
-    assert.deepEqual([e.name, e.rule, e.uplink, e.uid, e.classifiedAt], ['org.example.chat', 'chat', 'cellular', 1000, 1234.5]);
+    assert.deepEqual([e.name, e.rule, e.uplink, e.uid, e.classifiedNs], ['org.example.chat', 'chat', 'cellular', 1000, '1234']);
   });
 
   it('keeps app keys: a known app keeps its key, a new one gets the next and is saved', () => {
