@@ -27,7 +27,7 @@ import {
 import { MARK_MASK } from '../constants.js';
 import type { World } from './world.js';
 import { mayChangeState } from './access.js';
-import type { CgroupApp } from '../identity/cgroup.js';
+import { userOfCgroup, type CgroupApp } from '../identity/cgroup.js';
 import type { EventBody } from './events.js';
 import type { Logger } from './log.js';
 
@@ -51,15 +51,11 @@ export interface SeenCgroup {
   } | null;
 }
 
-const USER_SLICE_RE = /(?:^|\/)user-(\d{1,10})\.slice(?:\/|$)/;
-
 /** A cgroup the tree reported (src/identity/cgroup-tree.ts), as the app service keeps it. */
 export function seenOf(rel: string, id: bigint, app: CgroupApp | null): SeenCgroup {
   if (app === null) {
     // A slice or plain directory: the uid of the user slice it is in, if any (for `pending`).
-    const m = USER_SLICE_RE.exec(rel);
-    const uid = m?.[1] === undefined ? null : Number(m[1]);
-    return { rel, id, uid: uid !== null && Number.isSafeInteger(uid) ? uid : null, unit: null };
+    return { rel, id, uid: userOfCgroup(rel), unit: null };
   }
   // The unit's own directory: the innermost ancestor (or itself) named like the unit.
   const parts = rel.split('/');

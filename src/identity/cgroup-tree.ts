@@ -34,7 +34,7 @@
  */
 import { readdirSync, statSync, watch, type FSWatcher } from 'node:fs';
 import { errnoCode, errorMessage } from '../errors.js';
-import { classifyCgroup, type CgroupApp } from './cgroup.js';
+import { classifyCgroup, userOfCgroup, type CgroupApp } from './cgroup.js';
 
 export interface CgroupAdded {
   /** Path relative to the tree's root, e.g. "system.slice/nginx.service". */
@@ -60,12 +60,23 @@ export interface CgroupTreeOptions {
   readonly maxDirs?: number;
   /** Depth below the root at most (1: the root's children only); 16 by default. */
   readonly maxDepth?: number;
+  /**
+   * Directories of one user (below user.slice/user-UID.slice, userOfCgroup) tracked at most;
+   * 1024 by default. A user makes cgroups at will in their delegated subtree: this keeps one
+   * user from filling the tree for everyone (what is not tracked gets its nearest tracked
+   * ancestor's `pending` treatment: that user's own, docs/kernel-apps.md).
+   */
+  readonly maxDirsPerUser?: number;
+  /** Of maxDirs, kept for the system's directories (no user's): users together never take these; 1024 by default. */
+  readonly reservedForSystem?: number;
   /** Where the once-only warnings go (a limit reached, the root gone); process.emitWarning by default. */
   readonly warn?: (message: string) => void;
 }
 
 export const DEFAULT_MAX_DIRS = 8192;
 export const DEFAULT_MAX_DEPTH = 16;
+export const DEFAULT_MAX_DIRS_PER_USER = 1024;
+export const DEFAULT_RESERVED_FOR_SYSTEM = 1024;
 
 interface Dir {
   /** Raw path bytes relative to the root, as latin1 ('' for the root). */
@@ -74,6 +85,8 @@ interface Dir {
   readonly id: bigint;
   readonly app: CgroupApp | null;
   readonly depth: number;
+  /** The user it counts against (userOfCgroup), null: the system's. */
+  readonly user: number | null;
   readonly parent: Dir | null;
   /** Raw names (latin1) of the tracked child directories. */
   readonly children: Set<string>;
@@ -99,6 +112,11 @@ export class CgroupTree {
   private readonly exclude: ReadonlySet<string>;
   private readonly maxDirs: number;
   private readonly maxDepth: number;
+  private readonly maxPerUser: number;
+  private readonly maxUsers: number;
+  /** Tracked directories per user, and of all users together. */
+  private readonly perUser = new Map<number, number>();
+  private users = 0;
   private readonly warn: (message: string) => void;
   private readonly warned = new Set<string>();
   private root: Dir | null = null;
@@ -115,10 +133,12 @@ export class CgroupTree {
     this.exclude = new Set((opts.exclude ?? []).map((r) => r.split('/').filter((p) => p !== '').join('/')));
     this.maxDirs = opts.maxDirs ?? DEFAULT_MAX_DIRS;
     this.maxDepth = opts.maxDepth ?? DEFAULT_MAX_DEPTH;
+    this.maxPerUser = opts.maxDirsPerUser ?? DEFAULT_MAX_DIRS_PER_USER;
+    this.maxUsers = Math.max(0, this.maxDirs - (opts.reservedForSystem ?? Math.min(DEFAULT_RESERVED_FOR_SYSTEM, Math.floor(this.maxDirs / 2))));
     this.warn = opts.warn ?? ((m) => process.emitWarning(m, 'CgroupTreeWarning'));
     const st = statSync(root, { bigint: true });
     if (!st.isDirectory()) throw new Error(`cgroup tree root is not a directory: ${root}`);
-    const dir: Dir = { key: '', rel: '', id: st.ino, app: null, depth: 0, parent: null, children: new Set(), watcher: null };
+    const dir: Dir = { key: '', rel: '', id: st.ino, app: null, depth: 0, user: null, parent: null, children: new Set(), watcher: null };
     this.root = dir;
     dir.watcher = this.watchDir(dir); // throws for the root: the caller asked for this directory
     try {
@@ -314,7 +334,20 @@ export class CgroupTree {
       this.warnOnce('dirs', `cgroup tree: ${this.maxDirs} directories tracked, the limit; not tracking ${rel} and further ones`);
       return;
     }
-    const dir: Dir = { key, rel, id, app: classifyCgroup(rel), depth, parent, children: new Set(), watcher: null };
+    const user = userOfCgroup(rel);
+    if (user !== null) {
+      const mine = this.perUser.get(user) ?? 0;
+      if (mine >= this.maxPerUser || this.users >= this.maxUsers) {
+        this.skipped = true;
+        this.warnOnce(`user:${user}`, mine >= this.maxPerUser
+          ? `cgroup tree: uid ${user} has ${this.maxPerUser} directories tracked, the per-user limit; not tracking ${rel} and further ones of that user`
+          : `cgroup tree: users' directories fill their share (${this.maxUsers}); not tracking ${rel} (uid ${user}) and further ones`);
+        return;
+      }
+      this.perUser.set(user, mine + 1);
+      this.users++;
+    }
+    const dir: Dir = { key, rel, id, app: classifyCgroup(rel), depth, user, parent, children: new Set(), watcher: null };
     this.dirs.set(key, dir);
     parent.children.add(name);
     try {
@@ -369,6 +402,12 @@ export class CgroupTree {
     dir.watcher?.close();
     dir.watcher = null;
     this.dirs.delete(dir.key);
+    if (dir.user !== null) {
+      const left = (this.perUser.get(dir.user) ?? 1) - 1;
+      if (left > 0) this.perUser.set(dir.user, left);
+      else this.perUser.delete(dir.user);
+      this.users--;
+    }
     dir.parent?.children.delete(dir.key.slice(dir.key.lastIndexOf('/') + 1));
     if (!this.closed) this.opts.onRemoved?.({ rel: dir.rel, id: dir.id });
   }

@@ -58,6 +58,16 @@ function uidOf(m: RegExpExecArray | null): number | null {
   return Number.isSafeInteger(n) && n <= 0xffffffff ? n : null;
 }
 
+/**
+ * The user a path belongs to: the uid of its user.slice/user-UID.slice (the system manager's,
+ * where every one of a user's cgroups lives), for any directory there, a slice included; null
+ * elsewhere (system.slice, the root).
+ */
+export function userOfCgroup(rel: string): number | null {
+  const [top, slice] = rel.split('/');
+  return top === 'user.slice' && slice !== undefined ? uidOf(USER_SLICE_RE.exec(slice)) : null;
+}
+
 interface Placement {
   unit: string;
   uid: number | null;

@@ -369,6 +369,30 @@ describe('CgroupTree on cgroupfs', { skip }, () => {
     assert.equal(dtree.truncated, true);
   });
 
+  it('per-user limit: one user\'s directories beyond it are skipped; other users\' and the system\'s still tracked', async () => {
+    const u1 = 'user.slice/user-1000.slice/user@1000.service/app.slice';
+    const root = freshRoot([u1, 'user.slice/user-1001.slice', 'system.slice']);
+    const rec = new Recorder();
+    // user-1000.slice, user@1000.service, app.slice: 3 of 1000's 4.
+    const tree = open(root, { ...rec.opts, maxDirsPerUser: 4 });
+    mkdirSync(join(root, u1, 'app-a-1.scope'));
+    await rec.until('a', () => rec.added(`${u1}/app-a-1.scope`).length > 0);
+    mkdirSync(join(root, u1, 'app-b-2.scope')); // the fifth of uid 1000: not tracked
+    mkdirSync(join(root, 'user.slice/user-1001.slice/session-1.scope'));
+    mkdirSync(join(root, 'system.slice/x.service'));
+    await rec.until('the other user and the system', () => rec.added('system.slice/x.service').length > 0
+      && rec.added('user.slice/user-1001.slice/session-1.scope').length > 0);
+    await endOfPoll();
+    assert.equal(rec.added(`${u1}/app-b-2.scope`).length, 0);
+    assert.equal(tree.truncated, true);
+    assert.ok(rec.warnings.some((w) => /uid 1000 has 4 directories tracked, the per-user limit/.test(w)), rec.warnings.join('\n'));
+    // Room again (one removed) and a resync: found.
+    rmdirSync(join(root, u1, 'app-a-1.scope'));
+    await rec.until('a removed', () => rec.removed().some((e) => e.rel === `${u1}/app-a-1.scope`));
+    tree.resync();
+    assert.equal(rec.added(`${u1}/app-b-2.scope`).length, 1);
+  });
+
   it('the root removed: everything below is reported removed, a warning, no watch left', async () => {
     const root = freshRoot(['a/b']);
     const rec = new Recorder();
