@@ -21,7 +21,7 @@ export function formatApps(r: AppsResult): string {
       a.exe ?? (a.pids === 0 ? '(no process)' : '-'),
       a.rule ?? '-',
       Object.entries(a.uplinks).map(([d, u]) => `${d}=${u}`).join(' '),
-      a.sockets === null ? '-' : String(a.sockets),
+      String(a.sockets),
     ]),
   ));
   return lines.join('\n') + '\n';

@@ -11,7 +11,7 @@
  * App keys: each app (uid + name) gets a small number, the key of its kernel counters, kept in
  * the state file so that it means the same app across restarts.
  */
-import { readFileSync, readlinkSync, statSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { decide, NO_WISH } from '../decision/decide.js';
 import { INTERNET } from '../destination/destination.js';
@@ -30,6 +30,28 @@ import { mayChangeState } from './access.js';
 import { userOfCgroup, type CgroupApp } from '../identity/cgroup.js';
 import type { EventBody } from './events.js';
 import type { Logger } from './log.js';
+
+const SOCKET_LINK_RE = /^socket:\[(\d+)\]$/;
+const INET_TABLES = ['tcp', 'tcp6', 'udp', 'udp6', 'raw', 'raw6'] as const;
+
+/** The inodes of every inet socket of this network namespace (/proc/net/{tcp,udp,raw}{,6}). */
+export function inetSocketInodes(procRoot = '/proc'): Set<string> {
+  const out = new Set<string>();
+  for (const t of INET_TABLES) {
+    let text: string;
+    try {
+      text = readFileSync(join(procRoot, 'self/net', t), 'latin1');
+    } catch {
+      continue;
+    }
+    for (const line of text.split('\n').slice(1)) {
+      // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...
+      const inode = line.trim().split(/\s+/)[9];
+      if (inode !== undefined && inode !== '0') out.add(inode);
+    }
+  }
+  return out;
+}
 
 /** How the daemon recognised an app (shown by `waymark apps`). */
 export type AppKind = 'app' | 'flatpak' | 'service' | 'login' | 'scope';
@@ -83,8 +105,8 @@ export interface AppView {
   rule: string | null;
   /** Per destination: the uplink its connections take, "default" (main routing) or "denied". */
   uplinks: Record<string, string>;
-  /** Its live inet sockets (null: the kernel cannot count them). */
-  sockets: number | null;
+  /** Its live inet sockets: the kernel's count, else from its processes' fds. */
+  sockets: number;
 }
 
 /** A session's cgroup, as the session service knows it (src/backstop/nft.ts: BackstopSession). */
@@ -256,7 +278,8 @@ export class AppService {
   list(cred: PeerCred): AppView[] {
     const w = { ...this.deps.world(), cgroups: [] };
     const live = this.deps.maps.liveSockets();
-    const counted = live.size > 0;
+    // Without the kernel's count, from procfs (on request only: the processes' fds).
+    const inet = live.size > 0 ? null : inetSocketInodes(this.deps.procRoot ?? '/proc');
     const out: AppView[] = [];
     for (const k of this.known.values()) {
       const u = k.seen.unit;
@@ -270,7 +293,7 @@ export class AppService {
         name: u.name, kind: u.kind, unit: u.unit, appId: u.appId, flatpakId: u.flatpakId, uid: k.uid, cgroup: k.rel, key: k.appKey,
         exe: pids[0] === undefined ? null : this.exeOf(pids[0]), pids: pids.length,
         rule: rule?.name ?? null, uplinks: this.uplinksOf(rule, w),
-        sockets: counted ? nested.reduce((n, x) => n + (live.get(x.id) ?? 0), 0) : null,
+        sockets: inet === null ? nested.reduce((n, x) => n + (live.get(x.id) ?? 0), 0) : this.socketsOf(pids, inet),
       });
     }
     return out.sort((a, b) => a.name.localeCompare(b.name) || a.cgroup.localeCompare(b.cgroup));
@@ -303,6 +326,29 @@ export class AppService {
       this.deps.log.debug('cannot read a cgroup\'s processes', { cgroup: rel, error: errorMessage(e) });
       return [];
     }
+  }
+
+  /** The inet sockets the processes hold (each counted once, however many fds or processes share it). */
+  private socketsOf(pids: readonly number[], inet: ReadonlySet<string>): number {
+    const seen = new Set<string>();
+    const proc = this.deps.procRoot ?? '/proc';
+    for (const pid of pids) {
+      let fds: string[];
+      try {
+        fds = readdirSync(join(proc, String(pid), 'fd'));
+      } catch {
+        continue; // gone
+      }
+      for (const fd of fds) {
+        try {
+          const m = SOCKET_LINK_RE.exec(readlinkSync(join(proc, String(pid), 'fd', fd)));
+          if (m?.[1] !== undefined && inet.has(m[1])) seen.add(m[1]);
+        } catch {
+          /* closed meanwhile */
+        }
+      }
+    }
+    return seen.size;
   }
 
   private exeOf(pid: number): string | null {
