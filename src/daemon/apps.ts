@@ -270,8 +270,9 @@ export class AppService {
     const plan = planMaps(desired, this.applied);
     const errors = this.deps.maps.apply(plan);
     for (const e of errors) this.deps.log.error('cannot update the kernel app maps', { error: e });
-    // What failed is written again by the next refresh.
-    this.applied = errors.length === 0 ? desired : undefined;
+    // After a failure the next refresh plans against the same state again: the writes are
+    // idempotent, so it redoes what failed (and the deletions) without losing any.
+    if (errors.length === 0) this.applied = desired;
   }
 
   /** The apps the caller may see (its own; root and the waymark group: all), sorted by name. */
