@@ -11,7 +11,8 @@
  *     a setting).
  *   - rule priorities: 0 (local), 5210..5270 (Tailscale), 32764/32765 (wg-quick),
  *     32766/32767 (main/default). Ours sit below Tailscale so an explicitly chosen uplink wins
- *     even while a full-tunnel VPN or exit node is up, and leave gaps for the administrator.
+ *     even while a full-tunnel VPN or exit node is up, and leave gaps for the administrator;
+ *     only the Internet fallback (PRIO_FALLBACK) sits after main, since it stands in for main.
  */
 
 /** First routing table id; uplink slot N (1..MAX_SLOTS) uses table TABLE_BASE + N. */
@@ -57,6 +58,13 @@ export const DENY_SLOT = 63;
  *   4500  to PREFIX lookup TABLE           destination reachable only over some uplinks
  *   4550  fwmark SLOT|SOFT/MASK lookup TABLE  socket marked for an uplink "unless the destination
  *                                          says otherwise" (a session that only states needs)
+ *  (32766  lookup main, 32767 lookup default: the system's own, never touched)
+ *  32800  lookup TABLE                     the Internet fallback: reached only by what main (and
+ *                                          the `default` table) did not route, i.e. an unmarked
+ *                                          socket's Internet traffic while main has no default;
+ *                                          into the Internet's best active uplink's table, per
+ *                                          family. Present only while main holds no default of
+ *                                          either family (src/routing/fallback.ts).
  * Gaps leave room for administrator rules between the steps.
  */
 export const PRIO_DENY = 4100;
@@ -66,7 +74,16 @@ export const PRIO_MARK = 4300;
 export const PRIO_SOURCE = 4400;
 export const PRIO_DESTINATION = 4500;
 export const PRIO_SOFT_MARK = 4550;
-/** Any rule in [PRIO_MIN, PRIO_MAX] stamped with RTPROT_WAYMARK is ours. */
+/**
+ * The Internet fallback, after main (32766) and default (32767) rather than before them: main's
+ * default, while a connection manager holds one, keeps winning without our help or our race, and
+ * everything that sits before main keeps its place: wg-quick's `suppress_prefixlength 0` and
+ * `not fwmark` pair (32764/32765), a Tailscale exit node (5270), an administrator's rules. The
+ * wg-quick way (main without its default, then ours, before main) would put ours ahead of a
+ * default that main holds; here there is nothing to suppress. Rule priorities are 32-bit.
+ */
+export const PRIO_FALLBACK = 32800;
+/** Any rule in [PRIO_MIN, PRIO_MAX], or at PRIO_FALLBACK, stamped with RTPROT_WAYMARK is ours. */
 export const PRIO_MIN = 4100;
 export const PRIO_MAX = 4599;
 

@@ -9,7 +9,8 @@
  * changes; src/daemon/assemble.ts builds it, then them, then subscribes them in order.
  */
 import type { Config } from '../config/load.js';
-import { RTN, type LinkMsg, type AddrMsg, type RouteMsg, type RdnssMsg } from '../netlink/message.js';
+import type { LinkMsg, AddrMsg, RouteMsg, RdnssMsg } from '../netlink/message.js';
+import { MAIN_TABLE, unmarkedEgress } from '../routing/fallback.js';
 import { SessionRegistry } from '../session/session.js';
 import { assignSlots } from '../uplink/slots.js';
 import { ambiguousMatches, unusableMatches, uplinkStates, type UplinkState } from '../uplink/state.js';
@@ -19,25 +20,13 @@ import { LearnedHosts } from './learned.js';
 import type { Logger } from './log.js';
 import { errorMessage } from '../errors.js';
 
-const MAIN_TABLE = 254;
-
-/** The device of the lowest-metric default route of a family (main's routes), or null. */
-function defaultOif(routes: readonly RouteMsg[], family: 4 | 6): number | null {
-  let best: RouteMsg | undefined;
-  for (const r of routes) {
-    if (r.family !== family || r.dstLen !== 0 || r.type !== RTN.UNICAST || r.oif === undefined) continue;
-    if (!best || (r.metric ?? 0) < (best.metric ?? 0)) best = r;
-  }
-  return best?.oif ?? null;
-}
-
 /** What the world tells its subscribers. A new part of the world is one more line here. */
 export type WorldChange =
   /** A reload swapped in a new config (and bumped the generation). */
   | { readonly kind: 'config'; readonly config: Config; readonly generation: number }
   /** The uplinks as just observed, on every observation (the event bus compares them). */
   | { readonly kind: 'observed'; readonly states: readonly UplinkState[] }
-  /** What decisions depend on changed (status, link, families, DNS), once the kernel followed. */
+  /** What decisions depend on changed (status, link, families, DNS, mainDefault), once the kernel followed. */
   | { readonly kind: 'uplinks'; readonly states: readonly UplinkState[] }
   /** A router announced DNS servers on a link, or an announcement expired: observe again. */
   | { readonly kind: 'linkDns' }
@@ -114,7 +103,11 @@ export class World {
     return this.states;
   }
 
-  /** The interface main's default route leaves by, per family (lowest metric), as last observed; null: none. */
+  /**
+   * The interface unmarked traffic's default leaves by, per family, as last observed: main's
+   * default (lowest metric) while main holds one, else the Internet fallback's uplink
+   * (src/routing/fallback.ts: unmarkedEgress); null: none.
+   */
   get mainDefault(): { readonly v4: number | null; readonly v6: number | null } {
     return this.mainDefaults;
   }
@@ -169,8 +162,8 @@ export class World {
    */
   observe(facts: LinkFacts): readonly UplinkState[] {
     const routes = facts.routes.filter((r) => r.table === MAIN_TABLE);
-    this.mainDefaults = { v4: defaultOif(routes, 4), v6: defaultOif(routes, 6) };
     this.states = uplinkStates(this.currentConfig.uplinks, this.currentSlots, { links: facts.links, addrs: facts.addrs, routes, linkDns: this.validLinkDns() });
+    this.mainDefaults = unmarkedEgress(routes, this.states, this.currentConfig.destinations);
     this.warnAmbiguous(facts.links);
     this.announce({ kind: 'observed', states: this.states });
     return this.states;
@@ -181,7 +174,8 @@ export class World {
    * last call, emits `uplinks` (not awaited: its subscribers log their own failures).
    */
   settled(): void {
-    const fp = JSON.stringify(this.states.map((u) => [u.spec.name, u.status, u.link?.index, u.families, u.dns]));
+    // Where unmarked traffic leaves is part of it: the app BPF maps predict from it.
+    const fp = JSON.stringify([this.states.map((u) => [u.spec.name, u.status, u.link?.index, u.families, u.dns]), this.mainDefaults]);
     if (fp === this.fingerprint) return;
     this.fingerprint = fp;
     this.announce({ kind: 'uplinks', states: this.states });

@@ -6,14 +6,15 @@
  * it or fails at once with ENETUNREACH, it never leaks onto another uplink.
  */
 import {
-  DENY_SLOT, dnsTableForSlot, MARK_MASK, markForSlot, PRIO_DENY, PRIO_DESTINATION, PRIO_DNS, PRIO_MARK, PRIO_OIF, PRIO_SOFT_MARK, PRIO_SOURCE,
-  RTPROT_WAYMARK,
+  DENY_SLOT, dnsTableForSlot, MARK_MASK, markForSlot, PRIO_DENY, PRIO_DESTINATION, PRIO_DNS, PRIO_FALLBACK, PRIO_MARK, PRIO_OIF, PRIO_SOFT_MARK,
+  PRIO_SOURCE, RTPROT_WAYMARK,
 } from '../constants.js';
 import { isIP } from 'node:net';
 import { INTERNET, type DestinationSpec } from '../destination/destination.js';
 import { FR_ACT, RT_SCOPE, RTN, type RouteMsg, type RuleMsg } from '../netlink/message.js';
 import { formatAddress, maskBytes, parseAddress, type Family, type Prefix } from '../net/prefix.js';
 import type { FamilyState, UplinkState } from '../uplink/state.js';
+import type { Fallback } from './fallback.js';
 
 export interface DesiredState {
   readonly rules: readonly RuleMsg[];
@@ -74,7 +75,11 @@ export function bestUplink(uplinks: readonly UplinkState[], dest: DestinationSpe
   return best;
 }
 
-export function desiredState(uplinks: readonly UplinkState[], destinations: readonly DestinationSpec[]): DesiredState {
+/**
+ * `fallback` (fallback.ts: fallbackUplinks) is where unmarked Internet traffic goes while main
+ * holds no default: one rule per family after main's, into that uplink's table.
+ */
+export function desiredState(uplinks: readonly UplinkState[], destinations: readonly DestinationSpec[], fallback: Fallback = {}): DesiredState {
   const rules: RuleMsg[] = [];
   const routes: RouteMsg[] = [];
   const internet = destinations.find((d) => d.name === INTERNET);
@@ -160,5 +165,9 @@ export function desiredState(uplinks: readonly UplinkState[], destinations: read
       rules.push(rule(p.family, PRIO_DESTINATION, { dst: p.addr, dstLen: p.len, ...(best ? { table: best.table } : {}) }));
     }
   }
+
+  // What main would do if it had a default: the uplink's table holds its default and link routes.
+  if (fallback.v4) rules.push(rule(4, PRIO_FALLBACK, { table: fallback.v4.table }));
+  if (fallback.v6) rules.push(rule(6, PRIO_FALLBACK, { table: fallback.v6.table }));
   return { rules, routes };
 }

@@ -3,7 +3,7 @@
  * rules stamped with our protocol inside our priority range, routes inside our tables.
  * Everything else (a neighbour's rules and routes) is invisible here, so it cannot be touched.
  */
-import { isOurTable, PRIO_MAX, PRIO_MIN, RTPROT_WAYMARK } from '../constants.js';
+import { isOurTable, PRIO_FALLBACK, PRIO_MAX, PRIO_MIN, RTPROT_WAYMARK } from '../constants.js';
 import { RTN, type RouteMsg, type RuleMsg } from '../netlink/message.js';
 import type { DesiredState } from './desired.js';
 
@@ -15,7 +15,7 @@ export interface Plan {
 }
 
 export function isOwnRule(r: RuleMsg): boolean {
-  return r.protocol === RTPROT_WAYMARK && r.priority >= PRIO_MIN && r.priority <= PRIO_MAX;
+  return r.protocol === RTPROT_WAYMARK && ((r.priority >= PRIO_MIN && r.priority <= PRIO_MAX) || r.priority === PRIO_FALLBACK);
 }
 
 export function isOwnRoute(r: RouteMsg): boolean {

@@ -14,6 +14,7 @@ import type { World } from '../daemon/world.js';
 import { errorMessage } from '../errors.js';
 import { describeRoute, describeRule } from './describe.js';
 import { desiredState } from './desired.js';
+import { fallbackUplinks } from './fallback.js';
 import type { ApplyResult, KernelSnapshot } from './kernel.js';
 import { isEmpty, plan, type Plan } from './reconcile.js';
 
@@ -156,7 +157,8 @@ export class RoutingReconciler {
     const snap = await kernel.snapshot();
     // What was observed goes out at once (the events); the kernel follows below.
     const states = world.observe(snap);
-    const desired = desiredState(states, withLearnedHosts(world.config.destinations, world.learned.byDestination()));
+    const destinations = withLearnedHosts(world.config.destinations, world.learned.byDestination());
+    const desired = desiredState(states, destinations, fallbackUplinks(snap.routes, states, destinations));
     const p = plan(desired, snap.rules, snap.routes);
     const errors: string[] = [];
     let changes = 0;

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, it } from 'node:test';
 import { parseConfig, type Config } from '../../src/config/load.js';
-import { markForSlot, PRIO_DESTINATION, PRIO_MARK, tableForSlot } from '../../src/constants.js';
+import { markForSlot, PRIO_DESTINATION, PRIO_FALLBACK, PRIO_MARK, tableForSlot } from '../../src/constants.js';
 import { assemble } from '../../src/daemon/assemble.js';
 import type { EventBody } from '../../src/daemon/events.js';
 import { statusView } from '../../src/daemon/status.js';
@@ -87,7 +87,7 @@ function harness(view: KernelView = labKernel(), config: Config = exampleConfig(
     await m.routing.start();
     await first;
   };
-  return { ...m, start, clock, kernel, sysctl, nft, cgroups, log, generation, published, changes, next, event, uplink, slots: () => savedSlots };
+  return { ...m, start, clock, kernel, sysctl, nft, cgroups, appMaps, log, generation, published, changes, next, event, uplink, slots: () => savedSlots };
 }
 
 describe('routing reconciler over a fake kernel', { timeout: 10_000 }, () => {
@@ -197,6 +197,64 @@ describe('routing reconciler over a fake kernel', { timeout: 10_000 }, () => {
     h.clock.advance(1);
     await h.routing.idle();
     assert.equal(host(), false, 'gone once expired');
+  });
+});
+
+describe('the Internet fallback over a fake kernel', { timeout: 10_000 }, () => {
+  // Cellular's default kept out of main (its next hop in the config instead): main's only default is Wi-Fi's.
+  const config = parseConfig(readFileSync(EXAMPLE_CONFIG, 'utf8')
+    .replace(/^( {4}match: wwan0\n)/m, '$1    gateway: { ipv4: 10.64.0.1, ipv6: "fd00:64::1" }\n'));
+  const noCellDefault = (v: KernelView): KernelView => ({ ...v, routes: v.routes.filter((r) => !(r.oif === 3 && r.dstLen === 0)) });
+  const fallbackRules = (h: ReturnType<typeof harness>) => h.kernel.rules.filter((r) => r.priority === PRIO_FALLBACK).map((r) => [r.family, r.table]);
+  const lastMain = (h: ReturnType<typeof harness>) => [...h.appMaps.plans].reverse().find((p) => p.main !== undefined)?.main;
+
+  it('Wi-Fi gone and main without a default: unmarked traffic goes by cellular (rules, and the app maps predict it); back with Wi-Fi', async () => {
+    const h = harness(noCellDefault(labKernel()), config);
+    await h.start();
+    const wifi = h.world.slots.get('wifi') ?? 0;
+    const cell = h.world.slots.get('cellular') ?? 0;
+    assert.deepEqual(fallbackRules(h), [], 'main holds Wi-Fi\'s default: no fallback');
+    assert.deepEqual(h.world.mainDefault, { v4: 2, v6: 2 });
+    assert.deepEqual(lastMain(h), { v4: wifi, v6: wifi });
+
+    h.kernel.set(noCellDefault(without(2)));
+    let uplinks = h.next('uplinks');
+    await h.event();
+    await uplinks;
+    assert.deepEqual(fallbackRules(h), [[4, tableForSlot(cell)], [6, tableForSlot(cell)]]);
+    assert.deepEqual(h.world.mainDefault, { v4: 3, v6: 3 }, 'where unmarked traffic leaves');
+    assert.deepEqual(lastMain(h), { v4: cell, v6: cell }, 'the app BPF programs predict cellular for it');
+
+    h.kernel.set(noCellDefault(labKernel()));
+    uplinks = h.next('uplinks');
+    await h.event();
+    await uplinks;
+    assert.deepEqual(fallbackRules(h), [], 'main\'s default is back: the fallback leaves');
+    assert.deepEqual(lastMain(h), { v4: wifi, v6: wifi });
+  });
+
+  it('main keeps cellular\'s default when Wi-Fi goes: main decides, no fallback, unmarked traffic predicted on cellular', async () => {
+    const h = harness(labKernel(), config);
+    await h.start();
+    h.kernel.set(without(2));
+    const uplinks = h.next('uplinks');
+    await h.event();
+    await uplinks;
+    assert.deepEqual(fallbackRules(h), []);
+    assert.deepEqual(h.world.mainDefault, { v4: 3, v6: 3 });
+  });
+
+  it('main\'s default moving to another uplink alone (a metric) reaches the app maps', async () => {
+    const h = harness(labKernel(), config);
+    await h.start();
+    const cell = h.world.slots.get('cellular') ?? 0;
+    const v = labKernel();
+    h.kernel.set({ ...v, routes: [...v.routes.map((r) => (r.dstLen === 0 ? { ...r, metric: r.oif === 3 ? 50 : 100 } : r))] });
+    const uplinks = h.next('uplinks');
+    await h.event();
+    await uplinks;
+    assert.deepEqual(h.world.mainDefault, { v4: 3, v6: 3 });
+    assert.deepEqual(lastMain(h), { v4: cell, v6: cell });
   });
 });
 
