@@ -184,11 +184,12 @@ static __always_inline int sock_create(struct bpf_sock *sk, int compat)
 {
     if (ours(sk) == 0) return 1;
     if (compat) bpf_sk_storage_get(&wm_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+    __u32 mark = sk->mark;
+    /* Waymark bits already there: another program (a session's, deeper) ran first. Checked
+     * before the lookups: a session's sockets pay no more for them. */
+    if (mark & WAYMARK_MARK_MASK) return 1;
     const struct wm_treatment *t = current_treatment();
     if (t == 0 || t->mark == 0) return 1;
-    __u32 mark = sk->mark;
-    /* Waymark bits already there: another program (a session's, deeper) ran first. */
-    if (mark & WAYMARK_MARK_MASK) return 1;
     sk->mark = (mark & ~WAYMARK_MARK_MASK) | (t->mark & WAYMARK_MARK_MASK);
     return 1; /* never fail socket() */
 }
