@@ -41,13 +41,13 @@ const decides = (t: Partial<Treatment>): Treatment => ({ ...NO_TREATMENT, decide
 
 let probePy = '';
 
-/** A probe (test/fixtures/bpf_probe.py) in cgroup `dir`, namespace A unless told, as root unless told. */
-function startProbe(dir: string, args: string[], opts: SpawnInOptions = {}): Lines {
+/** A probe (test/fixtures/bpf_probe.py) in cgroup `dir` (null: the test's own), namespace A unless told, as root unless told. */
+function startProbe(dir: string | null, args: string[], opts: SpawnInOptions = {}): Lines {
   return world().spawnIn(dir, ['/usr/bin/python3', probePy, ...args], { timeoutMs: PROBE_TIMEOUT_MS, ...opts });
 }
 
 /** A one-shot probe's single output line. */
-async function probe<T>(dir: string, args: string[], opts: SpawnInOptions = {}): Promise<T> {
+async function probe<T>(dir: string | null, args: string[], opts: SpawnInOptions = {}): Promise<T> {
   return startProbe(dir, args, opts).expect<T>(`probe ${args.join(' ')}`);
 }
 
@@ -276,6 +276,23 @@ describe('counters', { timeout: 60_000 }, () => {
       assert.ok(Number(row.packets) >= count && Number(row.packets) <= count * 1.03, `${dir}: ${row.packets} packets`);
     }
     assert.ok(!rows.some((r) => r.app === 77 && r.slot === 2), 'nothing of it left by up1');
+  });
+
+  it("a socket a listener accepted counts under the listener's app (compat: its storage is cloned)", async () => {
+    const x = cgroup('accepted');
+    await setCgroup(x, decides({ app: 79 }));
+    const listener = startProbe(x, ['accept', '10.90.1.1', String(PORT + 1)]);
+    assert.deepEqual(await listener.expect('listening'), { step: 'listening' });
+    const bytes = 100_000;
+    assert.deepEqual(await probe(null, ['tcpsend', '10.90.1.1', String(PORT + 1), String(bytes)], { ns: world().nsB }), { received: bytes });
+    assert.deepEqual(await listener.expect('echoed'), { echoed: bytes });
+    const rows = (await call({ op: 'usage' })) as { app: number; slot: number; dir: string; bytes: string }[];
+    for (const dir of ['tx', 'rx']) {
+      const row = rows.find((r) => r.app === 79 && r.slot === 1 && r.dir === dir);
+      assert.ok(row, `no ${dir} row for app 79: ${JSON.stringify(rows)}`);
+      // Headers on top (TCP with timestamps: 52 bytes a segment; ACKs); GSO segments count one header.
+      assert.ok(Number(row.bytes) >= bytes && Number(row.bytes) <= bytes * 1.2, `${dir}: ${row.bytes} bytes`);
+    }
   });
 
   it('sockets are not counted in the kernel: liveSockets() is empty', async () => {
