@@ -209,8 +209,9 @@ int wm_sock_create_compat(struct bpf_sock *sk) { return sock_create(sk, 1); }
 /* ---------------------------------------------------------------------------------------- */
 /* connect() and sendmsg() with an address: late mark, then the fast deny. */
 
-/* A hard mark: a slot, the SOFT flag clear, not the DENY value. Only a session's own program
- * (at sock_create) and the DNS rule below give one; a treatment's mark may be one too. */
+/* A hard mark: a slot, the SOFT flag clear, not the DENY value: the daemon's (fd passing, the
+ * library's decisions), the DNS rule's below, a treatment's that names one. (The DENY value has
+ * the SOFT bit set: slot 63.) */
 static __always_inline int hard_mark(__u32 bits)
 {
     __u32 slot = bits >> WAYMARK_MARK_SHIFT;
@@ -219,9 +220,10 @@ static __always_inline int hard_mark(__u32 bits)
 
 /* Gives the socket the treatment's mark (for a connect() or send to port 53 with a DNS slot:
  * that slot's hard mark) unless its Waymark bits are a hard mark different from it, which
- * stays: a session's, the DNS rule's, or one the daemon set itself. Soft marks, the DENY value
- * and no mark are overwritten (the socket was created before its cgroup had its treatment, or
- * the treatment changed). Returns the socket's mark afterwards. */
+ * stays. Soft marks, the DENY value and no mark are overwritten (the socket was created before
+ * its cgroup had its treatment, or the treatment changed). A session's mark (its program's, at
+ * sock_create; soft or hard) stays because the session's entry wants that same mark. Returns
+ * the socket's mark afterwards. */
 static __always_inline __u32 late_mark(struct bpf_sock_addr *ctx, const struct wm_treatment *t)
 {
     struct bpf_sock *sk = ctx->sk;

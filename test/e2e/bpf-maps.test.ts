@@ -129,14 +129,23 @@ describe('marks', { timeout: 60_000 }, () => {
     q.child.stdin?.write('go\n');
     assert.deepEqual(await q.expect('after'), { after: markForSlot(1) }, 'a hard mark stays');
 
-    // A session's program (deeper, first) gave the hard mark: its entry wants another.
-    const s = cgroup('late-session');
+    // Another program (deeper, first) gave a hard mark; the entry wants another.
+    const s = cgroup('late-other');
     await setCgroup(s, decides({ mark: softMarkForSlot(2) }));
     cgroupAttachSockMark(s, markForSlot(3));
     const r = startProbe(s, ['late', FAR1, String(PORT)], { uid: NOBODY });
     assert.deepEqual(await r.expect('before'), { before: markForSlot(3) });
     r.child.stdin?.write('go\n');
-    assert.deepEqual(await r.expect('after'), { after: markForSlot(3) }, "the session's mark stays");
+    assert.deepEqual(await r.expect('after'), { after: markForSlot(3) }, "another program's hard mark stays");
+
+    // A session as the daemon makes one: its program's soft mark, the same in its entry.
+    const e = cgroup('late-session');
+    await setCgroup(e, decides({ mark: softMarkForSlot(3) }));
+    cgroupAttachSockMark(e, softMarkForSlot(3));
+    const q2 = startProbe(e, ['late', FAR1, String(PORT)], { uid: NOBODY });
+    assert.deepEqual(await q2.expect('before'), { before: softMarkForSlot(3) });
+    q2.child.stdin?.write('go\n');
+    assert.deepEqual(await q2.expect('after'), { after: softMarkForSlot(3) }, "the session's mark stays");
   });
 
   it('an unconnected UDP socket older than its entry is marked at its first sendto(), which still goes by the old mark', async () => {
