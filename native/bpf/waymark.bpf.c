@@ -5,6 +5,7 @@
  *
  * Every program first checks the socket's network namespace: only wm_conf.netns_cookie's is
  * touched; sockets of any other namespace (containers, test labs) pass untouched and allowed.
+ * The programs keep no per-socket state, except the *_compat twins (kernels before 6.17).
  *
  * No libc headers here (they pull in 32-bit stubs under -target bpf). */
 #include <linux/bpf.h>
@@ -72,16 +73,10 @@ struct {
     __type(value, struct wm_usage_val);
 } wm_usage SEC(".maps");
 
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, WM_SOCKS_MAX);
-    __type(key, __u64);
-    __type(value, __s64);
-} wm_socks SEC(".maps");
-
+/* Only the compat programs use it (see skb_ours); cloned into the sockets a listener accepts. */
 struct {
     __uint(type, BPF_MAP_TYPE_SK_STORAGE);
-    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __uint(map_flags, BPF_F_NO_PREALLOC | BPF_F_CLONE);
     __type(key, int);
     __type(value, struct wm_sk);
 } wm_sk SEC(".maps");
@@ -100,10 +95,15 @@ static __always_inline const struct wm_conf *ours(void *ctx)
     return c;
 }
 
-/* A treatment that decides, or the uid's, or NULL. */
-static __always_inline const struct wm_treatment *decide(const struct wm_treatment *t, __u32 uid)
+/* A treatment that decides, else NULL: the caller then asks for the uid's. (The uid is read only
+ * then: a helper call less for every socket and packet of a cgroup with an entry.) */
+static __always_inline const struct wm_treatment *deciding(const struct wm_treatment *t)
 {
-    if (t != 0 && (t->flags & WM_T_SET)) return t;
+    return t != 0 && (t->flags & WM_T_SET) ? t : 0;
+}
+
+static __always_inline const struct wm_treatment *uid_treatment(__u32 uid)
+{
     return bpf_map_lookup_elem(&wm_uids, &uid);
 }
 
@@ -145,13 +145,14 @@ static __always_inline const struct wm_treatment *skb_treatment(struct __sk_buff
             }
         }
     }
-    return decide(t, bpf_get_socket_uid(skb));
+    t = deciding(t);
+    return t != 0 ? t : uid_treatment(bpf_get_socket_uid(skb));
 }
 
 static __always_inline const struct wm_treatment *current_treatment(void)
 {
-    __u64 cg = bpf_get_current_cgroup_id();
-    return decide(task_treatment(cg), (__u32)bpf_get_current_uid_gid());
+    const struct wm_treatment *t = deciding(task_treatment(bpf_get_current_cgroup_id()));
+    return t != 0 ? t : uid_treatment((__u32)bpf_get_current_uid_gid());
 }
 
 static __always_inline int denied(const struct wm_treatment *t, __u32 slot)
@@ -181,67 +182,49 @@ static __always_inline void count(__u32 app, __u32 slot, __u8 dir, __u32 len, __
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* Socket creation: mark, count. */
+/* Socket creation: the mark. */
 
-SEC("cgroup/sock_create")
-int wm_sock_create(struct bpf_sock *sk)
+/* compat: also gives the socket its wm_sk storage, the compat packet programs' sign that it is
+ * of our namespace (skb_ours). The normal programs keep no per-socket state at all. */
+static __always_inline int sock_create(struct bpf_sock *sk, int compat)
 {
     if (ours(sk) == 0) return 1;
-    __u64 cg = bpf_get_current_cgroup_id();
-    struct wm_sk *st = bpf_sk_storage_get(&wm_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-    if (st != 0) {
-        __s64 one = 1;
-        __s64 *n = bpf_map_lookup_elem(&wm_socks, &cg);
-        if (n != 0) {
-            __sync_fetch_and_add(n, 1);
-            st->cgroup = cg;
-        } else if (bpf_map_update_elem(&wm_socks, &cg, &one, BPF_NOEXIST) == 0) {
-            st->cgroup = cg;
-        } else if ((n = bpf_map_lookup_elem(&wm_socks, &cg)) != 0) {
-            /* created by another CPU meanwhile */
-            __sync_fetch_and_add(n, 1);
-            st->cgroup = cg;
-        }
-    }
-    const struct wm_treatment *t = decide(task_treatment(cg), (__u32)bpf_get_current_uid_gid());
-    if (t == 0 || t->mark == 0) return 1;
+    if (compat) bpf_sk_storage_get(&wm_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
     __u32 mark = sk->mark;
-    /* Waymark bits already there: another program (a session's, deeper) ran first. */
+    /* Waymark bits already there: another program (a session's, deeper) ran first. Checked
+     * before the lookups: a session's sockets pay no more for them. */
     if (mark & WAYMARK_MARK_MASK) return 1;
+    const struct wm_treatment *t = current_treatment();
+    if (t == 0 || t->mark == 0) return 1;
     sk->mark = (mark & ~WAYMARK_MARK_MASK) | (t->mark & WAYMARK_MARK_MASK);
-    if (st != 0) st->mark = t->mark & WAYMARK_MARK_MASK;
     return 1; /* never fail socket() */
 }
 
-SEC("cgroup/sock_release")
-int wm_sock_release(struct bpf_sock *sk)
-{
-    if (ours(sk) == 0) return 1;
-    struct wm_sk *st = bpf_sk_storage_get(&wm_sk, sk, 0, 0);
-    if (st == 0 || st->cgroup == 0) return 1;
-    __u64 cg = st->cgroup;
-    __s64 *n = bpf_map_lookup_elem(&wm_socks, &cg);
-    if (n != 0) __sync_fetch_and_add(n, -1);
-    st->cgroup = 0;
-    return 1;
-}
+SEC("cgroup/sock_create")
+int wm_sock_create(struct bpf_sock *sk) { return sock_create(sk, 0); }
+
+SEC("cgroup/sock_create")
+int wm_sock_create_compat(struct bpf_sock *sk) { return sock_create(sk, 1); }
 
 /* ---------------------------------------------------------------------------------------- */
 /* connect() and sendmsg() with an address: late mark, then the fast deny. */
 
-/* The socket's storage, made now for a socket that predates the programs (sock_create made it
- * for the others): it also tells the compat packet programs the socket is of our namespace. */
-static __always_inline struct wm_sk *storage(struct bpf_sock_addr *ctx)
+/* A hard mark: a slot, the SOFT flag clear, not the DENY value: the daemon's (fd passing, the
+ * library's decisions), the DNS rule's below, a treatment's that names one. (The DENY value has
+ * the SOFT bit set: slot 63.) */
+static __always_inline int hard_mark(__u32 bits)
 {
-    struct bpf_sock *sk = ctx->sk;
-    if (sk == 0) return 0;
-    return bpf_sk_storage_get(&wm_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+    __u32 slot = bits >> WAYMARK_MARK_SHIFT;
+    return bits != 0 && (bits & WAYMARK_SOFT_FLAG) == 0 && slot != WAYMARK_DENY_SLOT;
 }
 
-/* Gives the socket the treatment's mark if its Waymark bits are ours to change (0, or what
- * these programs set earlier); returns the socket's mark afterwards. */
-static __always_inline __u32 late_mark(struct bpf_sock_addr *ctx, struct wm_sk *st,
-                                       const struct wm_treatment *t)
+/* Gives the socket the treatment's mark (for a connect() or send to port 53 with a DNS slot:
+ * that slot's hard mark) unless its Waymark bits are a hard mark different from it, which
+ * stays. Soft marks, the DENY value and no mark are overwritten (the socket was created before
+ * its cgroup had its treatment, or the treatment changed). A session's mark (its program's, at
+ * sock_create; soft or hard) stays because the session's entry wants that same mark. Returns
+ * the socket's mark afterwards. */
+static __always_inline __u32 late_mark(struct bpf_sock_addr *ctx, const struct wm_treatment *t)
 {
     struct bpf_sock *sk = ctx->sk;
     if (sk == 0) return 0;
@@ -251,12 +234,18 @@ static __always_inline __u32 late_mark(struct bpf_sock_addr *ctx, struct wm_sk *
     /* DNS goes by the app's DNS uplink (a hard mark: see WM_T_DNS_SHIFT). */
     __u32 dns = (t->flags & WM_T_DNS_MASK) >> WM_T_DNS_SHIFT;
     if (dns != 0 && ctx->user_port == bpf_htons(53)) want = (dns << WAYMARK_MARK_SHIFT) & WAYMARK_MARK_MASK;
-    if (have == want || st == 0) return mark;
-    if (have != 0 && have != st->mark) return mark; /* set by someone else (the daemon): stays */
+    if (have == want || hard_mark(have)) return mark;
     int m = (int)((mark & ~WAYMARK_MARK_MASK) | want);
     if (bpf_setsockopt(ctx, SOL_SOCKET, SO_MARK, &m, sizeof m) != 0) return mark;
-    st->mark = want;
     return (__u32)m;
+}
+
+/* compat: a socket that predates the programs (sock_create gave the others theirs) gets its
+ * storage now, so that the compat packet programs know it is of our namespace. */
+static __always_inline void compat_storage(struct bpf_sock_addr *ctx)
+{
+    struct bpf_sock *sk = ctx->sk;
+    if (sk != 0) bpf_sk_storage_get(&wm_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 }
 
 /* The uplink slot a packet of this socket will leave by, in the routing ladder's order. dst
@@ -280,23 +269,23 @@ static __always_inline __u32 predict_slot(const struct wm_conf *c, struct bpf_so
     return dst4 != 0 ? c->main_slot4 : c->main_slot6;                 /* main */
 }
 
-static __always_inline int addr4(struct bpf_sock_addr *ctx)
+static __always_inline int addr4(struct bpf_sock_addr *ctx, int compat)
 {
     const struct wm_conf *c = ours(ctx);
     if (c == 0) return 1;
     __u32 ip = ctx->user_ip4; /* network order */
     if ((ip & 0xff) == 127) return 1; /* 127/8: loopback always works */
-    struct wm_sk *st = storage(ctx);
+    if (compat) compat_storage(ctx);
     const struct wm_treatment *t = current_treatment();
     if (t == 0) return 1;
-    __u32 mark = late_mark(ctx, st, t);
+    __u32 mark = late_mark(ctx, t);
     if (t->deny == 0 || ctx->sk == 0) return 1;
     struct wm_dst4_key k = { .prefixlen = 32 };
     __builtin_memcpy(k.addr, &ip, 4);
     return denied(t, predict_slot(c, ctx->sk, mark, &k, 0)) ? 0 : 1;
 }
 
-static __always_inline int addr6(struct bpf_sock_addr *ctx)
+static __always_inline int addr6(struct bpf_sock_addr *ctx, int compat)
 {
     const struct wm_conf *c = ours(ctx);
     if (c == 0) return 1;
@@ -305,10 +294,10 @@ static __always_inline int addr6(struct bpf_sock_addr *ctx)
     int mapped = w0 == 0 && w1 == 0 && w2 == 0xffff0000u;
     if (w0 == 0 && w1 == 0 && w2 == 0 && w3 == 0x01000000u) return 1; /* ::1 */
     if (mapped && (w3 & 0xff) == 127) return 1;                       /* ::ffff:127/104 */
-    struct wm_sk *st = storage(ctx);
+    if (compat) compat_storage(ctx);
     const struct wm_treatment *t = current_treatment();
     if (t == 0) return 1;
-    __u32 mark = late_mark(ctx, st, t);
+    __u32 mark = late_mark(ctx, t);
     if (t->deny == 0 || ctx->sk == 0) return 1;
     __u32 slot;
     if (mapped) { /* routed as IPv4 */
@@ -327,26 +316,39 @@ static __always_inline int addr6(struct bpf_sock_addr *ctx)
 }
 
 SEC("cgroup/connect4")
-int wm_connect4(struct bpf_sock_addr *ctx) { return addr4(ctx); }
+int wm_connect4(struct bpf_sock_addr *ctx) { return addr4(ctx, 0); }
 
 SEC("cgroup/connect6")
-int wm_connect6(struct bpf_sock_addr *ctx) { return addr6(ctx); }
+int wm_connect6(struct bpf_sock_addr *ctx) { return addr6(ctx, 0); }
 
 SEC("cgroup/sendmsg4")
-int wm_sendmsg4(struct bpf_sock_addr *ctx) { return addr4(ctx); }
+int wm_sendmsg4(struct bpf_sock_addr *ctx) { return addr4(ctx, 0); }
 
 SEC("cgroup/sendmsg6")
-int wm_sendmsg6(struct bpf_sock_addr *ctx) { return addr6(ctx); }
+int wm_sendmsg6(struct bpf_sock_addr *ctx) { return addr6(ctx, 0); }
+
+SEC("cgroup/connect4")
+int wm_connect4_compat(struct bpf_sock_addr *ctx) { return addr4(ctx, 1); }
+
+SEC("cgroup/connect6")
+int wm_connect6_compat(struct bpf_sock_addr *ctx) { return addr6(ctx, 1); }
+
+SEC("cgroup/sendmsg4")
+int wm_sendmsg4_compat(struct bpf_sock_addr *ctx) { return addr4(ctx, 1); }
+
+SEC("cgroup/sendmsg6")
+int wm_sendmsg6_compat(struct bpf_sock_addr *ctx) { return addr6(ctx, 1); }
 
 /* ---------------------------------------------------------------------------------------- */
 /* Packets: the guarantee (egress drop) and the counters. */
 
 /* Is this packet's socket in our namespace? cgroup_skb may call bpf_get_netns_cookie only since
  * Linux 6.17 (sk_filter_func_proto, 2025). The loader (bpfOpen) probes for it and loads either
- * the wm_egress/wm_ingress pair or the *_compat pair, which asks the socket's storage instead:
- * wm_sk exists only for sockets our sock_create or connect/sendmsg programs saw in our namespace.
- * The compat pair leaves alone the sockets of our namespace that predate the attachment and never
- * connect()ed or sendmsg()ed to an address since. */
+ * the programs without a suffix or their *_compat twins, whose packet programs ask the socket's
+ * storage instead: wm_sk exists only for sockets our compat sock_create or connect/sendmsg
+ * programs saw in our namespace, and for the sockets a listener of theirs accepted (BPF_F_CLONE).
+ * The compat programs leave alone the sockets of our namespace that predate the attachment and
+ * never connect()ed or sendmsg()ed to an address since. */
 static __always_inline int skb_ours(struct __sk_buff *skb, int compat)
 {
     if (!compat) return ours(skb) != 0;
@@ -357,13 +359,16 @@ static __always_inline int skb_ours(struct __sk_buff *skb, int compat)
     return bpf_sk_storage_get(&wm_sk, sk, 0, 0) != 0;
 }
 
+/* The device's uplink slot, looked up first: most packets that are not an uplink's (loopback,
+ * bridges, tunnels' inner side) stop here. An ifindex means something only in its own namespace,
+ * so skb_ours comes next. */
 static __always_inline int egress(struct __sk_buff *skb, int compat)
 {
-    if (!skb_ours(skb, compat)) return 1;
     __u32 ifindex = skb->ifindex; /* the output device */
     __u32 *s = bpf_map_lookup_elem(&wm_ifslot, &ifindex);
-    if (s == 0 || *s == 0) return 1; /* not an uplink: loopback, bridges, tunnels' inner side */
+    if (s == 0 || *s == 0) return 1;
     __u32 slot = *s;
+    if (!skb_ours(skb, compat)) return 1;
     const struct wm_treatment *t = skb_treatment(skb);
     if (t != 0 && denied(t, slot)) return 0;
     count(t != 0 ? t->app : 0, slot, WM_DIR_TX, skb->len, skb->gso_segs);
@@ -372,12 +377,13 @@ static __always_inline int egress(struct __sk_buff *skb, int compat)
 
 static __always_inline int ingress(struct __sk_buff *skb, int compat)
 {
-    if (!skb_ours(skb, compat)) return 1;
     __u32 ifindex = skb->ifindex; /* the arrival device */
     __u32 *s = bpf_map_lookup_elem(&wm_ifslot, &ifindex);
     if (s == 0 || *s == 0) return 1;
+    __u32 slot = *s;
+    if (!skb_ours(skb, compat)) return 1;
     const struct wm_treatment *t = skb_treatment(skb);
-    count(t != 0 ? t->app : 0, *s, WM_DIR_RX, skb->len, skb->gso_segs);
+    count(t != 0 ? t->app : 0, slot, WM_DIR_RX, skb->len, skb->gso_segs);
     return 1;
 }
 

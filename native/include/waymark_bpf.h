@@ -25,7 +25,6 @@
 #define WM_IFSLOT_MAX 256
 #define WM_DST_MAX 1024
 #define WM_USAGE_MAX 16384
-#define WM_SOCKS_MAX 65536
 
 /* wm_usage_key.dir */
 #define WM_DIR_TX 0
@@ -74,11 +73,10 @@ struct wm_usage_val {
     __u64 packets;
 };
 
-/* Per-socket state (BPF_MAP_TYPE_SK_STORAGE wm_sk, private to the programs). */
+/* Per-socket state of the compat programs only (BPF_MAP_TYPE_SK_STORAGE wm_sk, private to
+ * them): its existence says the socket is of our network namespace. */
 struct wm_sk {
-    __u64 cgroup; /* cgroup id counted in wm_socks at creation (0 = not counted) */
-    __u32 mark;   /* Waymark mark bits these programs gave the socket (0 = none) */
-    __u32 pad;
+    __u32 seen;
 };
 
 #endif

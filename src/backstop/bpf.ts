@@ -51,7 +51,6 @@ export const MAPS = {
   dst6: { name: 'wm_dst6', key: 20, value: 4, max: 1024 },
   conf: { name: 'wm_conf', key: 4, value: 16, max: 1 },
   usage: { name: 'wm_usage', key: 8, value: 16, max: 16384 },
-  socks: { name: 'wm_socks', key: 8, value: 8, max: 65536 },
 } as const;
 
 /** Field offsets of the structs (bytes). */
@@ -273,11 +272,6 @@ export function decodeUsage(key: Uint8Array, value: Uint8Array, cpus: number): U
   };
 }
 
-export function decodeSockCount(b: Uint8Array): number {
-  checkSize(b, MAPS.socks.value, 'socket count');
-  return Number(view(b).getBigInt64(0, LE));
-}
-
 /** A cgroup's id: the inode number of its directory (what bpf_get_current_cgroup_id returns). */
 export function cgroupId(absDir: string): bigint {
   return statSync(absDir, { bigint: true }).ino;
@@ -382,14 +376,12 @@ export class AppMaps {
     return bpfEntries(this.h(), MAPS.usage.name).map(([k, v]) => decodeUsage(k, v, cpus));
   }
 
-  /** Live inet sockets per cgroup id (created since the load minus released). */
+  /**
+   * Live inet sockets per cgroup id: always empty now. The programs no longer count sockets
+   * (a per-socket record cost every socket() about 1 µs); the daemon is to count them another way.
+   */
   liveSockets(): Map<bigint, number> {
-    return new Map(bpfEntries(this.h(), MAPS.socks.name).map(([k, v]) => [decodeCgroupId(k), decodeSockCount(v)]));
-  }
-
-  /** Forgets a removed cgroup's socket count (entries are never deleted by the programs). */
-  deleteSockets(id: bigint): boolean {
-    return bpfDelete(this.h(), MAPS.socks.name, encodeCgroupId(id));
+    return new Map();
   }
 
   /** Detaches the programs. Idempotent. */
@@ -419,7 +411,7 @@ export function appMapsPort(maps: AppMaps): KernelAppMaps {
           errors.push(`${what}: ${errorMessage(e)}`);
         }
       };
-      for (const id of plan.delCgroups) step(`delete cgroup ${id}`, () => { maps.deleteCgroup(id); maps.deleteSockets(id); });
+      for (const id of plan.delCgroups) step(`delete cgroup ${id}`, () => maps.deleteCgroup(id));
       for (const [id, e] of plan.setCgroups) step(`cgroup ${id}`, () => maps.setCgroup(id, fromKernel(e.self), fromKernel(e.pending)));
       for (const uid of plan.delUids) step(`delete uid ${uid}`, () => maps.deleteUid(uid));
       for (const [uid, t] of plan.setUids) step(`uid ${uid}`, () => maps.setUid(uid, fromKernel(t)));

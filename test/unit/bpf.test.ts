@@ -69,7 +69,7 @@ describe('waymark_bpf.h ⇄ src/backstop/bpf.ts', () => {
     const ts: Record<string, number> = {
       WM_DENY_ALL: B.WM_DENY_ALL, WM_T_SET: B.WM_T_SET, WM_T_DNS_SHIFT: B.WM_T_DNS_SHIFT, WM_T_DNS_MASK: B.WM_T_DNS_MASK, WM_MAX_DEPTH: B.WM_MAX_DEPTH, WM_DIR_TX: B.WM_DIR_TX, WM_DIR_RX: B.WM_DIR_RX,
       WM_CGROUPS_MAX: B.MAPS.cgroups.max, WM_UIDS_MAX: B.MAPS.uids.max, WM_IFSLOT_MAX: B.MAPS.ifslot.max,
-      WM_DST_MAX: B.MAPS.dst4.max, WM_USAGE_MAX: B.MAPS.usage.max, WM_SOCKS_MAX: B.MAPS.socks.max,
+      WM_DST_MAX: B.MAPS.dst4.max, WM_USAGE_MAX: B.MAPS.usage.max,
     };
     for (const [k, v] of Object.entries(ts)) assert.equal(defines.get(k), v, k);
     assert.equal(B.MAPS.dst6.max, B.MAPS.dst4.max);
@@ -104,7 +104,7 @@ describe('waymark_bpf.h ⇄ src/backstop/bpf.ts', () => {
       assert.deepEqual(c, { key: spec.key, value: spec.value, max: spec.max }, spec.name);
       assert.ok(spec.name.length <= 15, `${spec.name}: BPF object names hold 15 characters`);
     }
-    // Only wm_sk (the programs' private per-socket storage) is not mirrored.
+    // Only wm_sk (the compat programs' private per-socket storage) is not mirrored.
     assert.deepEqual([...maps.keys()].filter((n) => !Object.values(B.MAPS).some((s) => s.name === n)), ['wm_sk']);
   });
 });
@@ -185,11 +185,5 @@ describe('encoders and decoders', () => {
     }
     if (le) assert.deepEqual(B.decodeUsage(key, value, cpus), { app: 9, slot: 4, dir: 'rx', bytes: 600n, packets: 6n });
     assert.throws(() => B.decodeUsage(key, value, 2), RangeError);
-  });
-
-  it('socket counts are signed', () => {
-    const b = Buffer.alloc(8);
-    b.writeBigInt64LE(-2n);
-    if (le) assert.equal(B.decodeSockCount(b), -2);
   });
 });
