@@ -376,14 +376,6 @@ export class AppMaps {
     return bpfEntries(this.h(), MAPS.usage.name).map(([k, v]) => decodeUsage(k, v, cpus));
   }
 
-  /**
-   * Live inet sockets per cgroup id: always empty now. The programs no longer count sockets
-   * (a per-socket record cost every socket() about 1 µs); the daemon is to count them another way.
-   */
-  liveSockets(): Map<bigint, number> {
-    return new Map();
-  }
-
   /** Detaches the programs. Idempotent. */
   close(): void {
     if (this.handle === null) return;
@@ -428,6 +420,5 @@ export function appMapsPort(maps: AppMaps): KernelAppMaps {
       if (main) step('main slots', () => maps.setMain(main.v4, main.v6));
       return errors;
     },
-    liveSockets: () => maps.liveSockets(),
   };
 }

@@ -222,6 +222,4 @@ export function planMaps(desired: DesiredMaps, applied: DesiredMaps | undefined)
 export interface KernelAppMaps {
   /** Writes the plan; returns what failed (each a message), having applied the rest. */
   apply(plan: MapsPlan): readonly string[];
-  /** Live inet sockets per cgroup id, as the kernel counts them (empty when it cannot). */
-  liveSockets(): ReadonlyMap<bigint, number>;
 }

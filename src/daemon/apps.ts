@@ -105,7 +105,7 @@ export interface AppView {
   rule: string | null;
   /** Per destination: the uplink its connections take, "default" (main routing) or "denied". */
   uplinks: Record<string, string>;
-  /** Its live inet sockets: the kernel's count, else from its processes' fds. */
+  /** Its live inet sockets (held by its processes' fds, each socket once). */
   sockets: number;
 }
 
@@ -278,9 +278,8 @@ export class AppService {
   /** The apps the caller may see (its own; root and the waymark group: all), sorted by name. */
   list(cred: PeerCred): AppView[] {
     const w = { ...this.deps.world(), cgroups: [] };
-    const live = this.deps.maps.liveSockets();
-    // Without the kernel's count, from procfs (on request only: the processes' fds).
-    const inet = live.size > 0 ? null : inetSocketInodes(this.deps.procRoot ?? '/proc');
+    // From procfs, on request only: the inet sockets of the namespace held by the app's processes.
+    const inet = inetSocketInodes(this.deps.procRoot ?? '/proc');
     const out: AppView[] = [];
     for (const k of this.known.values()) {
       const u = k.seen.unit;
@@ -294,7 +293,7 @@ export class AppService {
         name: u.name, kind: u.kind, unit: u.unit, appId: u.appId, flatpakId: u.flatpakId, uid: k.uid, cgroup: k.rel, key: k.appKey,
         exe: pids[0] === undefined ? null : this.exeOf(pids[0]), pids: pids.length,
         rule: rule?.name ?? null, uplinks: this.uplinksOf(rule, w),
-        sockets: inet === null ? nested.reduce((n, x) => n + (live.get(x.id) ?? 0), 0) : this.socketsOf(pids, inet),
+        sockets: this.socketsOf(pids, inet),
       });
     }
     return out.sort((a, b) => a.name.localeCompare(b.name) || a.cgroup.localeCompare(b.cgroup));

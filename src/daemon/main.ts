@@ -120,7 +120,7 @@ async function main(): Promise<void> {
   }, {
     kernel: new KernelRouting(), sysctl: new SrcValidMark(), nft: nftCommand, cgroups,
     apps: {
-      maps: appMaps ? appMapsPort(appMaps) : { apply: () => [], liveSockets: () => new Map() }, kernelOff,
+      maps: appMaps ? appMapsPort(appMaps) : { apply: () => [] }, kernelOff,
       cgroupDir, mount: cgroups.mount, cgroupRoot: `/${opts.cgroupRoot}`, sessionsDir: cgroups.sessionsDir,
     },
   });

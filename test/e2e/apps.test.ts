@@ -173,8 +173,8 @@ describe('apps in systemd-style scopes, no library, no waymark exec', () => {
       assert.deepEqual([chat.uid, chat.kind, chat.rule, chat.unit], [USER, 'app', 'chat', 'app-gnome-org.example.Chat-1234.scope']);
       assert.equal(chat.uplinks['internet'], 'cellular');
       assert.equal(chat.uplinks['mms'], 'denied');
-      // The kernel programs no longer count sockets (AppMaps.liveSockets() is empty): unknown.
-      assert.equal(chat.sockets, null);
+      // Counted from its processes' fds: the one connection the holder keeps open.
+      assert.equal(chat.sockets, 1);
       assert.equal(chat.pids, 1);
       assert.match(chat.exe ?? '', /python3/);
       assert.equal(byName.get('org.mozilla.firefox')?.flatpakId, 'org.mozilla.firefox');

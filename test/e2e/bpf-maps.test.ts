@@ -304,16 +304,6 @@ describe('counters', { timeout: 60_000 }, () => {
     }
   });
 
-  it('sockets are not counted in the kernel: liveSockets() is empty', async () => {
-    const k = cgroup('socks');
-    await setCgroup(k, decides({ app: 78 }));
-    const p = startProbe(k, ['socks', '5'], { uid: NOBODY });
-    assert.deepEqual(await p.expect('holding'), { step: 'holding' });
-    assert.deepEqual(await call({ op: 'liveSockets' }), []);
-    p.child.stdin?.write('close\n');
-    assert.deepEqual(await p.expect('closed'), { step: 'closed' });
-    p.child.stdin?.end();
-  });
 });
 
 describe('lifetime', { timeout: 60_000 }, () => {

@@ -25,7 +25,6 @@ export type AgentRequest =
   | { op: 'deleteDestination'; prefix: string }
   | { op: 'setMain'; slot4: number; slot6: number }
   | { op: 'usage' }
-  | { op: 'liveSockets' }
   | { op: 'programs' }
   | { op: 'close' };
 
@@ -69,8 +68,6 @@ function handle(r: AgentRequest): unknown {
       return null;
     case 'usage':
       return need().usage().map((u) => ({ ...u, bytes: u.bytes.toString(), packets: u.packets.toString() }));
-    case 'liveSockets':
-      return [...need().liveSockets()].map(([id, n]) => [id.toString(), n]);
     case 'programs':
       return need().programs();
     case 'close':

@@ -208,17 +208,12 @@ export function recordingLog(): Logger & { readonly lines: LogLine[] } {
 export class FakeAppMaps implements KernelAppMaps {
   readonly plans: MapsPlan[] = [];
   readonly cgroups = new Map<bigint, CgroupEntry>();
-  sockets = new Map<bigint, number>();
 
   apply(plan: MapsPlan): readonly string[] {
     this.plans.push(plan);
     for (const id of plan.delCgroups) this.cgroups.delete(id);
     for (const [id, e] of plan.setCgroups) this.cgroups.set(id, e);
     return [];
-  }
-
-  liveSockets(): ReadonlyMap<bigint, number> {
-    return this.sockets;
   }
 }
 

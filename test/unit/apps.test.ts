@@ -163,17 +163,13 @@ apps:
   });
 });
 
-class FakeMaps extends FakeAppMaps {
-  override sockets = new Map([[11n, 3]]);
-}
-
 describe('AppService (fake kernel side)', () => {
   const seen = (c: KnownCgroup, kind: 'app' | 'flatpak' | 'service' = 'app'): SeenCgroup => ({
     rel: c.rel, id: c.id, uid: c.uid,
     unit: c.unit ? { ...c.unit, unitRel: c.rel, kind, name: c.unit.flatpakId ?? c.unit.appId ?? c.unit.unit } : null,
   });
   const make = () => {
-    const maps = new FakeMaps();
+    const maps = new FakeAppMaps();
     const events: EventBody[] = [];
     const saved: Record<string, number>[] = [];
     const svc = new AppService({
@@ -213,7 +209,8 @@ describe('AppService (fake kernel side)', () => {
     assert.equal(c.rule, 'chat');
     assert.equal(c.uplinks['internet'], 'cellular');
     assert.equal(c.uplinks['mms'], 'denied');
-    assert.equal(c.sockets, 3);
+    // No process in it (the cgroup is not on disk here): none.
+    assert.deepEqual([c.pids, c.sockets], [0, 0]);
     assert.deepEqual(svc.list({ uid: 2000, gid: 2000, pid: 1 }), []);
     assert.deepEqual(svc.list({ uid: 0, gid: 0, pid: 1 }).map((a) => a.name).sort(), ['nginx.service', 'org.example.chat', 'org.mozilla.firefox']);
   });
