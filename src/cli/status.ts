@@ -65,7 +65,12 @@ export function formatStatus(s: StatusResult): string {
   const events = ev && (ev.subscribers > 0 || ev.dropped > 0)
     ? `\nevents: ${ev.subscribers} watchers` + (ev.dropped ? `, ${ev.dropped} events dropped for watchers that fell behind (at most ${ev.queueLimit} queued each)` : '')
     : '';
-  return `${uplinks}\n\n${destinations}${sessions}\n\n${footer}${decisions}${control}${events}\n`;
+  const a = s.apps;
+  const apps = a
+    ? `\napps: ${count(a.apps, 'app')} in ${count(a.cgroups, 'cgroup')} under ${a.cgroupRoot}, `
+      + (a.active ? 'steered in the kernel (waymark apps)' : `NOT steered in the kernel: ${a.reason ?? 'unknown'}`)
+    : '';
+  return `${uplinks}\n\n${destinations}${sessions}\n\n${footer}${decisions}${control}${events}${apps}\n`;
 }
 
 /** "1 connection", "2 connections". */

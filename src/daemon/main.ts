@@ -158,6 +158,7 @@ async function main(): Promise<void> {
       decisions: refusalsSeenBy(decideServer.stats, cred.uid, mayChangeState(cred)),
       control: refusalsSeenBy(server.stats, cred.uid, mayChangeState(cred)),
       events: events.stats,
+      apps: { ...apps.kernel, cgroupRoot: `/${opts.cgroupRoot}`, ...apps.counts },
     }),
     reload,
     'exec.begin': (params, cred) => sessions.begin(params, cred),

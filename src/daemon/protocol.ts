@@ -114,6 +114,8 @@ export interface StatusResult {
   control?: ControlStats;
   /** Event subscribers and their queues (bounded: see events.ts). */
   events?: EventStats;
+  /** The apps in the kernel: whether the BPF programs are in force (and why not), where, how many cgroups and apps are known. */
+  apps?: { active: boolean; reason: string | null; cgroupRoot: string; cgroups: number; apps: number };
 }
 
 /** Each method: its params schema, whether it changes state, and the protocol version it needs. */

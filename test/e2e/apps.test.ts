@@ -186,6 +186,9 @@ describe('apps in systemd-style scopes, no library, no waymark exec', () => {
       assert.deepEqual(mine.apps.map((a) => a.name).sort(), ['org.example.Chat', 'org.example.Editor', 'org.mozilla.firefox', 'user@1000.service']);
       const theirs = await apps(OTHER);
       assert.deepEqual(theirs.apps.map((a) => a.name).sort(), ['org.example.Mms', 'user@1001.service']);
+      // status sums them up.
+      const st = await dev.waymark(['status']);
+      assert.match(st.stdout, /^apps: \d+ apps in \d+ cgroups under \/wm-lab-[0-9a-f-]+, steered in the kernel/m);
       // The readable table names them too.
       const text = await dev.waymark(['apps'], { uid: USER });
       assert.match(text.stdout, /org\.example\.Chat\s+1000\s+app org\.example\.Chat/);
