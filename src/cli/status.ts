@@ -37,7 +37,8 @@ export function formatStatus(s: StatusResult): string {
       d.prefixes.join(' ') || (d.name === 'internet' ? '(everything else)' : '-'),
       d.domains.join(' ') || '-',
       d.via.join(',') || '-',
-      d.name === 'internet' ? '(main table)' : `${d.active.ipv4 ?? '-'} / ${d.active.ipv6 ?? '-'}`,
+      d.name === 'internet' && !d.fallback ? '(main table)'
+        : `${d.active.ipv4 ?? '-'} / ${d.active.ipv6 ?? '-'}${d.fallback ? ' (fallback: main has no default)' : ''}`,
     ]),
   );
   const sessions = s.sessions && s.sessions.length > 0

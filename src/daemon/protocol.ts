@@ -97,8 +97,10 @@ export interface DestinationStatusView {
   prefixes: string[];
   domains: string[];
   via: string[];
-  /** The uplink currently carrying this destination, per family (null: unreachable now). */
+  /** The uplink currently carrying this destination, per family (null: unreachable now; the Internet: main's default, see fallback). */
   active: { ipv4: string | null; ipv6: string | null };
+  /** The Internet only: main holds no default and Waymark's fallback carries it (by `active`). */
+  fallback?: boolean;
 }
 
 export interface StatusResult {

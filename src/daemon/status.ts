@@ -18,7 +18,7 @@ export interface DaemonFacts {
 }
 
 export function statusView(
-  world: Pick<World, 'config' | 'uplinks' | 'generation'>,
+  world: Pick<World, 'config' | 'uplinks' | 'generation' | 'fallback'>,
   counters: ReadonlyMap<string, { readonly packets: number; readonly bytes: number }>,
   lastReconcile: LastReconcile,
   daemon: DaemonFacts,
@@ -50,7 +50,8 @@ export function statusView(
   });
   const destinations: DestinationStatusView[] = world.config.destinations.map((d) => {
     const pick = (f: 4 | 6): string | null => {
-      if (d.name === INTERNET) return null;
+      // The Internet goes by main's default, or by the fallback while main has none.
+      if (d.name === INTERNET) return (f === 4 ? world.fallback.v4 : world.fallback.v6)?.spec.name ?? null;
       if (!d.prefixes.some((p) => p.family === f)) return null;
       return bestUplink(states, d, f)?.spec.name ?? null;
     };
@@ -60,6 +61,7 @@ export function statusView(
       domains: [...d.domains],
       via: [...d.via],
       active: { ipv4: pick(4), ipv6: pick(6) },
+      ...(d.name === INTERNET ? { fallback: world.fallback.v4 !== undefined || world.fallback.v6 !== undefined } : {}),
     };
   });
   return {

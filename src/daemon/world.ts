@@ -10,7 +10,7 @@
  */
 import type { Config } from '../config/load.js';
 import type { LinkMsg, AddrMsg, RouteMsg, RdnssMsg } from '../netlink/message.js';
-import { MAIN_TABLE, unmarkedEgress } from '../routing/fallback.js';
+import { fallbackUplinks, MAIN_TABLE, unmarkedEgress, type Fallback } from '../routing/fallback.js';
 import { SessionRegistry } from '../session/session.js';
 import { assignSlots } from '../uplink/slots.js';
 import { ambiguousMatches, unusableMatches, uplinkStates, type UplinkState } from '../uplink/state.js';
@@ -62,6 +62,7 @@ export class World {
   private currentGeneration = 1;
   private currentSlots: Map<string, number>;
   private states: UplinkState[] = [];
+  private fallbackNow: Fallback = {};
   private mainDefaults: { v4: number | null; v6: number | null } = { v4: null, v6: null };
   private readonly linkDns = new Map<number, { servers: readonly string[]; until: number }>();
   /** Addresses learnt for domain destinations (emits `learned`). */
@@ -108,6 +109,11 @@ export class World {
    * default (lowest metric) while main holds one, else the Internet fallback's uplink
    * (src/routing/fallback.ts: unmarkedEgress); null: none.
    */
+  /** The Internet fallback's uplinks, per family, as last observed (none while main holds a default). */
+  get fallback(): Fallback {
+    return this.fallbackNow;
+  }
+
   get mainDefault(): { readonly v4: number | null; readonly v6: number | null } {
     return this.mainDefaults;
   }
@@ -164,6 +170,7 @@ export class World {
     const routes = facts.routes.filter((r) => r.table === MAIN_TABLE);
     this.states = uplinkStates(this.currentConfig.uplinks, this.currentSlots, { links: facts.links, addrs: facts.addrs, routes, linkDns: this.validLinkDns() });
     this.mainDefaults = unmarkedEgress(routes, this.states, this.currentConfig.destinations);
+    this.fallbackNow = fallbackUplinks(routes, this.states, this.currentConfig.destinations);
     this.warnAmbiguous(facts.links);
     this.announce({ kind: 'observed', states: this.states });
     return this.states;

@@ -7,6 +7,7 @@
  * netlink event is printed), and back over Wi-Fi when it returns; a clean stop removes the rule.
  */
 import assert from 'node:assert/strict';
+import type { StatusResult } from '../../src/daemon/protocol.js';
 import { readFileSync } from 'node:fs';
 import type { ChildProcess } from 'node:child_process';
 import { describe, it } from 'node:test';
@@ -147,6 +148,11 @@ describe('the Internet fallback for programs with no rule and no library', () =>
 
       assert.deepEqual(await fallbackRules(), [`-4 ${PRIO_FALLBACK}:\tfrom all lookup ${cellTable} proto 87`, `-6 ${PRIO_FALLBACK}:\tfrom all lookup ${cellTable} proto 87`]);
       assert.doesNotMatch(await mainDefaults(), /default/, 'main is left without a default, as the link left it');
+      // waymark status says so.
+      const st = await dev.waymark(['status', '--json']);
+      const internet = (JSON.parse(st.stdout) as StatusResult).destinations.find((d) => d.name === 'internet');
+      assert.deepEqual([internet?.fallback, internet?.active.ipv4, internet?.active.ipv6], [true, 'cellular', 'cellular']);
+      assert.match((await dev.waymark(['status'])).stdout, /^internet .* cellular \/ cellular \(fallback: main has no default\)$/m);
       for (const addr of [LAB.internet.v4, LAB.internet.v6]) {
         assert.equal(await go(addr), 'wwan0', `goclient to ${addr}`);
         assert.equal(await curl(addr), 'wwan0', `curl to ${addr}`);
