@@ -89,8 +89,9 @@ export function cgroupFacts(c: KnownCgroup): AppFacts | null {
   return { uid: c.uid ?? -1, exe: null, unit: c.unit.unit, app: c.unit.appId, flatpakId: c.unit.flatpakId };
 }
 
-/** Rules the kernel can apply by cgroup or uid (a rule naming an executable needs the library or a session). */
-const kernelRules = (rules: readonly AppRule[]): AppRule[] => rules.filter((r) => r.match.exe === undefined);
+/** Whether the kernel can apply a rule by cgroup or uid (a rule naming an executable needs the library or a session). */
+export const kernelApplicable = (r: AppRule): boolean => r.match.exe === undefined;
+const kernelRules = (rules: readonly AppRule[]): AppRule[] => rules.filter(kernelApplicable);
 const uidOnly = (r: AppRule): boolean => r.match.uid !== undefined && r.match.unit === undefined
   && r.match.app === undefined && r.match.flatpak === undefined && r.match.exe === undefined;
 

@@ -21,7 +21,7 @@ import { ruleFor, type AppRule } from '../policy/app.js';
 import { treatmentFor } from '../policy/treatment.js';
 import { bestUplink } from '../routing/desired.js';
 import {
-  cgroupEntry, cgroupFacts, desiredMaps, planMaps, WM_T_SET,
+  cgroupEntry, cgroupFacts, desiredMaps, kernelApplicable, planMaps, WM_T_SET,
   type CgroupEntry, type DesiredMaps, type KernelAppMaps, type KernelTreatment, type KnownCgroup, type MapsWorld,
 } from '../backstop/desired.js';
 import { MARK_MASK } from '../constants.js';
@@ -287,7 +287,7 @@ export class AppService {
       if (k.uid !== cred.uid && !mayChangeState(cred)) continue;
       const nested = [...this.known.values()].filter((x) => x.rel === k.rel || x.rel.startsWith(`${k.rel}/`));
       const facts = cgroupFacts(k);
-      const rule = facts ? ruleFor(w.rules.filter((r) => r.match.exe === undefined), facts) : undefined;
+      const rule = facts ? ruleFor(w.rules.filter(kernelApplicable), facts) : undefined;
       const pids = nested.flatMap((x) => this.pidsOf(x.rel));
       out.push({
         name: u.name, kind: u.kind, unit: u.unit, appId: u.appId, flatpakId: u.flatpakId, uid: k.uid, cgroup: k.rel, key: k.appKey,

@@ -5,6 +5,7 @@
  * cgroupfs), test/unit/engine.test.ts fakes.
  */
 import { appDnsRules, SESSION_CHAINS, sessionRules, uplinkDns } from '../backstop/nft.js';
+import { kernelApplicable } from '../backstop/desired.js';
 import type { Config } from '../config/load.js';
 import type { GenerationFile } from '../decision/generation.js';
 import type { NftKernel } from '../nftables/nft.js';
@@ -63,8 +64,11 @@ export function assemble(o: ModelOptions, a: Adapters): Model {
   table.contribute('uplinks', () => uplinkRules(countedUplinks(world.uplinks)));
   table.contribute('sessions', () => sessionRules(sessions.backstops(), uplinkDns(world.uplinks, world.config.destinations),
     { cgroupMount: a.cgroups.mount, present: (cgroup) => a.cgroups.present(cgroup) }));
-  // After the sessions' (a session's own redirect comes first), the apps' by their mark.
-  table.contribute('apps', () => appDnsRules(uplinkDns(world.uplinks, world.config.destinations)));
+  // After the sessions' (a session's own redirect comes first), the apps' by their mark; only
+  // while some app rule can apply in the kernel: a nat chain turns on connection tracking for
+  // every connection of the device, a cost nobody without app rules should pay.
+  table.contribute('apps', () => (world.config.apps.some(kernelApplicable)
+    ? appDnsRules(uplinkDns(world.uplinks, world.config.destinations)) : {}));
   const nftables = new NftReconciler(table, a.nft, log);
   // The table follows the uplinks in the same pass as the routes (its errors are the pass's).
   const routing = new RoutingReconciler({ world, kernel: a.kernel, sysctl: a.sysctl, log, follow: [() => nftables.update()], ...clock });

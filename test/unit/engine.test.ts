@@ -346,6 +346,27 @@ describe('the nftables table model', { timeout: 10_000 }, () => {
     assert.equal(h.cgroups.made.has(r.cgroup), false);
   });
 
+  it('without app rules the kernel can apply, no nat chain at all (it would track every connection)', async () => {
+    const h = harness(labKernel(), exampleConfig(`
+apps:
+  - name: by-exe
+    match: { exe: /usr/bin/chat }
+    uplinks: [cellular]
+`));
+    await h.start();
+    assert.doesNotMatch(h.nft.last, /waymark apps dns/);
+    assert.doesNotMatch(h.nft.last, /^ {2}chain backstop_dns \{/m, 'the nat chain is not declared in the body');
+    const withRule = harness(labKernel(), exampleConfig(`
+apps:
+  - name: by-app
+    match: { app: org.example.Chat }
+    uplinks: [cellular]
+`));
+    await withRule.start();
+    assert.match(withRule.nft.last, /^ {2}chain backstop_dns \{/m);
+    assert.match(withRule.nft.last, /waymark apps dns/);
+  });
+
   it('a load that names a cgroup gone meanwhile is rendered again without it', async () => {
     const h = harness();
     await h.start();
