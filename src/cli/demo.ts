@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { CLI_JS, startDevice, type Device } from '../lab/device.js';
 import { DETACHED_DIR, Lab, LAB, destroyDetached, sweepStale, type Role } from '../lab/lab.js';
 import { errorMessage } from '../errors.js';
+import type { AppsResult } from '../daemon/protocol.js';
 
 const bold = (s: string): string => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
 
@@ -71,6 +72,7 @@ export async function runDemo(opts: { shell: boolean }): Promise<number> {
     }
     const plain = await lab.run('dev', ['curl', '-sS', '--max-time', '3', `http://${LAB.mmsc.v4}/`]);
     process.stdout.write(`\n  plain curl http://${LAB.mmsc.v4}/ (no exec): destination "mms" routes it by the MMS APN → ${plain.stdout.trim() || plain.stderr.trim()}\n`);
+    failures += await appTour(lab, dev);
     if (opts.shell) {
       await leaveShell(lab, dev);
       return failures ? 1 : 0;
@@ -86,6 +88,33 @@ export async function runDemo(opts: { shell: boolean }): Promise<number> {
     }
   }
   return failures ? 1 : 0;
+}
+
+/**
+ * An app as the desktop starts it: a systemd-style scope for the chat app (rule chat-desktop:
+ * cellular, never MMS), plain curl in it with no library and no `waymark exec`. Returns the
+ * number of stops that did not go as they should.
+ */
+async function appTour(lab: Lab, dev: Device): Promise<number> {
+  if (!lab.cgroups) return 0;
+  const scope = 'user.slice/user-1000.slice/user@1000.service/app.slice/app-gnome-org.example.Chat-1234.scope';
+  lab.cgroups.mkdir(scope);
+  // The daemon sees the scope within a millisecond or so; a demo may simply look again.
+  for (let i = 0; i < 100; i++) {
+    const r = await dev.waymark(['apps', '--json']);
+    if (r.code === 0 && (JSON.parse(r.stdout) as AppsResult).apps.some((a) => a.cgroup === scope)) break;
+    await new Promise((res) => setTimeout(res, 20));
+  }
+  process.stdout.write(`\n${bold('An app the desktop started (its systemd scope, no library, no exec): the kernel steers it')}\n`);
+  let failures = 0;
+  for (const [url, want] of [[`http://${LAB.internet.v4}/`, 'wwan0'], [`http://${LAB.mmsc.v4}/`, null]] as const) {
+    const r = await lab.run('dev', ['curl', '-sS', '--max-time', '3', url], { cgroup: scope, uid: 1000 });
+    const path = /"path":"([^"]+)"/.exec(r.stdout)?.[1] ?? null;
+    if (path !== want) failures++;
+    process.stdout.write(`  curl ${url} in ${scope.split('/').pop() ?? scope} → ${path !== null ? `arrived via ${path}` : `refused (${r.stderr.trim() || 'no answer'}), as its rule says`}\n`);
+  }
+  process.stdout.write(`\n${bold('$ waymark apps')}\n${(await dev.waymark(['apps'])).stdout}`);
+  return failures;
 }
 
 async function leaveShell(lab: Lab, dev: Device): Promise<void> {
