@@ -39,7 +39,7 @@ describe('config', () => {
     assert.equal(c.uplinks.find((u) => u.name === 'wifi')?.metered, false);
     assert.deepEqual(c.destinations.map((d) => d.name), ['mms', 'office', 'internet']);
     assert.deepEqual(c.uplinks.find((u) => u.name === 'mms')?.gateway, { 4: '10.64.0.1', 6: 'fd00:64::1' });
-    assert.deepEqual(c.apps.map((a) => [a.name, a.uplinks, a.needs]), [['chat', ['cellular'], ['long-lived']], ['browser', ['wifi', 'cellular'], []]]);
+    assert.deepEqual(c.apps.map((a) => [a.name, a.uplinks, a.needs]), [['chat', ['cellular'], ['long-lived']], ['browser', ['wifi', 'cellular'], []], ['chat-desktop', ['cellular'], []]]);
   });
 
   it('checks apps: known uplinks, not both allowed and denied, something to match', () => {
@@ -55,6 +55,10 @@ describe('config', () => {
     const refs = issues(base + 'apps:\n  - name: a\n    match: { exe: /usr/bin/a }\n    uplinks: [wifi, nope]\n    deny: [wifi]\n');
     assert.deepEqual(refs.map((i) => [i.line, i.field]), [[12, 'apps[0].uplinks[1]'], [13, 'apps[0].deny[0]']]);
     assert.match(refs[1]?.message ?? '', /both allowed and denied/);
+    // unit, app and flatpak are globs: a bad one is located.
+    const globs = issues(base + 'apps:\n  - name: a\n    match: { app: "org.[z-a]" }\n  - name: b\n    match: { unit: "app-*-chat-*.scope", flatpak: "org.mozilla.*" }\n');
+    assert.deepEqual(globs.map((i) => [i.line, i.field]), [[11, 'apps[0].match.app']]);
+    assert.match(globs[0]?.message ?? '', /not a valid glob/);
   });
 
   it('adds the built-in internet destination over every uplink when not configured', () => {
