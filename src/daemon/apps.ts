@@ -280,15 +280,24 @@ export class AppService {
     const w = { ...this.deps.world(), cgroups: [] };
     // From procfs, on request only: the inet sockets of the namespace held by the app's processes.
     const inet = inetSocketInodes(this.deps.procRoot ?? '/proc');
+    const rules = w.rules.filter(kernelApplicable);
+    // Each unit's cgroups (its own and those nested in it), in one pass.
+    const byUnit = new Map<string, string[]>();
+    for (const x of this.known.values()) {
+      const at = x.seen.unit?.unitRel;
+      if (at === undefined) continue;
+      const list = byUnit.get(at);
+      if (list) list.push(x.rel);
+      else byUnit.set(at, [x.rel]);
+    }
     const out: AppView[] = [];
     for (const k of this.known.values()) {
       const u = k.seen.unit;
       if (!u || u.unitRel !== k.rel) continue;
       if (k.uid !== cred.uid && !mayChangeState(cred)) continue;
-      const nested = [...this.known.values()].filter((x) => x.rel === k.rel || x.rel.startsWith(`${k.rel}/`));
       const facts = cgroupFacts(k);
-      const rule = facts ? ruleFor(w.rules.filter(kernelApplicable), facts) : undefined;
-      const pids = nested.flatMap((x) => this.pidsOf(x.rel));
+      const rule = facts ? ruleFor(rules, facts) : undefined;
+      const pids = (byUnit.get(k.rel) ?? []).flatMap((rel) => this.pidsOf(rel));
       out.push({
         name: u.name, kind: u.kind, unit: u.unit, appId: u.appId, flatpakId: u.flatpakId, uid: k.uid, cgroup: k.rel, key: k.appKey,
         exe: pids[0] === undefined ? null : this.exeOf(pids[0]), pids: pids.length,
