@@ -131,39 +131,63 @@ function pendingFor(uid: number | null, rules: readonly AppRule[], w: MapsWorld)
   return encodeFor(mostRestrictive(candidates), w, 0);
 }
 
-/** The entry of one known cgroup (what desiredMaps gives it; the daemon writes a new cgroup's at once with this). */
-export function cgroupEntry(c: KnownCgroup, w: MapsWorld, pending?: (uid: number | null) => KernelTreatment): CgroupEntry {
+/**
+ * One computation of the maps against one world: the kernel-applicable rules filtered once, and
+ * each rule's treatment (a decide() for the Internet) and each uid's pending treatment computed
+ * once however many cgroups share them (thousands on a desktop, recomputed on every uplink change).
+ */
+interface Pass {
+  readonly rules: readonly AppRule[];
+  /** A rule's treatment (none: untouched) for an app of this key. */
+  treatment(rule: AppRule | undefined, appKey: number): KernelTreatment;
+  pending(uid: number | null): KernelTreatment;
+}
+
+function passOf(w: MapsWorld): Pass {
   const rules = kernelRules(w.rules);
+  const byRule = new Map<AppRule | undefined, KernelTreatment>();
+  const byUid = new Map<number | null, KernelTreatment>();
+  return {
+    rules,
+    treatment(rule, appKey) {
+      let t = byRule.get(rule);
+      if (t === undefined) byRule.set(rule, (t = encodeFor(rule, w, 0)));
+      return appKey === 0 ? t : { ...t, app: appKey };
+    },
+    pending(uid) {
+      let p = byUid.get(uid);
+      if (p === undefined) byUid.set(uid, (p = pendingFor(uid, rules, w)));
+      return p;
+    },
+  };
+}
+
+/** The entry of one known cgroup (what desiredMaps gives it; the daemon writes a new cgroup's at once with this). */
+export function cgroupEntry(c: KnownCgroup, w: MapsWorld, pass: Pass = passOf(w)): CgroupEntry {
   const facts = cgroupFacts(c);
   if (facts === null) {
     // A slice or directory: nothing for its own sockets (a uid rule may still apply), the most
     // restrictive of what could match for a child not classified yet.
     const own = c.uid === null ? encodeTreatment(UNTOUCHED, 0, 0)
-      : encodeFor(ruleFor(rules, { uid: c.uid, exe: null, unit: null, app: null, flatpakId: null }), w, 0);
-    return { self: own, pending: pending ? pending(c.uid) : pendingFor(c.uid, rules, w) };
+      : pass.treatment(ruleFor(pass.rules, { uid: c.uid, exe: null, unit: null, app: null, flatpakId: null }), 0);
+    return { self: own, pending: pass.pending(c.uid) };
   }
-  const rule = ruleFor(rules, facts);
+  const rule = ruleFor(pass.rules, facts);
   // Unknown uid and no rule of the cgroup's own: leave it to the uid entry (flags 0).
-  const self = rule === undefined && c.uid === null ? encodeTreatment(UNTOUCHED, c.appKey, 0) : encodeFor(rule, w, c.appKey);
+  const self = rule === undefined && c.uid === null ? encodeTreatment(UNTOUCHED, c.appKey, 0) : pass.treatment(rule, c.appKey);
   // A cgroup inside a unit belongs to that unit: a child not classified yet is treated like it.
   return { self, pending: self };
 }
 
 export function desiredMaps(w: MapsWorld): DesiredMaps {
-  const rules = kernelRules(w.rules);
-  const pendingByUid = new Map<number | null, KernelTreatment>();
-  const pending = (uid: number | null): KernelTreatment => {
-    let p = pendingByUid.get(uid);
-    if (p === undefined) pendingByUid.set(uid, (p = pendingFor(uid, rules, w)));
-    return p;
-  };
+  const pass = passOf(w);
   const cgroups = new Map<bigint, CgroupEntry>();
-  for (const c of w.cgroups) cgroups.set(c.id, cgroupEntry(c, w, pending));
+  for (const c of w.cgroups) cgroups.set(c.id, cgroupEntry(c, w, pass));
   for (const [id, e] of w.fixed ?? []) cgroups.set(id, e);
   const uids = new Map<number, KernelTreatment>();
-  for (const r of rules) {
+  for (const r of pass.rules) {
     if (!uidOnly(r) || r.match.uid === undefined || uids.has(r.match.uid)) continue;
-    uids.set(r.match.uid, encodeFor(r, w, 0));
+    uids.set(r.match.uid, pass.treatment(r, 0));
   }
   const ifslots = new Map<number, number>();
   for (const u of w.uplinks) if (u.link) ifslots.set(u.link.index, u.slot);
