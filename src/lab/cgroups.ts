@@ -47,11 +47,12 @@ export class LabCgroups {
 
   /** Kills everything in the subtree, then removes it (deepest first). */
   destroy(): void {
-    removeTree(this.dir);
+    removeCgroupTree(this.dir);
   }
 }
 
-function removeTree(dir: string): void {
+/** Kills every process in the cgroup subtree at `dir` (absolute), then removes it, deepest first. */
+export function removeCgroupTree(dir: string): void {
   if (!existsSync(dir)) return;
   try {
     writeFileSync(join(dir, 'cgroup.kill'), '1');
@@ -100,7 +101,7 @@ export function sweepStaleCgroups(keep: (pid: number, runId: string) => boolean)
     const m = DIR_RE.exec(e);
     if (m?.[1] === undefined || m[2] === undefined) continue;
     if (keep(Number(m[2]), m[1])) continue;
-    removeTree(join(mount, e));
+    removeCgroupTree(join(mount, e));
     removed.push(e);
   }
   return removed;

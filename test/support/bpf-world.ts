@@ -9,7 +9,8 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, rmdirSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
+import { removeCgroupTree } from '../../src/lab/cgroups.js';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { cgroupId, NO_TREATMENT, type Treatment } from '../../src/backstop/bpf.js';
@@ -193,27 +194,9 @@ export class BpfWorld {
     process.off('exit', this.onExit);
     for (const c of this.children) c.kill('SIGKILL');
     this.agent = undefined;
-    for (const dir of [...this.made].reverse()) {
-      // Kill what lives there (probes still running after a failure), then remove it.
-      try {
-        for (const pid of readFileSync(join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean)) {
-          try {
-            process.kill(Number(pid), 'SIGKILL');
-          } catch { /* gone */ }
-        }
-      } catch { /* gone */ }
-      for (let i = 0; i < 100; i++) {
-        try {
-          rmdirSync(dir);
-          break;
-        } catch (e) {
-          const code = (e as NodeJS.ErrnoException).code;
-          if (code === 'ENOENT') break;
-          if (code !== 'EBUSY') throw e;
-          spawnSync('sleep', ['0.05']); // a killed process is still leaving its cgroup
-        }
-      }
-    }
+    // Everything made here is below the base: kill what lives there (probes still running after
+    // a failure), then remove it.
+    if (this.made.length > 0) removeCgroupTree(this.base);
     this.made.length = 0;
     sh(['ip', 'netns', 'del', this.nsA], true);
     sh(['ip', 'netns', 'del', this.nsB], true);
