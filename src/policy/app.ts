@@ -17,6 +17,8 @@ export interface AppRule {
   readonly match: AppMatch;
   /** Allowed uplinks in order of preference; undefined: any uplink not denied. */
   readonly uplinks?: readonly string[];
+  /** Preferred uplinks in order, with every other allowed uplink after them (a rule's `use`); ignored when `uplinks` is given. */
+  readonly prefer?: readonly string[];
   readonly deny: readonly string[];
   readonly needs: readonly NeedName[];
 }
