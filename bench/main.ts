@@ -27,6 +27,7 @@ import type { AppsResult } from '../src/daemon/protocol.js';
 import { Lab, LAB } from '../src/lab/lab.js';
 import { publicRoot } from '../src/lab/public.js';
 import { parseAddress } from '../src/net/prefix.js';
+import { policyOfRule } from '../src/policy/rules.js';
 import { PACKAGE_ROOT } from '../src/version.js';
 import { measureTreeLatency } from '../test/support/cgroup-latency.js';
 import { exampleConfig, labStates } from '../test/support/fixture.js';
@@ -56,7 +57,7 @@ async function connectBench(): Promise<void> {
   const lab = await Lab.create();
   // The example config plus a rule for the benchmark's app scope (no library there: the kernel steers it).
   const base = readFileSync(EXAMPLE_CONFIG, 'utf8');
-  const dev = await startDevice(lab, { logLevel: 'warn', config: base.replace(/^apps:\n/m, `apps:\n  - name: bench\n    match: { app: ${BENCH_APP} }\n    uplinks: [wifi]\n`) });
+  const dev = await startDevice(lab, { logLevel: 'warn', config: base.replace(/^rules:\n/m, `rules:\n  - name: bench\n    match: { app: ${BENCH_APP} }\n    only: [wifi]\n`) });
   const scope = `user.slice/user-0.slice/user@0.service/app.slice/app-${BENCH_APP}-1.scope`;
   if (!lab.cgroups) throw new Error('no cgroup2 hierarchy: cannot run the app-scope benchmark');
   lab.cgroups.mkdir(scope);
@@ -142,7 +143,8 @@ apps:
 `);
   const { states } = labStates(config);
   const targets = ['198.51.100.10', '10.200.0.10', '172.16.5.10', 'fd00:200::10', '2001:db8:100::10'].map((t) => parseAddress(t) ?? { family: 4 as const, bytes: new Uint8Array(4) });
-  const app = config.apps[0];
+  const first = config.rules[0];
+  const app = first ? policyOfRule(first) : undefined;
   const ITER = 200_000;
   const time = (fn: (i: number) => void): number => {
     for (let i = 0; i < 10_000; i++) fn(i);

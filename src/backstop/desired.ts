@@ -12,7 +12,8 @@ import { MARK_MASK, MAX_SLOTS } from '../constants.js';
 import { NO_WISH } from '../decision/decide.js';
 import { INTERNET, type DestinationSpec } from '../destination/destination.js';
 import { formatPrefix } from '../net/prefix.js';
-import { ruleFor, type AppFacts, type AppRule } from '../policy/app.js';
+import type { AppFacts, AppRule } from '../policy/app.js';
+import type { RuleSet } from '../policy/rules.js';
 import { mostRestrictive, treatmentFor, UNTOUCHED, type Treatment } from '../policy/treatment.js';
 import { bestUplink } from '../routing/desired.js';
 import type { UplinkState } from '../uplink/state.js';
@@ -64,7 +65,7 @@ export interface DesiredMaps {
 }
 
 export interface MapsWorld {
-  readonly rules: readonly AppRule[];
+  readonly rules: RuleSet;
   readonly uplinks: readonly UplinkState[];
   /** With learned hosts already folded in (withLearnedHosts). */
   readonly destinations: readonly DestinationSpec[];
@@ -89,11 +90,7 @@ export function cgroupFacts(c: KnownCgroup): AppFacts | null {
   return { uid: c.uid ?? -1, exe: null, unit: c.unit.unit, app: c.unit.appId, flatpakId: c.unit.flatpakId };
 }
 
-/** Whether the kernel can apply a rule by cgroup or uid (a rule naming an executable needs the library or a session). */
-export const kernelApplicable = (r: AppRule): boolean => r.match.exe === undefined;
-const kernelRules = (rules: readonly AppRule[]): AppRule[] => rules.filter(kernelApplicable);
-const uidOnly = (r: AppRule): boolean => r.match.uid !== undefined && r.match.unit === undefined
-  && r.match.app === undefined && r.match.flatpak === undefined && r.match.exe === undefined;
+const uidFacts = (uid: number): AppFacts => ({ uid, exe: null, unit: null, app: null, flatpakId: null });
 
 function treatmentOf(rule: AppRule | undefined, w: MapsWorld): Treatment {
   return rule === undefined ? UNTOUCHED : treatmentFor(rule, NO_WISH, w.uplinks, w.destinations);
@@ -107,7 +104,7 @@ function treatmentOf(rule: AppRule | undefined, w: MapsWorld): Treatment {
 export function dnsUplink(rule: AppRule, t: Treatment, uplinks: readonly UplinkState[]): UplinkState | undefined {
   if (t.uplink && t.uplink.dns.length > 0) return t.uplink;
   const allowed = uplinks.filter((u) => u.status === 'active' && u.dns.length > 0 && !t.denied.includes(u));
-  const order = rule.uplinks ?? [...allowed].sort((a, b) => b.spec.preference - a.spec.preference).map((u) => u.spec.name);
+  const order = rule.uplinks ?? rule.prefer ?? [...allowed].sort((a, b) => b.spec.preference - a.spec.preference).map((u) => u.spec.name);
   for (const name of order) {
     const u = allowed.find((x) => x.spec.name === name);
     if (u) return u;
@@ -126,9 +123,8 @@ function encodeFor(rule: AppRule | undefined, w: MapsWorld, appKey: number): Ker
 }
 
 /** The most restrictive treatment among the rules a new child of a cgroup of this uid could match. */
-function pendingFor(uid: number | null, rules: readonly AppRule[], w: MapsWorld): KernelTreatment {
-  const candidates = rules.filter((r) => uid === null || r.match.uid === undefined || r.match.uid === uid);
-  return encodeFor(mostRestrictive(candidates), w, 0);
+function pendingFor(uid: number | null, w: MapsWorld): KernelTreatment {
+  return encodeFor(mostRestrictive(w.rules.pendingRules(uid)), w, 0);
 }
 
 /**
@@ -137,14 +133,14 @@ function pendingFor(uid: number | null, rules: readonly AppRule[], w: MapsWorld)
  * once however many cgroups share them (thousands on a desktop, recomputed on every uplink change).
  */
 interface Pass {
-  readonly rules: readonly AppRule[];
+  readonly rules: RuleSet;
   /** A rule's treatment (none: untouched) for an app of this key. */
   treatment(rule: AppRule | undefined, appKey: number): KernelTreatment;
   pending(uid: number | null): KernelTreatment;
 }
 
 function passOf(w: MapsWorld): Pass {
-  const rules = kernelRules(w.rules);
+  const rules = w.rules;
   const byRule = new Map<AppRule | undefined, KernelTreatment>();
   const byUid = new Map<number | null, KernelTreatment>();
   return {
@@ -156,7 +152,7 @@ function passOf(w: MapsWorld): Pass {
     },
     pending(uid) {
       let p = byUid.get(uid);
-      if (p === undefined) byUid.set(uid, (p = pendingFor(uid, rules, w)));
+      if (p === undefined) byUid.set(uid, (p = pendingFor(uid, w)));
       return p;
     },
   };
@@ -169,10 +165,10 @@ export function cgroupEntry(c: KnownCgroup, w: MapsWorld, pass: Pass = passOf(w)
     // A slice or directory: nothing for its own sockets (a uid rule may still apply), the most
     // restrictive of what could match for a child not classified yet.
     const own = c.uid === null ? encodeTreatment(UNTOUCHED, 0, 0)
-      : pass.treatment(ruleFor(pass.rules, { uid: c.uid, exe: null, unit: null, app: null, flatpakId: null }), 0);
+      : pass.treatment(pass.rules.forKernel(uidFacts(c.uid)), 0);
     return { self: own, pending: pass.pending(c.uid) };
   }
-  const rule = ruleFor(pass.rules, facts);
+  const rule = pass.rules.forKernel(facts);
   // Unknown uid and no rule of the cgroup's own: leave it to the uid entry (flags 0).
   const self = rule === undefined && c.uid === null ? encodeTreatment(UNTOUCHED, c.appKey, 0) : pass.treatment(rule, c.appKey);
   // A cgroup inside a unit belongs to that unit: a child not classified yet is treated like it.
@@ -185,10 +181,7 @@ export function desiredMaps(w: MapsWorld): DesiredMaps {
   for (const c of w.cgroups) cgroups.set(c.id, cgroupEntry(c, w, pass));
   for (const [id, e] of w.fixed ?? []) cgroups.set(id, e);
   const uids = new Map<number, KernelTreatment>();
-  for (const r of pass.rules) {
-    if (!uidOnly(r) || r.match.uid === undefined || uids.has(r.match.uid)) continue;
-    uids.set(r.match.uid, pass.treatment(r, 0));
-  }
+  for (const uid of pass.rules.uidOnly()) uids.set(uid, pass.treatment(pass.rules.forKernel(uidFacts(uid)), 0));
   const ifslots = new Map<number, number>();
   for (const u of w.uplinks) if (u.link) ifslots.set(u.link.index, u.slot);
   const destinations = new Map<string, number>();

@@ -7,6 +7,7 @@ import { NEED_NAMES, type NeedName } from '../config/schema.js';
 import { execWith } from './exec.js';
 import { formatApps } from './apps.js';
 import { formatStatus } from './status.js';
+import { rulesCommand } from './rules.js';
 import { TOPICS, type Topic } from '../daemon/events.js';
 import { errorMessage } from '../errors.js';
 
@@ -39,6 +40,8 @@ program
     c.close();
     process.stdout.write(o.json ? JSON.stringify(r, null, 2) + '\n' : formatApps(r));
   });
+
+program.addCommand(rulesCommand(client));
 
 program
   .command('reload')
@@ -107,6 +110,9 @@ program.addHelpText('after', `
 Examples:
   waymark status
   waymark apps
+  waymark rules list
+  waymark rules add --app org.example.Chat --dest internet --use cellular
+  waymark rules explain --app org.example.Chat --dest internet
   waymark watch --json --topic decision
   waymark exec --uplink mms -- curl http://10.200.0.10/
   sudo waymark demo --shell

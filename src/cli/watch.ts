@@ -15,7 +15,7 @@ export function formatEvent(e: DaemonEvent): string {
       return `${at} uplink ${e.uplink}${e.ifname ? ` (${e.ifname})` : ''}: ${e.previous ? `${e.previous} -> ` : ''}${e.status}`
         + `, carrier ${e.carrier === null ? '-' : e.carrier ? 'yes' : 'no'}, addresses ${list(e.addresses)}`;
     case 'config.reloaded':
-      return `${at} config reloaded: generation ${e.generation}, ${e.uplinks} uplinks, ${e.destinations} destinations, ${e.apps} apps`;
+      return `${at} config reloaded: generation ${e.generation}, ${e.uplinks} uplinks, ${e.destinations} destinations, ${e.rules} rules`;
     case 'config.rejected':
       return `${at} config rejected (the running one stays): ${e.issues.map((i) => `${i.file}:${i.line}:${i.column} ${i.field}: ${i.message}`).join('; ') || e.file}`;
     case 'decision.denied':

@@ -9,11 +9,12 @@ import type { z } from 'zod';
 import { MAX_SLOTS } from '../constants.js';
 import { INTERNET, type DestinationSpec } from '../destination/destination.js';
 import { formatPrefix, overlaps, parsePrefix, type Prefix } from '../net/prefix.js';
-import type { AppRule } from '../policy/app.js';
+import type { FixedAction, Rule, RuleMatch } from '../policy/rules.js';
+import { userId } from '../identity/users.js';
 import { counterName, nftUplinkId } from '../nftables/ruleset.js';
 import { compileGlob } from '../glob.js';
 import { globProblem, type UplinkSpec } from '../uplink/uplink.js';
-import { configSchema, type RawConfig } from './schema.js';
+import { configSchema, type RawConfig, type RawFixedAction, type RawRule } from './schema.js';
 import { errorMessage } from '../errors.js';
 
 export const DEFAULT_CONFIG_PATH = '/etc/waymark/waymark.yaml';
@@ -22,7 +23,15 @@ export interface Config {
   readonly uplinks: readonly UplinkSpec[];
   /** Every destination, the Internet included (always present, always last). */
   readonly destinations: readonly DestinationSpec[];
-  readonly apps: readonly AppRule[];
+  /** The rules of the file (src/policy/rules.ts), `apps:` entries included (read as rules). */
+  readonly rules: readonly Rule[];
+  /** What is accepted but should change (e.g. the `apps:` section), located like errors. */
+  readonly notices: readonly ConfigIssue[];
+}
+
+export interface ParseOptions {
+  /** Resolves `match.user` (default: /etc/passwd). */
+  readonly userId?: (name: string) => number | undefined;
 }
 
 export interface ConfigIssue {
@@ -63,7 +72,7 @@ export async function loadConfigFile(file: string): Promise<Config> {
 }
 
 /** Parses and validates config text; throws ConfigError with every issue found. */
-export function parseConfig(text: string, file = '<config>'): Config {
+export function parseConfig(text: string, file = '<config>', opts: ParseOptions = {}): Config {
   const lc = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true });
   const at = (offset: number | undefined, field: string, message: string): ConfigIssue => {
@@ -92,9 +101,10 @@ export function parseConfig(text: string, file = '<config>'): Config {
   const check = (path: Path, message: string): void => {
     issues.push(at(locate(path), fieldName(path), message));
   };
-  const config = resolve(parsed.data, check);
+  const notices: ConfigIssue[] = [];
+  const config = resolve(parsed.data, check, opts.userId ?? ((n) => userId(n)), (path, message) => notices.push(at(locate(path), fieldName(path), message)));
   if (issues.length > 0) throw new ConfigError(issues);
-  return config;
+  return { ...config, notices };
 }
 
 function zodIssue(
@@ -189,7 +199,9 @@ function locateNode(doc: Document, path: Path, key?: string): number | undefined
 }
 
 /** Cross-field checks and defaults; reports through `check`. */
-function resolve(raw: RawConfig, check: (path: Path, message: string) => void): Config {
+function resolve(
+  raw: RawConfig, check: (path: Path, message: string) => void, users: (name: string) => number | undefined, notice: (path: Path, message: string) => void,
+): Omit<Config, 'notices'> {
   const seen = new Map<string, number>();
   const nftIds = new Map<string, number>();
   if (raw.uplinks.length > MAX_SLOTS) {
@@ -272,26 +284,77 @@ function resolve(raw: RawConfig, check: (path: Path, message: string) => void): 
   });
   destinations.push(internet ?? { name: INTERNET, prefixes: [], domains: [], via: uplinks.map((u) => u.name) });
 
-  const appSeen = new Map<string, number>();
-  const apps: AppRule[] = raw.apps.map((a, i) => {
-    const prev = appSeen.get(a.name);
-    if (prev !== undefined) check(['apps', i, 'name'], `duplicate app "${a.name}" (first defined as apps[${prev}])`);
-    appSeen.set(a.name, i);
-    for (const field of ['uplinks', 'deny'] as const) {
-      (a[field] ?? []).forEach((v, j) => {
-        if (!seen.has(v)) check(['apps', i, field, j], `no uplink named "${v}"`);
-      });
+  const ruleSeen = new Map<string, string>();
+  const destNames = new Set(destinations.map((d) => d.name));
+  const uplinkRef = (path: Path, v: string): void => {
+    if (!seen.has(v)) check(path, `no uplink named "${v}"`);
+  };
+  const globs = (path: Path, m: Record<string, unknown>, fields: readonly string[]): void => {
+    for (const field of fields) {
+      const pattern = m[field];
+      const bad = typeof pattern === 'string' ? compileGlob(pattern) : undefined;
+      if (typeof bad === 'string') check([...path, 'match', field], bad);
     }
+  };
+  const rules: Rule[] = raw.rules.map((r, i) => {
+    const at: Path = ['rules', i];
+    const prev = ruleSeen.get(r.name);
+    if (prev !== undefined) check([...at, 'name'], `duplicate rule "${r.name}" (first defined as ${prev})`);
+    ruleSeen.set(r.name, `rules[${i}]`);
+    const actions = (['use', 'only', 'deny', 'pass', 'ask'] as const).filter((k) => r[k] !== undefined);
+    if (actions.length > 1) check([...at, actions[1] ?? ''], `a rule has one action: ${actions.join(' and ')} given`);
+    for (const field of ['use', 'only', 'never'] as const) (r[field] ?? []).forEach((v, j) => uplinkRef([...at, field, j], v));
+    const def = r.ask?.default;
+    if (def !== undefined && typeof def !== 'string') ('use' in def ? def.use : def.only).forEach((v, j) => uplinkRef([...at, 'ask', 'default', 'use' in def ? 'use' : 'only', j], v));
+    r.never.forEach((v, j) => {
+      if (r.only?.includes(v) || r.use?.includes(v)) check([...at, 'never', j], `uplink "${v}" is both listed and never to be used`);
+    });
+    const { user, ...m } = r.match;
+    if (m.destination !== undefined && !destNames.has(m.destination)) check([...at, 'match', 'destination'], `no destination named "${m.destination}"`);
+    globs(at, m, ['exe', 'unit', 'app', 'flatpak', 'name']);
+    let uid = m.uid;
+    if (user !== undefined) {
+      const found = users(user.replace(/\$$/, ''));
+      if (found === undefined) check([...at, 'match', 'user'], `no user named "${user}" on this machine`);
+      else if (uid !== undefined && uid !== found) check([...at, 'match', 'user'], `user ${user} is uid ${found}, not ${uid}`);
+      uid = found ?? uid;
+    }
+    const match: RuleMatch = Object.fromEntries(Object.entries({ ...m, uid }).filter(([, v]) => v !== undefined));
+    const action = r.ask ? { kind: 'ask' as const, default: fixedAction(r.ask.default), timeoutMs: r.ask.timeout * 1000 } : ruleAction(r);
+    return { id: r.name, source: 'config', match, action, never: r.never, needs: r.needs };
+  });
+
+  // The apps: section of earlier versions: each entry a rule for every destination.
+  if (raw.apps.length > 0) {
+    notice(['apps'], 'apps: is read as rules: (each entry as a rule for every destination: uplinks: as only:, deny: as never:); move them to rules: to use destinations and the other actions');
+  }
+  raw.apps.forEach((a, i) => {
+    const prev = ruleSeen.get(a.name);
+    if (prev !== undefined) check(['apps', i, 'name'], `duplicate rule "${a.name}" (first defined as ${prev})`);
+    ruleSeen.set(a.name, `apps[${i}]`);
+    for (const field of ['uplinks', 'deny'] as const) (a[field] ?? []).forEach((v, j) => uplinkRef(['apps', i, field, j], v));
     a.deny.forEach((v, j) => {
       if (a.uplinks?.includes(v)) check(['apps', i, 'deny', j], `uplink "${v}" is both allowed and denied`);
     });
-    for (const field of ['unit', 'app', 'flatpak'] as const) {
-      const pattern = a.match[field];
-      const bad = pattern === undefined ? undefined : compileGlob(pattern);
-      if (typeof bad === 'string') check(['apps', i, 'match', field], bad);
-    }
-    const match = Object.fromEntries(Object.entries(a.match).filter(([, v]) => v !== undefined));
-    return { name: a.name, match, ...(a.uplinks ? { uplinks: a.uplinks } : {}), deny: a.deny, needs: a.needs };
+    globs(['apps', i], a.match, ['unit', 'app', 'flatpak']);
+    const match: RuleMatch = Object.fromEntries(Object.entries(a.match).filter(([, v]) => v !== undefined));
+    rules.push({
+      id: a.name, source: 'config', match, action: a.uplinks ? { kind: 'only', uplinks: a.uplinks } : { kind: 'use', uplinks: [] }, never: a.deny, needs: a.needs,
+    });
   });
-  return { uplinks, destinations, apps };
+  return { uplinks, destinations, rules };
 }
+
+/** The action of a rule as written (none given: `use` nothing in particular, so `never`/`needs` alone make a rule). */
+function ruleAction(r: RawRule): FixedAction {
+  if (r.deny) return { kind: 'deny' };
+  if (r.pass) return { kind: 'pass' };
+  if (r.only) return { kind: 'only', uplinks: r.only };
+  return { kind: 'use', uplinks: r.use ?? [] };
+}
+
+export function fixedAction(a: RawFixedAction): FixedAction {
+  if (a === 'deny' || a === 'pass') return { kind: a };
+  return 'use' in a ? { kind: 'use', uplinks: a.use } : { kind: 'only', uplinks: a.only };
+}
+

@@ -101,10 +101,58 @@ export const appSchema = z.strictObject({
   needs: z.array(z.enum(NEED_NAMES)).default([]),
 });
 
+/** What an `ask` rule does until (and unless) the user answers; also what `rules add` takes. */
+export const fixedActionSchema = z.union([
+  z.literal('deny'),
+  z.literal('pass'),
+  z.strictObject({ use: z.array(name).min(1).max(32) }),
+  z.strictObject({ only: z.array(name).min(1).max(32) }),
+]);
+
+/**
+ * A rule per app × destination (src/policy/rules.ts). `match` says whom and where (every field
+ * given must match; none: everything); exactly one action says what: `use` (preferred uplinks in
+ * order, others after them), `only` (these and no other), `deny: true`, `pass: true` (default
+ * routing), `ask` (the user is asked; its `default` applies without an answer). `never` lists
+ * uplinks never to use; `needs` what its connections need.
+ */
+export const ruleSchema = z.strictObject({
+  name,
+  match: z.strictObject({
+    /** Absolute path of the executable (/proc/PID/exe), or a glob of one. */
+    exe: z.string().regex(/^\//, 'must be an absolute path (or a glob of one)').max(4096).optional(),
+    unit: z.string().min(1).max(256).optional(),
+    app: z.string().min(1).max(256).optional(),
+    flatpak: z.string().regex(/^[A-Za-z0-9_.*?-]+$/, 'must be a Flatpak application id (or a glob of one)').optional(),
+    /** The app's name as `waymark apps` shows it (Flatpak ID, app ID, unit, else executable name); a glob. */
+    name: z.string().min(1).max(256).optional(),
+    uid: z.number().int().nonnegative().optional(),
+    /** A user name, resolved to its uid when the config is read. */
+    user: z.string().regex(/^[a-z_][a-z0-9_-]{0,31}\$?$/, 'must be a user name').optional(),
+    destination: name.optional(),
+    proto: z.enum(['tcp', 'udp']).optional(),
+    port: z.number().int().min(1).max(65535).optional(),
+    needs: z.array(z.enum(NEED_NAMES)).max(6).optional(),
+  }).default({}),
+  use: z.array(name).max(32).optional(),
+  only: z.array(name).min(1).max(32).optional(),
+  deny: z.literal(true).optional(),
+  pass: z.literal(true).optional(),
+  ask: z.strictObject({
+    default: fixedActionSchema.default('pass'),
+    /** Seconds the connect waits for an answer. */
+    timeout: z.number().int().min(1).max(600).default(30),
+  }).optional(),
+  never: z.array(name).max(32).default([]),
+  needs: z.array(z.enum(NEED_NAMES)).default([]),
+});
+
 export const configSchema = z.strictObject({
   version: z.literal(1),
   uplinks: z.array(uplinkSchema).default([]),
   destinations: z.array(destinationSchema).default([]),
+  rules: z.array(ruleSchema).default([]),
+  /** The per-app defaults of earlier versions: each entry is read as a rule (src/config/load.ts). */
   apps: z.array(appSchema).default([]),
 });
 
@@ -112,4 +160,6 @@ export type RawConfig = z.infer<typeof configSchema>;
 export type RawUplink = z.infer<typeof uplinkSchema>;
 export type RawDestination = z.infer<typeof destinationSchema>;
 export type RawApp = z.infer<typeof appSchema>;
+export type RawRule = z.infer<typeof ruleSchema>;
+export type RawFixedAction = z.infer<typeof fixedActionSchema>;
 export type NeedName = (typeof NEED_NAMES)[number];

@@ -17,11 +17,11 @@ import { decide, NO_WISH } from '../decision/decide.js';
 import { INTERNET } from '../destination/destination.js';
 import { errorMessage } from '../errors.js';
 import type { PeerCred } from '../native/index.js';
-import { ruleFor, type AppRule } from '../policy/app.js';
+import type { AppFacts, AppRule } from '../policy/app.js';
 import { treatmentFor } from '../policy/treatment.js';
 import { bestUplink } from '../routing/desired.js';
 import {
-  cgroupEntry, cgroupFacts, desiredMaps, kernelApplicable, planMaps, WM_T_SET,
+  cgroupEntry, cgroupFacts, desiredMaps, planMaps, WM_T_SET,
   type CgroupEntry, type DesiredMaps, type KernelAppMaps, type KernelTreatment, type KnownCgroup, type MapsWorld,
 } from '../backstop/desired.js';
 import { MARK_MASK } from '../constants.js';
@@ -192,7 +192,7 @@ export class AppService {
     // The app's own cgroup (not one nested in it) is an app appearing.
     if (c.unit && c.unit.unitRel === c.rel) {
       const facts = cgroupFacts(k);
-      const rule = facts ? ruleFor(w.rules, facts) : undefined;
+      const rule = facts ? w.rules.forKernel(facts) : undefined;
       const t = rule ? treatmentFor(rule, NO_WISH, w.uplinks, w.destinations) : undefined;
       this.deps.publish({
         type: 'app.appeared', uid: c.uid, name: c.unit.name, unit: c.unit.unit, cgroup: c.rel, kind: c.unit.kind,
@@ -228,7 +228,7 @@ export class AppService {
 
   /** Follows what the treatments depend on (after the kernel's routes did). */
   follow(world: Pick<World, 'subscribe'>): void {
-    world.subscribe(['config', 'uplinks', 'learned', 'sessions'], () => {
+    world.subscribe(['config', 'uplinks', 'learned', 'sessions', 'rules'], () => {
       this.refresh();
     });
   }
@@ -280,7 +280,6 @@ export class AppService {
     const w = { ...this.deps.world(), cgroups: [] };
     // From procfs, on request only: the inet sockets of the namespace held by the app's processes.
     const inet = inetSocketInodes(this.deps.procRoot ?? '/proc');
-    const rules = w.rules.filter(kernelApplicable);
     // Each unit's cgroups (its own and those nested in it), in one pass.
     const byUnit = new Map<string, string[]>();
     for (const x of this.known.values()) {
@@ -296,12 +295,12 @@ export class AppService {
       if (!u || u.unitRel !== k.rel) continue;
       if (k.uid !== cred.uid && !mayChangeState(cred)) continue;
       const facts = cgroupFacts(k);
-      const rule = facts ? ruleFor(rules, facts) : undefined;
+      const rule = facts ? w.rules.forKernel(facts) : undefined;
       const pids = (byUnit.get(k.rel) ?? []).flatMap((rel) => this.pidsOf(rel));
       out.push({
         name: u.name, kind: u.kind, unit: u.unit, appId: u.appId, flatpakId: u.flatpakId, uid: k.uid, cgroup: k.rel, key: k.appKey,
         exe: pids[0] === undefined ? null : this.exeOf(pids[0]), pids: pids.length,
-        rule: rule?.name ?? null, uplinks: this.uplinksOf(rule, w),
+        rule: rule?.name ?? null, uplinks: facts ? this.uplinksOf(facts, w) : {},
         sockets: this.socketsOf(pids, inet),
       });
     }
@@ -315,9 +314,11 @@ export class AppService {
     return { cgroups: this.known.size, apps };
   }
 
-  private uplinksOf(rule: AppRule | undefined, w: Omit<MapsWorld, 'cgroups'>): Record<string, string> {
+  /** Per destination, the uplink its rule there gives the app (for TCP, no needs), `denied`, or `default`. */
+  private uplinksOf(facts: AppFacts, w: Omit<MapsWorld, 'cgroups'>): Record<string, string> {
     const out: Record<string, string> = {};
     for (const d of w.destinations) {
+      const rule: AppRule | undefined = w.rules.decideFor(facts, [], { destination: d.name, proto: 'tcp', needs: [] }).policy;
       if (rule === undefined) {
         out[d.name] = d.name === INTERNET ? 'default' : bestUplink(w.uplinks, d, 4)?.spec.name ?? 'default';
         continue;

@@ -5,7 +5,6 @@
  * cgroupfs), test/unit/engine.test.ts fakes.
  */
 import { appDnsRules, SESSION_CHAINS, sessionRules, uplinkDns } from '../backstop/nft.js';
-import { kernelApplicable } from '../backstop/desired.js';
 import type { Config } from '../config/load.js';
 import type { GenerationFile } from '../decision/generation.js';
 import type { NftKernel } from '../nftables/nft.js';
@@ -67,7 +66,7 @@ export function assemble(o: ModelOptions, a: Adapters): Model {
   // After the sessions' (a session's own redirect comes first), the apps' by their mark; only
   // while some app rule can apply in the kernel: a nat chain turns on connection tracking for
   // every connection of the device, a cost nobody without app rules should pay.
-  table.contribute('apps', () => (world.config.apps.some(kernelApplicable)
+  table.contribute('apps', () => (world.rules.someKernelApplicable
     ? appDnsRules(uplinkDns(world.uplinks, world.config.destinations)) : {}));
   const nftables = new NftReconciler(table, a.nft, log);
   // The table follows the uplinks in the same pass as the routes (its errors are the pass's).
@@ -77,7 +76,7 @@ export function assemble(o: ModelOptions, a: Adapters): Model {
   const apps = new AppService({
     ...a.apps, keys: o.appKeys, log, publish: (e) => o.events.publish(e),
     world: () => ({
-      rules: world.config.apps, uplinks: world.uplinks, mainDefault: world.mainDefault,
+      rules: world.rules, uplinks: world.uplinks, mainDefault: world.mainDefault,
       destinations: withLearnedHosts(world.config.destinations, world.learned.byDestination()),
     }),
     sessions: () => sessions.backstops(),

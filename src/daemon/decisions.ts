@@ -4,18 +4,21 @@
  * what the pure decide() makes of it. Also resolves names of domain destinations through the
  * DNS servers of the uplink that reaches them.
  */
-import { INTERNET, destinationOfName } from '../destination/destination.js';
+import { INTERNET, destinationOfAddress, destinationOfName } from '../destination/destination.js';
 import { isIP } from 'node:net';
 import { decide, findUplink, type Decision, type Wish } from '../decision/decide.js';
 import type { GenerationFile } from '../decision/generation.js';
 import { needsFromMask } from '../decision/needs.js';
-import type { Caller, DecisionHandlers } from '../decision/server.js';
+import { DeferredAnswer, type Caller, type DecisionHandlers } from '../decision/server.js';
 import { WM_ACTION, WM_RESOLVE, type DecideRequest, type DecideResponse, type ResolveRequest, type ResolveResponse } from '../decision/wire.js';
 import { resolveVia } from '../dns/resolver.js';
 import { bestUplink } from '../routing/desired.js';
 import { identify, type AppIdentity } from '../identity/app.js';
 import { formatAddress, parseAddress, type Family } from '../net/prefix.js';
-import { policyFor, type AppRule } from '../policy/app.js';
+import type { AppFacts, AppRule } from '../policy/app.js';
+import { appName, type Proto, type Rule } from '../policy/rules.js';
+import type { Prompt, PromptOutcome } from '../prompt/prompt.js';
+import type { UplinkState } from '../uplink/state.js';
 import { mergeWish, wishOf, type Session } from '../session/session.js';
 import { ExpiringMap } from './expiring.js';
 import type { EventBus } from './events.js';
@@ -36,6 +39,17 @@ const ERRNO = { EACCES: 13, ENETUNREACH: 101 } as const;
 const DNS_TIMEOUT_MS = 2_000;
 const DNS_PORT = 53;
 const NO_DENY: readonly string[] = Object.freeze([]);
+const NO_FACTS: readonly AppFacts[] = Object.freeze([]);
+const NO_WISH_HERE: Wish = { needs: [], deny: [] };
+
+/**
+ * Whom a remembered answer is for: the user's app by its most lasting name (its Flatpak ID, else
+ * its desktop app ID, else its executable, else its unit), and the destination (none: all).
+ */
+export function answerMatch(id: Pick<AppIdentity, 'uid' | 'exe' | 'unit' | 'app' | 'flatpakId'>, destination: string | undefined): Rule['match'] {
+  const app = id.flatpakId ? { flatpak: id.flatpakId } : id.app ? { app: id.app } : id.exe ? { exe: id.exe } : id.unit ? { unit: id.unit } : {};
+  return { uid: id.uid, ...app, ...(destination !== undefined ? { destination } : {}) };
+}
 
 /**
  * Bound of the cached answers (the learnt addresses are the world's: src/daemon/world.ts,
@@ -45,8 +59,36 @@ const NO_DENY: readonly string[] = Object.freeze([]);
 export const MAX_DNS_CACHE = 1024;
 export const PRUNE_INTERVAL_MS = 60_000;
 
-/** What decisions are made from: the world's config, uplinks, sessions and learnt addresses. */
-export type DecisionWorld = Pick<World, 'config' | 'uplinks' | 'sessions' | 'learned'>;
+/** What decisions are made from: the world's config, rules, uplinks, sessions and learnt addresses. */
+export type DecisionWorld = Pick<World, 'config' | 'rules' | 'uplinks' | 'sessions' | 'learned'>;
+
+/** A prompt to raise: what it shows (its id and deadline are the broker's) and who shares it. */
+export type PromptRequest = Omit<Prompt, 'id' | 'expiresAt'> & {
+  /** Connects with the same key wait for the same prompt: the uid, the app and the destination. */
+  readonly key: string;
+  readonly timeoutMs: number;
+};
+
+/** Who asks the user (src/daemon/prompts.ts) and where answers meant to last are kept (src/daemon/rule-store.ts). */
+export interface AskPorts {
+  ask(req: PromptRequest): Promise<PromptOutcome>;
+  /** Keeps an answer as a rule: for N minutes, until the app exits, or always. */
+  remember(rule: AnswerRule): void;
+}
+
+/** An answer that outlasts its connection, as a rule to store. */
+export interface AnswerRule {
+  readonly match: Rule['match'];
+  readonly action: Rule['action'];
+  readonly owner: number;
+  readonly scope: 'minutes' | 'app' | 'always';
+  readonly expiresAt?: number;
+  /** Scope `app`: the process (pid and start time) or cgroup whose end ends the rule. */
+  readonly until?: { readonly pid: number; readonly startTime: string | null; readonly cgroup: string | null };
+}
+
+/** How much longer than the prompt's own timeout the library is told to wait (the answer's way back). */
+const PENDING_SLACK_MS = 2_000;
 
 export class DecisionService implements DecisionHandlers {
   private readonly identities = new WeakMap<Caller, { id: AppIdentity; at: number }>();
@@ -61,14 +103,21 @@ export class DecisionService implements DecisionHandlers {
     bounds: { dnsCache?: number; now?: () => number } = {},
     /** Where denials are published (`decision.denied`), synchronously and only when someone listens. */
     private readonly events?: Pick<EventBus, 'publish' | 'wants'>,
+    /** Who asks the user; without it an `ask` rule's default applies at once. */
+    private asker?: AskPorts,
   ) {
     this.dnsCache = new ExpiringMap(bounds.dnsCache ?? MAX_DNS_CACHE, bounds.now);
     this.pruneTimer = setInterval(() => this.prune(), PRUNE_INTERVAL_MS).unref();
   }
 
+  /** Connects the prompt broker and the rule store (they are built after this service). */
+  askWith(ports: AskPorts): void {
+    this.asker = ports;
+  }
+
   /** A new config or new uplink facts void every cached answer. */
   follow(world: Pick<World, 'subscribe'>): void {
-    world.subscribe(['config', 'uplinks'], () => this.invalidate());
+    world.subscribe(['config', 'uplinks', 'rules'], () => this.invalidate());
   }
 
   /** Drops expired learnt addresses and cached answers (the kernel's copy follows). */
@@ -102,31 +151,50 @@ export class DecisionService implements DecisionHandlers {
     return id;
   }
 
-  /** The app rule that binds a process: in a session, the rules of its app facts (its starter's, ...) as well as its own. */
-  private policyOf(id: AppIdentity, session: Session | undefined = this.sessions.ofCgroup(id.cgroup)): AppRule | undefined {
-    const rules = this.world.config.apps;
-    return session ? policyFor(rules, id, session.apps) : policyFor(rules, id);
+  /**
+   * The rules for one socket of a process: the one that decides for it (an `ask` comes from it)
+   * and the policy of every rule that binds it (in a session, those of its app facts too).
+   */
+  private rulesFor(id: AppIdentity, session: Session | undefined, wish: Wish, destination: string, proto?: Proto, port?: number): { rule: Rule | undefined; policy: AppRule | undefined } {
+    return this.world.rules.decideFor(id, session ? session.apps : NO_FACTS, {
+      destination, needs: wish.needs, ...(proto ? { proto } : {}), ...(port !== undefined ? { port } : {}),
+    });
   }
 
-  decideFor(id: AppIdentity, own: Wish, family: Family, addr: Uint8Array, destination?: string): Decision {
+  /** The decision for one socket, and the rule that decided it; `policy` replaces the rules' (an answer to a prompt). */
+  decideFor(
+    id: AppIdentity, own: Wish, family: Family, addr: Uint8Array,
+    at: { destination?: string; proto?: Proto; port?: number; policy?: AppRule } = {},
+  ): { decision: Decision; rule: Rule | undefined; destination: string } {
     const config = this.world.config;
     const session = this.sessions.ofCgroup(id.cgroup);
-    const app = this.policyOf(id, session);
-    const learned = destination ?? this.world.learned.destinationOf(family, addr);
-    return decide({
-      uplinks: this.world.uplinks, destinations: config.destinations, wish: mergeWish(session ? wishOf(session) : undefined, own),
-      family, addr, app, learnedDestination: learned,
+    const wish = mergeWish(session ? wishOf(session) : undefined, own);
+    const destination = at.destination ?? this.world.learned.destinationOf(family, addr) ?? destinationOfAddress(config.destinations, family, addr);
+    const { rule, policy } = this.rulesFor(id, session, wish, destination, at.proto, at.port);
+    const decision = decide({
+      uplinks: this.world.uplinks, destinations: config.destinations, wish, family, addr, app: at.policy ?? policy, learnedDestination: destination,
     });
+    return { decision, rule, destination };
   }
 
   /**
    * On the path of every first decision: written without object spreads, which cost
    * microseconds each on Node 20 (measured), and V8 keeps one shape for every answer.
    */
-  decide(req: DecideRequest, caller: Caller): DecideResponse {
+  decide(req: DecideRequest, caller: Caller): DecideResponse | DeferredAnswer<DecideResponse> {
     const id = this.who(caller);
     const own: Wish = { uplink: req.uplink || undefined, needs: needsFromMask(req.needs), deny: NO_DENY, destination: req.destination || undefined };
-    let d = this.decideFor(id, own, req.family, req.addr);
+    const { decision, rule, destination } = this.decideFor(id, own, req.family, req.addr, { proto: req.proto, port: req.port });
+    // Name lookups are never asked about (one prompt per lookup would tell the user nothing):
+    // they go by the ask rule's default like everything before an answer.
+    if (rule?.action.kind === 'ask' && this.asker && req.port !== DNS_PORT && !own.uplink) {
+      return this.askUser(req, id, own, rule, rule.action, destination);
+    }
+    return this.respond(req, id, decision);
+  }
+
+  private respond(req: DecideRequest, id: AppIdentity, decided: Decision, ttlMs?: number): DecideResponse {
+    let d = decided;
     if (d.action === 'deny' && d.err === 'ENETUNREACH' && req.port === DNS_PORT) d = this.pinnedDns(id, req.family) ?? d;
     const r: DecideResponse = {
       seq: req.seq, action: WM_ACTION.PASS, err: 0, ifindex: 0, mark: 0, ttlMs: TTL_MS.pass, generation: this.generation.value, ifname: '', uplink: '',
@@ -142,8 +210,9 @@ export class DecisionService implements DecisionHandlers {
       const address = formatAddress(req.family, req.addr);
       this.logDenial(id, `${address}:${req.port}/${req.proto}`, d);
       if (this.events?.wants('decision')) {
+        const session = this.sessions.ofCgroup(id.cgroup);
         this.events.publish({
-          type: 'decision.denied', uid: id.uid, pid: id.pid, exe: id.exe, app: this.policyOf(id)?.name ?? null, destination: d.destination,
+          type: 'decision.denied', uid: id.uid, pid: id.pid, exe: id.exe, app: this.rulesFor(id, session, NO_WISH_HERE, d.destination, req.proto, req.port).policy?.name ?? null, destination: d.destination,
           address, port: req.port, proto: req.proto, uplink: req.uplink || this.sessions.ofCgroup(id.cgroup)?.uplink || null, errno: d.err, reason: d.reason,
         });
       }
@@ -152,7 +221,59 @@ export class DecisionService implements DecisionHandlers {
       r.err = ERRNO[d.err];
       r.uplink = req.uplink;
     }
+    if (ttlMs !== undefined) r.ttlMs = ttlMs;
     return r;
+  }
+
+  /**
+   * An `ask` rule decides: the connect waits (WM_PENDING) while the user is asked, then goes as
+   * answered. Concurrent connects of the app to the destination share one prompt (the broker
+   * joins them by key). No agent or no answer in time: the rule's default. An answer for longer
+   * than this connection is kept as a rule (the store tells the world, which voids the caches).
+   */
+  private askUser(req: DecideRequest, id: AppIdentity, own: Wish, rule: Rule, ask: Extract<Rule['action'], { kind: 'ask' }>, destination: string): DeferredAnswer<DecideResponse> {
+    const asker = this.asker as AskPorts;
+    const name = appName(id);
+    const match = answerMatch(id, destination);
+    const request: PromptRequest = {
+      key: JSON.stringify([id.uid, match, destination]),
+      timeoutMs: ask.timeoutMs,
+      app: { uid: id.uid, pid: id.pid, name, exe: id.exe, unit: id.unit, app: id.app, flatpakId: id.flatpakId },
+      target: { destination, address: formatAddress(req.family, req.addr), port: req.port, proto: req.proto, host: null },
+      needs: needsFromMask(req.needs),
+      choices: this.choicesFor(rule, destination),
+      default: ask.default,
+      rule: rule.id,
+      held: true,
+    };
+    const answer = asker.ask(request).then((outcome) => {
+      if (outcome.by !== 'agent') return this.respond(req, id, this.decideFor(id, own, req.family, req.addr, { proto: req.proto, port: req.port }).decision);
+      const a = outcome.answer;
+      const action: Rule['action'] = 'deny' in a.choice ? { kind: 'deny' } : { kind: 'only', uplinks: [a.choice.uplink] };
+      if (a.scope !== 'once') {
+        asker.remember({
+          match: a.allDestinations ? answerMatch(id, undefined) : match, action, owner: outcome.uid, scope: a.scope,
+          ...(a.scope === 'minutes' ? { expiresAt: Date.now() + (a.minutes ?? 10) * 60_000 } : {}),
+          ...(a.scope === 'app' ? { until: { pid: id.pid, startTime: id.startTime, cgroup: id.app || id.flatpakId ? id.cgroup : null } } : {}),
+        });
+      }
+      const policy: AppRule = 'deny' in a.choice ? { name: 'answer', match: {}, uplinks: [], deny: [], needs: [] } : { name: 'answer', match: {}, uplinks: [a.choice.uplink], deny: [], needs: [] };
+      const d = this.decideFor(id, own, req.family, req.addr, { proto: req.proto, port: req.port, policy }).decision;
+      // "This time" holds for this connection only: the library must not keep it.
+      return this.respond(req, id, d, a.scope === 'once' ? 0 : undefined);
+    });
+    return new DeferredAnswer(ask.timeoutMs + PENDING_SLACK_MS, answer);
+  }
+
+  /** The uplinks a prompt offers: those that reach the destination and the rule does not rule out, the rule's order first. */
+  private choicesFor(rule: Rule, destination: string): Prompt['choices'] {
+    const dest = this.world.config.destinations.find((d) => d.name === destination);
+    const listed = rule.action.kind === 'ask' && (rule.action.default.kind === 'use' || rule.action.default.kind === 'only') ? rule.action.default.uplinks : [];
+    const offered = this.world.uplinks.filter((u) => dest?.via.includes(u.spec.name) && !rule.never.includes(u.spec.name));
+    const place = (u: UplinkState): number => (listed.includes(u.spec.name) ? listed.indexOf(u.spec.name) : listed.length);
+    return offered.sort((a, b) => place(a) - place(b) || b.spec.preference - a.spec.preference).map((u) => ({
+      uplink: u.spec.name, kind: u.spec.kind, status: u.status, cost: { ...u.spec.cost }, metered: u.spec.metered, roaming: u.spec.roaming,
+    }));
   }
 
   /**
@@ -192,7 +313,7 @@ export class DecisionService implements DecisionHandlers {
     let uplink;
     let refused = false;
     for (const f of families) {
-      const d = this.decideFor(id, own, f, new Uint8Array(f === 4 ? 4 : 16), destName);
+      const d = this.decideFor(id, own, f, new Uint8Array(f === 4 ? 4 : 16), { destination: destName }).decision;
       if (d.action === 'deny' && d.err === 'EACCES') refused = true;
       if (d.action === 'steer') { uplink = d.uplink; break; }
       if (d.action === 'pass') {

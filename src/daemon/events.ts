@@ -48,7 +48,8 @@ export interface ConfigReloaded {
   readonly generation: number;
   readonly uplinks: number;
   readonly destinations: number;
-  readonly apps: number;
+  /** The config's rules (its `apps:` entries included). */
+  readonly rules: number;
 }
 
 export interface ConfigRejected {

@@ -8,7 +8,9 @@ import { AppMaps, appMapsPort } from '../backstop/bpf.js';
 import { WAYMARK_CGROUP_DIR } from '../backstop/cgroup.js';
 import { CgroupTree } from '../identity/cgroup-tree.js';
 import { AppKeys, seenOf } from './apps.js';
-import { ConfigError, DEFAULT_CONFIG_PATH, loadConfigFile } from '../config/load.js';
+import { ConfigError, DEFAULT_CONFIG_PATH, loadConfigFile, type Config } from '../config/load.js';
+import { RuleService } from './rule-service.js';
+import { RuleStore } from './rule-store.js';
 import { GenerationFile } from '../decision/generation.js';
 import { DEFAULT_BUSY_POLL_US, DecisionServer } from '../decision/server.js';
 import { DECIDE_SOCKET } from '../decision/wire.js';
@@ -20,7 +22,7 @@ import { KernelRouting } from '../routing/kernel.js';
 import { SrcValidMark } from '../routing/sysctl.js';
 import { statusView } from './status.js';
 import { assemble } from './assemble.js';
-import { createLogger, type Level } from './log.js';
+import { createLogger, type Level, type Logger } from './log.js';
 import { controlSocketPath } from './client.js';
 import { AlreadyRunning, claimInstance, EX_ALREADY_RUNNING } from './lock.js';
 import { EventBus, TOPICS } from './events.js';
@@ -66,6 +68,11 @@ function busyPollUs(v: string): number {
 }
 
 let showStack = false;
+
+/** What the config says that is accepted but should change (the `apps:` section), located. */
+function logNotices(log: Logger, config: Config): void {
+  for (const n of config.notices) log.warn('config notice', { file: n.file, line: n.line, field: n.field, notice: n.message });
+}
 
 async function main(): Promise<void> {
   program.parse();
@@ -124,6 +131,8 @@ async function main(): Promise<void> {
       cgroupDir, mount: cgroups.mount, cgroupRoot: `/${opts.cgroupRoot}`, sessionsDir: cgroups.sessionsDir,
     },
   });
+  const ruleStore = new RuleStore(world, (all, nextRule) => store.update({ rules: all, nextRule }), log);
+  const rules = new RuleService({ world, store: ruleStore, apps: (cred) => apps.list(cred) });
   const decideServer = new DecisionServer(join(runDir, DECIDE_SOCKET), decisions, log, { busyPollUs: opts.busyPollUs });
 
   const reload = async (): Promise<ReloadResult> => {
@@ -133,7 +142,8 @@ async function main(): Promise<void> {
       // before the caller hears back.
       const generation = await world.replaceConfig(next);
       log.info('configuration reloaded', { file: opts.config, generation });
-      events.publish({ type: 'config.reloaded', generation, uplinks: next.uplinks.length, destinations: next.destinations.length, apps: next.apps.length });
+      logNotices(log, next);
+      events.publish({ type: 'config.reloaded', generation, uplinks: next.uplinks.length, destinations: next.destinations.length, rules: next.rules.length });
       return { generation, uplinks: next.uplinks.length, destinations: next.destinations.length };
     } catch (e) {
       if (!(e instanceof ConfigError)) throw e;
@@ -165,9 +175,16 @@ async function main(): Promise<void> {
     'exec.end': (params, cred) => sessions.end(params.id, cred),
     'events.subscribe': (params, _cred, ctx) => Promise.resolve(ctx.subscribe(params.topics)),
     apps: (_params, cred) => Promise.resolve({ cgroupRoot: `/${opts.cgroupRoot}`, kernel: apps.kernel, apps: apps.list(cred) }),
+    'rules.list': (_params, cred) => Promise.resolve({ rules: rules.list(cred) }),
+    'rules.add': (params, cred) => rules.add(params, cred),
+    'rules.rm': (params, cred) => rules.remove(params.id, cred),
+    'rules.explain': (params, cred) => Promise.resolve(rules.explain(params, cred)),
   }, log, { events });
 
+  logNotices(log, config);
   await world.saveSlots();
+  // The stored rules before anything enforces: the kernel gets the apps' entries with them.
+  await ruleStore.load(saved.rules, saved.nextRule);
   await routing.start();
   await sessions.restore(saved.sessions);
   await sessions.refresh();
@@ -195,6 +212,7 @@ async function main(): Promise<void> {
     void (async () => {
       decideServer.close();
       decisions.close(); // its prune timer
+      ruleStore.close();
       // Libraries drop their cached answers at once and fall back to their fail-open/closed mode.
       if (generation.opened) generation.bump();
       sessions.close();

@@ -33,6 +33,9 @@ import type { DecisionStats } from '../decision/server.js';
 import type { PeerCred } from '../native/index.js';
 import { TOPICS, type DaemonEvent, type EventStats, type Topic } from './events.js';
 import type { AppView } from './apps.js';
+import { actionSchema, matchSchema } from './rule-store.js';
+import type { ActionIn } from './rule-store.js';
+import type { CandidateView } from '../decision/decide.js';
 import type { ControlStats } from './server.js';
 
 /** The version this code speaks by default; the daemon answers every one of PROTOCOL_VERSIONS. */
@@ -142,6 +145,36 @@ export const METHODS = {
   'exec.end': { privileged: false, since: 1, params: z.object({ id: z.string().regex(/^[a-z0-9-]{1,40}$/) }).strict() },
   /** The apps on the device now (the caller's own; root and the waymark group: all). */
   apps: { privileged: false, since: 2, params: z.object({}).strict() },
+  /** The rules in decision order (those that can apply to the caller; root and the waymark group: all). */
+  'rules.list': { privileged: false, since: 2, params: z.object({}).strict() },
+  /** Adds a rule (for the caller's own apps; root and the waymark group: any), kept in the state directory. */
+  'rules.add': {
+    privileged: false,
+    since: 2,
+    params: z.object({
+      match: matchSchema.extend({ user: z.string().regex(/^[a-z_][a-z0-9_-]{0,31}$/).optional() }).default({}),
+      action: actionSchema,
+      never: z.array(z.string().min(1).max(31)).max(32).default([]),
+      needs: z.array(z.enum(NEED_NAMES)).max(6).default([]),
+      /** Holds for this many minutes, then goes. */
+      minutes: z.number().int().min(1).max(525_600).optional(),
+    }).strict(),
+  },
+  /** Removes a stored rule (the caller's own; root and the waymark group: any). */
+  'rules.rm': { privileged: false, since: 2, params: z.object({ id: z.string().min(1).max(40) }).strict() },
+  /** Which rule decides for an app (a running app's name, an app ID, a unit or an executable path) and a destination, and why. */
+  'rules.explain': {
+    privileged: false,
+    since: 2,
+    params: z.object({
+      app: z.string().min(1).max(4096),
+      destination: z.string().min(1).max(31),
+      uid: z.number().int().nonnegative().optional(),
+      needs: z.array(z.enum(NEED_NAMES)).max(6).default([]),
+      proto: z.enum(['tcp', 'udp']).optional(),
+      port: z.number().int().min(1).max(65535).optional(),
+    }).strict(),
+  },
   /**
    * From now on this connection also receives the events of these topics (all when empty) that
    * the caller may see. Again on the same connection: replaces the topics.
@@ -195,8 +228,44 @@ export interface AppsResult {
   apps: AppView[];
 }
 
+/** A rule as `rules.list` shows it. */
+export interface RuleView {
+  id: string;
+  source: 'config' | 'cli' | 'answer';
+  /** Its place in decision order (1: considered first). */
+  order: number;
+  specificity: number;
+  match: Record<string, unknown>;
+  action: ActionIn;
+  never: string[];
+  needs: string[];
+  expiresAt?: string;
+  owner?: number;
+  addedAt?: string;
+  /** An answer "until the app exits" (not kept across restarts). */
+  untilExit?: boolean;
+}
+
+export interface RulesExplainResult {
+  /** The facts rules were matched against, and how the app named was found. */
+  app: { uid: number; exe: string | null; unit: string | null; app?: string | null; flatpakId: string | null; name: string | null; how: string };
+  destination: string;
+  /** Each rule in decision order up to the one that decides, with why it was skipped. */
+  considered: { id: string; source: string; skipped?: string }[];
+  rule: RuleView | null;
+  /** The deciding rule asks the user (its default is what the decision shows). */
+  ask: boolean;
+  decision: { action: 'steer'; uplink: string; reason: string } | { action: 'deny'; errno: string; reason: string } | { action: 'pass'; reason: string };
+  /** Every uplink: its rank among the candidates, or why it is not one. */
+  candidates: CandidateView[];
+}
+
 export interface Results {
   apps: AppsResult;
+  'rules.list': { rules: RuleView[] };
+  'rules.add': RuleView;
+  'rules.rm': { id: string };
+  'rules.explain': RulesExplainResult;
   hello: HelloResult;
   status: StatusResult;
   reload: ReloadResult;

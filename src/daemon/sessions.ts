@@ -9,7 +9,7 @@ import { findUplink } from '../decision/decide.js';
 import type { PeerCred } from '../native/index.js';
 import type { BackstopSession } from '../backstop/nft.js';
 import { identify } from '../identity/app.js';
-import { allowsUplink, policyFor, type AppFacts } from '../policy/app.js';
+import { allowsUplink, type AppFacts } from '../policy/app.js';
 import { backstopFor, type Backstop } from '../session/backstop.js';
 import { sessionPolicy, type Session, type SessionRegistry } from '../session/session.js';
 import type { UplinkState } from '../uplink/state.js';
@@ -21,7 +21,7 @@ import type { World } from './world.js';
 import { errorMessage } from '../errors.js';
 
 /** What sessions are made from, and where they are kept: the world's config, uplinks and registry. */
-export type SessionWorld = Pick<World, 'config' | 'uplinks' | 'sessions' | 'sessionsChanged'>;
+export type SessionWorld = Pick<World, 'config' | 'rules' | 'uplinks' | 'sessions' | 'sessionsChanged'>;
 
 /** The kernel side of sessions (src/backstop): cgroups and their socket-creation program. */
 export interface CgroupBackend {
@@ -90,7 +90,7 @@ export class SessionService {
    * it) or the uplinks did (logged: nobody waits for that).
    */
   follow(world: Pick<World, 'subscribe'>): void {
-    world.subscribe(['config'], () => this.refresh());
+    world.subscribe(['config', 'rules'], () => this.refresh());
     world.subscribe(['uplinks'], () => this.refresh().catch((e: unknown) => this.log.error('session backstop update failed', { error: errorMessage(e) })));
   }
 
@@ -121,7 +121,7 @@ export class SessionService {
   async refresh(): Promise<void> {
     const config = this.world.config;
     for (const s of this.registry.all()) {
-      const b = backstopFor(s, this.world.uplinks, config.destinations, config.apps);
+      const b = backstopFor(s, this.world.uplinks, config.destinations, this.world.rules);
       const before = this.applied.get(s.id);
       this.applied.set(s.id, b);
       if (before !== undefined && before.mark === b.mark) continue;
@@ -170,7 +170,7 @@ export class SessionService {
 
   /**
    * The session a wish asks for, as the policy lets it be: checked exactly as the decision path
-   * checks a program's wish (policyFor, allowsUplink), and, started from inside a session,
+   * checks a program's wish (the rules' kernel policy, allowsUplink), and, started from inside a session,
    * inheriting all of that session's restrictions. Throws what the caller is told.
    */
   private sessionFor(p: ExecBeginParams, caller: PeerCred): Omit<Session, 'id' | 'cgroup' | 'startedAt'> {
@@ -199,16 +199,16 @@ export class SessionService {
     if (apps.length > MAX_APP_FACTS) throw new RequestError({ code: 'EPERM', message: 'sessions nested too deep' });
     if (parent && uplink) {
       // Inside a session, only what that session's own backstop lets through may be pinned.
-      const fence = backstopFor(parent, states, config.destinations, config.apps);
+      const fence = backstopFor(parent, states, config.destinations, this.world.rules);
       if (uplink.link && fence.deniedIfnames.includes(uplink.link.name)) {
         throw new RequestError({ code: 'EACCES', message: `uplink ${uplink.spec.name} is not allowed: this runs in session ${parent.id}${describe(parent)}, and a session started from it may only narrow that` });
       }
     }
     const pinned = uplink?.spec.name ?? parent?.uplink;
     if (pinned !== undefined) {
-      const app = policyFor(config.apps, own, apps.slice(1));
+      const app = this.world.rules.kernelPolicy(own, apps.slice(1));
       if (!allowsUplink(app, pinned)) {
-        throw new RequestError({ code: 'EACCES', message: `uplink ${pinned} is not allowed for app ${app?.name ?? '?'} (see apps: in the configuration)${uplink ? '' : `; session ${parent?.id ?? ''} it runs in is pinned to it`}` });
+        throw new RequestError({ code: 'EACCES', message: `uplink ${pinned} is not allowed for app ${app?.name ?? '?'} (see waymark rules list)${uplink ? '' : `; session ${parent?.id ?? ''} it runs in is pinned to it`}` });
       }
     }
     if (uplink && uplink.status !== 'active') throw new RequestError({ code: 'ENETDOWN', message: `uplink ${uplink.spec.name} is ${uplink.status}` });
@@ -248,7 +248,7 @@ export class SessionService {
     const b = this.applied.get(id);
     this.log.info('session started', {
       session: id, uid: caller.uid, pid: caller.pid, uplink: session.uplink, needs: session.needs, deny: session.deny,
-      app: sessionPolicy(this.world.config.apps, session)?.name, mark: b?.mark != null ? hex(b.mark) : 'none',
+      app: sessionPolicy(this.world.rules, session)?.name, mark: b?.mark != null ? hex(b.mark) : 'none',
     });
     this.events?.publish({ type: 'session.started', id, uid: caller.uid, uplink: b?.uplink?.spec.name ?? null, command: session.command });
     return {

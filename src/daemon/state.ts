@@ -38,12 +38,16 @@ const stateSchema = z.object({
   sessions: z.array(sessionSchema).default([]),
   /** App keys ("uid/name" → key, src/daemon/apps.ts): the kernel's counters stay the same app's across restarts. */
   appKeys: z.record(z.string().max(512), z.number().int().min(1).max(0xffffffff)).default({}),
+  /** Rules added from the CLI and remembered answers (src/daemon/rule-store.ts validates each). */
+  rules: z.array(z.unknown()).max(50_000).default([]),
+  /** The number the next stored rule's id gets. */
+  nextRule: z.number().int().min(1).default(1),
 });
 export type PersistedState = z.infer<typeof stateSchema>;
 
 export class StateStore {
   private readonly file: string;
-  private state: PersistedState = { version: 1, slots: {}, sessions: [], appKeys: {} };
+  private state: PersistedState = { version: 1, slots: {}, sessions: [], appKeys: {}, rules: [], nextRule: 1 };
   private writing: Promise<void> = Promise.resolve();
 
   constructor(readonly dir: string) {

@@ -9,6 +9,7 @@
  * changes; src/daemon/assemble.ts builds it, then them, then subscribes them in order.
  */
 import type { Config } from '../config/load.js';
+import { RuleSet, type Rule } from '../policy/rules.js';
 import type { LinkMsg, AddrMsg, RouteMsg, RdnssMsg } from '../netlink/message.js';
 import { fallbackUplinks, MAIN_TABLE, unmarkedEgress, type Fallback } from '../routing/fallback.js';
 import { SessionRegistry } from '../session/session.js';
@@ -35,7 +36,9 @@ export type WorldChange =
   /** The set of addresses learnt for domain destinations changed. */
   | { readonly kind: 'learned' }
   /** Apps appeared or left (the cgroup tree: src/daemon/apps.ts). */
-  | { readonly kind: 'apps' };
+  | { readonly kind: 'apps' }
+  /** The stored rules (added from the CLI, remembered answers) changed; a new config changes the rules too, as `config`. */
+  | { readonly kind: 'rules' };
 
 export type WorldChangeKind = WorldChange['kind'];
 
@@ -59,6 +62,8 @@ export interface WorldOptions {
 
 export class World {
   private currentConfig: Config;
+  private storedRules: readonly Rule[] = [];
+  private compiled: RuleSet;
   private currentGeneration = 1;
   private currentSlots: Map<string, number>;
   private states: UplinkState[] = [];
@@ -77,6 +82,7 @@ export class World {
 
   constructor(private readonly opts: WorldOptions) {
     this.currentConfig = opts.config;
+    this.compiled = RuleSet.compile(opts.config.rules, [], opts.config);
     this.clock = opts.clock ?? systemClock;
     this.currentSlots = assignSlots(opts.config.uplinks.map((u) => u.name), new Map(Object.entries(opts.savedSlots)));
     this.learned = new LearnedHosts({
@@ -89,6 +95,23 @@ export class World {
 
   get config(): Config {
     return this.currentConfig;
+  }
+
+  /** Every rule in force, compiled: the config's and the stored ones (src/policy/rules.ts). */
+  get rules(): RuleSet {
+    return this.compiled;
+  }
+
+  /** The stored rules (CLI, answers) as last set. */
+  get stored(): readonly Rule[] {
+    return this.storedRules;
+  }
+
+  /** Swaps in the stored rules; resolves once every subscriber followed (the kernel holds the apps to them). */
+  async setStoredRules(rules: readonly Rule[]): Promise<void> {
+    this.storedRules = rules;
+    this.compiled = RuleSet.compile(this.currentConfig.rules, rules, this.currentConfig);
+    await this.feed.emit({ kind: 'rules' });
   }
 
   get generation(): number {
@@ -135,6 +158,7 @@ export class World {
   async replaceConfig(config: Config): Promise<number> {
     this.currentSlots = assignSlots(config.uplinks.map((u) => u.name), this.currentSlots);
     this.currentConfig = config;
+    this.compiled = RuleSet.compile(config.rules, this.storedRules, config);
     this.currentGeneration++;
     await this.saveSlots();
     const generation = this.currentGeneration;

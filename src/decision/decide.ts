@@ -94,12 +94,69 @@ export function decide(input: DecisionInput): Decision {
   if (!constrained) return { action: 'pass', destination: dest.name, reason: 'default route' };
   if (carriers.length === 0) return deny('ENETUNREACH', `no uplink that reaches ${dest.name} over IPv${family} is up`);
 
-  const allowed = carriers.filter((u) => appAllows(u) && !wish.deny.includes(u.spec.name) && satisfiesFilters(u.spec, needs));
+  const permitted = (u: UplinkState): boolean => appAllows(u) && !wish.deny.includes(u.spec.name) && satisfiesFilters(u.spec, needs);
+  const allowed = carriers.filter(permitted);
+  if (allowed.length === 0) {
+    // Uplinks the app may use for it exist but are down now (a rule's `only`): unreachable, not refused.
+    const waiting = uplinks.filter((u) => dest.via.includes(u.spec.name) && permitted(u));
+    if (waiting.length > 0) return deny('ENETUNREACH', `the uplinks ${appName} may use for ${dest.name} (${waiting.map((u) => u.spec.name).join(', ')}) do not carry IPv${family} now`);
+  }
   if (allowed.length === 0) return deny('EACCES', `no uplink reaching ${dest.name} is allowed for ${appName}${needs.length ? ` with needs ${needs.join(',')}` : ''}`);
-  const order = app?.uplinks;
-  const ranked = order && !needs.some((n) => n !== 'no-roaming' && n !== 'unmetered')
-    ? [...allowed].sort((a, b) => order.indexOf(a.spec.name) - order.indexOf(b.spec.name))
-    : [...allowed].sort((a, b) => compareForNeeds(a.spec, b.spec, needs));
+  const ranked = rank(allowed, app, needs);
   const best = ranked[0] as UplinkState;
   return steer(best, needs.length ? `needs ${needs.join(',')}` : `${appName} prefers it`);
+}
+
+/** Where an uplink stands in an order of preference: listed ones first, in order; the rest after them. */
+function placeIn(order: readonly string[], u: UplinkState): number {
+  const i = order.indexOf(u.spec.name);
+  return i < 0 ? order.length : i;
+}
+
+/**
+ * The allowed uplinks best first: by the rule's order (`only`'s list, else `use`'s, the others
+ * after it by the needs and the configured preference) unless the program asked for a ranking
+ * need (then by the needs: src/decision/needs.ts).
+ */
+function rank(allowed: readonly UplinkState[], app: AppRule | undefined, needs: readonly NeedName[]): UplinkState[] {
+  const order = app?.uplinks ?? app?.prefer;
+  if (order && !needs.some((n) => n !== 'no-roaming' && n !== 'unmetered')) {
+    return [...allowed].sort((a, b) => placeIn(order, a) - placeIn(order, b) || compareForNeeds(a.spec, b.spec, needs));
+  }
+  return [...allowed].sort((a, b) => compareForNeeds(a.spec, b.spec, needs));
+}
+
+/** One uplink as an explanation sees it: taken (ranked `rank`, 1 the winner) or why not. */
+export interface CandidateView {
+  readonly uplink: string;
+  readonly rank?: number;
+  readonly skipped?: string;
+}
+
+/**
+ * Why each uplink is or is not a candidate for this decision, in the order decide() weighs them
+ * (`waymark rules explain`). Mirrors decide()'s steps for a decision without a pinned uplink.
+ */
+export function explainCandidates(input: DecisionInput): CandidateView[] {
+  const { uplinks, destinations, app, wish, family } = input;
+  const destName = input.learnedDestination ?? destinationOfAddress(destinations, family, input.addr);
+  const dest = destinations.find((d) => d.name === destName);
+  const needs = [...new Set([...wish.needs, ...(app?.needs ?? [])])];
+  const taken: UplinkState[] = [];
+  const out = new Map<string, CandidateView>();
+  for (const u of uplinks) {
+    const name = u.spec.name;
+    let why: string | undefined;
+    if (!dest || !dest.via.includes(name)) why = `does not reach ${destName}`;
+    else if (u.status !== 'active') why = `is ${u.status}`;
+    else if (!(u.families.find((f) => f.family === family)?.routable ?? false)) why = `carries no IPv${family}`;
+    else if (app?.deny.includes(name)) why = `rule ${app.name} never uses it`;
+    else if (app?.uplinks && !app.uplinks.includes(name)) why = `rule ${app.name} allows only ${app.uplinks.join(', ') || 'nothing'}`;
+    else if (wish.deny.includes(name)) why = 'the program (or its session) denies it';
+    else if (!satisfiesFilters(u.spec, needs)) why = `fails the needs ${needs.join(',')}`;
+    if (why === undefined) taken.push(u);
+    else out.set(name, { uplink: name, skipped: why });
+  }
+  rank(taken, app, needs).forEach((u, i) => out.set(u.spec.name, { uplink: u.spec.name, rank: i + 1 }));
+  return uplinks.map((u) => out.get(u.spec.name) ?? { uplink: u.spec.name });
 }

@@ -28,7 +28,7 @@ export class NftReconciler {
 
   /** Loads the table whenever the sessions (or their backstops) changed; a failure fails that change. */
   follow(world: Pick<World, 'subscribe'>): void {
-    world.subscribe(['sessions'], () => this.refresh());
+    world.subscribe(['sessions', 'rules'], () => this.refresh());
   }
 
   /** Queues one update; resolves with its errors (also logged) once it is loaded or failed. */

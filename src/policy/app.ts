@@ -21,6 +21,8 @@ export interface AppRule {
   readonly prefer?: readonly string[];
   readonly deny: readonly string[];
   readonly needs: readonly NeedName[];
+  /** Some rule for the app asks the user (src/policy/rules.ts: forKernel); the kernel reports its connects. */
+  readonly ask?: boolean;
 }
 
 /** The kernel-verified facts about a calling process that rules can match. */
@@ -44,38 +46,26 @@ export function matches(m: AppMatch, app: AppFacts): boolean {
     && (m.uid === undefined || m.uid === app.uid);
 }
 
-/** The first rule that matches, in config order (put specific rules first). */
-export function ruleFor(rules: readonly AppRule[], app: AppFacts): AppRule | undefined {
-  return rules.find((r) => matches(r.match, app));
-}
-
-const NONE: readonly AppFacts[] = Object.freeze([]);
-
 /**
- * What the policy allows for a process: the rule of its own facts and, when more are known (the
- * starter of the session it runs in, the program that session was started for, the sessions
- * around that one), the rules of each of those too, all at once. Every rule applies: a further
- * fact can only narrow what is allowed, never select a more permissive rule instead. The one
- * place that says this, for the decision path and for sessions (their check at start and their
- * kernel backstop) alike. Undefined when no rule matches; the matching rule itself when one does.
+ * Several policies that all bind one process (its own rule, the rules of the session it runs in
+ * and of whoever started it), as one: each can only narrow what is allowed, never widen it.
+ * Allowed: only uplinks every listing policy allows (in the first one's order); denied: what any
+ * denies; needs: all of them; the first order of preference. Undefined when none binds.
  */
-export function policyFor(rules: readonly AppRule[], app: AppFacts, more: readonly AppFacts[] = NONE): AppRule | undefined {
-  const first = ruleFor(rules, app);
-  if (more.length === 0 || rules.length === 0) return first;
-  const found: AppRule[] = first ? [first] : [];
-  for (const f of more) {
-    const r = ruleFor(rules, f);
-    if (r && !found.includes(r)) found.push(r);
-  }
+export function narrow(policies: readonly (AppRule | undefined)[]): AppRule | undefined {
+  const found = [...new Set(policies.filter((p): p is AppRule => p !== undefined))];
   if (found.length <= 1) return found[0];
   const lists = found.flatMap((r) => (r.uplinks ? [r.uplinks] : []));
   const [order, ...rest] = lists;
+  const prefer = found.find((r) => r.prefer)?.prefer;
   return {
     name: found.map((r) => r.name).join('+'),
     match: {},
     ...(order ? { uplinks: order.filter((u) => rest.every((l) => l.includes(u))) } : {}),
+    ...(prefer ? { prefer } : {}),
     deny: [...new Set(found.flatMap((r) => r.deny))],
     needs: [...new Set(found.flatMap((r) => r.needs))],
+    ...(found.some((r) => r.ask) ? { ask: true } : {}),
   };
 }
 

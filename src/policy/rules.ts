@@ -17,8 +17,9 @@
  *
  * Which rule decides (docs/rules.md): the most specific matching rule, then the one first in
  * order. Specificity, compared field by field in this order:
- *   1. the app: each of exe, unit, app, flatpak, name counts 2 when exact and 1 when a glob;
- *      uid counts 1 (so "Firefox" beats "uid 1000", an exact exe beats "/usr/bin/*");
+ *   1. the app: each of exe, unit, app, flatpak, name counts 3 when exact and 2 when a glob;
+ *      uid counts 1 (so "Firefox" beats "uid 1000", an exact exe beats "/usr/bin/*", which
+ *      beats "uid 1000");
  *   2. a destination given; 3. a port given; 4. a protocol given; 5. the number of needs matched.
  * Order among equally specific rules: the rules added from the CLI and the remembered answers
  * first (newest first: the user's last word), then the config file's, in file order.
@@ -29,8 +30,9 @@
  * each at the first rule that matches: with 10,000 rules, a few microseconds (npm run bench).
  */
 import type { NeedName } from '../config/schema.js';
+import { INTERNET, type DestinationSpec } from '../destination/destination.js';
 import { globMatch, isGlob } from '../glob.js';
-import type { AppFacts, AppRule } from './app.js';
+import { allowsUplink, narrow, type AppFacts, type AppRule } from './app.js';
 
 export type RuleSource = 'config' | 'cli' | 'answer';
 export type Proto = 'tcp' | 'udp';
@@ -114,24 +116,35 @@ export function specificity(m: RuleMatch): number {
   let app = 0;
   for (const f of APP_FIELDS) {
     const p = m[f];
-    if (p !== undefined) app += isGlob(p) ? 1 : 2;
+    if (p !== undefined) app += isGlob(p) ? 2 : 3;
   }
   if (m.uid !== undefined) app += 1;
   return app * 10_000 + (m.destination !== undefined ? 1000 : 0) + (m.port !== undefined ? 100 : 0)
     + (m.proto !== undefined ? 10 : 0) + Math.min(m.needs?.length ?? 0, 9);
 }
 
-/** Why a rule does not match a query (the first field that differs), or undefined when it matches. */
-export function mismatch(r: Rule, q: RuleQuery, now: number): string | undefined {
+/** Why a rule does not match an app (the first field that differs, or its expiry), or undefined when it does. */
+function appMismatch(r: Rule, f: AppFacts, now: number): string | undefined {
   const m = r.match;
   if (r.expiresAt !== undefined && r.expiresAt <= now) return 'expired';
   for (const field of APP_FIELDS) {
     const p = m[field];
     if (p === undefined) continue;
-    const v = factOf(q.facts, field);
+    const v = factOf(f, field);
     if (v === null || !globMatch(p, v)) return `${field} ${v ?? '(unknown)'} does not match ${p}`;
   }
-  if (m.uid !== undefined && m.uid !== q.facts.uid) return `uid ${q.facts.uid} is not ${m.uid}`;
+  if (m.uid !== undefined && m.uid !== f.uid) return `uid ${f.uid} is not ${m.uid}`;
+  return undefined;
+}
+
+/** A rule that decides whatever the protocol, port and needs (the kernel can apply it to every socket). */
+const unconditional = (m: RuleMatch): boolean => m.proto === undefined && m.port === undefined && (m.needs?.length ?? 0) === 0;
+
+/** Why a rule does not match a query (the first field that differs), or undefined when it matches. */
+export function mismatch(r: Rule, q: RuleQuery, now: number): string | undefined {
+  const m = r.match;
+  const app = appMismatch(r, q.facts, now);
+  if (app !== undefined) return app;
   if (m.destination !== undefined && m.destination !== q.destination) return `destination ${q.destination} is not ${m.destination}`;
   if (m.proto !== undefined && m.proto !== q.proto) return `protocol ${q.proto ?? '(any)'} is not ${m.proto}`;
   if (m.port !== undefined && m.port !== q.port) return `port ${q.port ?? '(any)'} is not ${m.port}`;
@@ -181,6 +194,9 @@ export interface Considered {
   readonly skipped?: string;
 }
 
+/** Bound of {@link RuleSet.forKernel}'s memo (distinct sets of candidate rules, not apps). */
+const KERNEL_MEMO = 4096;
+
 export class RuleSet {
   /** Every rule in decision order. */
   readonly rules: readonly Rule[];
@@ -188,9 +204,13 @@ export class RuleSet {
   private readonly buckets = new Map<string, Rule[]>();
   private readonly general: Rule[] = [];
   private readonly policies = new Map<Rule, AppRule | undefined>();
+  private readonly kernelMemo = new Map<string, AppRule>();
+  /** Every uplink some destination is reached by. */
+  private readonly routed: ReadonlySet<string>;
 
-  private constructor(rules: readonly Rule[]) {
+  private constructor(rules: readonly Rule[], private readonly destinations: readonly DestinationSpec[], private readonly uplinks: readonly string[]) {
     this.rules = rules;
+    this.routed = new Set(destinations.flatMap((d) => d.via));
     rules.forEach((r, i) => {
       this.rank.set(r, i);
       const b = bucketOf(r.match);
@@ -203,11 +223,17 @@ export class RuleSet {
     });
   }
 
-  static compile(config: readonly Rule[], stored: readonly Rule[] = []): RuleSet {
-    return new RuleSet(ordered(config, stored));
+  /** The rules of the config and the stored ones (CLI, answers), for the config's destinations and uplinks. */
+  static compile(config: readonly Rule[], stored: readonly Rule[], world: { readonly destinations: readonly DestinationSpec[]; readonly uplinks: readonly { readonly name: string }[] }): RuleSet {
+    return new RuleSet(ordered(config, stored), world.destinations, world.uplinks.map((u) => u.name));
   }
 
-  static readonly EMPTY = new RuleSet([]);
+  static readonly EMPTY = new RuleSet([], [], []);
+
+  /** Whether some rule can apply in the kernel (one that names no executable: those need the library or a session). */
+  get someKernelApplicable(): boolean {
+    return this.rules.some((r) => r.match.exe === undefined);
+  }
 
   get size(): number {
     return this.rules.length;
@@ -237,6 +263,127 @@ export class RuleSet {
     consider(this.buckets.get(`uid\0${f.uid}`));
     consider(this.general);
     return best;
+  }
+
+  /** The rules that match an app's facts for some destination, protocol, port or needs, in decision order. */
+  candidates(f: AppFacts, now = Date.now()): Rule[] {
+    const lists: (readonly Rule[])[] = [];
+    for (const field of APP_FIELDS) {
+      const v = factOf(f, field);
+      const l = v === null ? undefined : this.buckets.get(`${field}\0${v}`);
+      if (l) lists.push(l);
+    }
+    const byUid = this.buckets.get(`uid\0${f.uid}`);
+    if (byUid) lists.push(byUid);
+    lists.push(this.general);
+    const out = lists.flat().filter((r) => appMismatch(r, f, now) === undefined);
+    return out.sort((a, b) => (this.rank.get(a) ?? 0) - (this.rank.get(b) ?? 0));
+  }
+
+  /**
+   * What the policy lets an app do on any socket, whatever its destination: what the kernel
+   * enforces for programs that do not ask (src/policy/treatment.ts, the app cgroups and sessions).
+   *   - its order of preference is its rule's for the Internet (the mark its new sockets get);
+   *   - an uplink is denied only where no destination's rule lets the app use it: for each
+   *     destination, the rules that could decide there (up to the first that decides whatever
+   *     the port and protocol), any of them allowing it, or no rule deciding at all;
+   *   - `ask`: some rule asks (the kernel then reports its connects: issue 9's static binaries).
+   * Undefined: no rule matches the app at all. Memoised per set of candidate rules.
+   */
+  forKernel(f: AppFacts, now = Date.now()): AppRule | undefined {
+    const cands = this.candidates(f, now);
+    if (cands.length === 0) return undefined;
+    const key = cands.map((r) => r.id).join('\0');
+    const hit = this.kernelMemo.get(key);
+    if (hit) return hit;
+    const allows = (r: Rule | undefined, u: string): boolean => allowsUplink(r === undefined ? undefined : this.policyOf(r), u);
+    /** The rules that could decide for destination `d` (undefined: an uplink no destination is reached by), and whether one always does. */
+    const deciding = (d: string | undefined): { rules: Rule[]; always: boolean } => {
+      const rules: Rule[] = [];
+      for (const r of cands) {
+        if (r.match.destination !== undefined && r.match.destination !== d) continue;
+        rules.push(r);
+        if (unconditional(r.match)) return { rules, always: true };
+      }
+      return { rules, always: false };
+    };
+    const allowed = new Set<string>();
+    for (const d of this.destinations) {
+      const { rules, always } = deciding(d.name);
+      for (const u of d.via) if (!always || rules.some((r) => allows(r, u))) allowed.add(u);
+    }
+    const elsewhere = deciding(undefined);
+    for (const u of this.uplinks) {
+      if (this.routed.has(u)) continue;
+      if (!elsewhere.always || elsewhere.rules.some((r) => allows(r, u))) allowed.add(u);
+    }
+    const internet = deciding(INTERNET);
+    const first = internet.always ? internet.rules[internet.rules.length - 1] : undefined;
+    const ip = first === undefined ? undefined : this.policyOf(first);
+    const order = ip?.uplinks ?? ip?.prefer;
+    const out: AppRule = {
+      name: first?.id ?? cands[0]?.id ?? '',
+      match: {},
+      ...(order ? { prefer: order } : {}),
+      deny: this.uplinks.filter((u) => !allowed.has(u)),
+      needs: ip?.needs ?? [],
+      ...(cands.some((r) => r.action.kind === 'ask') ? { ask: true } : {}),
+    };
+    if (this.kernelMemo.size >= KERNEL_MEMO) this.kernelMemo.clear();
+    this.kernelMemo.set(key, out);
+    return out;
+  }
+
+  /** {@link forKernel} for a process and the facts around it (a session's: its starter, its program), narrowed together. */
+  kernelPolicy(f: AppFacts, more: readonly AppFacts[] = [], now = Date.now()): AppRule | undefined {
+    return more.length === 0 ? this.forKernel(f, now) : narrow([f, ...more].map((x) => this.forKernel(x, now)));
+  }
+
+  /**
+   * The decision's rules for one socket: the rule that decides for the process's own facts (the
+   * one an `ask` comes from), and the policy of every rule that binds it, narrowed with the rules
+   * of the facts around it (a session's) for the same destination, protocol, port and needs.
+   */
+  decideFor(f: AppFacts, more: readonly AppFacts[], at: Omit<RuleQuery, 'facts'>, now = Date.now()): { rule: Rule | undefined; policy: AppRule | undefined } {
+    const rule = this.evaluate({ ...at, facts: f }, now);
+    if (more.length === 0) return { rule, policy: this.policyOf(rule) };
+    const others = more.map((x) => this.policyOf(this.evaluate({ ...at, facts: x }, now)));
+    return { rule, policy: narrow([this.policyOf(rule), ...others]) };
+  }
+
+  /** The uids rules name without naming an app: the kernel's per-uid entries (wm_uids). */
+  uidOnly(): number[] {
+    const out = new Set<number>();
+    for (const r of this.rules) {
+      const m = r.match;
+      if (m.uid !== undefined && m.exe === undefined && m.unit === undefined && m.app === undefined && m.flatpak === undefined && m.name === undefined) out.add(m.uid);
+    }
+    return [...out];
+  }
+
+  /**
+   * Each rule a not yet classified app of this uid (null: unknown) could turn out to match, as
+   * what it would deny in the kernel (src/policy/treatment.ts: mostRestrictive makes one of them):
+   * a rule for one destination (or port, protocol, needs) only the uplinks of that destination
+   * it disallows; a rule for everything, its policy. Rules naming an executable are left out
+   * (the kernel does not see executables).
+   */
+  pendingRules(uid: number | null, now = Date.now()): AppRule[] {
+    const out: AppRule[] = [];
+    for (const r of this.rules) {
+      if (r.match.exe !== undefined || (uid !== null && r.match.uid !== undefined && r.match.uid !== uid)) continue;
+      if (r.expiresAt !== undefined && r.expiresAt <= now) continue;
+      const p = this.policyOf(r);
+      if (p === undefined) continue;
+      if (r.match.destination === undefined && unconditional(r.match)) {
+        out.push(p);
+        continue;
+      }
+      const via = this.destinations.find((d) => d.name === r.match.destination)?.via ?? this.uplinks;
+      const deny = via.filter((u) => !allowsUplink(p, u));
+      if (deny.length > 0) out.push({ name: r.id, match: {}, deny, needs: [] });
+    }
+    return out;
   }
 
   /** What the deciding rule allows (memoised per rule). */

@@ -12,7 +12,7 @@ import { decide, findUplink, type Wish } from '../decision/decide.js';
 import { satisfiesFilters } from '../decision/needs.js';
 import { INTERNET, type DestinationSpec } from '../destination/destination.js';
 import type { UplinkState } from '../uplink/state.js';
-import { allowsUplink, type AppRule } from './app.js';
+import { allowsUplink, narrow, type AppRule } from './app.js';
 
 export interface Treatment {
   /** Mark for new sockets, or null to leave them to default routing. */
@@ -53,18 +53,10 @@ export function treatmentFor(
  * The most restrictive of several rules, as one: what an app that any of them could turn out to
  * match may do until it is known which (a new cgroup the daemon has not classified yet). Allowed:
  * only uplinks every rule allows (in the first listing rule's order); denied: what any denies;
- * needs: all of them. No rule: undefined (no restriction). A rule that allows nothing makes
- * every uplink denied.
+ * needs: all of them (src/policy/app.ts: narrow). No rule: undefined (no restriction). A rule
+ * that allows nothing makes every uplink denied.
  */
 export function mostRestrictive(rules: readonly AppRule[]): AppRule | undefined {
-  if (rules.length <= 1) return rules[0];
-  const lists = rules.flatMap((r) => (r.uplinks ? [r.uplinks] : []));
-  const [order, ...rest] = lists;
-  return {
-    name: `pending(${rules.map((r) => r.name).join('|')})`,
-    match: {},
-    ...(order ? { uplinks: order.filter((u) => rest.every((l) => l.includes(u))) } : {}),
-    deny: [...new Set(rules.flatMap((r) => r.deny))],
-    needs: [...new Set(rules.flatMap((r) => r.needs))],
-  };
+  const all = narrow(rules);
+  return all && rules.length > 1 ? { ...all, name: `pending(${rules.map((r) => r.name).join('|')})` } : all;
 }

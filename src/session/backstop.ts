@@ -6,7 +6,7 @@
  * Pure; the computation itself is the one every app's is (src/policy/treatment.ts).
  */
 import type { DestinationSpec } from '../destination/destination.js';
-import type { AppRule } from '../policy/app.js';
+import type { RuleSet } from '../policy/rules.js';
 import { treatmentFor } from '../policy/treatment.js';
 import type { UplinkState } from '../uplink/state.js';
 import { sessionPolicy, wishOf, type Session } from './session.js';
@@ -19,7 +19,7 @@ export interface Backstop {
 }
 
 export function backstopFor(
-  s: Session, uplinks: readonly UplinkState[], destinations: readonly DestinationSpec[], rules: readonly AppRule[],
+  s: Session, uplinks: readonly UplinkState[], destinations: readonly DestinationSpec[], rules: RuleSet,
 ): Backstop {
   const t = treatmentFor(sessionPolicy(rules, s), wishOf(s), uplinks, destinations);
   return { mark: t.mark, uplink: t.uplink, deniedIfnames: t.denied.flatMap((u) => (u.link ? [u.link.name] : [])) };

@@ -5,7 +5,8 @@
  */
 import type { NeedName } from '../config/schema.js';
 import type { Wish } from '../decision/decide.js';
-import { policyFor, type AppFacts, type AppRule } from '../policy/app.js';
+import type { AppFacts, AppRule } from '../policy/app.js';
+import type { RuleSet } from '../policy/rules.js';
 
 export interface Session {
   readonly id: string;
@@ -17,7 +18,7 @@ export interface Session {
   readonly needs: readonly NeedName[];
   readonly deny: readonly string[];
   /**
-   * The app facts whose rules bind every process of the session (policyFor applies them all):
+   * The app facts whose rules bind every process of the session (RuleSet.kernelPolicy applies them all):
    * the starter's (from the kernel), the program's as far as known (the executable the client
    * named: it can only add a rule), and those of the session it was started from, if any.
    */
@@ -32,9 +33,9 @@ export function wishOf(s: Session): Wish {
 }
 
 /** What the policy allows every process of the session (each process's own rule applies too). */
-export function sessionPolicy(rules: readonly AppRule[], s: Session): AppRule | undefined {
+export function sessionPolicy(rules: RuleSet, s: Session): AppRule | undefined {
   const [first, ...more] = s.apps;
-  return first ? policyFor(rules, first, more) : undefined;
+  return first ? rules.kernelPolicy(first, more) : undefined;
 }
 
 /** Merges a session's wish with what a program asked for itself (both wishes, session first). */

@@ -21,8 +21,7 @@ import { LAB, type Lab } from '../../src/lab/lab.js';
 import { buildPublicGoClient } from '../support/goclient.js';
 import { lastJson, url, useLab } from '../support/lab.js';
 import { Watcher } from '../support/watcher.js';
-import { readFileSync } from 'node:fs';
-import { EXAMPLE_CONFIG } from '../../src/lab/device.js';
+import { exampleText } from '../support/fixture.js';
 
 const USER = 1000;
 const OTHER = 1001;
@@ -37,9 +36,7 @@ const RACES = 200;
 
 /** The example config with app rules for scopes: chat and firefox over cellular, never the MMS APN; an MMS app of the other user on the MMS APN only. */
 function config(): string {
-  const base = readFileSync(EXAMPLE_CONFIG, 'utf8');
-  const at = base.search(/^(# Per-app defaults[^\n]*\n(#[^\n]*\n)*)?apps:/m);
-  return `${base.slice(0, at)}apps:
+  return exampleText(`apps:
   - name: chat
     match: { app: org.example.Chat }
     uplinks: [cellular]
@@ -51,7 +48,7 @@ function config(): string {
   - name: mms-app
     match: { app: "org.example.Mms*", uid: ${OTHER} }
     uplinks: [mms]
-`;
+`);
 }
 
 let lab: Lab;

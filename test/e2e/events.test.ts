@@ -31,7 +31,7 @@ let dev: Device;
 /** The example config, with app rules denying the MMS APN to curl and python3 (whoever runs them). */
 function config(): string {
   const base = readFileSync(EXAMPLE_CONFIG, 'utf8');
-  return base.replace('apps:\n', `apps:\n  - name: no-mms-curl\n    match: { exe: ${CURL} }\n    deny: [mms]\n  - name: no-mms-python\n    match: { exe: ${PYTHON} }\n    deny: [mms]\n`);
+  return base.replace('rules:\n', `rules:\n  - name: no-mms-curl\n    match: { exe: ${CURL} }\n    never: [mms]\n  - name: no-mms-python\n    match: { exe: ${PYTHON} }\n    never: [mms]\n`);
 }
 
 before(async () => {
@@ -121,13 +121,13 @@ describe('waymark watch', () => {
     const reloaded = (e: DaemonEvent): boolean => e.type === 'config.reloaded';
     const [ea, lb, eu] = await Promise.all([
       a.event(fromA, reloaded, 'config.reloaded'),
-      b.line(fromB, (t) => / config reloaded: generation \d+, 4 uplinks, \d+ destinations, \d+ apps$/.test(t), 'reload line'),
+      b.line(fromB, (t) => / config reloaded: generation \d+, 4 uplinks, \d+ destinations, \d+ rules$/.test(t), 'reload line'),
       user.event(fromU, reloaded, 'config.reloaded (uid 4242)'),
     ]);
     note('reload (SIGHUP)', ea.at - t0);
     note('reload (text)', lb.at - t0);
     note('reload (uid 4242)', eu.at - t0);
-    assert.ok(ea.event.type === 'config.reloaded' && ea.event.uplinks === 4 && ea.event.apps >= 2);
+    assert.ok(ea.event.type === 'config.reloaded' && ea.event.uplinks === 4 && ea.event.rules >= 2);
 
     const from2 = a.lines.length;
     const r = await dev.waymark(['reload']);

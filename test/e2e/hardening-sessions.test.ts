@@ -11,10 +11,11 @@
  */
 import assert from 'node:assert/strict';
 import { type ChildProcess } from 'node:child_process';
-import { chmodSync, readFileSync, realpathSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, realpathSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { EXAMPLE_CONFIG, type Device } from '../../src/lab/device.js';
+import type { Device } from '../../src/lab/device.js';
+import { exampleText } from '../support/fixture.js';
 import { LAB, type Lab } from '../../src/lab/lab.js';
 import { publicRoot } from '../../src/lab/public.js';
 import { buildPublicGoClient } from '../support/goclient.js';
@@ -31,11 +32,7 @@ let goclient: string;
 let cli: string;
 
 /** The shipped example with its apps: section replaced. */
-function configWith(apps: string): string {
-  const text = readFileSync(EXAMPLE_CONFIG, 'utf8');
-  const at = text.search(/^(# Per-app defaults[^\n]*\n(#[^\n]*\n)*)?apps:/m);
-  return (at < 0 ? text : text.slice(0, at)) + apps;
-}
+const configWith = exampleText;
 const RULED = configWith(`apps:
   - name: restricted
     match: { uid: ${USER} }

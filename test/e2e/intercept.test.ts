@@ -164,7 +164,7 @@ describe('who is asking', () => {
   it('a program that execs another is identified anew at once: the new program gets its own app rule', async () => {
     const original = readFileSync(dev.configPath, 'utf8');
     // socat's rule sends it over cellular; python3 has none and goes by the destination (Wi-Fi first).
-    writeFileSync(dev.configPath, original.replace('apps:\n', 'apps:\n  - name: relay\n    match: { exe: /usr/bin/socat }\n    uplinks: [cellular]\n'));
+    writeFileSync(dev.configPath, original.replace('rules:\n', 'rules:\n  - name: relay\n    match: { exe: /usr/bin/socat }\n    only: [cellular]\n'));
     try {
       assert.equal((await dev.waymark(['reload'])).code, 0);
       // Same pid, within the same second: python3 connects, then becomes socat, which connects.

@@ -1,4 +1,6 @@
 /** The lab device as the kernel would describe it, for pure tests of uplink state and decisions. */
+import { policyOfRule, RuleSet } from '../../src/policy/rules.js';
+import type { AppRule } from '../../src/policy/app.js';
 import { readFileSync } from 'node:fs';
 import { parseConfig, type Config } from '../../src/config/load.js';
 import { EXAMPLE_CONFIG } from '../../src/lab/device.js';
@@ -15,12 +17,17 @@ const gw = (oif: number, gateway: string, dstLen = 0): RouteMsg => ({
   family: gateway.includes(':') ? 6 : 4, table: 254, type: RTN.UNICAST, protocol: 3, scope: 0, dstLen, oif, gateway,
 });
 
-/** The shipped example config; `apps` (its last section) replaced by `apps` when given. */
-export function exampleConfig(apps?: string): Config {
+/** The shipped example config's text; its rules (the last section, with its comment) replaced by `section` when given. */
+export function exampleText(section?: string): string {
   const text = readFileSync(EXAMPLE_CONFIG, 'utf8');
-  if (apps === undefined) return parseConfig(text);
-  const at = text.search(/^(# Per-app defaults[^\n]*\n(#[^\n]*\n)*)?apps:/m);
-  return parseConfig((at < 0 ? text : text.slice(0, at)) + apps);
+  if (section === undefined) return text;
+  const at = text.search(/^(# Rules per app[^\n]*\n(#[^\n]*\n)*)?rules:/m);
+  return (at < 0 ? text : text.slice(0, at)) + section;
+}
+
+/** The shipped example config; its rules replaced by `section` (a rules: or apps: section) when given. */
+export function exampleConfig(section?: string): Config {
+  return parseConfig(exampleText(section));
 }
 
 /** Links, addresses and main-table routes of the lab's device; flags per interface may be overridden. */
@@ -41,4 +48,15 @@ export function labKernel(flags: Partial<Record<string, number>> = {}): KernelVi
 export function labStates(config: Config, kernel: KernelView = labKernel()): { states: UplinkState[]; slots: Map<string, number> } {
   const slots = assignSlots(config.uplinks.map((u) => u.name), new Map());
   return { states: uplinkStates(config.uplinks, slots, kernel), slots };
+}
+
+/** The config's rules, compiled as the daemon does (no stored rules). */
+export function rulesOf(config: Config): RuleSet {
+  return RuleSet.compile(config.rules, [], config);
+}
+
+/** What one config rule allows, by name (an `apps:` entry too), as decide() takes it. */
+export function ruleNamed(config: Config, name: string): AppRule | undefined {
+  const r = config.rules.find((x) => x.id === name);
+  return r ? policyOfRule(r) : undefined;
 }

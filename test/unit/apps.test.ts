@@ -10,7 +10,7 @@ import { AppKeys, AppService, seenOf, type SeenCgroup } from '../../src/daemon/a
 import { classifyCgroup } from '../../src/identity/cgroup.js';
 import type { EventBody } from '../../src/daemon/events.js';
 import { createLogger } from '../../src/daemon/log.js';
-import { exampleConfig, labStates } from '../support/fixture.js';
+import { exampleConfig, labStates, rulesOf } from '../support/fixture.js';
 import { FakeAppMaps } from '../support/fakes.js';
 
 const APPS = `
@@ -34,7 +34,7 @@ const { states } = labStates(config);
 const slot = (name: string): number => states.find((u) => u.spec.name === name)?.slot ?? -1;
 const bit = (name: string): number => 1 << slot(name);
 const world: Omit<MapsWorld, 'cgroups'> = {
-  rules: config.apps, uplinks: states, destinations: config.destinations, mainDefault: { v4: 2, v6: 2 },
+  rules: rulesOf(config), uplinks: states, destinations: config.destinations, mainDefault: { v4: 2, v6: 2 },
 };
 
 const USER_APPS = 'user.slice/user-1000.slice/user@1000.service/app.slice';
@@ -122,7 +122,7 @@ apps:
     const x = cg(40, `${USER_APPS}/app-x-1.scope`, 1000, { unit: 'app-x-1.scope', appId: 'x', flatpakId: null });
     const { states: s } = labStates(c);
     const vpnDown = s.map((u) => (u.spec.name === 'office-vpn' ? { ...u, status: 'down' as const } : u));
-    const e = desiredMaps({ ...world, rules: c.apps, uplinks: vpnDown, cgroups: [x] }).cgroups.get(40n);
+    const e = desiredMaps({ ...world, rules: rulesOf(c), uplinks: vpnDown, cgroups: [x] }).cgroups.get(40n);
     assert.ok(e);
     assert.equal(e.self.mark, 0);
     assert.equal(e.self.deny & bit('office-vpn'), 0, 'the vpn stays allowed (it is the rule\'s), only down');
@@ -137,7 +137,7 @@ apps:
     match: { app: x* }
     uplinks: [cellular]
 `);
-    const slicePending = desiredMaps({ ...world, rules: all.apps, cgroups: [slice] }).cgroups.get(10n)?.pending;
+    const slicePending = desiredMaps({ ...world, rules: rulesOf(all), cgroups: [slice] }).cgroups.get(10n)?.pending;
     assert.ok(slicePending);
     assert.equal((slicePending.deny & WM_DENY_ALL) >>> 0, WM_DENY_ALL, 'wifi ∩ cellular is nothing: every uplink denied');
     assert.equal(slicePending.mark, 0);

@@ -39,7 +39,10 @@ describe('config', () => {
     assert.equal(c.uplinks.find((u) => u.name === 'wifi')?.metered, false);
     assert.deepEqual(c.destinations.map((d) => d.name), ['mms', 'office', 'internet']);
     assert.deepEqual(c.uplinks.find((u) => u.name === 'mms')?.gateway, { 4: '10.64.0.1', 6: 'fd00:64::1' });
-    assert.deepEqual(c.apps.map((a) => [a.name, a.uplinks, a.needs]), [['chat', ['cellular'], ['long-lived']], ['browser', ['wifi', 'cellular'], []], ['chat-desktop', ['cellular'], []]]);
+    assert.deepEqual(c.rules.map((r) => [r.id, r.action, r.needs]), [
+      ['chat', { kind: 'only', uplinks: ['cellular'] }, ['long-lived']], ['browser', { kind: 'only', uplinks: ['wifi', 'cellular'] }, []],
+      ['chat-desktop', { kind: 'only', uplinks: ['cellular'] }, []],
+    ]);
   });
 
   it('checks apps: known uplinks, not both allowed and denied, something to match', () => {

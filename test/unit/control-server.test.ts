@@ -78,6 +78,10 @@ describe('ControlServer limits', { skip: !isRoot && 'needs root (clients run as 
     'exec.begin': () => placeholder({}),
     'exec.end': () => Promise.resolve({}),
     apps: () => placeholder({}),
+    'rules.list': () => placeholder({}),
+    'rules.add': () => placeholder({}),
+    'rules.rm': () => placeholder({}),
+    'rules.explain': () => placeholder({}),
     'events.subscribe': () => placeholder({}),
   };
 

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { decide, NO_WISH, type Decision, type Wish } from '../../src/decision/decide.js';
 import { parseAddress } from '../../src/net/prefix.js';
-import { exampleConfig, labKernel, labStates } from '../support/fixture.js';
+import { exampleConfig, labKernel, labStates, ruleNamed } from '../support/fixture.js';
 
 const APPS = `
 apps:
@@ -18,7 +18,7 @@ apps:
 `;
 const config = exampleConfig(APPS);
 const { states } = labStates(config);
-const app = (name: string) => config.apps.find((a) => a.name === name);
+const app = (name: string) => ruleNamed(config, name);
 
 function to(address: string, wish: Wish = NO_WISH, appName?: string, s = states): Decision {
   const a = parseAddress(address);

@@ -14,10 +14,11 @@ import type { EventBody } from '../../src/daemon/events.js';
 import { LearnedHosts } from '../../src/daemon/learned.js';
 import type { WorldChange } from '../../src/daemon/world.js';
 import { GenerationFile } from '../../src/decision/generation.js';
-import { WM_ACTION, WM_TYPE, type DecideRequest } from '../../src/decision/wire.js';
+import { WM_ACTION, WM_TYPE, type DecideRequest, type DecideResponse } from '../../src/decision/wire.js';
+import { DeferredAnswer } from '../../src/decision/server.js';
 import { SessionRegistry } from '../../src/session/session.js';
 import type { UplinkState } from '../../src/uplink/state.js';
-import { exampleConfig, labKernel, labStates } from '../support/fixture.js';
+import { exampleConfig, labKernel, labStates, rulesOf } from '../support/fixture.js';
 import { FakeClock, recordingLog } from '../support/fakes.js';
 
 const config = exampleConfig();
@@ -36,6 +37,7 @@ function fakeWorld() {
   const clock = new FakeClock();
   const world = {
     config,
+    rules: rulesOf(config),
     uplinks: labStates(config).states as readonly UplinkState[],
     sessions: new SessionRegistry(),
     learned: new LearnedHosts({ onChange: () => undefined, configured: (d) => config.destinations.some((x) => x.name === d), clock }),
@@ -61,10 +63,12 @@ function service() {
 }
 
 let seq = 0;
-const ask = (s: DecisionService, address: string, port = 443, uplink = ''): ReturnType<DecisionService['decide']> => {
+const ask = (s: DecisionService, address: string, port = 443, uplink = ''): DecideResponse => {
   const addr = Uint8Array.from(address.split('.').map(Number));
   const req: DecideRequest = { type: WM_TYPE.DECIDE, seq: ++seq, family: 4, proto: 'tcp', port, needs: 0, addr, uplink, destination: '' };
-  return s.decide(req, me);
+  const r = s.decide(req, me);
+  assert.ok(!(r instanceof DeferredAnswer), 'no rule asks here: answered at once');
+  return r;
 };
 
 describe('DecisionService over a fake world', () => {

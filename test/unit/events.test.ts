@@ -40,7 +40,7 @@ describe('EventBus', () => {
     const admin = bus.subscribe({ uid: 1000, seesAll: true, topics: ['uplink', 'config', 'decision', 'session'], wake: () => undefined });
     const bodies: EventBody[] = [
       denial(0), denial(4242), uplink(1),
-      { type: 'config.reloaded', generation: 2, uplinks: 4, destinations: 5, apps: 1 },
+      { type: 'config.reloaded', generation: 2, uplinks: 4, destinations: 5, rules: 1 },
       { type: 'session.started', id: 'exec-1', uid: 0, uplink: null, command: 'secret --token x' },
       { type: 'session.ended', id: 'exec-2', uid: 4242 },
     ];
@@ -138,6 +138,10 @@ describe('ControlServer events (protocol v2)', () => {
     'exec.begin': () => placeholder({}),
     'exec.end': () => Promise.resolve({}),
     apps: () => placeholder({}),
+    'rules.list': () => placeholder({}),
+    'rules.add': () => placeholder({}),
+    'rules.rm': () => placeholder({}),
+    'rules.explain': () => placeholder({}),
     'events.subscribe': (p, _cred, ctx) => Promise.resolve(ctx.subscribe(p.topics)),
   };
 

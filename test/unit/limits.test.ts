@@ -16,7 +16,7 @@ import { GenerationFile } from '../../src/decision/generation.js';
 import { WM_RESOLVE, WM_TYPE } from '../../src/decision/wire.js';
 import { SessionRegistry } from '../../src/session/session.js';
 import type { UplinkState } from '../../src/uplink/state.js';
-import { exampleConfig, labStates } from '../support/fixture.js';
+import { exampleConfig, labStates, rulesOf } from '../support/fixture.js';
 import { isRoot } from '../support/uidclient.js';
 
 import { ExpiringMap } from '../../src/daemon/expiring.js';
@@ -184,7 +184,7 @@ describe('DecisionService learnt addresses', { skip: !isRoot && 'needs root (DNS
     const none = (): void => undefined;
     const clock = { now: () => now, after: () => ({ cancel: none }) };
     const learned = new LearnedHosts({ onChange: () => { changes++; }, configured: () => true, max: 4, clock });
-    const service = new DecisionService({ config, uplinks: states, sessions: new SessionRegistry(), learned }, new GenerationFile(dir),
+    const service = new DecisionService({ config, rules: rulesOf(config), uplinks: states, sessions: new SessionRegistry(), learned }, new GenerationFile(dir),
       { debug: none, info: none, warn: none, error: none }, { dnsCache: 3, now: () => now });
     try {
       const caller = { pid: process.pid, uid: 0, gid: 0 };

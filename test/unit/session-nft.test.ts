@@ -8,7 +8,7 @@ import { describe, it } from 'node:test';
 import { createLogger } from '../../src/daemon/log.js';
 import { SessionService, type CgroupBackend, type SessionWorld } from '../../src/daemon/sessions.js';
 import { SessionRegistry } from '../../src/session/session.js';
-import { exampleConfig, labStates } from '../support/fixture.js';
+import { exampleConfig, labStates, rulesOf } from '../support/fixture.js';
 
 const config = exampleConfig();
 const { states } = labStates(config);
@@ -21,6 +21,7 @@ function harness(opts: { failMove?: boolean } = {}) {
   const removed: string[] = [];
   const world: SessionWorld = {
     config,
+    rules: rulesOf(config),
     uplinks: states,
     sessions: new SessionRegistry(),
     sessionsChanged: (): Promise<void> => {

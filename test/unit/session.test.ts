@@ -3,12 +3,13 @@ import { describe, it } from 'node:test';
 import { DENY_SLOT, markForSlot, softMarkForSlot } from '../../src/constants.js';
 import { backstopFor } from '../../src/session/backstop.js';
 import { mergeWish, SessionRegistry, type Session } from '../../src/session/session.js';
-import { allowsUplink, policyFor, type AppFacts } from '../../src/policy/app.js';
+import { allowsUplink, type AppFacts } from '../../src/policy/app.js';
+import { RuleSet } from '../../src/policy/rules.js';
 import { StateStore } from '../../src/daemon/state.js';
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { exampleConfig, labKernel, labStates } from '../support/fixture.js';
+import { exampleConfig, labKernel, labStates, rulesOf } from '../support/fixture.js';
 
 const config = exampleConfig();
 const { states, slots } = labStates(config);
@@ -31,24 +32,24 @@ describe('sessions', () => {
   });
 
   it('mark new sockets for the requested uplink and fence off every other device', () => {
-    const b = backstopFor(session({ uplink: 'wwan1' }), states, config.destinations, config.apps);
+    const b = backstopFor(session({ uplink: 'wwan1' }), states, config.destinations, rulesOf(config));
     assert.equal(b.mark, markForSlot(slots.get('mms') ?? 0), 'a plain mark: the requested uplink for everything');
     assert.deepEqual([...b.deniedIfnames].sort(), ['tun0', 'wlan0', 'wwan0']);
   });
 
   it('mark by needs for the Internet, deny only what the needs exclude', () => {
-    const b = backstopFor(session({ needs: ['unmetered'] }), states, config.destinations, config.apps);
+    const b = backstopFor(session({ needs: ['unmetered'] }), states, config.destinations, rulesOf(config));
     assert.equal(b.uplink?.spec.name, 'wifi');
     assert.equal(b.mark, softMarkForSlot(slots.get('wifi') ?? 0), 'soft: destinations reachable over other uplinks still go by them');
     assert.deepEqual([...b.deniedIfnames].sort(), ['wwan0', 'wwan1']);
-    const d = backstopFor(session({ deny: ['wifi'] }), states, config.destinations, config.apps);
+    const d = backstopFor(session({ deny: ['wifi'] }), states, config.destinations, rulesOf(config));
     assert.equal(d.uplink?.spec.name, 'cellular');
     assert.deepEqual(d.deniedIfnames, ['wlan0']);
   });
 
   it('deny by mark while the requested uplink is down', () => {
     const { states: down } = labStates(config, labKernel({ wwan1: 0 }));
-    assert.equal(backstopFor(session({ uplink: 'mms' }), down, config.destinations, config.apps).mark, markForSlot(DENY_SLOT));
+    assert.equal(backstopFor(session({ uplink: 'mms' }), down, config.destinations, rulesOf(config)).mark, markForSlot(DENY_SLOT));
   });
 });
 
@@ -69,24 +70,24 @@ const ruledStates = labStates(ruled).states;
 
 describe('what the policy allows for app facts', () => {
   it('one process: its first matching rule, as before', () => {
-    assert.equal(policyFor(ruled.apps, facts({}))?.name, 'no-cellular');
-    assert.equal(policyFor(ruled.apps, facts({ exe: '/usr/bin/chat-client' }))?.name, 'chat', 'first match wins for one set of facts');
-    assert.equal(policyFor(ruled.apps, facts({ uid: 1 })), undefined);
+    assert.equal(rulesOf(ruled).kernelPolicy(facts({}))?.name, 'no-cellular');
+    assert.equal(rulesOf(ruled).kernelPolicy(facts({ exe: '/usr/bin/chat-client' }))?.name, 'chat', 'first match wins for one set of facts');
+    assert.equal(rulesOf(ruled).kernelPolicy(facts({ uid: 1 })), undefined);
   });
 
   it('more facts only narrow: every matching rule applies, never the more permissive one alone', () => {
     // The program (chat) would allow cellular; its starter (uid 4242) does not: both apply.
-    const both = policyFor(ruled.apps, facts({}), [facts({ exe: '/usr/bin/chat-client' })]);
+    const both = rulesOf(ruled).kernelPolicy(facts({}), [facts({ exe: '/usr/bin/chat-client' })]);
     assert.equal(both?.name, 'no-cellular+chat');
     assert.equal(allowsUplink(both, 'cellular'), false);
     assert.equal(allowsUplink(both, 'wifi'), true);
     assert.equal(allowsUplink(both, 'mms'), false, 'chat lists its uplinks: others are not allowed');
     assert.deepEqual(both?.needs, ['long-lived']);
     // Allowed lists intersect, in the order of the first.
-    const kiosk = policyFor(ruled.apps, facts({ exe: '/usr/bin/chat-client' }), [facts({ uid: 7, unit: 'kiosk.service' })]);
-    assert.deepEqual(kiosk?.uplinks, ['wifi']);
+    const kiosk = rulesOf(ruled).kernelPolicy(facts({ exe: '/usr/bin/chat-client' }), [facts({ uid: 7, unit: 'kiosk.service' })]);
+    assert.deepEqual(['wifi', 'cellular', 'mms', 'office-vpn'].filter((u) => allowsUplink(kiosk, u)), ['wifi']);
     // The same facts twice, or facts no rule matches, change nothing.
-    assert.equal(policyFor(ruled.apps, facts({}), [facts({}), facts({ uid: 1 })])?.name, 'no-cellular');
+    assert.equal(rulesOf(ruled).kernelPolicy(facts({}), [facts({}), facts({ uid: 1 })])?.name, 'no-cellular');
   });
 });
 
@@ -94,20 +95,20 @@ describe('the session backstop never grants what the policy denies', () => {
   const cellIf = 'wwan0';
   it('a pinned uplink the policy denies marks for the deny slot and fences off every device', () => {
     const s = session({ uid: 4242, uplink: 'cellular', apps: [facts({})] });
-    const b = backstopFor(s, ruledStates, ruled.destinations, ruled.apps);
+    const b = backstopFor(s, ruledStates, ruled.destinations, rulesOf(ruled));
     assert.equal(b.mark, markForSlot(DENY_SLOT));
     assert.equal(b.uplink, null);
     assert.deepEqual([...b.deniedIfnames].sort(), ['tun0', 'wlan0', 'wwan0', 'wwan1']);
     // The same session without the rule (before a reload added it) goes by cellular.
-    const free = backstopFor(s, ruledStates, ruled.destinations, []);
+    const free = backstopFor(s, ruledStates, ruled.destinations, RuleSet.EMPTY);
     assert.equal(free.uplink?.spec.name, 'cellular');
   });
 
   it('an unpinned session is fenced off every uplink its rules deny or do not list', () => {
-    const b = backstopFor(session({ uid: 4242, apps: [facts({})] }), ruledStates, ruled.destinations, ruled.apps);
+    const b = backstopFor(session({ uid: 4242, apps: [facts({})] }), ruledStates, ruled.destinations, rulesOf(ruled));
     assert.ok(b.deniedIfnames.includes(cellIf));
     assert.equal(b.uplink?.spec.name, 'wifi');
-    const chat = backstopFor(session({ uid: 4242, apps: [facts({ uid: 1 }), facts({ uid: 1, exe: '/usr/bin/chat-client' })] }), ruledStates, ruled.destinations, ruled.apps);
+    const chat = backstopFor(session({ uid: 4242, apps: [facts({ uid: 1 }), facts({ uid: 1, exe: '/usr/bin/chat-client' })] }), ruledStates, ruled.destinations, rulesOf(ruled));
     assert.deepEqual([...chat.deniedIfnames].sort(), ['tun0', 'wwan1'], 'chat lists cellular and wifi only');
     assert.equal(chat.uplink?.spec.name, 'cellular', 'its preference (and long-lived need) picks cellular');
   });
