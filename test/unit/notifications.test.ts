@@ -4,8 +4,10 @@
  * an event (a Notify, a CloseNotification, an answer); the time bounds are guards.
  */
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import type { EventEmitter } from 'node:events';
 import { after, before, describe, test } from 'node:test';
+import { promisify } from 'node:util';
 import { connectBus, sessionBusAddress, type MessageBus } from '../../src/agent/dbus.js';
 import {
   answerFor, choiceLine, costWords, escapeMarkup, notificationContent, URGENCY,
@@ -313,5 +315,34 @@ describe('notification agent on a private bus', () => {
     assert.equal(await server.closeCalls.take('CloseNotification'), n.id);
     assert.equal(await within(handle.done, 'done'), 'closed');
     await assert.rejects(startNotificationAgent(source, { busAddress: `unix:path=${bus.dir}/nothing-here` }), /cannot connect/);
+  });
+
+  test('the test server is a D-Bus service to an independent client (libdbus dbus-send)', async (t) => {
+    const server = await NotificationServer.start(bus.address);
+    t.after(async () => { await server.close(); });
+    // --session with the address in the environment: dbus-send --address does not say Hello.
+    const { stdout } = await within(promisify(execFile)('dbus-send', [
+      '--session', '--print-reply', `--dest=${NOTIFICATIONS.name}`, NOTIFICATIONS.path, `${NOTIFICATIONS.interface}.GetCapabilities`,
+    ], { env: { ...process.env, DBUS_SESSION_BUS_ADDRESS: bus.address } }), 'dbus-send');
+    assert.match(stdout, /string "actions"/);
+    assert.match(stdout, /string "body"/);
+  });
+});
+
+describe('notification agent when the bus goes', () => {
+  test('the agent is done, with why, when its bus dies', async () => {
+    const own = await startPrivateBus();
+    try {
+      const server = await NotificationServer.start(own.address);
+      const source = new FakeSource();
+      const handle = await startNotificationAgent(source, { busAddress: own.address });
+      await own.close();
+      assert.match(await within(handle.done, 'done after the bus died'), /closed the connection|ECONNRESET|EPIPE/);
+      assert.equal(source.listeners, 0, 'unsubscribed from the source');
+      await handle.close();
+      await server.close();
+    } finally {
+      await own.close();
+    }
   });
 });
