@@ -7,6 +7,11 @@
  * "Deny this time" (scope `once`: refusing is cautious, the app may ask again later). Finer
  * answers (N minutes, until the app exits, every destination) are the terminal agent's and the
  * web UI's; {@link NotificationScopes} changes what the buttons mean.
+ *
+ * At most {@link DEFAULT_UPLINK_BUTTONS} uplink buttons (the first choices, in the rule's
+ * order), then Deny: notification servers show only the first few actions (three is common, some
+ * show two) and drop the rest silently, and Deny must not be the one dropped. The body lists
+ * every choice and says where to pick the others.
  */
 import { basename } from 'node:path';
 import type { FixedAction } from '../policy/rules.js';
@@ -27,10 +32,13 @@ export interface NotificationScopes {
 
 export const DEFAULT_SCOPES: NotificationScopes = { choose: 'always', deny: 'once' };
 
+/** Uplink buttons at most, Deny besides: three buttons in all. */
+export const DEFAULT_UPLINK_BUTTONS = 2;
+
 export interface NotificationContent {
   readonly summary: string;
   readonly body: string;
-  /** [key, label] per button, in order: the choices (the rule's order), then deny. Empty without the server's "actions". */
+  /** [key, label] per button, in order: the first choices (the rule's order), then deny. Empty without the server's "actions". */
   readonly actions: readonly (readonly [string, string])[];
   readonly urgency: number;
   /** Milliseconds until the prompt's default applies (the `expire_timeout`), at least 1. */
@@ -114,6 +122,8 @@ export interface ContentOptions {
   /** The server reports "body-markup": the body is escaped. */
   readonly markup: boolean;
   readonly scopes?: NotificationScopes;
+  /** Uplink buttons at most (default {@link DEFAULT_UPLINK_BUTTONS}). */
+  readonly uplinkButtons?: number;
   /** Now, in ms since the epoch (for the time left). */
   readonly now: number;
 }
@@ -130,11 +140,13 @@ export function notificationContent(p: Prompt, o: ContentOptions): NotificationC
     ...p.choices.map(choiceLine),
     `Without an answer in ${Math.ceil(expireMs / 1000)} s: ${defaultWords(p.default)}${p.held ? ' (the connection waits)' : ''}.`,
   ];
+  const buttons = o.actions ? p.choices.slice(0, Math.max(0, o.uplinkButtons ?? DEFAULT_UPLINK_BUTTONS)) : [];
   if (!o.actions) lines.push('Answer with `waymark agent`.');
+  else if (buttons.length < p.choices.length) lines.push('For the other uplinks, answer with `waymark agent`.');
   const body = lines.join('\n');
   const actions: [string, string][] = o.actions
     ? [
-        ...p.choices.map((c): [string, string] => [`${USE_PREFIX}${c.uplink}`, uplinkLabel(c.uplink, scopes)]),
+        ...buttons.map((c): [string, string] => [`${USE_PREFIX}${c.uplink}`, uplinkLabel(c.uplink, scopes)]),
         [DENY_KEY, `Deny ${scopeWords(scopes.deny, scopes.minutes)}`],
       ]
     : [];

@@ -51,6 +51,8 @@ export class NotificationsUnavailable extends Error {
 export interface NotificationAgentOptions {
   /** What the buttons answer (default: an uplink always, for this destination; deny this time). */
   readonly scopes?: NotificationScopes;
+  /** Uplink buttons at most, Deny besides (default 2: servers show few buttons, Deny must be one). */
+  readonly uplinkButtons?: number;
   /** Milliseconds since the epoch (tests). */
   readonly now?: () => number;
 }
@@ -177,7 +179,10 @@ export async function runNotificationAgent(
     const p = entry.prompt;
     try {
       const caps = await capabilitiesNow();
-      const content = notificationContent(p, { actions: caps.actions, markup: caps.markup, scopes, now: now() });
+      const content = notificationContent(p, {
+        actions: caps.actions, markup: caps.markup, scopes, now: now(),
+        ...(options.uplinkButtons !== undefined ? { uplinkButtons: options.uplinkButtons } : {}),
+      });
       if (!content || !entry.open || stopped) return;
       const hints = {
         urgency: variant('y', content.urgency),

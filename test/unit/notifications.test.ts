@@ -136,6 +136,20 @@ describe('notification content (pure)', () => {
     assert.equal(c.summary, 'a<b>&c wants the Internet', 'the summary is never markup');
   });
 
+  test('at most two uplink buttons, Deny always among the buttons; the body still lists every choice', () => {
+    const base = prompt();
+    const vpn = { ...base.choices[0]!, uplink: 'vpn', kind: 'vpn' };
+    const p = prompt({ choices: [...base.choices, vpn] });
+    const c = notificationContent(p, { actions: true, markup: false, now: Date.now() });
+    assert.ok(c);
+    assert.deepEqual(c.actions.map(([k]) => k), ['use:wifi', 'use:cellular', 'deny']);
+    assert.match(c.body, /^vpn \(vpn, up\): free, unmetered$/m);
+    assert.match(c.body, /other uplinks, answer with `waymark agent`/);
+    const all = notificationContent(p, { actions: true, markup: false, now: Date.now(), uplinkButtons: 5 });
+    assert.deepEqual(all?.actions.map(([k]) => k), ['use:wifi', 'use:cellular', 'use:vpn', 'deny']);
+    assert.deepEqual(answerFor(p, 'use:vpn'), { choice: { uplink: 'vpn' }, scope: 'always' }, 'a choice without a button is still a valid answer');
+  });
+
   test('costs and choices in words', () => {
     assert.equal(costWords({ perMB: 0, perMinute: 0, currency: 'EUR' }), 'free');
     assert.equal(costWords({ perMB: 0.1 + 0.2, perMinute: 0.05, currency: 'USD' }), '0.3 USD/MB + 0.05 USD/min');
