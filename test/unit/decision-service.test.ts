@@ -4,12 +4,13 @@
  * cached answers (the generation) when the world says the config or the uplinks changed.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { ChangeFeed } from '../../src/daemon/changes.js';
-import { DecisionService } from '../../src/daemon/decisions.js';
+import { DecisionService, type AnswerRule, type PromptRequest } from '../../src/daemon/decisions.js';
+import type { PromptOutcome } from '../../src/prompt/prompt.js';
 import type { EventBody } from '../../src/daemon/events.js';
 import { LearnedHosts } from '../../src/daemon/learned.js';
 import type { WorldChange } from '../../src/daemon/world.js';
@@ -124,5 +125,65 @@ describe('DecisionService over a fake world', () => {
     await h.feed.emit({ kind: 'learned' });
     assert.equal(h.generation.value, g, 'sessions, observations and learnt addresses leave the answers be');
     assert.equal(ask(h.s, '1.1.1.1').generation, g, 'answers carry the current generation');
+  });
+});
+
+describe('DecisionService and an ask rule', () => {
+  const exe = readlinkSync('/proc/self/exe');
+  const asking = exampleConfig(`rules:
+  - name: ask-node
+    match: { exe: ${exe} }
+    ask: { default: deny, timeout: 5 }
+`);
+
+  function askingService(outcome: (req: PromptRequest) => Promise<PromptOutcome>) {
+    const h = service();
+    h.world.config = asking;
+    h.world.rules = rulesOf(asking);
+    const asked: PromptRequest[] = [];
+    const kept: AnswerRule[] = [];
+    h.s.askWith({ ask: (req) => { asked.push(req); return outcome(req); }, remember: (r) => { kept.push(r); } });
+    return { ...h, asked, kept };
+  }
+  const request = (port = 443): DecideRequest => ({ type: WM_TYPE.DECIDE, seq: ++seq, family: 4, proto: 'tcp', port, needs: 0, addr: Uint8Array.from([1, 1, 1, 1]), uplink: '', destination: '' });
+  const deferred = (r: DecideResponse | DeferredAnswer<DecideResponse>): DeferredAnswer<DecideResponse> => {
+    assert.ok(r instanceof DeferredAnswer, 'the connect waits for the user');
+    return r;
+  };
+
+  it('holds the connect, shows the app, the destination and the choices with their cost, then goes as answered; "always" is kept', async () => {
+    const h = askingService(() => Promise.resolve({ by: 'agent', uid: me.uid, answer: { choice: { uplink: 'cellular' }, scope: 'always' } }));
+    const d = deferred(h.s.decide(request(), me));
+    assert.equal(d.waitMs, 5000 + 2000);
+    const r = await d.answer;
+    assert.deepEqual([r.action, r.uplink], [WM_ACTION.STEER, 'cellular']);
+    const p = h.asked[0];
+    assert.ok(p);
+    assert.deepEqual([p.app.exe, p.target.destination, p.target.address, p.target.port, p.rule, p.default], [exe, 'internet', '1.1.1.1', 443, 'ask-node', { kind: 'deny' }]);
+    assert.deepEqual(p.choices.map((c) => [c.uplink, c.cost.perMB, c.metered]), [['wifi', 0, false], ['cellular', 0.02, true]]);
+    assert.deepEqual(h.kept, [{ match: { uid: me.uid, exe, destination: 'internet' }, action: { kind: 'only', uplinks: ['cellular'] }, owner: me.uid, scope: 'always' }]);
+  });
+
+  it('"deny, this time" fails that connect with EACCES, uncached, and keeps nothing; no answer: the default', async () => {
+    let h = askingService(() => Promise.resolve({ by: 'agent', uid: me.uid, answer: { choice: { deny: true }, scope: 'once' } }));
+    const r = await deferred(h.s.decide(request(), me)).answer;
+    assert.deepEqual([r.action, r.err, r.ttlMs], [WM_ACTION.DENY, 13, 0]);
+    assert.deepEqual(h.kept, []);
+    h = askingService(() => Promise.resolve({ by: 'timeout' }));
+    const t = await deferred(h.s.decide(request(), me)).answer;
+    assert.deepEqual([t.action, t.err], [WM_ACTION.DENY, 13], 'the rule\'s default: deny');
+  });
+
+  it('concurrent connects of one app to one destination share one key; name lookups are not asked about', async () => {
+    let release: (o: PromptOutcome) => void = () => undefined;
+    const gate = new Promise<PromptOutcome>((r) => { release = r; });
+    const h = askingService(() => gate);
+    const waiting = Array.from({ length: 10 }, () => deferred(h.s.decide(request(), me)).answer);
+    assert.equal(new Set(h.asked.map((a) => a.key)).size, 1);
+    release({ by: 'agent', uid: me.uid, answer: { choice: { uplink: 'wifi' }, scope: 'once' } });
+    for (const r of await Promise.all(waiting)) assert.equal(r.uplink, 'wifi');
+    const dns = h.s.decide(request(53), me);
+    assert.ok(!(dns instanceof DeferredAnswer));
+    assert.equal(dns.action, WM_ACTION.DENY, 'the default (deny) for a lookup, no prompt');
   });
 });
