@@ -6,7 +6,7 @@ import type { ParamsIn, RulesExplainResult, RuleView } from '../daemon/protocol.
 import type { ActionIn } from '../daemon/rule-store.js';
 import { renderTable } from './table.js';
 
-const list = (v: string, prev: string[]): string[] => [...prev, ...v.split(',').map((x) => x.trim()).filter(Boolean)];
+const list = (v: string, prev: string[] | undefined): string[] => [...(prev ?? []), ...v.split(',').map((x) => x.trim()).filter(Boolean)];
 const needList = (v: string, prev: NeedName[]): NeedName[] => [...prev, ...v.split(',').map((x) => {
   const n = NEED_NAMES.find((k) => k === x.trim());
   if (n === undefined) throw new InvalidArgumentError(`unknown need "${x}" (known: ${NEED_NAMES.join(', ')})`);
