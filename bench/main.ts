@@ -28,6 +28,7 @@ import { Lab, LAB } from '../src/lab/lab.js';
 import { publicRoot } from '../src/lab/public.js';
 import { parseAddress } from '../src/net/prefix.js';
 import { policyOfRule } from '../src/policy/rules.js';
+import { benchRules, benchRulesYaml, measureRules } from './rules.js';
 import { PACKAGE_ROOT } from '../src/version.js';
 import { measureTreeLatency } from '../test/support/cgroup-latency.js';
 import { exampleConfig, labStates } from '../test/support/fixture.js';
@@ -164,6 +165,20 @@ apps:
   console.log(`\ndecide() (rule evaluation, ${ITER} calls): ${full.toFixed(0)} ns/call; destination lookup alone ${lookup.toFixed(0)} ns/call; ratio ${(full / lookup).toFixed(2)}× (${sink > 0 ? 'ok' : ''})`);
 }
 
+/** Rule evaluation with 10, 1,000 and 10,000 rules loaded (bench/rules.ts: their shape). */
+function rulesBench(): void {
+  const config = exampleConfig();
+  console.log('\nrule evaluation (RuleSet.decideFor: the rule that decides one socket and its policy), 50,000 decisions each:');
+  console.log('rules loaded     p50 µs   p99 µs   compile ms   decided by a rule');
+  let at10k = NaN;
+  for (const n of [10, 1000, 10_000]) {
+    const r = measureRules(config, n);
+    if (n === 10_000) at10k = r.p50;
+    console.log(`${String(n).padStart(12)} ${r.p50.toFixed(2).padStart(10)} ${r.p99.toFixed(2).padStart(8)} ${r.compileMs.toFixed(1).padStart(12)}   ${(r.hits / 1000).toFixed(1)} %`);
+  }
+  console.log(`target: ≤ 5 µs p50 at 10,000 rules: ${at10k.toFixed(2)} µs`);
+}
+
 async function cgroupTreeBench(): Promise<void> {
   const n = Number(process.env['WAYMARK_BENCH_CGROUPS'] ?? 500);
   const root = join(await findCgroup2Mount(), `wm-bench-cgtree-${process.pid}-${randomBytes(2).toString('hex')}`);
@@ -191,4 +206,5 @@ async function cgroupTreeBench(): Promise<void> {
 
 await connectBench();
 decideBench();
+rulesBench();
 await cgroupTreeBench();

@@ -31,7 +31,7 @@
  */
 import type { NeedName } from '../config/schema.js';
 import { INTERNET, type DestinationSpec } from '../destination/destination.js';
-import { globMatch, isGlob } from '../glob.js';
+import { compileGlob, globMatch, isGlob } from '../glob.js';
 import { allowsUplink, narrow, type AppFacts, type AppRule } from './app.js';
 
 export type RuleSource = 'config' | 'cli' | 'answer';
@@ -160,19 +160,78 @@ const SOURCE_ORDER: Record<RuleSource, number> = { answer: 0, cli: 0, config: 1 
  * config's (in file order). `stored` is in the order added (oldest first).
  */
 export function ordered(config: readonly Rule[], stored: readonly Rule[]): Rule[] {
-  const all = [...[...stored].reverse(), ...config];
-  const pos = new Map(all.map((r, i) => [r, i]));
-  return all.sort((a, b) => specificity(b.match) - specificity(a.match)
-    || SOURCE_ORDER[a.source] - SOURCE_ORDER[b.source] || (pos.get(a) ?? 0) - (pos.get(b) ?? 0));
+  const all = [...[...stored].reverse(), ...config].map((rule, pos) => ({ rule, pos, spec: specificity(rule.match), src: SOURCE_ORDER[rule.source] }));
+  return all.sort((a, b) => b.spec - a.spec || a.src - b.src || a.pos - b.pos).map((x) => x.rule);
 }
 
-/** The most selective exact app field of a rule: the list it is filed under. */
-function bucketOf(m: RuleMatch): string | undefined {
+/** The most selective exact app field of a rule and its value: the list it is filed under. */
+function bucketOf(m: RuleMatch): [BucketField, string | number] | undefined {
   for (const f of APP_FIELDS) {
     const p = m[f];
-    if (p !== undefined && !isGlob(p)) return `${f}\0${p}`;
+    if (p !== undefined && !isGlob(p)) return [f, p];
   }
-  return m.uid !== undefined ? `uid\0${m.uid}` : undefined;
+  return m.uid !== undefined ? ['uid', m.uid] : undefined;
+}
+
+type BucketField = AppField | 'uid';
+
+/** A rule compiled for the decision path: its rank and its tests, the cheap and selective ones first. */
+interface Entry {
+  readonly rule: Rule;
+  readonly rank: number;
+  /** Whether it matches a query (every field). */
+  readonly test: (q: RuleQuery, now: number) => boolean;
+  /** Whether it matches an app, whatever the destination, protocol, port and needs. */
+  readonly appTest: (f: AppFacts, now: number) => boolean;
+}
+
+/** A pattern as a test: equality, or the glob's literal prefix and then its RegExp. */
+function patternTest(p: string): (v: string) => boolean {
+  if (!isGlob(p)) return (v) => v === p;
+  const re = compileGlob(p);
+  if (typeof re === 'string') return () => false;
+  const literal = p.slice(0, p.search(/[*?[]/));
+  return literal === '' ? (v) => re.test(v) : (v) => v.startsWith(literal) && re.test(v);
+}
+
+function compileEntry(rule: Rule, rank: number): Entry {
+  const m = rule.match;
+  const tests: ((f: AppFacts) => boolean)[] = [];
+  for (const field of APP_FIELDS) {
+    const p = m[field];
+    if (p === undefined) continue;
+    const t = patternTest(p);
+    tests.push((f) => {
+      const v = factOf(f, field);
+      return v !== null && t(v);
+    });
+  }
+  if (m.uid !== undefined) {
+    const uid = m.uid;
+    tests.push((f) => f.uid === uid);
+  }
+  const expires = rule.expiresAt;
+  const appTest = (f: AppFacts, now: number): boolean => {
+    if (expires !== undefined && expires <= now) return false;
+    for (const t of tests) if (!t(f)) return false;
+    return true;
+  };
+  const { destination, port, proto } = m;
+  const needs = m.needs ?? NO_NEEDS;
+  const test = (q: RuleQuery, now: number): boolean => (destination === undefined || destination === q.destination)
+    && (port === undefined || port === q.port) && (proto === undefined || proto === q.proto)
+    && (needs.length === 0 || needs.every((n) => q.needs.includes(n))) && appTest(q.facts, now);
+  return { rule, rank, test, appTest };
+}
+
+/** The first entry of a list (in rank order) that matches and ranks before `before`. */
+function firstIn(list: readonly Entry[] | undefined, q: RuleQuery, now: number, before: number): Entry | undefined {
+  if (list === undefined) return undefined;
+  for (const e of list) {
+    if (e.rank >= before) return undefined; // in decision order: nothing later can win
+    if (e.test(q, now)) return e;
+  }
+  return undefined;
 }
 
 /** What one rule allows, as decide() and the kernel take it (an ask: its default, until answered). */
@@ -200,9 +259,13 @@ const KERNEL_MEMO = 4096;
 export class RuleSet {
   /** Every rule in decision order. */
   readonly rules: readonly Rule[];
-  private readonly rank = new Map<Rule, number>();
-  private readonly buckets = new Map<string, Rule[]>();
-  private readonly general: Rule[] = [];
+  private readonly entries: readonly Entry[];
+  /** Per app field (those some rule names exactly), per value: the rules filed there. */
+  private readonly buckets = new Map<BucketField, Map<string | number, Entry[]>>();
+  /** The same, as an array (iterated on every decision). */
+  private readonly bucketList: (readonly [BucketField, ReadonlyMap<string | number, readonly Entry[]>])[];
+  /** The rules filed under no app field, per destination ('': any destination). */
+  private readonly general = new Map<string, Entry[]>();
   private readonly policies = new Map<Rule, AppRule | undefined>();
   private readonly kernelMemo = new Map<string, AppRule>();
   /** Every uplink some destination is reached by. */
@@ -211,16 +274,23 @@ export class RuleSet {
   private constructor(rules: readonly Rule[], private readonly destinations: readonly DestinationSpec[], private readonly uplinks: readonly string[]) {
     this.rules = rules;
     this.routed = new Set(destinations.flatMap((d) => d.via));
-    rules.forEach((r, i) => {
-      this.rank.set(r, i);
-      const b = bucketOf(r.match);
-      if (b === undefined) this.general.push(r);
-      else {
-        let list = this.buckets.get(b);
-        if (!list) this.buckets.set(b, (list = []));
-        list.push(r);
+    this.entries = rules.map((r, i) => compileEntry(r, i));
+    for (const e of this.entries) {
+      const b = bucketOf(e.rule.match);
+      let list: Entry[] | undefined;
+      if (b === undefined) {
+        const d = e.rule.match.destination ?? '';
+        list = this.general.get(d);
+        if (!list) this.general.set(d, (list = []));
+      } else {
+        let byValue = this.buckets.get(b[0]);
+        if (!byValue) this.buckets.set(b[0], (byValue = new Map()));
+        list = byValue.get(b[1]);
+        if (!list) byValue.set(b[1], (list = []));
       }
-    });
+      list.push(e);
+    }
+    this.bucketList = [...this.buckets];
   }
 
   /** The rules of the config and the stored ones (CLI, answers), for the config's destinations and uplinks. */
@@ -239,45 +309,45 @@ export class RuleSet {
     return this.rules.length;
   }
 
-  /** The rule that decides this query (undefined: none; default routing). */
-  evaluate(q: RuleQuery, now = Date.now()): Rule | undefined {
-    let best: Rule | undefined;
-    let bestRank = Infinity;
-    const consider = (list: readonly Rule[] | undefined): void => {
-      if (!list) return;
-      for (const r of list) {
-        const k = this.rank.get(r) ?? Infinity;
-        if (k >= bestRank) return; // lists are in decision order: nothing later can win
-        if (mismatch(r, q, now) === undefined) {
-          best = r;
-          bestRank = k;
-          return;
-        }
-      }
-    };
-    const f = q.facts;
-    for (const field of APP_FIELDS) {
-      const v = factOf(f, field);
-      if (v !== null) consider(this.buckets.get(`${field}\0${v}`));
+  /** The lists an app's facts select: its buckets, then the general lists (destination `d` and any; all when d is undefined). */
+  private listsFor(f: AppFacts, d: string | undefined): (readonly Entry[])[] {
+    const out: (readonly Entry[])[] = [];
+    for (const [field, byValue] of this.buckets) {
+      const v = field === 'uid' ? f.uid : factOf(f, field);
+      const l = v === null ? undefined : byValue.get(v);
+      if (l) out.push(l);
     }
-    consider(this.buckets.get(`uid\0${f.uid}`));
-    consider(this.general);
-    return best;
+    if (d === undefined) out.push(...this.general.values());
+    else {
+      const mine = this.general.get(d);
+      const any = this.general.get('');
+      if (mine) out.push(mine);
+      if (any) out.push(any);
+    }
+    return out;
+  }
+
+  /** The rule that decides this query (undefined: none; default routing). On every first decision: no allocation. */
+  evaluate(q: RuleQuery, now = Date.now()): Rule | undefined {
+    const f = q.facts;
+    let best: Entry | undefined;
+    for (const [field, byValue] of this.bucketList) {
+      const v = field === 'uid' ? f.uid : factOf(f, field);
+      if (v === null) continue;
+      const e = firstIn(byValue.get(v), q, now, best === undefined ? Infinity : best.rank);
+      if (e) best = e;
+    }
+    const mine = firstIn(this.general.get(q.destination), q, now, best === undefined ? Infinity : best.rank);
+    if (mine) best = mine;
+    const any = firstIn(this.general.get(''), q, now, best === undefined ? Infinity : best.rank);
+    if (any) best = any;
+    return best?.rule;
   }
 
   /** The rules that match an app's facts for some destination, protocol, port or needs, in decision order. */
   candidates(f: AppFacts, now = Date.now()): Rule[] {
-    const lists: (readonly Rule[])[] = [];
-    for (const field of APP_FIELDS) {
-      const v = factOf(f, field);
-      const l = v === null ? undefined : this.buckets.get(`${field}\0${v}`);
-      if (l) lists.push(l);
-    }
-    const byUid = this.buckets.get(`uid\0${f.uid}`);
-    if (byUid) lists.push(byUid);
-    lists.push(this.general);
-    const out = lists.flat().filter((r) => appMismatch(r, f, now) === undefined);
-    return out.sort((a, b) => (this.rank.get(a) ?? 0) - (this.rank.get(b) ?? 0));
+    const out = this.listsFor(f, undefined).flat().filter((e) => e.appTest(f, now));
+    return out.sort((a, b) => a.rank - b.rank).map((e) => e.rule);
   }
 
   /**
