@@ -13,7 +13,7 @@ import type { AppRule } from '../policy/app.js';
 import { counterName, nftUplinkId } from '../nftables/ruleset.js';
 import { compileGlob } from '../glob.js';
 import { globProblem, type UplinkSpec } from '../uplink/uplink.js';
-import { configSchema, type RawConfig } from './schema.js';
+import { configSchema, STABILITY_VALUES, type RawConfig } from './schema.js';
 import { errorMessage } from '../errors.js';
 
 export const DEFAULT_CONFIG_PATH = '/etc/waymark/waymark.yaml';
@@ -230,6 +230,11 @@ function resolve(raw: RawConfig, check: (path: Path, message: string) => void): 
       preference: u.preference,
       gateway,
       dns: u.dns ?? [],
+      properties: {
+        ...(u.bandwidth_mbps !== undefined ? { bandwidthMbps: u.bandwidth_mbps } : {}),
+        ...(u.latency_ms !== undefined ? { latencyMs: u.latency_ms } : {}),
+        ...(u.stability !== undefined ? { stability: typeof u.stability === 'number' ? u.stability : STABILITY_VALUES[u.stability] } : {}),
+      },
     };
   });
   raw.uplinks.forEach((u, i) => {

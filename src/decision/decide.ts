@@ -99,7 +99,7 @@ export function decide(input: DecisionInput): Decision {
   const order = app?.uplinks;
   const ranked = order && !needs.some((n) => n !== 'no-roaming' && n !== 'unmetered')
     ? [...allowed].sort((a, b) => order.indexOf(a.spec.name) - order.indexOf(b.spec.name))
-    : [...allowed].sort((a, b) => compareForNeeds(a.spec, b.spec, needs));
+    : [...allowed].sort((a, b) => compareForNeeds(a, b, needs));
   const best = ranked[0] as UplinkState;
   return steer(best, needs.length ? `needs ${needs.join(',')}` : `${appName} prefers it`);
 }
