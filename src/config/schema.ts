@@ -41,7 +41,8 @@ export const costSchema = z.strictObject({
 
 /** The words `stability` takes, and the numbers they stand for (docs/needs.md). */
 export const STABILITY_WORDS = ['low', 'medium', 'high'] as const;
-export const STABILITY_VALUES: Readonly<Record<(typeof STABILITY_WORDS)[number], number>> = { low: 0.3, medium: 0.6, high: 0.9 };
+export type StabilityWord = (typeof STABILITY_WORDS)[number];
+export const STABILITY_VALUES: Readonly<Record<StabilityWord, number>> = { low: 0.3, medium: 0.6, high: 0.9 };
 
 export const uplinkSchema = z.strictObject({
   name,
@@ -69,9 +70,10 @@ export const uplinkSchema = z.strictObject({
   /** Typical round-trip time to the Internet, in ms; a measured RTT takes its place once there is one. */
   latency_ms: z.number().nonnegative('must be a number of milliseconds, 0 or more').optional(),
   /** How unlikely the link is to drop: 0 (drops all the time) to 1 (never), or low | medium | high. */
-  stability: z.union([z.number().min(0).max(1), z.enum(STABILITY_WORDS)], {
-    error: 'must be a number from 0 to 1, or one of: low, medium, high',
-  }).optional(),
+  stability: z.custom<number | StabilityWord>(
+    (v) => (typeof v === 'number' && v >= 0 && v <= 1) || (typeof v === 'string' && (STABILITY_WORDS as readonly string[]).includes(v)),
+    { error: 'must be a number from 0 to 1, or one of: low, medium, high' },
+  ).optional(),
 });
 
 export const destinationSchema = z.strictObject({
