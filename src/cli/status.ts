@@ -14,7 +14,7 @@ function bytes(n: number): string {
 
 export function formatStatus(s: StatusResult): string {
   const uplinks = renderTable(
-    ['UPLINK', 'KIND', 'STATE', 'DEVICE', 'ADDRESSES', 'GATEWAY', 'DNS', 'COST/MB', 'METERED', 'TABLE', 'MARK', 'TX/RX'],
+    ['UPLINK', 'KIND', 'STATE', 'DEVICE', 'ADDRESSES', 'GATEWAY', 'DNS', 'COST/MB', 'METERED', 'TABLE', 'MARK', 'TX/RX', 'SEEN'],
     s.uplinks.map((u) => [
       u.name + (u.roaming ? ' (roaming)' : ''),
       u.kind,
@@ -28,6 +28,7 @@ export function formatStatus(s: StatusResult): string {
       String(u.table),
       u.mark,
       u.traffic ? `${bytes(u.traffic.txBytes)}/${bytes(u.traffic.rxBytes)}` : '-',
+      seen(u),
     ]),
   );
   const destinations = renderTable(
@@ -72,6 +73,15 @@ export function formatStatus(s: StatusResult): string {
       + (a.active ? 'steered in the kernel (waymark apps)' : `NOT steered in the kernel: ${a.reason ?? 'unknown'}`)
     : '';
   return `${uplinks}\n\n${destinations}${sessions}\n\n${footer}${decisions}${control}${events}${apps}\n`;
+}
+
+/** What the daemon observed of an uplink: "rtt 23 ms, 2 drops/h" (no RTT: "rtt -"). */
+function seen(u: StatusResult['uplinks'][number]): string {
+  const o = u.observed;
+  if (!o) return '-';
+  const rtt = o.rttMs === null ? 'rtt -' : `rtt ${o.rttMs < 10 ? o.rttMs.toFixed(1) : Math.round(o.rttMs)} ms`;
+  const per = o.windowMinutes === 60 ? 'h' : `${o.windowMinutes}min`;
+  return `${rtt}, ${o.drops} ${o.drops === 1 ? 'drop' : 'drops'}/${per}`;
 }
 
 /** "1 connection", "2 connections". */

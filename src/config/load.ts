@@ -14,7 +14,7 @@ import { userId } from '../identity/users.js';
 import { counterName, nftUplinkId } from '../nftables/ruleset.js';
 import { compileGlob } from '../glob.js';
 import { globProblem, type UplinkSpec } from '../uplink/uplink.js';
-import { configSchema, type RawConfig, type RawFixedAction, type RawRule } from './schema.js';
+import { configSchema, STABILITY_VALUES, type RawConfig, type RawFixedAction, type RawRule } from './schema.js';
 import { errorMessage } from '../errors.js';
 
 export const DEFAULT_CONFIG_PATH = '/etc/waymark/waymark.yaml';
@@ -242,6 +242,11 @@ function resolve(
       preference: u.preference,
       gateway,
       dns: u.dns ?? [],
+      properties: {
+        ...(u.bandwidth_mbps !== undefined ? { bandwidthMbps: u.bandwidth_mbps } : {}),
+        ...(u.latency_ms !== undefined ? { latencyMs: u.latency_ms } : {}),
+        ...(u.stability !== undefined ? { stability: typeof u.stability === 'number' ? u.stability : STABILITY_VALUES[u.stability] } : {}),
+      },
     };
   });
   raw.uplinks.forEach((u, i) => {

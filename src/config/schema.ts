@@ -39,6 +39,11 @@ export const costSchema = z.strictObject({
   currency: z.string().regex(/^[A-Z]{3}$/, 'must be an ISO 4217 code such as EUR').default('EUR'),
 });
 
+/** The words `stability` takes, and the numbers they stand for (docs/needs.md). */
+export const STABILITY_WORDS = ['low', 'medium', 'high'] as const;
+export type StabilityWord = (typeof STABILITY_WORDS)[number];
+export const STABILITY_VALUES: Readonly<Record<StabilityWord, number>> = { low: 0.3, medium: 0.6, high: 0.9 };
+
 export const uplinkSchema = z.strictObject({
   name,
   /** Interface name or glob (wwan*, ppp?). The first matching link (lowest ifindex) is used. */
@@ -60,6 +65,15 @@ export const uplinkSchema = z.strictObject({
   gateway: z.strictObject({ ipv4: address.optional(), ipv6: address.optional() }).optional(),
   /** DNS servers of this uplink; otherwise what its link announces (IPv6 RDNSS). */
   dns: z.array(address).optional(),
+  /** What the needs compare (docs/needs.md); absent: the kind's default. Typical throughput, in Mbit/s. */
+  bandwidth_mbps: z.number().positive('must be a number of Mbit/s greater than 0').optional(),
+  /** Typical round-trip time to the Internet, in ms; a measured RTT takes its place once there is one. */
+  latency_ms: z.number().nonnegative('must be a number of milliseconds, 0 or more').optional(),
+  /** How unlikely the link is to drop: 0 (drops all the time) to 1 (never), or low | medium | high. */
+  stability: z.custom<number | StabilityWord>(
+    (v) => (typeof v === 'number' && v >= 0 && v <= 1) || (typeof v === 'string' && (STABILITY_WORDS as readonly string[]).includes(v)),
+    { error: 'must be a number from 0 to 1, or one of: low, medium, high' },
+  ).optional(),
 });
 
 export const destinationSchema = z.strictObject({

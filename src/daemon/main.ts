@@ -30,6 +30,7 @@ import { DEFAULT_SOCKET, METHODS, PROTOCOL_VERSION, PROTOCOL_VERSIONS, type Hell
 import { ControlServer, RequestError } from './server.js';
 import { DEFAULT_STATE_DIR, StateStore } from './state.js';
 import { errorMessage } from '../errors.js';
+import { DEFAULT_RTT_INTERVAL_MS, RttMonitor, sockDiagPort } from './rtt-monitor.js';
 
 const program = new Command('waymarkd')
   .description('Waymark daemon: watches the uplinks, keeps per-uplink policy routing in the kernel, answers on a Unix socket.')
@@ -42,6 +43,8 @@ const program = new Command('waymarkd')
   .addOption(new Option('--log-level <level>', 'least severe level logged').choices(['debug', 'info', 'warn', 'error']).default('info'))
   .addOption(new Option('--busy-poll-us <µs>', 'after a decision request, poll this long (yielding the CPU) before sleeping: answers the next first connect of a burst without a wake-up; 0 turns it off')
     .default(DEFAULT_BUSY_POLL_US).argParser(busyPollUs))
+  .addOption(new Option('--rtt-interval <s>', 'how often the RTT of the TCP connections over each uplink is read (sock_diag), in seconds')
+    .default(DEFAULT_RTT_INTERVAL_MS / 1000).argParser(rttInterval))
   .version(VERSION)
   .addHelpText('after', `
 Signals: SIGHUP reloads the configuration (a bad file is rejected and the running one stays);
@@ -52,7 +55,7 @@ Exit status: 0 stopped cleanly (--check: the configuration is valid); 1 bad opti
 start or unclean stop; 75 another waymarkd holds a lock or answers on the socket (that one keeps
 running); 78 configuration rejected (each problem as FILE:LINE:COLUMN: FIELD: PROBLEM).`);
 
-interface Opts { config: string; socket: string; stateDir: string; keepState: boolean; check: boolean; logLevel: Level; busyPollUs: number; cgroupRoot: string }
+interface Opts { config: string; socket: string; stateDir: string; keepState: boolean; check: boolean; logLevel: Level; busyPollUs: number; cgroupRoot: string; rttInterval: number }
 
 /** "/", "" or "a/b" (no "." or ".." components): the root relative to the mount, '' for the whole hierarchy. */
 function cgroupRoot(v: string): string {
@@ -64,6 +67,12 @@ function cgroupRoot(v: string): string {
 function busyPollUs(v: string): number {
   const n = Number(v);
   if (!/^\d+$/.test(v) || n > 100_000) throw new InvalidArgumentError('a whole number of microseconds, 0 to 100000');
+  return n;
+}
+
+function rttInterval(v: string): number {
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || n < 1 || n > 3600) throw new InvalidArgumentError('a whole number of seconds, 1 to 3600');
   return n;
 }
 
@@ -186,6 +195,9 @@ async function main(): Promise<void> {
   // The stored rules before anything enforces: the kernel gets the apps' entries with them.
   await ruleStore.load(saved.rules, saved.nextRule);
   await routing.start();
+  // After the first pass: the uplinks' links and addresses are known to attribute sockets to.
+  const rtt = new RttMonitor(world, sockDiagPort(), log, opts.rttInterval * 1000);
+  rtt.start();
   await sessions.restore(saved.sessions);
   await sessions.refresh();
   // The apps: the root's entry, then every cgroup below it as the tree finds them, live from now on.
@@ -213,6 +225,7 @@ async function main(): Promise<void> {
       decideServer.close();
       decisions.close(); // its prune timer
       ruleStore.close();
+      rtt.close();
       // Libraries drop their cached answers at once and fall back to their fail-open/closed mode.
       if (generation.opened) generation.bump();
       sessions.close();

@@ -93,6 +93,19 @@ export interface UplinkStatusView {
   mark: string;
   markMask: string;
   traffic: { txBytes: number; rxBytes: number } | null;
+  /**
+   * What the needs compare (docs/needs.md): each property as configured, else the kind's default
+   * (`source`); the latency measured from the device's TCP connections once there is enough.
+   */
+  properties?: {
+    bandwidthMbps: { value: number; source: 'config' | 'kind' };
+    latencyMs: { value: number; source: 'measured' | 'config' | 'kind' };
+    stability: { value: number; source: 'config' | 'kind' };
+    /** Stability after the recent drops (what `long-lived` ranks by). */
+    effectiveStability: number;
+  };
+  /** What the daemon observed: the median tcpi_rtt of recent samples (null: not enough), drops in the window. */
+  observed?: { rttMs: number | null; rttSamples: number; drops: number; windowMinutes: number };
 }
 
 export interface DestinationStatusView {

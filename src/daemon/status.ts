@@ -7,6 +7,9 @@ import { bestUplink } from '../routing/desired.js';
 import { PROTOCOL_VERSION, type DestinationStatusView, type StatusResult, type UplinkStatusView } from './protocol.js';
 import type { LastReconcile } from '../routing/reconciler.js';
 import type { World } from './world.js';
+import { bandwidthMbps, DEFAULT_STABILITY, latencyMs, stability } from '../decision/needs.js';
+import { FLAP_WINDOW_MS } from '../uplink/health.js';
+import type { UplinkState } from '../uplink/state.js';
 
 const hex = (n: number): string => `0x${(n >>> 0).toString(16).padStart(8, '0')}`;
 
@@ -15,6 +18,17 @@ export interface DaemonFacts {
   readonly configPath: string;
   readonly pid: number;
   readonly startedAt: Date;
+}
+
+function propertiesView(s: UplinkState): NonNullable<UplinkStatusView['properties']> {
+  const p = s.spec.properties;
+  const lat = latencyMs(s);
+  return {
+    bandwidthMbps: { value: bandwidthMbps(s), source: p.bandwidthMbps === undefined ? 'kind' : 'config' },
+    latencyMs: { value: Math.round(lat.ms * 100) / 100, source: lat.source },
+    stability: { value: p.stability ?? DEFAULT_STABILITY[s.spec.kind], source: p.stability === undefined ? 'kind' : 'config' },
+    effectiveStability: stability(s),
+  };
 }
 
 export function statusView(
@@ -46,6 +60,13 @@ export function statusView(
       mark: hex(s.mark),
       markMask: hex(MARK_MASK),
       traffic: tx && rx ? { txBytes: tx.bytes, rxBytes: rx.bytes } : null,
+      properties: propertiesView(s),
+      observed: {
+        rttMs: s.observed?.rttMs === undefined ? null : Math.round(s.observed.rttMs * 100) / 100,
+        rttSamples: s.observed?.rttSamples ?? 0,
+        drops: s.observed?.drops ?? 0,
+        windowMinutes: FLAP_WINDOW_MS / 60_000,
+      },
     };
   });
   const destinations: DestinationStatusView[] = world.config.destinations.map((d) => {

@@ -14,6 +14,8 @@ import type { LinkMsg, AddrMsg, RouteMsg, RdnssMsg } from '../netlink/message.js
 import { fallbackUplinks, MAIN_TABLE, unmarkedEgress, type Fallback } from '../routing/fallback.js';
 import { SessionRegistry } from '../session/session.js';
 import { assignSlots } from '../uplink/slots.js';
+import { observedRanking } from '../decision/needs.js';
+import { UplinkHealth } from '../uplink/health.js';
 import { ambiguousMatches, unusableMatches, uplinkStates, type UplinkState } from '../uplink/state.js';
 import { ChangeFeed, type Listener } from './changes.js';
 import { systemClock, type Clock } from './clock.js';
@@ -79,11 +81,16 @@ export class World {
   private fingerprint = '';
   /** Uplinks whose match claims several links, as last logged. */
   private ambiguity = '[[],[]]';
+  /** Drops and measured RTTs (src/uplink/health.ts), attached to the states as `observed`. */
+  private readonly health: UplinkHealth;
+  /** observe() ran and settled() has not yet: the pass in flight announces what changed. */
+  private unsettled = false;
 
   constructor(private readonly opts: WorldOptions) {
     this.currentConfig = opts.config;
     this.compiled = RuleSet.compile(opts.config.rules, [], opts.config);
     this.clock = opts.clock ?? systemClock;
+    this.health = new UplinkHealth(() => this.clock.now());
     this.currentSlots = assignSlots(opts.config.uplinks.map((u) => u.name), new Map(Object.entries(opts.savedSlots)));
     this.learned = new LearnedHosts({
       onChange: () => this.announce({ kind: 'learned' }),
@@ -192,7 +199,11 @@ export class World {
    */
   observe(facts: LinkFacts): readonly UplinkState[] {
     const routes = facts.routes.filter((r) => r.table === MAIN_TABLE);
-    this.states = uplinkStates(this.currentConfig.uplinks, this.currentSlots, { links: facts.links, addrs: facts.addrs, routes, linkDns: this.validLinkDns() });
+    const derived = uplinkStates(this.currentConfig.uplinks, this.currentSlots, { links: facts.links, addrs: facts.addrs, routes, linkDns: this.validLinkDns() });
+    this.health.flaps.update(derived.map((s) => ({ name: s.spec.name, status: s.status })));
+    this.health.rtt.retain(new Set(derived.map((s) => s.spec.name)));
+    this.states = this.withObservations(derived);
+    this.unsettled = true;
     this.mainDefaults = unmarkedEgress(routes, this.states, this.currentConfig.destinations);
     this.fallbackNow = fallbackUplinks(routes, this.states, this.currentConfig.destinations);
     this.warnAmbiguous(facts.links);
@@ -205,11 +216,44 @@ export class World {
    * last call, emits `uplinks` (not awaited: its subscribers log their own failures).
    */
   settled(): void {
-    // Where unmarked traffic leaves is part of it: the app BPF maps predict from it.
-    const fp = JSON.stringify([this.states.map((u) => [u.spec.name, u.status, u.link?.index, u.families, u.dns]), this.mainDefaults]);
+    this.unsettled = false;
+    const fp = this.decisionFingerprint();
     if (fp === this.fingerprint) return;
     this.fingerprint = fp;
     this.announce({ kind: 'uplinks', states: this.states });
+  }
+
+  private decisionFingerprint(): string {
+    // Where unmarked traffic leaves is part of it: the app BPF maps predict from it. So is the
+    // order the observations put the uplinks in for the needs that read them.
+    return JSON.stringify([this.states.map((u) => [u.spec.name, u.status, u.link?.index, u.families, u.dns]), this.mainDefaults, observedRanking(this.states)]);
+  }
+
+  /**
+   * One round of measured RTTs (ms, by uplink: src/daemon/rtt-monitor.ts), then reobserve():
+   * the decisions follow only if a need's order changed.
+   */
+  noteRtt(samples: ReadonlyMap<string, readonly number[]>): void {
+    for (const [name, ms] of samples) this.health.rtt.add(name, ms);
+    this.reobserve();
+  }
+
+  /**
+   * Re-reads the observations into the states (the flap window slides, RTT samples age); emits
+   * `uplinks` when that changed what decisions depend on, unless a pass is in flight (its
+   * settled() will).
+   */
+  reobserve(): void {
+    this.states = this.withObservations(this.states);
+    if (this.unsettled) return;
+    const fp = this.decisionFingerprint();
+    if (fp === this.fingerprint) return;
+    this.fingerprint = fp;
+    this.announce({ kind: 'uplinks', states: this.states });
+  }
+
+  private withObservations(states: readonly UplinkState[]): UplinkState[] {
+    return states.map((s) => ({ ...s, observed: this.health.observation(s.spec.name) }));
   }
 
   /** Sessions or their backstops changed; resolves once every subscriber followed (the nftables table is loaded). */

@@ -121,9 +121,9 @@ function placeIn(order: readonly string[], u: UplinkState): number {
 function rank(allowed: readonly UplinkState[], app: AppRule | undefined, needs: readonly NeedName[]): UplinkState[] {
   const order = app?.uplinks ?? app?.prefer;
   if (order && !needs.some((n) => n !== 'no-roaming' && n !== 'unmetered')) {
-    return [...allowed].sort((a, b) => placeIn(order, a) - placeIn(order, b) || compareForNeeds(a.spec, b.spec, needs));
+    return [...allowed].sort((a, b) => placeIn(order, a) - placeIn(order, b) || compareForNeeds(a, b, needs));
   }
-  return [...allowed].sort((a, b) => compareForNeeds(a.spec, b.spec, needs));
+  return [...allowed].sort((a, b) => compareForNeeds(a, b, needs));
 }
 
 /** One uplink as an explanation sees it: taken (ranked `rank`, 1 the winner) or why not. */

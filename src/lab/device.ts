@@ -27,7 +27,7 @@ export interface Device {
   dispose(): Promise<void>;
 }
 
-export async function startDevice(lab: Lab, opts: { config?: string; logLevel?: string } = {}): Promise<Device> {
+export async function startDevice(lab: Lab, opts: { config?: string; logLevel?: string; daemonArgs?: readonly string[] } = {}): Promise<Device> {
   const dir = `/tmp/waymark-lab-${lab.runId}`;
   mkdirSync(dir, { recursive: true, mode: 0o755 });
   chmodSync(dir, 0o755);
@@ -39,7 +39,7 @@ export async function startDevice(lab: Lab, opts: { config?: string; logLevel?: 
     daemon: undefined as unknown as ChildProcess,
     // Another user runs the CLI from a copy it can read (see public.ts).
     waymark: (args, o = {}) => lab.run('dev', [process.execPath, o.uid ? join(publicRoot(), 'dist/src/cli/main.js') : CLI_JS, '--socket', socket, ...args], o),
-    async startDaemon(extra = []) {
+    async startDaemon(extra = opts.daemonArgs ?? []) {
       const log = openSync(join(dir, 'waymarkd.log'), 'a');
       this.daemon = lab.spawn('dev', [process.execPath, DAEMON_JS, '--config', configPath, '--socket', socket,
         '--state-dir', join(dir, 'state'), '--log-level', opts.logLevel ?? 'debug',

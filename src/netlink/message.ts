@@ -135,7 +135,8 @@ export function errorCode(m: NlMessage): number {
   return m.body.length >= 4 ? -m.body.readInt32LE(0) : 0;
 }
 
-function parseAttrs(buf: Buffer, off: number): Map<number, Buffer> {
+/** The attributes (rtattr/nlattr, 4-aligned) from `off` to the end of `buf`, by type (the last of a type wins). */
+export function parseAttrs(buf: Buffer, off: number): Map<number, Buffer> {
   const attrs = new Map<number, Buffer>();
   while (off + 4 <= buf.length) {
     const len = buf.readUInt16LE(off);

@@ -1,5 +1,6 @@
 /**
- * An rtnetlink socket driven by the Node event loop through the native addon.
+ * A netlink socket driven by the Node event loop through the native addon: rtnetlink
+ * (RtnlSocket) and sock_diag (src/daemon/rtt-monitor.ts) alike.
  * Requests are serialised (a dump must finish before the next starts on one socket) and matched
  * to replies by sequence number; multicast events go to the `onEvent` callback.
  */
@@ -30,7 +31,7 @@ interface Pending {
   reject(e: Error): void;
 }
 
-export class RtnlSocket {
+export class NetlinkSocket {
   private readonly fd: number;
   private readonly watcher: { stop(): void };
   private seq = Math.floor(Math.random() * 0x7fffffff);
@@ -43,8 +44,8 @@ export class RtnlSocket {
    * @param onEvent called with every multicast message; `undefined` signals lost events (ENOBUFS),
    *   after which the caller must resynchronise from a full dump.
    */
-  constructor(groups = 0, private readonly onEvent?: (m: NlMessage | undefined) => void) {
-    this.fd = native.netlinkOpen(NETLINK_ROUTE, groups);
+  constructor(protocol: number, groups = 0, private readonly onEvent?: (m: NlMessage | undefined) => void) {
+    this.fd = native.netlinkOpen(protocol, groups);
     this.watcher = native.watch(this.fd, () => this.drain());
   }
 
@@ -111,5 +112,12 @@ export class RtnlSocket {
     } else {
       p.replies.push(m);
     }
+  }
+}
+
+/** An rtnetlink (NETLINK_ROUTE) socket. */
+export class RtnlSocket extends NetlinkSocket {
+  constructor(groups = 0, onEvent?: (m: NlMessage | undefined) => void) {
+    super(NETLINK_ROUTE, groups, onEvent);
   }
 }

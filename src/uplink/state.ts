@@ -6,6 +6,7 @@ import { nftSafeIfname } from '../backstop/nft.js';
 import { markForSlot, softMarkForSlot, tableForSlot } from '../constants.js';
 import { IFF, RT_SCOPE, type AddrMsg, type LinkMsg, type RouteMsg } from '../netlink/message.js';
 import { isLinkLocal, parseAddress, type Family } from '../net/prefix.js';
+import type { UplinkObservation } from './health.js';
 import { matchesInterface, type UplinkSpec } from './uplink.js';
 
 const MAIN_TABLE = 254;
@@ -36,6 +37,8 @@ export interface UplinkState {
   /** DNS servers: from the config, else what the link reports (router advertisements). */
   readonly dns: readonly string[];
   readonly dnsSource: 'config' | 'link' | 'none';
+  /** What the daemon observed of it lately (drops, measured RTT); absent: nothing yet. */
+  readonly observed?: UplinkObservation;
 }
 
 export interface KernelView {

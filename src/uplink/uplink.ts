@@ -16,6 +16,17 @@ export interface UplinkSpec {
   /** Configured next hops, used when the kernel shows none for the link. */
   readonly gateway: Partial<Record<Family, string>>;
   readonly dns: readonly string[];
+  /** What the user said of the link (docs/needs.md); each absent one is the kind's default (src/decision/needs.ts). */
+  readonly properties: UplinkProperties;
+}
+
+export interface UplinkProperties {
+  /** Typical throughput, Mbit/s. */
+  readonly bandwidthMbps?: number;
+  /** Typical round-trip time, ms. */
+  readonly latencyMs?: number;
+  /** 0 (drops all the time) to 1 (never drops). */
+  readonly stability?: number;
 }
 
 /** Shell-style glob over interface names: `*`, `?` and `[...]` classes (`[!...]` negates). */

@@ -14,6 +14,8 @@ export interface UseLabOptions {
   config?: string | (() => string);
   /** Work done while the lab is created (e.g. building a client), awaited before the daemon starts. */
   alongside?: () => Promise<unknown>;
+  /** Extra waymarkd options (e.g. a shorter --rtt-interval). */
+  daemonArgs?: readonly string[];
   /** Bound of the before hook in ms (default: node:test's). */
   timeoutMs?: number;
 }
@@ -33,7 +35,7 @@ export function useLab(opts: UseLabOptions, up: (lab: Lab, dev: Device) => void)
     const made = (lab = created.value);
     if (other.status === 'rejected') throw other.reason;
     const config = typeof opts.config === 'function' ? opts.config() : opts.config;
-    dev = await startDevice(made, config === undefined ? {} : { config });
+    dev = await startDevice(made, { ...(config === undefined ? {} : { config }), ...(opts.daemonArgs ? { daemonArgs: opts.daemonArgs } : {}) });
     up(made, dev);
   }, opts.timeoutMs === undefined ? {} : { timeout: opts.timeoutMs });
   after(async () => {
