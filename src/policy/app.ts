@@ -21,6 +21,8 @@ export interface AppRule {
   readonly prefer?: readonly string[];
   readonly deny: readonly string[];
   readonly needs: readonly NeedName[];
+  /** Its apps' connects are to be asked about: the kernel reports them to the daemon (WM_T_ASK). */
+  readonly ask?: boolean;
 }
 
 /** The kernel-verified facts about a calling process that rules can match. */
