@@ -399,7 +399,8 @@ export function cgroupId(absDir: string): bigint {
  * The app programs loaded and attached at one cgroup (normally the cgroup2 root), and their
  * maps. Only sockets of the network namespace of the process that opened it are touched. The
  * programs stay attached until {@link close} or this process's end (bpf_links): a crashed daemon
- * leaves nothing behind, and a restarted one starts from empty maps.
+ * leaves nothing behind, and a restarted one starts from empty maps. (The watcher of its connect
+ * reports holds it: an AppMaps nobody closes is never garbage-collected, it lives to the end.)
  */
 export class AppMaps {
   private handle: BpfHandle | null;
