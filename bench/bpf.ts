@@ -7,6 +7,9 @@
  * With the programs, the cgroup has an entry (a mark and a denied slot that is not the one used),
  * so sock_create marks, connect4 predicts the slot, egress/ingress look up and count.
  * Modes are interleaved over ROUNDS rounds; medians over the rounds, ratios within each round.
+ * With the programs, the uplink runs also once with the entry asking (WM_T_ASK: connect reports)
+ * with repeats suppressed (the default quiet period: one report, the rest suppressed) and once
+ * with every connect reported (a 1 ns quiet period; the agent reads them meanwhile).
  */
 import { join } from 'node:path';
 import { markForSlot } from '../src/constants.js';
@@ -46,6 +49,7 @@ try {
   const add = (k: string, r: Result): void => void results.set(k, [...(results.get(k) ?? []), r]);
   let attached = true;
   let usage: unknown;
+  let asked: unknown;
   for (let round = 0; round < ROUNDS; round++) {
     // Alternate which comes first, so drift within a round does not favour one side.
     for (const withPrograms of round % 2 === 0 ? [false, true] : [true, false]) {
@@ -62,22 +66,35 @@ try {
       if (w.attached().length !== expected || (withPrograms && expected === 0)) throw new Error('attachment not as expected');
       add(`loopback ${withPrograms}`, await run('127.0.0.1'));
       add(`veth (uplink) ${withPrograms}`, await run('10.90.1.2'));
-      if (withPrograms) usage = await w.call({ op: 'usage' });
+      if (withPrograms) {
+        usage = await w.call({ op: 'usage' });
+        await w.setCgroup(cg, { ...NO_TREATMENT, app: 1, mark: markForSlot(1), deny: [2], decides: true, ask: true });
+        add('veth (uplink) ask', await run('10.90.1.2'));
+        await w.call({ op: 'setAskQuiet', ns: '1' });
+        add('veth (uplink) ask-all', await run('10.90.1.2'));
+        await w.call({ op: 'setAskQuiet', ns: '0' });
+        await w.setCgroup(cg, { ...NO_TREATMENT, app: 1, mark: markForSlot(1), deny: [2], decides: true });
+        asked = await w.call({ op: 'askStats' });
+        await w.call({ op: 'events' }); // what the agent heard, let go
+      }
     }
   }
   console.log(`connect()+close() in a cgroup below the programs; N=${N} per run, ${ROUNDS} interleaved rounds (medians; ratios within each round)`);
   console.log('target            programs   p50 µs   p99 µs  mean µs   ×bare p50  ×bare mean');
   for (const m of modes) {
     const bare = results.get(`${m} false`) ?? [];
-    for (const withPrograms of [false, true]) {
-      const rs = results.get(`${m} ${withPrograms}`) ?? [];
+    const variants = m === 'loopback' ? ['false', 'true'] : ['false', 'true', 'ask', 'ask-all'];
+    for (const v of variants) {
+      const rs = results.get(`${m} ${v}`) ?? [];
       const ratio = (f: (r: Result) => number): number => median(rs.map((r, i) => f(r) / f(bare[i] ?? r)));
-      console.log(`${m.padEnd(17)} ${(withPrograms ? 'attached' : 'none').padEnd(8)} ${median(rs.map((r) => r.p50_us)).toFixed(1).padStart(8)} `
+      const label = v === 'false' ? 'none' : v === 'true' ? 'attached' : v === 'ask' ? '+ask' : '+ask all';
+      console.log(`${m.padEnd(17)} ${label.padEnd(8)} ${median(rs.map((r) => r.p50_us)).toFixed(1).padStart(8)} `
         + `${median(rs.map((r) => r.p99_us)).toFixed(1).padStart(8)} ${median(rs.map((r) => r.mean_us)).toFixed(1).padStart(8)}   `
         + `${ratio((r) => r.p50_us).toFixed(3).padStart(9)}  ${ratio((r) => r.mean_us).toFixed(3).padStart(10)}`);
     }
   }
   console.log(`(wm_usage of the last attached round: ${JSON.stringify(usage)})`);
+  console.log(`(wm_ask_stats after the last attached round: ${JSON.stringify(asked)})`);
 } finally {
   w.destroy();
 }

@@ -17,7 +17,7 @@
  * A benchmark, not a test: it prints numbers and the targets, and fails only if it cannot run.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, rmdirSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { findCgroup2Mount } from '../src/backstop/cgroup.js';
 import { decide, NO_WISH } from '../src/decision/decide.js';
@@ -37,6 +37,8 @@ const N = Number(process.env['WAYMARK_BENCH_N'] ?? 4000);
 const BENCH_APP = 'org.example.Bench';
 /** The mode run in the app scope (the others run where the benchmark does: no app, no BPF entry). */
 const IN_SCOPE = 'app scope, rule, no library';
+const BARE_NEW_10K = 'bare, new port (10,000 rules loaded)';
+const FIRST_10K = 'first decision (10,000 rules loaded)';
 
 /** Waits (polling: a benchmark, not a test) until the daemon lists the app. */
 async function untilKnown(dev: Device, name: string): Promise<void> {
@@ -100,11 +102,26 @@ async function connectBench(): Promise<void> {
         results.set(name, [...(results.get(name) ?? []), JSON.parse(line) as Result]);
       }
     }
+    // The same first decisions with 10,000 rules loaded (bench/rules.ts: their shape), after a
+    // reload, against the same baseline measured in the same rounds.
+    writeFileSync(dev.configPath, `${readFileSync(dev.configPath, 'utf8')}${benchRulesYaml(benchRules(10_000))}`);
+    const reload = await dev.waymark(['reload']);
+    if (reload.code !== 0) throw new Error(`reload with 10,000 rules: ${reload.stderr}`);
+    for (let round = 0; round < ROUNDS; round++) {
+      for (const name of [BARE_NEW_10K, FIRST_10K]) {
+        const argv = name === BARE_NEW_10K ? modes['bare, new port each time']?.(round + ROUNDS) : modes['first decision each time']?.(round + ROUNDS);
+        if (!argv) throw new Error('no such mode');
+        const r = await lab.run('dev', argv, { timeoutMs: 120_000 });
+        const line = r.stdout.trim().split('\n').pop() ?? '';
+        if (r.code !== 0 || !line.startsWith('{')) throw new Error(`${name}: exit ${r.code}\n${r.stdout}\n${r.stderr}`);
+        results.set(name, [...(results.get(name) ?? []), JSON.parse(line) as Result]);
+      }
+    }
   } finally {
     await dev.dispose();
     await lab.destroy();
   }
-  const baselineOf = (name: string): string => (name.includes('new port') || name.startsWith('first') ? 'bare, new port each time' : 'bare');
+  const baselineOf = (name: string): string => (name === FIRST_10K ? BARE_NEW_10K : name.includes('new port') || name.startsWith('first') ? 'bare, new port each time' : 'bare');
   // Ratios are taken within each round (against the baseline measured minutes apart at most,
   // under the same conditions), then the median over the rounds: the machine's drift between
   // rounds, a few per cent here, cancels out.
@@ -120,7 +137,7 @@ async function connectBench(): Promise<void> {
   console.log(`connect()+close() to ${LAB.internet.v4}:${PORT} through two veth hops; N=${N} per run, ${ROUNDS} interleaved rounds:`);
   console.log('medians over the rounds; ratios to the bare connect of the same kind, taken within each round');
   console.log('mode                                     p50 µs   p99 µs  mean µs   ×bare p50  ×bare mean   max µs');
-  for (const name of Object.keys(modes)) {
+  for (const name of [...Object.keys(modes), BARE_NEW_10K, FIRST_10K]) {
     const s = summary(name);
     console.log(`${name.padEnd(40)} ${s.p50.toFixed(1).padStart(7)} ${s.p99.toFixed(1).padStart(8)} ${s.mean.toFixed(1).padStart(8)}   ${s.xP50.toFixed(3).padStart(9)}  ${s.xMean.toFixed(3).padStart(10)} ${s.max.toFixed(0).padStart(8)}`);
   }
@@ -130,9 +147,11 @@ async function connectBench(): Promise<void> {
   const first = summary('first decision each time');
   const bareRefused = summary('bare, new port each time');
   const app = summary(IN_SCOPE);
+  const first10k = summary(FIRST_10K);
   console.log(`targets: cached ≤ 1.05× bare: default route ${cached.xP50.toFixed(3)}×, steered ${steered.xP50.toFixed(3)}×, in a session ${session.xP50.toFixed(3)}× (p50); `
     + `app scope ≤ 1.05× bare: ${app.xP50.toFixed(3)}× (p50); `
-    + `first decision p99 ≤ 150 µs: ${first.p99.toFixed(1)} µs (its extra cost over a bare connect of the same kind: ${(first.p50 - bareRefused.p50).toFixed(1)} µs p50)`);
+    + `first decision p99 ≤ 150 µs: ${first.p99.toFixed(1)} µs (its extra cost over a bare connect of the same kind: ${(first.p50 - bareRefused.p50).toFixed(1)} µs p50), `
+    + `with 10,000 rules loaded: ${first10k.p99.toFixed(1)} µs`);
 }
 
 function decideBench(): void {

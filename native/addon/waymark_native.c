@@ -1100,11 +1100,15 @@ static napi_value js_cgroup_query_sock_programs(napi_env env, napi_callback_info
 #define SO_NETNS_COOKIE 71
 #endif
 
+struct ring_batch;
+
 struct bpf_handle {
     uint32_t magic;
     struct bpf_object *obj; /* NULL once closed */
     struct bpf_link *links[BPF_MAX_LINKS];
     int nlinks;
+    struct ring_buffer *ring; /* bpfRingOpen's consumer of one ring buffer map, or NULL */
+    struct ring_batch *batch; /* the records bpfRingConsume is collecting (during the call only) */
 };
 
 /* libbpf's messages (the verifier log among them) of the current open/load, for the error.
@@ -1131,6 +1135,8 @@ static const char *bpf_log_tail(void)
 
 static void bpf_handle_close(struct bpf_handle *h)
 {
+    if (h->ring != NULL) ring_buffer__free(h->ring);
+    h->ring = NULL;
     for (int i = 0; i < h->nlinks; i++) bpf_link__destroy(h->links[i]);
     h->nlinks = 0;
     if (h->obj != NULL) bpf_object__close(h->obj);
@@ -1462,6 +1468,97 @@ static napi_value js_bpf_entries(napi_env env, napi_callback_info info)
     return arr;
 }
 
+/* The ring buffer (BPF_MAP_TYPE_RINGBUF) consumer: one per handle, libbpf's ring_buffer over the
+ * map's fd. Its epoll fd is what JS watches (watch()); bpfRingConsume reads the records on the JS
+ * thread, at most `max` per call. */
+
+struct ring_batch {
+    napi_env env;
+    napi_value arr;
+    uint32_t n, max;
+    bool failed;
+};
+
+#define RING_BATCH_FULL (-1000) /* the callback's "stop here": not an errno */
+
+static int ring_sample(void *ctx, void *data, size_t size)
+{
+    struct ring_batch *b = ((struct bpf_handle *)ctx)->batch;
+    if (b == NULL) return RING_BATCH_FULL; /* only bpfRingConsume consumes */
+    napi_value buf;
+    void *d;
+    if (napi_create_buffer_copy(b->env, size, data, &d, &buf) != napi_ok ||
+        napi_set_element(b->env, b->arr, b->n, buf) != napi_ok) {
+        b->failed = true;
+        return RING_BATCH_FULL;
+    }
+    b->n++;
+    /* The record is consumed either way; stopping leaves the rest for the next call (the epoll
+     * fd stays readable while data remains). */
+    return b->n >= b->max ? RING_BATCH_FULL : 0;
+}
+
+/* bpfRingOpen(handle, mapName) -> the epoll fd that is readable while records wait (the
+ * handle's; closed with it or by bpfRingClose). Idempotent for the same handle. */
+static napi_value js_bpf_ring_open(napi_env env, napi_callback_info info)
+{
+    napi_value argv[2];
+    if (!get_args(env, info, 2, 2, argv, NULL)) return NULL;
+    struct bpf_handle *h = get_bpf_handle(env, argv[0], true);
+    if (h == NULL) return NULL;
+    if (h->ring != NULL) return make_int(env, ring_buffer__epoll_fd(h->ring));
+    char name[BPF_OBJ_NAME_LEN];
+    size_t len;
+    if (!get_string(env, argv[1], "mapName", name, sizeof name, &len)) return NULL;
+    struct bpf_map *map = bpf_object__find_map_by_name(h->obj, name);
+    if (map == NULL || bpf_map__type(map) != BPF_MAP_TYPE_RINGBUF) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "no ring buffer map named '%s' in the BPF object", name);
+        return throw_range(env, msg);
+    }
+    h->ring = ring_buffer__new(bpf_map__fd(map), ring_sample, h, NULL);
+    if (h->ring == NULL) return throw_map_errno(env, errno, "ring_buffer__new", argv[1]);
+    return make_int(env, ring_buffer__epoll_fd(h->ring));
+}
+
+/* bpfRingConsume(handle, max) -> Buffer[]: the waiting records, oldest first, at most `max`. */
+static napi_value js_bpf_ring_consume(napi_env env, napi_callback_info info)
+{
+    napi_value argv[2];
+    int64_t max;
+    if (!get_args(env, info, 2, 2, argv, NULL)) return NULL;
+    struct bpf_handle *h = get_bpf_handle(env, argv[0], true);
+    if (h == NULL) return NULL;
+    if (!get_int(env, argv[1], "max", 1, 1 << 20, &max)) return NULL;
+    if (h->ring == NULL) {
+        napi_throw_error(env, "ERR_BPF_RING", "no ring buffer opened on this handle (bpfRingOpen)");
+        return NULL;
+    }
+    struct ring_batch b = { .env = env, .n = 0, .max = (uint32_t)max, .failed = false };
+    CHECK_NAPI(env, napi_create_array(env, &b.arr));
+    h->batch = &b; /* ring_sample's context is the handle (libbpf keeps one ctx per ring) */
+    int r = ring_buffer__consume(h->ring);
+    h->batch = NULL;
+    if (b.failed) {
+        napi_throw_error(env, "ERR_NAPI", "building the ring buffer records failed");
+        return NULL;
+    }
+    if (r < 0 && r != RING_BATCH_FULL) return throw_errno(env, -r, "ring_buffer__consume");
+    return b.arr;
+}
+
+/* bpfRingClose(handle): frees the consumer (stop watching its fd first). Idempotent. */
+static napi_value js_bpf_ring_close(napi_env env, napi_callback_info info)
+{
+    napi_value argv[1];
+    if (!get_args(env, info, 1, 1, argv, NULL)) return NULL;
+    struct bpf_handle *h = get_bpf_handle(env, argv[0], false);
+    if (h == NULL) return NULL;
+    if (h->ring != NULL) ring_buffer__free(h->ring);
+    h->ring = NULL;
+    return make_undefined(env);
+}
+
 /* bpfPrograms(handle) -> the names of the programs attached through this handle */
 static napi_value js_bpf_programs(napi_env env, napi_callback_info info)
 {
@@ -1784,6 +1881,9 @@ static napi_value init(napi_env env, napi_value exports)
         FN("bpfEntries", js_bpf_entries),
         FN("bpfPossibleCpus", js_bpf_possible_cpus),
         FN("bpfPrograms", js_bpf_programs),
+        FN("bpfRingOpen", js_bpf_ring_open),
+        FN("bpfRingConsume", js_bpf_ring_consume),
+        FN("bpfRingClose", js_bpf_ring_close),
     };
     if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok)
         return NULL;

@@ -73,6 +73,28 @@ struct {
     __type(value, struct wm_usage_val);
 } wm_usage SEC(".maps");
 
+/* Connect reports of sockets whose treatment has WM_T_ASK (report() below), read by the daemon. */
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, WM_EVENTS_SIZE);
+} wm_events SEC(".maps");
+
+/* When each (cgroup, app, uid, destination) was last reported: repeats within the quiet period
+ * are not. LRU: a flood of distinct destinations evicts the oldest, never fails. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, WM_ASK_SEEN_MAX);
+    __type(key, struct wm_ask_key);
+    __type(value, __u64);
+} wm_ask_seen SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct wm_ask_stats);
+} wm_ask_stats SEC(".maps");
+
 /* Only the compat programs use it (see skb_ours); cloned into the sockets a listener accepts. */
 struct {
     __uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -110,7 +132,7 @@ static __always_inline const struct wm_treatment *uid_treatment(__u32 uid)
 /* The current task's cgroup: its own entry's `self`, else the deepest ancestor entry's
  * `pending`. The ancestors are walked from WM_MAX_DEPTH down: levels deeper than the cgroup
  * give id 0 and cost no map lookup. */
-static __always_inline const struct wm_treatment *task_treatment(__u64 cg)
+static __always_inline const struct wm_treatment *task_treatment(__u64 cg, __u32 *src)
 {
     const struct wm_cgroup *e = bpf_map_lookup_elem(&wm_cgroups, &cg);
     if (e != 0) return &e->self;
@@ -118,7 +140,10 @@ static __always_inline const struct wm_treatment *task_treatment(__u64 cg)
         __u64 id = bpf_get_current_ancestor_cgroup_id(level);
         if (id == 0 || id == cg) continue;
         e = bpf_map_lookup_elem(&wm_cgroups, &id);
-        if (e != 0) return &e->pending;
+        if (e != 0) {
+            *src = WM_EV_PENDING;
+            return &e->pending;
+        }
     }
     return 0;
 }
@@ -149,10 +174,20 @@ static __always_inline const struct wm_treatment *skb_treatment(struct __sk_buff
     return t != 0 ? t : uid_treatment(bpf_get_socket_uid(skb));
 }
 
+/* `src` (the connect reports' WM_EV_PENDING, WM_EV_UID) says where the treatment came from. */
+static __always_inline const struct wm_treatment *current_treatment_src(__u32 *src)
+{
+    *src = 0;
+    const struct wm_treatment *t = deciding(task_treatment(bpf_get_current_cgroup_id(), src));
+    if (t != 0) return t;
+    *src = WM_EV_UID;
+    return uid_treatment((__u32)bpf_get_current_uid_gid());
+}
+
 static __always_inline const struct wm_treatment *current_treatment(void)
 {
-    const struct wm_treatment *t = deciding(task_treatment(bpf_get_current_cgroup_id()));
-    return t != 0 ? t : uid_treatment((__u32)bpf_get_current_uid_gid());
+    __u32 src;
+    return current_treatment_src(&src);
 }
 
 static __always_inline int denied(const struct wm_treatment *t, __u32 slot)
@@ -269,23 +304,89 @@ static __always_inline __u32 predict_slot(const struct wm_conf *c, struct bpf_so
     return dst4 != 0 ? c->main_slot4 : c->main_slot6;                 /* main */
 }
 
-static __always_inline int addr4(struct bpf_sock_addr *ctx, int compat)
+/* ---------------------------------------------------------------------------------------- */
+/* Connect reports (WM_T_ASK): the daemon hears of the connect, which proceeds as it is. */
+
+static __always_inline void bump(__u32 which)
+{
+    __u32 zero = 0;
+    struct wm_ask_stats *st = bpf_map_lookup_elem(&wm_ask_stats, &zero);
+    if (st == 0) return;
+    if (which == 0) __sync_fetch_and_add(&st->reported, 1);
+    else if (which == 1) __sync_fetch_and_add(&st->dropped, 1);
+    else __sync_fetch_and_add(&st->suppressed, 1);
+}
+
+/* One record into wm_events, unless the same (cgroup, app, uid, destination) was reported within
+ * the quiet period. A full ring drops the record (counted) and leaves the destination unseen, so
+ * the next try is reported. a0..a3: the address's 16 bytes as 4 words, network order. */
+static __always_inline void report(struct bpf_sock_addr *ctx, const struct wm_conf *c,
+                                   const struct wm_treatment *t, __u32 flags, __u8 family,
+                                   __u32 a0, __u32 a1, __u32 a2, __u32 a3)
+{
+    struct wm_ask_key k;
+    __builtin_memset(&k, 0, sizeof k);
+    k.cgroup = bpf_get_current_cgroup_id();
+    k.app = t->app;
+    k.uid = (__u32)bpf_get_current_uid_gid();
+    k.family = family;
+    k.protocol = (__u8)ctx->protocol;
+    k.port = bpf_ntohs((__u16)ctx->user_port);
+    __builtin_memcpy(&k.addr[0], &a0, 4);
+    __builtin_memcpy(&k.addr[4], &a1, 4);
+    __builtin_memcpy(&k.addr[8], &a2, 4);
+    __builtin_memcpy(&k.addr[12], &a3, 4);
+    __u64 now = bpf_ktime_get_ns();
+    __u64 quiet = c->ask_quiet_ns != 0 ? c->ask_quiet_ns : WM_ASK_QUIET_NS;
+    __u64 *last = bpf_map_lookup_elem(&wm_ask_seen, &k);
+    if (last != 0 && now - *last < quiet) {
+        bump(2);
+        return;
+    }
+    struct wm_connect_event *e = bpf_ringbuf_reserve(&wm_events, sizeof *e, 0);
+    if (e == 0) {
+        bump(1);
+        return;
+    }
+    e->cgroup = k.cgroup;
+    e->ns = now;
+    e->app = k.app;
+    e->uid = k.uid;
+    e->pid = (__u32)(bpf_get_current_pid_tgid() >> 32);
+    e->flags = flags;
+    e->family = family;
+    e->protocol = k.protocol;
+    e->port = k.port;
+    __builtin_memcpy(e->addr, k.addr, 16);
+    if (bpf_get_current_comm(e->comm, sizeof e->comm) != 0) __builtin_memset(e->comm, 0, sizeof e->comm);
+    e->pad = 0;
+    bpf_ringbuf_submit(e, 0);
+    bpf_map_update_elem(&wm_ask_seen, &k, &now, BPF_ANY);
+    bump(0);
+}
+
+static __always_inline int addr4(struct bpf_sock_addr *ctx, int compat, __u32 via)
 {
     const struct wm_conf *c = ours(ctx);
     if (c == 0) return 1;
     __u32 ip = ctx->user_ip4; /* network order */
     if ((ip & 0xff) == 127) return 1; /* 127/8: loopback always works */
     if (compat) compat_storage(ctx);
-    const struct wm_treatment *t = current_treatment();
+    __u32 src;
+    const struct wm_treatment *t = current_treatment_src(&src);
     if (t == 0) return 1;
     __u32 mark = late_mark(ctx, t);
-    if (t->deny == 0 || ctx->sk == 0) return 1;
-    struct wm_dst4_key k = { .prefixlen = 32 };
-    __builtin_memcpy(k.addr, &ip, 4);
-    return denied(t, predict_slot(c, ctx->sk, mark, &k, 0)) ? 0 : 1;
+    int ok = 1;
+    if (t->deny != 0 && ctx->sk != 0) {
+        struct wm_dst4_key k = { .prefixlen = 32 };
+        __builtin_memcpy(k.addr, &ip, 4);
+        ok = denied(t, predict_slot(c, ctx->sk, mark, &k, 0)) ? 0 : 1;
+    }
+    if (t->flags & WM_T_ASK) report(ctx, c, t, src | via | (ok ? 0 : WM_EV_DENIED), 4, ip, 0, 0, 0);
+    return ok;
 }
 
-static __always_inline int addr6(struct bpf_sock_addr *ctx, int compat)
+static __always_inline int addr6(struct bpf_sock_addr *ctx, int compat, __u32 via)
 {
     const struct wm_conf *c = ours(ctx);
     if (c == 0) return 1;
@@ -295,49 +396,59 @@ static __always_inline int addr6(struct bpf_sock_addr *ctx, int compat)
     if (w0 == 0 && w1 == 0 && w2 == 0 && w3 == 0x01000000u) return 1; /* ::1 */
     if (mapped && (w3 & 0xff) == 127) return 1;                       /* ::ffff:127/104 */
     if (compat) compat_storage(ctx);
-    const struct wm_treatment *t = current_treatment();
+    __u32 src;
+    const struct wm_treatment *t = current_treatment_src(&src);
     if (t == 0) return 1;
     __u32 mark = late_mark(ctx, t);
-    if (t->deny == 0 || ctx->sk == 0) return 1;
-    __u32 slot;
-    if (mapped) { /* routed as IPv4 */
-        struct wm_dst4_key k = { .prefixlen = 32 };
-        __builtin_memcpy(k.addr, &w3, 4);
-        slot = predict_slot(c, ctx->sk, mark, &k, 0);
-    } else {
-        struct wm_dst6_key k = { .prefixlen = 128 };
-        __builtin_memcpy(&k.addr[0], &w0, 4);
-        __builtin_memcpy(&k.addr[4], &w1, 4);
-        __builtin_memcpy(&k.addr[8], &w2, 4);
-        __builtin_memcpy(&k.addr[12], &w3, 4);
-        slot = predict_slot(c, ctx->sk, mark, 0, &k);
+    int ok = 1;
+    if (t->deny != 0 && ctx->sk != 0) {
+        __u32 slot;
+        if (mapped) { /* routed as IPv4 */
+            struct wm_dst4_key k = { .prefixlen = 32 };
+            __builtin_memcpy(k.addr, &w3, 4);
+            slot = predict_slot(c, ctx->sk, mark, &k, 0);
+        } else {
+            struct wm_dst6_key k = { .prefixlen = 128 };
+            __builtin_memcpy(&k.addr[0], &w0, 4);
+            __builtin_memcpy(&k.addr[4], &w1, 4);
+            __builtin_memcpy(&k.addr[8], &w2, 4);
+            __builtin_memcpy(&k.addr[12], &w3, 4);
+            slot = predict_slot(c, ctx->sk, mark, 0, &k);
+        }
+        ok = denied(t, slot) ? 0 : 1;
     }
-    return denied(t, slot) ? 0 : 1;
+    if (t->flags & WM_T_ASK) {
+        __u32 flags = src | via | (ok ? 0 : WM_EV_DENIED);
+        /* A v4-mapped destination is IPv4 to everyone downstream (routing, rules, the prompt). */
+        if (mapped) report(ctx, c, t, flags, 4, w3, 0, 0, 0);
+        else report(ctx, c, t, flags, 6, w0, w1, w2, w3);
+    }
+    return ok;
 }
 
 SEC("cgroup/connect4")
-int wm_connect4(struct bpf_sock_addr *ctx) { return addr4(ctx, 0); }
+int wm_connect4(struct bpf_sock_addr *ctx) { return addr4(ctx, 0, 0); }
 
 SEC("cgroup/connect6")
-int wm_connect6(struct bpf_sock_addr *ctx) { return addr6(ctx, 0); }
+int wm_connect6(struct bpf_sock_addr *ctx) { return addr6(ctx, 0, 0); }
 
 SEC("cgroup/sendmsg4")
-int wm_sendmsg4(struct bpf_sock_addr *ctx) { return addr4(ctx, 0); }
+int wm_sendmsg4(struct bpf_sock_addr *ctx) { return addr4(ctx, 0, WM_EV_SENDMSG); }
 
 SEC("cgroup/sendmsg6")
-int wm_sendmsg6(struct bpf_sock_addr *ctx) { return addr6(ctx, 0); }
+int wm_sendmsg6(struct bpf_sock_addr *ctx) { return addr6(ctx, 0, WM_EV_SENDMSG); }
 
 SEC("cgroup/connect4")
-int wm_connect4_compat(struct bpf_sock_addr *ctx) { return addr4(ctx, 1); }
+int wm_connect4_compat(struct bpf_sock_addr *ctx) { return addr4(ctx, 1, 0); }
 
 SEC("cgroup/connect6")
-int wm_connect6_compat(struct bpf_sock_addr *ctx) { return addr6(ctx, 1); }
+int wm_connect6_compat(struct bpf_sock_addr *ctx) { return addr6(ctx, 1, 0); }
 
 SEC("cgroup/sendmsg4")
-int wm_sendmsg4_compat(struct bpf_sock_addr *ctx) { return addr4(ctx, 1); }
+int wm_sendmsg4_compat(struct bpf_sock_addr *ctx) { return addr4(ctx, 1, WM_EV_SENDMSG); }
 
 SEC("cgroup/sendmsg6")
-int wm_sendmsg6_compat(struct bpf_sock_addr *ctx) { return addr6(ctx, 1); }
+int wm_sendmsg6_compat(struct bpf_sock_addr *ctx) { return addr6(ctx, 1, WM_EV_SENDMSG); }
 
 /* ---------------------------------------------------------------------------------------- */
 /* Packets: the guarantee (egress drop) and the counters. */

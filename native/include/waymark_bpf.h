@@ -11,6 +11,9 @@
 #define WM_DENY_ALL 0x80000000u
 /* wm_treatment.flags: this treatment decides; without it the uid's treatment (wm_uids) does. */
 #define WM_T_SET 0x1u
+/* wm_treatment.flags: report the connects of these sockets to the daemon (wm_events below); the
+ * connect itself proceeds with the treatment as it is (a rule's `ask`, answered later). */
+#define WM_T_ASK 0x2u
 /* wm_treatment.flags bits 8..13: the uplink slot the app's DNS goes by (0: none). A connect() or
  * send to port 53 gets that slot's hard mark: routing (PRIO_DNS) sends it out by that uplink,
  * where the nftables DNS redirect gives it to the uplink's resolver. */
@@ -25,6 +28,12 @@
 #define WM_IFSLOT_MAX 256
 #define WM_DST_MAX 1024
 #define WM_USAGE_MAX 16384
+/* wm_events: the ring buffer's size in bytes (a power of 2, pages). 128 KiB holds 1638 events. */
+#define WM_EVENTS_SIZE 131072
+/* wm_ask_seen: the last report per (cgroup, app, uid, destination), an LRU. */
+#define WM_ASK_SEEN_MAX 4096
+/* Repeats of one report within this time are suppressed, unless wm_conf.ask_quiet_ns says. */
+#define WM_ASK_QUIET_NS 1000000000ull
 
 /* wm_usage_key.dir */
 #define WM_DIR_TX 0
@@ -54,11 +63,12 @@ struct wm_dst6_key {
     __u8 addr[16];
 };
 
-/* The single value of wm_conf (ARRAY of 1). 16 bytes. */
+/* The single value of wm_conf (ARRAY of 1). 24 bytes. */
 struct wm_conf {
     __u64 netns_cookie; /* the only network namespace whose sockets are touched; 0 = none */
     __u32 main_slot4;   /* uplink slot main's IPv4 default uses now (0 = none) */
     __u32 main_slot6;   /* same for IPv6 */
+    __u64 ask_quiet_ns; /* repeats of a connect report suppressed this long; 0 = WM_ASK_QUIET_NS */
 };
 
 /* wm_usage: per-CPU counters per app x uplink slot x direction. 8 bytes. */
@@ -71,6 +81,48 @@ struct wm_usage_key {
 struct wm_usage_val {
     __u64 bytes; /* IP bytes, headers included */
     __u64 packets;
+};
+
+/* wm_connect_event.flags */
+#define WM_EV_SENDMSG 0x1u /* a sendmsg()/sendto() with an address (else a connect()) */
+#define WM_EV_DENIED 0x2u  /* the program refused it (EPERM: the treatment denies its uplink) */
+#define WM_EV_PENDING 0x4u /* the treatment is an ancestor's `pending` (the cgroup has no entry) */
+#define WM_EV_UID 0x8u     /* the treatment is the uid's (wm_uids) */
+
+/* One record of wm_events (BPF_MAP_TYPE_RINGBUF): a connect() or addressed send of a socket
+ * whose treatment has WM_T_ASK. 72 bytes. */
+struct wm_connect_event {
+    __u64 cgroup;   /* the current task's cgroup id */
+    __u64 ns;       /* CLOCK_MONOTONIC (bpf_ktime_get_ns) */
+    __u32 app;      /* the treatment's app key */
+    __u32 uid;      /* the current task's uid (init user namespace) */
+    __u32 pid;      /* the current task's process id (tgid, init pid namespace) */
+    __u32 flags;    /* WM_EV_* */
+    __u8 family;    /* 4 or 6 (a v4-mapped IPv6 destination is reported as 4) */
+    __u8 protocol;  /* IPPROTO_TCP (6), IPPROTO_UDP (17), ... */
+    __u16 port;     /* destination port, host order */
+    __u8 addr[16];  /* destination address, network order; IPv4 in the first 4 bytes */
+    __u8 comm[16];  /* the current thread's name (bpf_get_current_comm), NUL-padded */
+    __u32 pad;
+};
+
+/* Key of wm_ask_seen: one report per (cgroup, app, uid, destination) and quiet period. 40 bytes. */
+struct wm_ask_key {
+    __u64 cgroup;
+    __u32 app;
+    __u32 uid;
+    __u8 family;
+    __u8 protocol;
+    __u16 port;
+    __u8 addr[16];
+    __u32 pad;
+};
+
+/* The single value of wm_ask_stats (PERCPU_ARRAY of 1), summed by the daemon. */
+struct wm_ask_stats {
+    __u64 reported;   /* records submitted to wm_events */
+    __u64 dropped;    /* records lost: wm_events was full */
+    __u64 suppressed; /* repeats within the quiet period, not reported */
 };
 
 /* Per-socket state of the compat programs only (BPF_MAP_TYPE_SK_STORAGE wm_sk, private to

@@ -11,8 +11,8 @@ import { statSync } from 'node:fs';
 import { endianness } from 'node:os';
 import { join } from 'node:path';
 import { MARK_MASK, MAX_SLOTS } from '../constants.js';
-import type { Prefix } from '../net/prefix.js';
-import { parsePrefix } from '../net/prefix.js';
+import type { Family, Prefix } from '../net/prefix.js';
+import { formatAddress, parsePrefix } from '../net/prefix.js';
 import { errorMessage } from '../errors.js';
 import type { KernelAppMaps, KernelTreatment, MapsPlan } from './desired.js';
 import { maskBytes } from '../net/prefix.js';
@@ -24,9 +24,14 @@ import {
   bpfOpen,
   bpfPossibleCpus,
   bpfPrograms,
+  bpfRingClose,
+  bpfRingConsume,
+  bpfRingOpen,
   bpfUpdate,
   BPF_OPEN_COMPAT,
+  watch,
   type BpfHandle,
+  type Watcher,
 } from '../native/index.js';
 import { PACKAGE_ROOT } from '../version.js';
 
@@ -36,11 +41,17 @@ export const BPF_OBJECT_PATH = join(PACKAGE_ROOT, 'native/bpf/waymark.bpf.o');
 // Mirrors of waymark_bpf.h.
 export const WM_DENY_ALL = 0x80000000;
 export const WM_T_SET = 0x1;
+export const WM_T_ASK = 0x2;
 export const WM_T_DNS_SHIFT = 8;
 export const WM_T_DNS_MASK = 0x3f00;
 export const WM_MAX_DEPTH = 16;
 export const WM_DIR_TX = 0;
 export const WM_DIR_RX = 1;
+export const WM_ASK_QUIET_NS = 1_000_000_000;
+export const WM_EV_SENDMSG = 0x1;
+export const WM_EV_DENIED = 0x2;
+export const WM_EV_PENDING = 0x4;
+export const WM_EV_UID = 0x8;
 
 /** Map names and their sizes in bytes (per CPU for wm_usage's value). */
 export const MAPS = {
@@ -49,9 +60,16 @@ export const MAPS = {
   ifslot: { name: 'wm_ifslot', key: 4, value: 4, max: 256 },
   dst4: { name: 'wm_dst4', key: 8, value: 4, max: 1024 },
   dst6: { name: 'wm_dst6', key: 20, value: 4, max: 1024 },
-  conf: { name: 'wm_conf', key: 4, value: 16, max: 1 },
+  conf: { name: 'wm_conf', key: 4, value: 24, max: 1 },
   usage: { name: 'wm_usage', key: 8, value: 16, max: 16384 },
+  /** The ring buffer of connect reports: no key or value, max is its size in bytes. */
+  events: { name: 'wm_events', key: 0, value: 0, max: 131072 },
+  askSeen: { name: 'wm_ask_seen', key: 40, value: 8, max: 4096 },
+  askStats: { name: 'wm_ask_stats', key: 4, value: 24, max: 1 },
 } as const;
+
+/** The size of one wm_events record (struct wm_connect_event). */
+export const CONNECT_EVENT_SIZE = 72;
 
 /** Field offsets of the structs (bytes). */
 export const OFFSETS = {
@@ -59,9 +77,12 @@ export const OFFSETS = {
   cgroup: { self: 0, pending: 16 },
   dst4Key: { prefixlen: 0, addr: 4 },
   dst6Key: { prefixlen: 0, addr: 4 },
-  conf: { netns_cookie: 0, main_slot4: 8, main_slot6: 12 },
+  conf: { netns_cookie: 0, main_slot4: 8, main_slot6: 12, ask_quiet_ns: 16 },
   usageKey: { app: 0, slot: 4, dir: 5, pad: 6 },
   usageVal: { bytes: 0, packets: 8 },
+  connectEvent: { cgroup: 0, ns: 8, app: 16, uid: 20, pid: 24, flags: 28, family: 32, protocol: 33, port: 34, addr: 36, comm: 52, pad: 68 },
+  askKey: { cgroup: 0, app: 8, uid: 12, family: 16, protocol: 17, port: 18, addr: 20, pad: 36 },
+  askStats: { reported: 0, dropped: 8, suppressed: 16 },
 } as const;
 
 const LE = endianness() === 'LE';
@@ -78,6 +99,8 @@ export interface Treatment {
   readonly decides: boolean;
   /** The uplink slot its DNS goes by (port 53 gets that slot's hard mark); 0 or absent: none. */
   readonly dnsSlot?: number;
+  /** Report its sockets' connects to the daemon (WM_T_ASK, {@link AppMaps.onConnect}); absent: no. */
+  readonly ask?: boolean;
 }
 
 /** An entry that decides nothing (the uid's treatment applies). */
@@ -87,6 +110,50 @@ export interface Conf {
   readonly netnsCookie: bigint;
   readonly mainSlot4: number;
   readonly mainSlot6: number;
+  /** Repeats of a connect report are suppressed this long (ns); 0n: WM_ASK_QUIET_NS. */
+  readonly askQuietNs: bigint;
+}
+
+/** One connect report (struct wm_connect_event): a socket whose treatment has WM_T_ASK connected or sent. */
+export interface ConnectRecord {
+  /** The current task's cgroup id. */
+  readonly cgroupId: bigint;
+  /** CLOCK_MONOTONIC nanoseconds (the clock of process.hrtime.bigint()). */
+  readonly monotonicNs: bigint;
+  /** The app key of the treatment that applied (0: none, e.g. a `pending` or a uid's treatment). */
+  readonly app: number;
+  readonly uid: number;
+  /** The process (tgid) in the initial pid namespace. */
+  readonly pid: number;
+  /** The thread's name (comm) at the time. */
+  readonly comm: string;
+  /** A v4-mapped IPv6 destination is reported as IPv4. */
+  readonly family: Family;
+  /** Destination address, as text. */
+  readonly address: string;
+  readonly port: number;
+  /** The socket's protocol: tcp, udp, else its IPPROTO number. */
+  readonly proto: 'tcp' | 'udp' | number;
+  /** connect(), or a sendmsg()/sendto() with an address. */
+  readonly via: 'connect' | 'sendmsg';
+  /** The kernel refused it (EPERM: the treatment denies the uplink it would leave by). */
+  readonly denied: boolean;
+  /** Where the treatment came from: the cgroup's entry, an ancestor's `pending`, the uid's. */
+  readonly source: 'cgroup' | 'pending' | 'uid';
+}
+
+/** The connect reports' counters (wm_ask_stats, summed over CPUs) and the adapter's own. */
+export interface AskStats {
+  /** Records the programs put into the ring. */
+  readonly reported: bigint;
+  /** Records lost because the ring was full. */
+  readonly dropped: bigint;
+  /** Repeats within the quiet period, not reported. */
+  readonly suppressed: bigint;
+  /** Records read here and handed to the listeners. */
+  readonly delivered: number;
+  /** Records read here that did not decode (wrong size), skipped. */
+  readonly malformed: number;
 }
 
 export interface UsageRow {
@@ -160,13 +227,13 @@ function writeTreatment(dv: DataView, at: number, t: Treatment): void {
   dv.setUint32(at + o.deny, denyBits(t.deny), LE);
   const dns = t.dnsSlot ?? 0;
   if (dns !== 0) checkSlot(dns, 'DNS slot', false);
-  dv.setUint32(at + o.flags, ((t.decides ? WM_T_SET : 0) | (dns << WM_T_DNS_SHIFT)) >>> 0, LE);
+  dv.setUint32(at + o.flags, ((t.decides ? WM_T_SET : 0) | (t.ask === true ? WM_T_ASK : 0) | (dns << WM_T_DNS_SHIFT)) >>> 0, LE);
 }
 
-/** The DNS slot of a flags word, as an optional field (absent when 0, so plain treatments compare equal). */
-function dnsOf(flags: number): { dnsSlot?: number } {
+/** The DNS slot and ask of a flags word, as optional fields (absent when 0, so plain treatments compare equal). */
+function dnsOf(flags: number): { dnsSlot?: number; ask?: boolean } {
   const dns = (flags & WM_T_DNS_MASK) >>> WM_T_DNS_SHIFT;
-  return dns === 0 ? {} : { dnsSlot: dns };
+  return { ...(dns === 0 ? {} : { dnsSlot: dns }), ...((flags & WM_T_ASK) === 0 ? {} : { ask: true }) };
 }
 
 function readTreatment(dv: DataView, at: number): Treatment {
@@ -226,6 +293,8 @@ export function encodeConf(c: Conf): Buffer {
   dv.setBigUint64(OFFSETS.conf.netns_cookie, c.netnsCookie, LE);
   dv.setUint32(OFFSETS.conf.main_slot4, c.mainSlot4, LE);
   dv.setUint32(OFFSETS.conf.main_slot6, c.mainSlot6, LE);
+  if (c.askQuietNs < 0n || c.askQuietNs > 0xffffffffffffffffn) throw new RangeError(`ask quiet period out of range: ${c.askQuietNs}`);
+  dv.setBigUint64(OFFSETS.conf.ask_quiet_ns, c.askQuietNs, LE);
   return b;
 }
 
@@ -236,7 +305,56 @@ export function decodeConf(b: Uint8Array): Conf {
     netnsCookie: dv.getBigUint64(OFFSETS.conf.netns_cookie, LE),
     mainSlot4: dv.getUint32(OFFSETS.conf.main_slot4, LE),
     mainSlot6: dv.getUint32(OFFSETS.conf.main_slot6, LE),
+    askQuietNs: dv.getBigUint64(OFFSETS.conf.ask_quiet_ns, LE),
   };
+}
+
+const IPPROTO_TCP = 6;
+const IPPROTO_UDP = 17;
+
+/** One wm_events record; throws RangeError on a record of another size or family. */
+export function decodeConnectEvent(b: Uint8Array): ConnectRecord {
+  checkSize(b, CONNECT_EVENT_SIZE, 'connect event');
+  const dv = view(b);
+  const o = OFFSETS.connectEvent;
+  const fam = dv.getUint8(o.family);
+  if (fam !== 4 && fam !== 6) throw new RangeError(`connect event: family ${fam}`);
+  const flags = dv.getUint32(o.flags, LE);
+  const protocol = dv.getUint8(o.protocol);
+  const comm = b.subarray(o.comm, o.comm + 16);
+  const nul = comm.indexOf(0);
+  return {
+    cgroupId: dv.getBigUint64(o.cgroup, LE),
+    monotonicNs: dv.getBigUint64(o.ns, LE),
+    app: dv.getUint32(o.app, LE),
+    uid: dv.getUint32(o.uid, LE),
+    pid: dv.getUint32(o.pid, LE),
+    comm: Buffer.from(nul < 0 ? comm : comm.subarray(0, nul)).toString('utf8'),
+    family: fam,
+    address: formatAddress(fam, b.subarray(o.addr, o.addr + (fam === 4 ? 4 : 16))),
+    port: dv.getUint16(o.port, LE),
+    proto: protocol === IPPROTO_TCP ? 'tcp' : protocol === IPPROTO_UDP ? 'udp' : protocol,
+    via: (flags & WM_EV_SENDMSG) !== 0 ? 'sendmsg' : 'connect',
+    denied: (flags & WM_EV_DENIED) !== 0,
+    source: (flags & WM_EV_UID) !== 0 ? 'uid' : (flags & WM_EV_PENDING) !== 0 ? 'pending' : 'cgroup',
+  };
+}
+
+/** wm_ask_stats' per-CPU values (`cpus` of them, 24 bytes each) summed. */
+export function decodeAskStats(value: Uint8Array, cpus: number): { reported: bigint; dropped: bigint; suppressed: bigint } {
+  const stride = (MAPS.askStats.value + 7) & ~7;
+  checkSize(value, stride * cpus, 'ask stats');
+  const v = view(value);
+  const o = OFFSETS.askStats;
+  let reported = 0n;
+  let dropped = 0n;
+  let suppressed = 0n;
+  for (let i = 0; i < cpus; i++) {
+    reported += v.getBigUint64(i * stride + o.reported, LE);
+    dropped += v.getBigUint64(i * stride + o.dropped, LE);
+    suppressed += v.getBigUint64(i * stride + o.suppressed, LE);
+  }
+  return { reported, dropped, suppressed };
 }
 
 export function encodeUsageKey(app: number, slot: number, dir: 'tx' | 'rx'): Buffer {
@@ -281,14 +399,22 @@ export function cgroupId(absDir: string): bigint {
  * The app programs loaded and attached at one cgroup (normally the cgroup2 root), and their
  * maps. Only sockets of the network namespace of the process that opened it are touched. The
  * programs stay attached until {@link close} or this process's end (bpf_links): a crashed daemon
- * leaves nothing behind, and a restarted one starts from empty maps.
+ * leaves nothing behind, and a restarted one starts from empty maps. (The watcher of its connect
+ * reports holds it: an AppMaps nobody closes is never garbage-collected, it lives to the end.)
  */
 export class AppMaps {
   private handle: BpfHandle | null;
+  private readonly listeners = new Set<(e: ConnectRecord) => void>();
+  private watcher: Watcher | null = null;
+  private delivered = 0;
+  private malformed = 0;
 
   private constructor(handle: BpfHandle, readonly cgroupDir: string) {
     this.handle = handle;
   }
+
+  /** Records read from wm_events per wake-up at most (the watcher fires again while more wait). */
+  static readonly EVENTS_PER_WAKE = 256;
 
   /**
    * Loads the object and attaches it at `cgroupDir` (absolute, on cgroup2). Needs root.
@@ -296,7 +422,85 @@ export class AppMaps {
    * anyway on kernels before 6.17; docs/kernel-apps.md says what they cannot do).
    */
   static open(cgroupDir: string, opts: { objectPath?: string; compat?: boolean } = {}): AppMaps {
-    return new AppMaps(bpfOpen(opts.objectPath ?? BPF_OBJECT_PATH, cgroupDir, opts.compat === true ? BPF_OPEN_COMPAT : 0), cgroupDir);
+    const maps = new AppMaps(bpfOpen(opts.objectPath ?? BPF_OBJECT_PATH, cgroupDir, opts.compat === true ? BPF_OPEN_COMPAT : 0), cgroupDir);
+    try {
+      maps.startEvents();
+    } catch (e) {
+      maps.close();
+      throw e;
+    }
+    return maps;
+  }
+
+  /**
+   * Reads wm_events from the event loop from now on (unref'd: the reports alone do not keep the
+   * process running). Records that arrive while nobody listens are read and dropped.
+   */
+  private startEvents(): void {
+    const h = this.h();
+    const fd = bpfRingOpen(h, MAPS.events.name);
+    this.watcher = watch(fd, (err) => {
+      if (err !== undefined) {
+        // The fd is the handle's own: only a closed handle gets here. Nothing more will come.
+        this.watcher = null;
+        return;
+      }
+      this.drain(AppMaps.EVENTS_PER_WAKE);
+    }, { unref: true });
+  }
+
+  /**
+   * Reads up to `max` waiting records and hands each to the listeners (the watcher does this by
+   * itself; tests call it to read without waiting for the loop). Returns how many were read.
+   * A listener that throws does not stop the others; the first error is rethrown after the batch.
+   */
+  drain(max: number = AppMaps.EVENTS_PER_WAKE): number {
+    if (this.handle === null) return 0;
+    const records = bpfRingConsume(this.handle, max);
+    let first: { error: unknown } | undefined;
+    for (const r of records) {
+      let e: ConnectRecord;
+      try {
+        e = decodeConnectEvent(r);
+      } catch {
+        this.malformed++;
+        continue;
+      }
+      this.delivered++;
+      for (const l of this.listeners) {
+        try {
+          l(e);
+        } catch (error) {
+          first ??= { error };
+        }
+      }
+    }
+    if (first !== undefined) throw first.error;
+    return records.length;
+  }
+
+  /**
+   * Calls `cb` with each connect report (a socket whose treatment has WM_T_ASK connected, or sent
+   * to an address), in the kernel's order. Returns the function that stops it.
+   */
+  onConnect(cb: (e: ConnectRecord) => void): () => void {
+    const l = (e: ConnectRecord): void => cb(e);
+    this.listeners.add(l);
+    return () => {
+      this.listeners.delete(l);
+    };
+  }
+
+  /** The connect reports' counters. */
+  askStats(): AskStats {
+    const v = bpfLookup(this.h(), MAPS.askStats.name, encodeU32(0));
+    if (v === null) throw new Error('wm_ask_stats has no entry 0');
+    return { ...decodeAskStats(v, bpfPossibleCpus()), delivered: this.delivered, malformed: this.malformed };
+  }
+
+  /** How long repeats of one report (cgroup, app, uid, destination) are suppressed; 0n: WM_ASK_QUIET_NS (1 s). */
+  setAskQuiet(ns: bigint): void {
+    bpfUpdate(this.h(), MAPS.conf.name, encodeU32(0), encodeConf({ ...this.conf(), askQuietNs: ns }));
   }
 
   /** The names of the programs attached. */
@@ -376,9 +580,14 @@ export class AppMaps {
     return bpfEntries(this.h(), MAPS.usage.name).map(([k, v]) => decodeUsage(k, v, cpus));
   }
 
-  /** Detaches the programs. Idempotent. */
+  /** Stops the connect reports and detaches the programs. Idempotent. */
   close(): void {
     if (this.handle === null) return;
+    // The watcher first: the ring's epoll fd closes with the consumer.
+    this.watcher?.stop();
+    this.watcher = null;
+    this.listeners.clear();
+    bpfRingClose(this.handle);
     bpfClose(this.handle);
     this.handle = null;
   }

@@ -20,6 +20,8 @@ import type { UplinkState } from '../uplink/state.js';
 
 /** This entry decides (else the kernel consults the uid's entry: rules that name only a uid). */
 export const WM_T_SET = 1;
+/** The kernel reports this app's connects to the daemon (a rule's `ask`; src/backstop/bpf.ts: onConnect). */
+export const WM_T_ASK = 2;
 /** Flags bits 8..13: the slot of the uplink the app's DNS goes by (native/include/waymark_bpf.h). */
 export const WM_T_DNS_SHIFT = 8;
 /** Deny bit of "every uplink" (slots use bits 1..30). */
@@ -112,19 +114,24 @@ export function dnsUplink(rule: AppRule, t: Treatment, uplinks: readonly UplinkS
   return undefined;
 }
 
-function encodeFor(rule: AppRule | undefined, w: MapsWorld, appKey: number): KernelTreatment {
+/** `ask`: the kernel reports the app's connects (WM_T_ASK); by default what the rule says. */
+function encodeFor(rule: AppRule | undefined, w: MapsWorld, appKey: number, ask = rule?.ask === true): KernelTreatment {
   const t = treatmentOf(rule, w);
   const dns = rule === undefined ? undefined : dnsUplink(rule, t, w.uplinks);
-  const k0 = encodeTreatment(t, appKey);
+  const k0 = encodeTreatment(t, appKey, ask ? WM_T_SET | WM_T_ASK : WM_T_SET);
   const k = dns === undefined ? k0 : { ...k0, flags: (k0.flags | (dns.slot << WM_T_DNS_SHIFT)) >>> 0 };
   // A rule that allows no configured uplink at all denies every uplink, also one added later.
   const all = rule !== undefined && w.uplinks.length > 0 && t.denied.length === w.uplinks.length;
   return all ? { ...k, deny: (WM_DENY_ALL | k.deny) >>> 0 } : k;
 }
 
-/** The most restrictive treatment among the rules a new child of a cgroup of this uid could match. */
+/**
+ * The most restrictive treatment among the rules a new child of a cgroup of this uid could match.
+ * It asks when any of them asks: an app's first connect may come before its cgroup is classified.
+ */
 function pendingFor(uid: number | null, w: MapsWorld): KernelTreatment {
-  return encodeFor(mostRestrictive(w.rules.pendingRules(uid)), w, 0);
+  const candidates = w.rules.pendingRules(uid);
+  return encodeFor(mostRestrictive(candidates), w, 0, candidates.some((r) => r.ask === true));
 }
 
 /**

@@ -10,6 +10,10 @@
  *
  * App keys: each app (uid + name) gets a small number, the key of its kernel counters, kept in
  * the state file so that it means the same app across restarts.
+ *
+ * Connect reports: the kernel reports the connects of apps whose treatment asks (WM_T_ASK,
+ * src/backstop/bpf.ts: AppMaps.onConnect); connected() resolves each report's cgroup id to the
+ * app and hands it to the `onConnect` hook.
  */
 import { readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { join } from 'node:path';
@@ -27,7 +31,8 @@ import {
 import { MARK_MASK } from '../constants.js';
 import type { World } from './world.js';
 import { mayChangeState } from './access.js';
-import { userOfCgroup, type CgroupApp } from '../identity/cgroup.js';
+import { classifyCgroup, userOfCgroup, type CgroupApp } from '../identity/cgroup.js';
+import type { ConnectRecord } from '../backstop/bpf.js';
 import type { EventBody } from './events.js';
 import type { Logger } from './log.js';
 
@@ -116,6 +121,41 @@ export interface SessionCgroupMark {
   readonly mark?: number | null;
 }
 
+/** The app of a reported connect. */
+export interface ConnectingApp {
+  readonly id: bigint;
+  /** Relative to the cgroup root. */
+  readonly rel: string;
+  readonly uid: number | null;
+  /** The unit it is or is nested in (its app ID, Flatpak ID, name, kind); null: a slice or plain directory. */
+  readonly unit: SeenCgroup['unit'];
+  readonly appKey: number;
+  /** False: the cgroup tree has not reported it (yet); found through /proc/PID/cgroup. */
+  readonly known: boolean;
+}
+
+/** A connect the kernel reported (an app whose treatment asks), resolved to its app. */
+export interface AppConnect {
+  readonly cgroup: ConnectingApp;
+  readonly family: 4 | 6;
+  /** The destination (a v4-mapped IPv6 one as IPv4), as text. */
+  readonly address: string;
+  readonly port: number;
+  readonly proto: ConnectRecord['proto'];
+  /** connect(), or an addressed sendmsg()/sendto() (UDP). */
+  readonly via: ConnectRecord['via'];
+  /** The calling process (init pid namespace), its uid and thread name. */
+  readonly pid: number;
+  readonly uid: number;
+  readonly comm: string;
+  /** CLOCK_MONOTONIC, in the kernel. */
+  readonly monotonicNs: bigint;
+  /** The kernel refused it: its treatment as it is denies the uplink it would take. */
+  readonly denied: boolean;
+  /** The kernel's treatment was the cgroup's own, an ancestor's `pending` (not classified yet), or the uid's. */
+  readonly source: ConnectRecord['source'];
+}
+
 export interface AppServiceDeps {
   readonly maps: KernelAppMaps;
   /** Null: the kernel side is not in force, and why (`waymark apps` says so). */
@@ -136,6 +176,8 @@ export interface AppServiceDeps {
   /** CLOCK_MONOTONIC nanoseconds (default: process.hrtime.bigint()). */
   readonly now?: () => bigint;
   readonly procRoot?: string;
+  /** Each connect the kernel reports (see {@link AppService.connected}); none: they are dropped. */
+  readonly onConnect?: (e: AppConnect) => void;
 }
 
 /** App keys by "uid/name", persisted by the daemon (the state file's `appKeys`). */
@@ -162,8 +204,11 @@ export class AppKeys {
 
 export class AppService {
   private readonly known = new Map<string, KnownCgroup & { readonly seen: SeenCgroup }>();
+  /** The known cgroups by id (the connect reports'). */
+  private readonly relOf = new Map<bigint, string>();
   private applied: DesiredMaps | undefined;
   private readonly now: () => bigint;
+  private readonly reports = { delivered: 0, unresolved: 0 };
 
   constructor(private readonly deps: AppServiceDeps) {
     this.now = deps.now ?? ((): bigint => process.hrtime.bigint());
@@ -175,6 +220,8 @@ export class AppService {
     const k = { id: c.id, rel: c.rel, uid: c.uid, unit: c.unit, appKey, seen: c };
     const prev = this.known.get(c.rel);
     this.known.set(c.rel, k);
+    if (prev && prev.id !== c.id && this.relOf.get(prev.id) === c.rel) this.relOf.delete(prev.id);
+    this.relOf.set(c.id, c.rel);
     const w = { ...this.deps.world(), cgroups: [] };
     const entry = cgroupEntry(k, w);
     const errors = this.deps.maps.apply({
@@ -205,6 +252,7 @@ export class AppService {
     const k = this.known.get(rel);
     if (!k) return;
     this.known.delete(rel);
+    if (this.relOf.get(k.id) === rel) this.relOf.delete(k.id);
     const errors = this.deps.maps.apply({
       setCgroups: [], delCgroups: [k.id], setUids: [], delUids: [], setIfslots: [], delIfslots: [], setDestinations: [], delDestinations: [],
     });
@@ -223,6 +271,7 @@ export class AppService {
   /** The cgroup root itself (never reported by the tree): the last ancestor every walk finds. */
   start(rootId: bigint): void {
     this.known.set('', { id: rootId, rel: '', uid: null, unit: null, appKey: 0, seen: { rel: '', id: rootId, uid: null, unit: null } });
+    this.relOf.set(rootId, '');
     this.refresh();
   }
 
@@ -305,6 +354,67 @@ export class AppService {
       });
     }
     return out.sort((a, b) => a.name.localeCompare(b.name) || a.cgroup.localeCompare(b.cgroup));
+  }
+
+  /**
+   * A connect the kernel reported: its cgroup id resolved to the app and handed to the
+   * `onConnect` hook. A cgroup the tree has not reported (created a moment ago, or beyond the
+   * tree's limits) is found through the process's /proc/PID/cgroup when that still names a
+   * cgroup of this id below the root; otherwise (the process is gone or moved) the report is
+   * dropped and counted (`connects.unresolved`). A hook that throws is logged, never fatal.
+   */
+  connected(r: ConnectRecord): void {
+    const hook = this.deps.onConnect;
+    if (hook === undefined) return;
+    const cgroup = this.connectingApp(r.cgroupId, r.pid);
+    if (cgroup === null) {
+      this.reports.unresolved++;
+      this.deps.log.debug('a reported connect of a cgroup not known, dropped', { cgroupId: r.cgroupId.toString(), pid: r.pid, address: r.address, port: r.port });
+      return;
+    }
+    this.reports.delivered++;
+    try {
+      hook({
+        cgroup, family: r.family, address: r.address, port: r.port, proto: r.proto, via: r.via,
+        pid: r.pid, uid: r.uid, comm: r.comm, monotonicNs: r.monotonicNs, denied: r.denied, source: r.source,
+      });
+    } catch (e) {
+      this.deps.log.error('the connect report hook failed', { cgroup: cgroup.rel, error: errorMessage(e) });
+    }
+  }
+
+  /** Connect reports handed to the hook, and dropped for want of a cgroup. */
+  get connects(): { delivered: number; unresolved: number } {
+    return { ...this.reports };
+  }
+
+  private connectingApp(id: bigint, pid: number): ConnectingApp | null {
+    const rel = this.relOf.get(id);
+    const k = rel === undefined ? undefined : this.known.get(rel);
+    if (k) return { id, rel: k.rel, uid: k.uid, unit: k.seen.unit, appKey: k.appKey, known: true };
+    const found = this.cgroupOfPid(pid, id);
+    if (found === null) return null;
+    const seen = seenOf(found, id, classifyCgroup(found));
+    return { id, rel: found, uid: seen.uid, unit: seen.unit, appKey: seen.unit ? this.deps.keys.keyOf(seen.uid, seen.unit.name) : 0, known: false };
+  }
+
+  /** The process's cgroup (cgroup2: the "0::" line) relative to the root, if it is below it and has this id. */
+  private cgroupOfPid(pid: number, id: bigint): string | null {
+    let text: string;
+    try {
+      text = readFileSync(join(this.deps.procRoot ?? '/proc', String(pid), 'cgroup'), 'latin1');
+    } catch {
+      return null; // gone
+    }
+    const path = text.split('\n').find((l) => l.startsWith('0::'))?.slice(3);
+    const root = this.deps.cgroupRoot.replace(/\/+$/, '');
+    if (path === undefined || (path !== root && !path.startsWith(`${root}/`))) return null;
+    const rel = path.slice(root.length).replace(/^\/+/, '');
+    try {
+      return statSync(join(this.deps.cgroupDir, rel), { bigint: true }).ino === id ? rel : null;
+    } catch {
+      return null;
+    }
   }
 
   /** How many cgroups and apps are known (for status). */

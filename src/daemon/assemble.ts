@@ -29,7 +29,7 @@ export interface Adapters {
   readonly cgroups: CgroupBackend & { readonly mount: string };
   readonly clock?: Clock;
   /** The apps' kernel side and where the apps are (src/daemon/apps.ts). */
-  readonly apps: Pick<AppServiceDeps, 'maps' | 'kernelOff' | 'cgroupDir' | 'mount' | 'cgroupRoot' | 'sessionsDir'>;
+  readonly apps: Pick<AppServiceDeps, 'maps' | 'kernelOff' | 'cgroupDir' | 'mount' | 'cgroupRoot' | 'sessionsDir' | 'onConnect'>;
 }
 
 export interface ModelOptions {

@@ -208,6 +208,8 @@ async function main(): Promise<void> {
     onRemoved: (e) => apps.removed(e.rel),
     warn: (m) => log.warn(m),
   });
+  // The kernel's connect reports (apps whose rule asks), resolved by the app service.
+  appMaps?.onConnect((r) => apps.connected(r));
   apps.refresh();
   decideServer.listen();
   // Only now: a new generation voids every library's cached answers, and from this very tick on

@@ -126,6 +126,9 @@ interface NativeAddon {
   bpfLookup(handle: BpfHandle, mapName: string, key: Uint8Array): Buffer | null;
   bpfEntries(handle: BpfHandle, mapName: string): [Buffer, Buffer][];
   bpfPossibleCpus(): number;
+  bpfRingOpen(handle: BpfHandle, mapName: string): number;
+  bpfRingConsume(handle: BpfHandle, max: number): Buffer[];
+  bpfRingClose(handle: BpfHandle): void;
 }
 
 const ADDON_FUNCTIONS: readonly (keyof NativeAddon)[] = [
@@ -164,6 +167,9 @@ const ADDON_FUNCTIONS: readonly (keyof NativeAddon)[] = [
   'bpfEntries',
   'bpfPossibleCpus',
   'bpfPrograms',
+  'bpfRingOpen',
+  'bpfRingConsume',
+  'bpfRingClose',
 ];
 
 /** Relative to this file once compiled (dist/src/native/index.js): the package root is 3 up. */
@@ -462,6 +468,26 @@ export function bpfEntries(handle: BpfHandle, mapName: string): [Buffer, Buffer]
 /** How many CPUs a per-CPU map's value holds (libbpf_num_possible_cpus). */
 export function bpfPossibleCpus(): number {
   return addon().bpfPossibleCpus();
+}
+
+/**
+ * Opens libbpf's consumer of the ring buffer map `mapName` (BPF_MAP_TYPE_RINGBUF; one per handle,
+ * idempotent) and returns its epoll fd: readable while records wait. Watch it with {@link watch}
+ * and read with {@link bpfRingConsume}. The fd belongs to the handle: stop watching it before
+ * {@link bpfRingClose} or {@link bpfClose}.
+ */
+export function bpfRingOpen(handle: BpfHandle, mapName: string): number {
+  return addon().bpfRingOpen(handle, mapName);
+}
+
+/** The records waiting in the handle's ring buffer, oldest first, at most `max` (1..2^20) per call. */
+export function bpfRingConsume(handle: BpfHandle, max: number): Buffer[] {
+  return addon().bpfRingConsume(handle, max);
+}
+
+/** Frees the handle's ring buffer consumer and its epoll fd. Idempotent. */
+export function bpfRingClose(handle: BpfHandle): void {
+  addon().bpfRingClose(handle);
 }
 
 // ---------------------------------------------------------------------------------------------

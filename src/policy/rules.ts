@@ -237,9 +237,9 @@ function firstIn(list: readonly Entry[] | undefined, q: RuleQuery, now: number, 
 /** What one rule allows, as decide() and the kernel take it (an ask: its default, until answered). */
 export function policyOfRule(r: Rule): AppRule | undefined {
   const a = r.action.kind === 'ask' ? r.action.default : r.action;
-  const base = { name: r.id, match: {}, deny: r.never, needs: r.needs };
+  const base = { name: r.id, match: {}, deny: r.never, needs: r.needs, ...(r.action.kind === 'ask' ? { ask: true } : {}) };
   switch (a.kind) {
-    case 'pass': return r.never.length > 0 || r.needs.length > 0 ? base : undefined;
+    case 'pass': return r.never.length > 0 || r.needs.length > 0 || base.ask ? base : undefined;
     case 'deny': return { ...base, uplinks: [] };
     case 'only': return { ...base, uplinks: a.uplinks };
     case 'use': return a.uplinks.length > 0 ? { ...base, prefer: a.uplinks } : base;
@@ -284,7 +284,7 @@ export class RuleSet {
         if (!list) this.general.set(d, (list = []));
       } else {
         let byValue = this.buckets.get(b[0]);
-        if (!byValue) this.buckets.set(b[0], (byValue = new Map()));
+        if (!byValue) this.buckets.set(b[0], (byValue = new Map<string | number, Entry[]>()));
         list = byValue.get(b[1]);
         if (!list) byValue.set(b[1], (list = []));
       }
@@ -451,7 +451,7 @@ export class RuleSet {
       }
       const via = this.destinations.find((d) => d.name === r.match.destination)?.via ?? this.uplinks;
       const deny = via.filter((u) => !allowsUplink(p, u));
-      if (deny.length > 0) out.push({ name: r.id, match: {}, deny, needs: [] });
+      if (deny.length > 0 || p.ask) out.push({ name: r.id, match: {}, deny, needs: [], ...(p.ask ? { ask: true } : {}) });
     }
     return out;
   }

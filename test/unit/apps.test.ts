@@ -3,14 +3,19 @@
  * service (src/daemon/apps.ts) driven with a fake kernel side.
  */
 import assert from 'node:assert/strict';
-import { describe, it } from 'node:test';
+import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import type { ConnectRecord } from '../../src/backstop/bpf.js';
 import { markForSlot, softMarkForSlot } from '../../src/constants.js';
-import { desiredMaps, planMaps, WM_DENY_ALL, WM_T_DNS_SHIFT, WM_T_SET, type KnownCgroup, type MapsWorld } from '../../src/backstop/desired.js';
-import { AppKeys, AppService, seenOf, type SeenCgroup } from '../../src/daemon/apps.js';
+import { desiredMaps, planMaps, WM_DENY_ALL, WM_T_ASK, WM_T_DNS_SHIFT, WM_T_SET, type KnownCgroup, type MapsWorld } from '../../src/backstop/desired.js';
+import { AppKeys, AppService, seenOf, type AppConnect, type SeenCgroup } from '../../src/daemon/apps.js';
 import { classifyCgroup } from '../../src/identity/cgroup.js';
 import type { EventBody } from '../../src/daemon/events.js';
 import { createLogger } from '../../src/daemon/log.js';
 import { exampleConfig, labStates, rulesOf } from '../support/fixture.js';
+import { RuleSet, type Rule } from '../../src/policy/rules.js';
 import { FakeAppMaps } from '../support/fakes.js';
 
 const APPS = `
@@ -150,6 +155,28 @@ apps:
     assert.deepEqual(d.main, { v4: slot('wifi'), v6: slot('wifi') });
   });
 
+  it('a rule that asks gives its treatment WM_T_ASK, and every pending a child could get under it; others do not', () => {
+    const asking = (name: string): RuleSet => RuleSet.compile(config.rules.map((r): Rule => (r.id === name && r.action.kind !== 'ask'
+      ? { ...r, action: { kind: 'ask', default: r.action, timeoutMs: 30_000 } } : r)), [], config);
+    const rules = asking('chat');
+    const a = desiredMaps({ ...world, rules, cgroups: [slice, chat, firefox, system, nginx] });
+    const flags = (c: KnownCgroup, which: 'self' | 'pending'): number => a.cgroups.get(c.id)?.[which].flags ?? -1;
+    assert.equal(flags(chat, 'self') & (WM_T_SET | WM_T_ASK), WM_T_SET | WM_T_ASK);
+    assert.equal(flags(chat, 'self') >>> WM_T_DNS_SHIFT, slot('cellular'), 'the DNS slot stays');
+    assert.equal(flags(chat, 'pending') & WM_T_ASK, WM_T_ASK, 'a child of the app is the app');
+    assert.equal(flags(firefox, 'self') & WM_T_ASK, 0);
+    assert.equal(flags(nginx, 'self') & WM_T_ASK, 0);
+    // uid 1000's slice: a new scope there may turn out to be chat's; the system's slice too (chat names uid 1000, the system's pending is everyone's).
+    assert.equal(flags(slice, 'pending') & WM_T_ASK, WM_T_ASK);
+    assert.equal(flags(slice, 'self') & WM_T_ASK, 0);
+    // Without an asking rule nothing asks.
+    const none = desiredMaps({ ...world, cgroups: [slice, chat] });
+    assert.ok([...none.cgroups.values()].every((e) => (e.self.flags & WM_T_ASK) === 0 && (e.pending.flags & WM_T_ASK) === 0));
+    // A uid-only rule that asks: its wm_uids entry does.
+    const guest = desiredMaps({ ...world, rules: asking('guest'), cgroups: [] });
+    assert.equal((guest.uids.get(2000)?.flags ?? 0) & WM_T_ASK, WM_T_ASK);
+  });
+
   it('plans only the difference', () => {
     const before = desiredMaps({ ...world, cgroups: [slice, chat, other] });
     const after = desiredMaps({ ...world, cgroups: [slice, chat, firefox] });
@@ -242,5 +269,89 @@ describe('seenOf: a cgroup the tree reported, as the app service keeps it', () =
     assert.equal(seenOf('system.slice', 7n, classifyCgroup('system.slice')).uid, null);
     const ff = `${USER_APPS}/app-flatpak-org.mozilla.firefox-7.scope`;
     assert.equal(seenOf(ff, 8n, classifyCgroup(ff)).unit?.kind, 'flatpak');
+  });
+});
+
+describe('AppService: connect reports (the kernel\'s, resolved to the app)', () => {
+  const tmp = mkdtempSync(join(tmpdir(), 'wm-connect-'));
+  after(() => rmSync(tmp, { recursive: true, force: true }));
+  const cgroupDir = join(tmp, 'cgroup'); // the mount
+  const procRoot = join(tmp, 'proc');
+  const dir = (rel: string): bigint => {
+    mkdirSync(join(cgroupDir, rel), { recursive: true });
+    return statSync(join(cgroupDir, rel), { bigint: true }).ino;
+  };
+  const proc = (pid: number, path: string): void => {
+    mkdirSync(join(procRoot, String(pid)), { recursive: true });
+    writeFileSync(join(procRoot, String(pid), 'cgroup'), `0::${path}\n`);
+  };
+  const record = (cgroupId: bigint, pid: number): ConnectRecord => ({
+    cgroupId, monotonicNs: 99n, app: 7, uid: 1000, pid, comm: 'chat', family: 4, address: '10.200.0.10', port: 443,
+    proto: 'tcp', via: 'connect', denied: false, source: 'cgroup',
+  });
+  const make = (onConnect?: (e: AppConnect) => void, cgroupRoot = '/') => new AppService({
+    maps: new FakeAppMaps(), world: () => world, cgroupDir: join(cgroupDir, cgroupRoot), mount: cgroupDir, cgroupRoot, sessionsDir: '/nonexistent/waymark', sessions: () => [],
+    keys: new AppKeys({ '1000/org.example.chat': 7 }), publish: () => undefined, log: createLogger('error'), procRoot,
+    ...(onConnect ? { onConnect } : {}),
+  });
+  const chatRel = `${USER_APPS}/app-gnome-org.example.chat-42.scope`;
+
+  it('a known cgroup: the app as the service knows it, and the connect as reported', () => {
+    const got: AppConnect[] = [];
+    const svc = make((e) => got.push(e));
+    svc.added(seenOf(chatRel, 11n, classifyCgroup(chatRel)));
+    svc.connected(record(11n, 4242));
+    assert.equal(got.length, 1);
+    const e = got[0];
+    assert.ok(e);
+    assert.deepEqual({ ...e.cgroup, unit: e.cgroup.unit?.name }, { id: 11n, rel: chatRel, uid: 1000, unit: 'org.example.chat', appKey: 7, known: true });
+    assert.deepEqual([e.address, e.port, e.proto, e.family, e.via, e.pid, e.uid, e.comm, e.monotonicNs, e.denied, e.source],
+      ['10.200.0.10', 443, 'tcp', 4, 'connect', 4242, 1000, 'chat', 99n, false, 'cgroup']);
+    assert.deepEqual(svc.connects, { delivered: 1, unresolved: 0 });
+  });
+
+  it('a cgroup the tree has not reported: found through /proc/PID/cgroup when it has the reported id', () => {
+    const got: AppConnect[] = [];
+    const svc = make((e) => got.push(e));
+    const rel = `${USER_APPS}/app-gnome-org.example.new-5.scope`;
+    const id = dir(rel);
+    proc(77, `/${rel}`);
+    svc.connected(record(id, 77));
+    assert.deepEqual(got.map((e) => [e.cgroup.rel, e.cgroup.unit?.name, e.cgroup.uid, e.cgroup.appKey, e.cgroup.known]), [[rel, 'org.example.new', 1000, 8, false]]);
+    // Below a root of its own: the path relative to it.
+    const under = make((e) => got.push(e), '/lab');
+    const id2 = dir('lab/system.slice/x.service');
+    proc(78, '/lab/system.slice/x.service');
+    under.connected(record(id2, 78));
+    assert.deepEqual([got.at(-1)?.cgroup.rel, got.at(-1)?.cgroup.unit?.unit], ['system.slice/x.service', 'x.service']);
+  });
+
+  it('dropped and counted: the process gone, moved to another cgroup, outside the root; a removed cgroup is no longer known', () => {
+    const got: AppConnect[] = [];
+    const svc = make((e) => got.push(e), '/lab');
+    const id = dir('lab/a.service');
+    svc.connected(record(id, 90)); // no /proc/90
+    proc(91, '/lab/b.service');
+    dir('lab/b.service');
+    svc.connected(record(id, 91)); // b's inode is not a's
+    proc(92, '/elsewhere/a.service');
+    svc.connected(record(id, 92));
+    svc.added(seenOf('a.service', id, classifyCgroup('a.service')));
+    svc.removed('a.service');
+    svc.connected(record(id, 90));
+    assert.deepEqual(got, []);
+    assert.deepEqual(svc.connects, { delivered: 0, unresolved: 4 });
+  });
+
+  it('a hook that throws is logged, not thrown; without a hook reports are ignored', () => {
+    const svc = make(() => {
+      throw new Error('prompt broke');
+    });
+    svc.added(seenOf(chatRel, 11n, classifyCgroup(chatRel)));
+    assert.doesNotThrow(() => svc.connected(record(11n, 1)));
+    const quiet = make();
+    quiet.added(seenOf(chatRel, 11n, classifyCgroup(chatRel)));
+    quiet.connected(record(11n, 1));
+    assert.deepEqual(quiet.connects, { delivered: 0, unresolved: 0 });
   });
 });

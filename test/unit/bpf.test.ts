@@ -9,6 +9,7 @@ import { endianness } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import * as B from '../../src/backstop/bpf.js';
+import * as D from '../../src/backstop/desired.js';
 import { parsePrefix, type Prefix } from '../../src/net/prefix.js';
 import { PACKAGE_ROOT } from '../../src/version.js';
 
@@ -70,33 +71,43 @@ describe('waymark_bpf.h ⇄ src/backstop/bpf.ts', () => {
       WM_DENY_ALL: B.WM_DENY_ALL, WM_T_SET: B.WM_T_SET, WM_T_DNS_SHIFT: B.WM_T_DNS_SHIFT, WM_T_DNS_MASK: B.WM_T_DNS_MASK, WM_MAX_DEPTH: B.WM_MAX_DEPTH, WM_DIR_TX: B.WM_DIR_TX, WM_DIR_RX: B.WM_DIR_RX,
       WM_CGROUPS_MAX: B.MAPS.cgroups.max, WM_UIDS_MAX: B.MAPS.uids.max, WM_IFSLOT_MAX: B.MAPS.ifslot.max,
       WM_DST_MAX: B.MAPS.dst4.max, WM_USAGE_MAX: B.MAPS.usage.max,
+      WM_T_ASK: B.WM_T_ASK, WM_EVENTS_SIZE: B.MAPS.events.max, WM_ASK_SEEN_MAX: B.MAPS.askSeen.max, WM_ASK_QUIET_NS: B.WM_ASK_QUIET_NS,
+      WM_EV_SENDMSG: B.WM_EV_SENDMSG, WM_EV_DENIED: B.WM_EV_DENIED, WM_EV_PENDING: B.WM_EV_PENDING, WM_EV_UID: B.WM_EV_UID,
     };
     for (const [k, v] of Object.entries(ts)) assert.equal(defines.get(k), v, k);
     assert.equal(B.MAPS.dst6.max, B.MAPS.dst4.max);
+    // The daemon's pure side (desired.ts) writes the same flag bits.
+    assert.deepEqual([D.WM_T_SET, D.WM_T_ASK, D.WM_T_DNS_SHIFT, D.WM_DENY_ALL], [B.WM_T_SET, B.WM_T_ASK, B.WM_T_DNS_SHIFT, B.WM_DENY_ALL]);
+    // A ring buffer's size is a power of 2 (and of pages).
+    assert.equal(B.MAPS.events.max & (B.MAPS.events.max - 1), 0);
+    assert.equal(B.MAPS.events.max % 4096, 0);
   });
 
   it('struct offsets', () => {
     const pairs: [string, Record<string, number>][] = [
       ['wm_treatment', B.OFFSETS.treatment], ['wm_cgroup', B.OFFSETS.cgroup], ['wm_dst4_key', B.OFFSETS.dst4Key],
       ['wm_dst6_key', B.OFFSETS.dst6Key], ['wm_conf', B.OFFSETS.conf], ['wm_usage_key', B.OFFSETS.usageKey],
-      ['wm_usage_val', B.OFFSETS.usageVal],
+      ['wm_usage_val', B.OFFSETS.usageVal], ['wm_connect_event', B.OFFSETS.connectEvent], ['wm_ask_key', B.OFFSETS.askKey],
+      ['wm_ask_stats', B.OFFSETS.askStats],
     ];
     for (const [name, ts] of pairs) {
       const l = structs.get(name);
       assert.ok(l, name);
       assert.deepEqual(Object.fromEntries(l.offsets), ts, name);
     }
+    assert.equal(structs.get('wm_connect_event')?.size, B.CONNECT_EVENT_SIZE);
   });
 
   it("every map of the program: name, key and value sizes, max_entries", () => {
     const maps = new Map<string, { key: number; value: number; max: number }>();
     for (const m of program.matchAll(/struct \{([^}]*)\} (\w+) SEC\("\.maps"\);/g)) {
       const body = m[1] ?? '';
-      const key = /__type\(key, ([^)]+)\)/.exec(body)?.[1] ?? '';
-      const value = /__type\(value, ([^)]+)\)/.exec(body)?.[1] ?? '';
+      // A ring buffer has neither key nor value (0 here).
+      const key = /__type\(key, ([^)]+)\)/.exec(body)?.[1];
+      const value = /__type\(value, ([^)]+)\)/.exec(body)?.[1];
       const maxText = /__uint\(max_entries, (\w+)\)/.exec(body)?.[1];
       const max = maxText === undefined ? 0 : /^\d+$/.test(maxText) ? Number(maxText) : (defines.get(maxText) ?? NaN);
-      maps.set(m[2] ?? '', { key: sizeOf(key, structs), value: sizeOf(value, structs), max });
+      maps.set(m[2] ?? '', { key: key === undefined ? 0 : sizeOf(key, structs), value: value === undefined ? 0 : sizeOf(value, structs), max });
     }
     for (const [, spec] of Object.entries(B.MAPS)) {
       const c = maps.get(spec.name);
@@ -127,6 +138,77 @@ describe('encoders and decoders', () => {
     assert.throws(() => B.encodeTreatment({ ...t, deny: [0] }), RangeError);
     assert.throws(() => B.encodeTreatment({ ...t, deny: [31] }), RangeError);
     assert.throws(() => B.encodeTreatment({ ...t, mark: 0x1 }), /outside MARK_MASK/);
+  });
+
+  it('ask rides in the flags (WM_T_ASK), absent when clear', () => {
+    const t: B.Treatment = { app: 3, mark: 0, deny: [], decides: true, ask: true };
+    const b = B.encodeTreatment(t);
+    if (le) assert.equal(b.readUInt32LE(12), B.WM_T_SET | B.WM_T_ASK);
+    assert.deepEqual(B.decodeTreatment(b), t);
+    assert.deepEqual(B.decodeTreatment(B.encodeTreatment({ ...t, ask: false })), { app: 3, mark: 0, deny: [], decides: true });
+    assert.deepEqual(B.decodeTreatment(B.encodeTreatment({ ...t, dnsSlot: 2 })), { ...t, dnsSlot: 2 });
+  });
+
+  /** A wm_connect_event as the BPF program writes it, built by hand (little-endian hosts). */
+  function event(f: { cgroup: bigint; ns: bigint; app: number; uid: number; pid: number; flags: number; family: number; protocol: number; port: number; addr: number[]; comm: string }): Buffer {
+    const b = Buffer.alloc(72, 0xee); // stale ring memory where the program writes nothing
+    b.writeBigUInt64LE(f.cgroup, 0);
+    b.writeBigUInt64LE(f.ns, 8);
+    b.writeUInt32LE(f.app, 16);
+    b.writeUInt32LE(f.uid, 20);
+    b.writeUInt32LE(f.pid, 24);
+    b.writeUInt32LE(f.flags, 28);
+    b.writeUInt8(f.family, 32);
+    b.writeUInt8(f.protocol, 33);
+    b.writeUInt16LE(f.port, 34);
+    b.fill(0, 36, 68);
+    Buffer.from(f.addr).copy(b, 36);
+    Buffer.from(f.comm, 'utf8').copy(b, 52, 0, 16);
+    b.writeUInt32LE(0, 68);
+    return b;
+  }
+
+  it('connect events decode: IPv4 TCP connect from the cgroup\'s entry', { skip: !le }, () => {
+    const b = event({ cgroup: 0x1_0000_0042n, ns: 123_456_789_012n, app: 7, uid: 1000, pid: 4242, flags: 0, family: 4, protocol: 6, port: 443, addr: [10, 90, 1, 2], comm: 'goclient' });
+    assert.deepEqual(B.decodeConnectEvent(b), {
+      cgroupId: 0x1_0000_0042n, monotonicNs: 123_456_789_012n, app: 7, uid: 1000, pid: 4242, comm: 'goclient',
+      family: 4, address: '10.90.1.2', port: 443, proto: 'tcp', via: 'connect', denied: false, source: 'cgroup',
+    });
+  });
+
+  it('connect events decode: IPv6 UDP send, denied, from a pending; a uid\'s; other protocols; a 16-byte name', { skip: !le }, () => {
+    const v6 = [0xfd, 0, 0, 0x90, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+    const e = B.decodeConnectEvent(event({ cgroup: 9n, ns: 1n, app: 0, uid: 65534, pid: 1, flags: B.WM_EV_SENDMSG | B.WM_EV_DENIED | B.WM_EV_PENDING, family: 6, protocol: 17, port: 53, addr: v6, comm: 'a-sixteen-chars!' }));
+    assert.deepEqual({ ...e }, {
+      cgroupId: 9n, monotonicNs: 1n, app: 0, uid: 65534, pid: 1, comm: 'a-sixteen-chars!',
+      family: 6, address: 'fd00:90:1::2', port: 53, proto: 'udp', via: 'sendmsg', denied: true, source: 'pending',
+    });
+    const u = B.decodeConnectEvent(event({ cgroup: 9n, ns: 1n, app: 0, uid: 5, pid: 1, flags: B.WM_EV_UID, family: 4, protocol: 1, port: 0, addr: [1, 2, 3, 4], comm: '' }));
+    assert.equal(u.source, 'uid');
+    assert.equal(u.proto, 1);
+    assert.equal(u.comm, '');
+  });
+
+  it('connect events of another size or family are refused', { skip: !le }, () => {
+    const ok = event({ cgroup: 1n, ns: 1n, app: 0, uid: 0, pid: 1, flags: 0, family: 4, protocol: 6, port: 1, addr: [1, 1, 1, 1], comm: 'x' });
+    assert.throws(() => B.decodeConnectEvent(ok.subarray(0, 64)), RangeError);
+    assert.throws(() => B.decodeConnectEvent(Buffer.concat([ok, Buffer.alloc(8)])), RangeError);
+    const bad = Buffer.from(ok);
+    bad.writeUInt8(2, 32); // AF_INET, not the 4 the program writes
+    assert.throws(() => B.decodeConnectEvent(bad), /family 2/);
+  });
+
+  it('ask stats are summed over the per-CPU values', { skip: !le }, () => {
+    const cpus = 2;
+    const v = Buffer.alloc(24 * cpus);
+    v.writeBigUInt64LE(5n, 0);
+    v.writeBigUInt64LE(1n, 8);
+    v.writeBigUInt64LE(2n, 16);
+    v.writeBigUInt64LE(7n, 24);
+    v.writeBigUInt64LE(0n, 32);
+    v.writeBigUInt64LE(3n, 40);
+    assert.deepEqual(B.decodeAskStats(v, cpus), { reported: 12n, dropped: 1n, suppressed: 5n });
+    assert.throws(() => B.decodeAskStats(v, 3), RangeError);
   });
 
   it('a cgroup value holds self then pending', () => {
@@ -167,7 +249,7 @@ describe('encoders and decoders', () => {
   });
 
   it('conf round-trips; slots are checked', () => {
-    const c: B.Conf = { netnsCookie: 4097n, mainSlot4: 3, mainSlot6: 0 };
+    const c: B.Conf = { netnsCookie: 4097n, mainSlot4: 3, mainSlot6: 0, askQuietNs: 5_000_000n };
     assert.deepEqual(B.decodeConf(B.encodeConf(c)), c);
     assert.throws(() => B.encodeConf({ ...c, mainSlot4: 31 }), RangeError);
   });

@@ -89,7 +89,7 @@ describe('rules: which one decides', () => {
       if (rnd(2)) m['destination'] = pick(['internet', 'mms', 'office']);
       if (rnd(4) === 0) m['port'] = pick([53, 443]);
       if (rnd(5) === 0) m['unit'] = pick(['x.service', 'app-*.scope']);
-      rules.push(rule(`r${i}`, m as Rule['match']));
+      rules.push(rule(`r${i}`, m));
     }
     const s = RuleSet.compile(rules, [], config);
     for (let i = 0; i < 2000; i++) {
