@@ -67,7 +67,9 @@ describe('decide', () => {
     // Wi-Fi down: the browser falls back to cellular, frugal has nothing left.
     const { states: noWifi } = labStates(config, labKernel({ wlan0: 0 }));
     assert.equal(summary(to('198.51.100.10', NO_WISH, 'browser', noWifi)), 'steer cellular');
-    assert.equal(summary(to('198.51.100.10', NO_WISH, 'frugal', noWifi)), 'deny EACCES');
+    // What frugal may use (Wi-Fi) is down: unreachable for now, not refused.
+    assert.equal(summary(to('198.51.100.10', NO_WISH, 'frugal', noWifi)), 'deny ENETUNREACH');
+    assert.equal(summary(to('198.51.100.10', { ...NO_WISH, deny: ['wifi'] }, 'frugal', noWifi)), 'deny EACCES', 'nothing it may use at all: refused');
   });
 
   it('ranks by needs', () => {
@@ -77,7 +79,7 @@ describe('decide', () => {
     assert.equal(summary(to('198.51.100.10', need('max-bandwidth'))), 'steer wifi');
     assert.equal(summary(to('2001:db8:100::10', need('unmetered'))), 'steer wifi');
     const { states: noWifi } = labStates(config, labKernel({ wlan0: 0 }));
-    assert.equal(summary(to('198.51.100.10', need('unmetered'), undefined, noWifi)), 'deny EACCES');
+    assert.equal(summary(to('198.51.100.10', need('unmetered'), undefined, noWifi)), 'deny ENETUNREACH', 'the unmetered uplink is down');
     assert.equal(summary(to('172.16.5.10', need('cheapest'))), 'steer office-vpn');
   });
 
