@@ -41,6 +41,8 @@ export interface ModelOptions {
   readonly events: Pick<EventBus, 'publish' | 'wants'>;
   readonly log: Logger;
   readonly appKeys: AppKeys;
+  /** An app's cgroup went (its answers "until the app exits" go with it: src/daemon/rule-store.ts). */
+  readonly onAppLeft?: () => void;
 }
 
 export interface Model {
@@ -74,7 +76,11 @@ export function assemble(o: ModelOptions, a: Adapters): Model {
   const decisions = new DecisionService(world, o.generation, log, {}, o.events);
   const uplinkEvents = new UplinkWatcher((e) => o.events.publish(e));
   const apps = new AppService({
-    ...a.apps, keys: o.appKeys, log, publish: (e) => o.events.publish(e),
+    ...a.apps, keys: o.appKeys, log,
+    publish: (e) => {
+      o.events.publish(e);
+      if (e.type === 'app.left') o.onAppLeft?.();
+    },
     world: () => ({
       rules: world.rules, uplinks: world.uplinks, mainDefault: world.mainDefault,
       destinations: withLearnedHosts(world.config.destinations, world.learned.byDestination()),

@@ -13,12 +13,15 @@ import { DeferredAnswer, type Caller, type DecisionHandlers } from '../decision/
 import { WM_ACTION, WM_RESOLVE, type DecideRequest, type DecideResponse, type ResolveRequest, type ResolveResponse } from '../decision/wire.js';
 import { resolveVia } from '../dns/resolver.js';
 import { bestUplink } from '../routing/desired.js';
-import { identify, type AppIdentity } from '../identity/app.js';
+import { identify, parseCgroupFile, type AppIdentity } from '../identity/app.js';
 import { formatAddress, parseAddress, type Family } from '../net/prefix.js';
 import type { AppFacts, AppRule } from '../policy/app.js';
 import { appName, type Proto, type Rule } from '../policy/rules.js';
 import type { Prompt, PromptOutcome } from '../prompt/prompt.js';
 import type { UplinkState } from '../uplink/state.js';
+import type { AppConnect } from './apps.js';
+import { errorMessage } from '../errors.js';
+import { readFileSync, readlinkSync } from 'node:fs';
 import { mergeWish, wishOf, type Session } from '../session/session.js';
 import { ExpiringMap } from './expiring.js';
 import type { EventBus } from './events.js';
@@ -41,6 +44,24 @@ const DNS_PORT = 53;
 const NO_DENY: readonly string[] = Object.freeze([]);
 const NO_FACTS: readonly AppFacts[] = Object.freeze([]);
 const NO_WISH_HERE: Wish = { needs: [], deny: [] };
+
+/** A process's cgroup v2 path (as /proc/PID/cgroup says it), null when it is gone. */
+function cgroupOf(pid: number): string | null {
+  try {
+    return parseCgroupFile(readFileSync(`/proc/${pid}/cgroup`, 'latin1')).v2;
+  } catch {
+    return null;
+  }
+}
+
+/** A process's executable, null when it is gone or unreadable. */
+function exeOf(pid: number): string | null {
+  try {
+    return readlinkSync(`/proc/${pid}/exe`).replace(/ \(deleted\)$/, '');
+  } catch {
+    return null;
+  }
+}
 
 /**
  * Whom a remembered answer is for: the user's app by its most lasting name (its Flatpak ID, else
@@ -263,6 +284,49 @@ export class DecisionService implements DecisionHandlers {
       return this.respond(req, id, d, a.scope === 'once' ? 0 : undefined);
     });
     return new DeferredAnswer(ask.timeoutMs + PENDING_SLACK_MS, answer);
+  }
+
+  /**
+   * A connect the kernel reported (src/daemon/apps.ts: an app whose rules ask, with or without
+   * the library: a static binary too). It was not held: the rule's default carried it. When the
+   * rule that decides for it asks, the user is asked all the same; an answer that lasts becomes
+   * a rule, which the kernel applies to the app's sockets from then on. Connects that share a
+   * prompt (the same app and destination, held by the library or not) share its answer.
+   */
+  connectReported(c: AppConnect): void {
+    const asker = this.asker;
+    const unit = c.cgroup.unit;
+    if (!asker || unit === null || c.port === DNS_PORT) return;
+    const exe = exeOf(c.pid);
+    const facts: AppIdentity = {
+      pid: c.pid, uid: c.cgroup.uid ?? c.uid, gid: -1, exe, comm: c.comm, cgroup: null, unit: unit.unit, app: unit.appId, flatpakId: unit.flatpakId, startTime: null,
+    };
+    const parsed = parseAddress(c.address);
+    if (!parsed) return;
+    const destination = this.world.learned.destinationOf(parsed.family, parsed.bytes) ?? destinationOfAddress(this.world.config.destinations, parsed.family, parsed.bytes);
+    // The kernel matches cgroups, never executables: the rule as the kernel saw it.
+    const kernelFacts = { ...facts, exe: null };
+    const rule = this.world.rules.evaluate({ facts: kernelFacts, destination, proto: c.proto === 'udp' ? 'udp' : 'tcp', port: c.port, needs: [] });
+    if (rule?.action.kind !== 'ask') return;
+    const match = answerMatch(kernelFacts, destination);
+    void asker.ask({
+      key: JSON.stringify([facts.uid, match, destination]),
+      timeoutMs: rule.action.timeoutMs,
+      app: { uid: facts.uid, pid: c.pid, name: appName(facts), exe, unit: facts.unit, app: facts.app, flatpakId: facts.flatpakId },
+      target: { destination, address: c.address, port: c.port, proto: c.proto === 'udp' ? 'udp' : 'tcp', host: null },
+      needs: [], choices: this.choicesFor(rule, destination), default: rule.action.default, rule: rule.id, held: false,
+    }).then((outcome) => {
+      if (outcome.by !== 'agent') return;
+      const a = outcome.answer;
+      if (a.scope === 'once') return; // the connect went by the default already
+      asker.remember({
+        match: a.allDestinations ? answerMatch(kernelFacts, undefined) : match,
+        action: 'deny' in a.choice ? { kind: 'deny' } : { kind: 'only', uplinks: [a.choice.uplink] },
+        owner: outcome.uid, scope: a.scope,
+        ...(a.scope === 'minutes' ? { expiresAt: Date.now() + (a.minutes ?? 10) * 60_000 } : {}),
+        ...(a.scope === 'app' ? { until: { pid: c.pid, startTime: null, cgroup: cgroupOf(c.pid) } } : {}),
+      });
+    }, (e: unknown) => this.log.warn('prompt for a reported connect failed', { error: errorMessage(e) }));
   }
 
   /** The uplinks a prompt offers: those that reach the destination and the rule does not rule out, the rule's order first. */

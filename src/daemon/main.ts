@@ -130,7 +130,9 @@ async function main(): Promise<void> {
   const events = new EventBus();
   const startedAt = new Date();
   const appKeys = new AppKeys(saved.appKeys, (all) => void store.update({ appKeys: all }).catch((e: unknown) => log.error('cannot save state', { error: errorMessage(e) })));
+  let appLeft = (): void => undefined;
   const { world, nftables, routing, sessions, decisions, apps } = assemble({
+    onAppLeft: () => appLeft(),
     config, savedSlots: saved.slots, saveSlots: (slots) => store.update({ slots: { ...slots } }), generation, events, log, appKeys,
     sessionStore: { save: (all) => store.update({ sessions: all.map((x) => ({ ...x, needs: [...x.needs], deny: [...x.deny], apps: [...x.apps] })) }) },
   }, {
@@ -138,9 +140,12 @@ async function main(): Promise<void> {
     apps: {
       maps: appMaps ? appMapsPort(appMaps) : { apply: () => [] }, kernelOff,
       cgroupDir, mount: cgroups.mount, cgroupRoot: `/${opts.cgroupRoot}`, sessionsDir: cgroups.sessionsDir,
+      // A connect the kernel reported for an app whose rule asks: the user is asked all the same.
+      onConnect: (e) => decisions.connectReported(e),
     },
   });
-  const ruleStore = new RuleStore(world, (all, nextRule) => store.update({ rules: all, nextRule }), log);
+  const ruleStore = new RuleStore(world, (all, nextRule) => store.update({ rules: all, nextRule }), log, { cgroupMount: cgroups.mount });
+  appLeft = () => void ruleStore.prune();
   const rules = new RuleService({ world, store: ruleStore, apps: (cred) => apps.list(cred) });
   const decideServer = new DecisionServer(join(runDir, DECIDE_SOCKET), decisions, log, { busyPollUs: opts.busyPollUs });
 

@@ -14,6 +14,7 @@
  *     in all); beyond, the oldest answers of that owner go first; CLI rules are refused.
  */
 import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { z } from 'zod';
 import { fixedActionSchema, NEED_NAMES } from '../config/schema.js';
 import { fixedAction } from '../config/load.js';
@@ -111,8 +112,7 @@ export class RuleStore {
     private readonly world: Pick<World, 'setStoredRules'>,
     private readonly persist: (rules: PersistedRule[], next: number) => Promise<void>,
     private readonly log: Logger,
-    private readonly now: () => number = Date.now,
-    private readonly procRoot = '/proc',
+    private readonly opts: { readonly now?: () => number; readonly procRoot?: string; readonly cgroupMount?: string } = {},
   ) {
     this.timer = setInterval(() => void this.prune(), PRUNE_MS).unref();
   }
@@ -183,12 +183,17 @@ export class RuleStore {
     clearInterval(this.timer);
   }
 
+  private now(): number {
+    return (this.opts.now ?? Date.now)();
+  }
+
+  /** Whether the app an answer "until the app exits" was given for has exited: its cgroup is gone, else its process. */
   private gone(r: StoredRule): boolean {
     const u = r.until;
     if (!u) return false;
-    if (u.cgroup !== null) return !existsSync(`/sys/fs/cgroup${u.cgroup}`) && !existsSync(`/sys/fs/cgroup/unified${u.cgroup}`);
+    if (u.cgroup !== null && this.opts.cgroupMount !== undefined) return !existsSync(join(this.opts.cgroupMount, u.cgroup));
     try {
-      const stat = readFileSync(`${this.procRoot}/${u.pid}/stat`, 'latin1');
+      const stat = readFileSync(`${this.opts.procRoot ?? '/proc'}/${u.pid}/stat`, 'latin1');
       return u.startTime !== null && stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] !== u.startTime;
     } catch {
       return true;

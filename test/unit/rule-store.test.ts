@@ -11,7 +11,7 @@ function harness(now = { t: 1_000_000 }) {
   const store = new RuleStore(
     { setStoredRules: (r) => { seen.push(r); return Promise.resolve(); } },
     (rules, next) => { saved.push({ rules, next }); return Promise.resolve(); },
-    recordingLog(), () => now.t, '/nonexistent-proc',
+    recordingLog(), { now: () => now.t, procRoot: '/nonexistent-proc' },
   );
   return { store, seen, saved, now };
 }
