@@ -24,6 +24,7 @@ import { createLogger, type Level } from './log.js';
 import { controlSocketPath } from './client.js';
 import { AlreadyRunning, claimInstance, EX_ALREADY_RUNNING } from './lock.js';
 import { EventBus, TOPICS } from './events.js';
+import { agentHandlers } from './agents.js';
 import { DEFAULT_SOCKET, METHODS, PROTOCOL_VERSION, PROTOCOL_VERSIONS, type HelloResult, type ReloadResult } from './protocol.js';
 import { ControlServer, RequestError } from './server.js';
 import { DEFAULT_STATE_DIR, StateStore } from './state.js';
@@ -114,7 +115,7 @@ async function main(): Promise<void> {
   const events = new EventBus();
   const startedAt = new Date();
   const appKeys = new AppKeys(saved.appKeys, (all) => void store.update({ appKeys: all }).catch((e: unknown) => log.error('cannot save state', { error: errorMessage(e) })));
-  const { world, nftables, routing, sessions, decisions, apps } = assemble({
+  const { world, nftables, routing, sessions, decisions, apps, prompts } = assemble({
     config, savedSlots: saved.slots, saveSlots: (slots) => store.update({ slots: { ...slots } }), generation, events, log, appKeys,
     sessionStore: { save: (all) => store.update({ sessions: all.map((x) => ({ ...x, needs: [...x.needs], deny: [...x.deny], apps: [...x.apps] })) }) },
   }, {
@@ -159,12 +160,14 @@ async function main(): Promise<void> {
       control: refusalsSeenBy(server.stats, cred.uid, mayChangeState(cred)),
       events: events.stats,
       apps: { ...apps.kernel, cgroupRoot: `/${opts.cgroupRoot}`, ...apps.counts },
+      prompts: prompts.stats,
     }),
     reload,
     'exec.begin': (params, cred) => sessions.begin(params, cred),
     'exec.end': (params, cred) => sessions.end(params.id, cred),
     'events.subscribe': (params, _cred, ctx) => Promise.resolve(ctx.subscribe(params.topics)),
     apps: (_params, cred) => Promise.resolve({ cgroupRoot: `/${opts.cgroupRoot}`, kernel: apps.kernel, apps: apps.list(cred) }),
+    ...agentHandlers(prompts),
   }, log, { events });
 
   await world.saveSlots();
@@ -195,6 +198,7 @@ async function main(): Promise<void> {
     void (async () => {
       decideServer.close();
       decisions.close(); // its prune timer
+      prompts.close(); // connects still waiting for an answer get their rule's default
       // Libraries drop their cached answers at once and fall back to their fail-open/closed mode.
       if (generation.opened) generation.bump();
       sessions.close();

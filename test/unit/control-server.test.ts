@@ -79,6 +79,9 @@ describe('ControlServer limits', { skip: !isRoot && 'needs root (clients run as 
     'exec.end': () => Promise.resolve({}),
     apps: () => placeholder({}),
     'events.subscribe': () => placeholder({}),
+    'agent.register': () => placeholder({}),
+    'prompt.answer': () => placeholder({}),
+    prompts: () => placeholder({}),
   };
 
   before(() => {
