@@ -528,8 +528,16 @@ class TerminalAgent {
     try {
       const params = METHODS['prompt.answer'].params.safeParse(JSON.parse(l));
       if (!params.success) throw new Error(`not an answer (${params.error.issues.map((i) => `${i.path.join('.') || 'line'}: ${i.message}`).join('; ')}): {"id":…,"choice":{"uplink":…} or {"deny":true},"scope":…}`);
-      const r = await this.client.call('prompt.answer', params.data);
-      this.json({ type: 'answer.ok', ...r });
+      // Until its prompt.closed: the agent does not end before printing it.
+      const { id, ...answer } = params.data;
+      if (this.prompts.has(id)) this.sent.set(id, answer);
+      try {
+        const r = await this.client.call('prompt.answer', params.data);
+        this.json({ type: 'answer.ok', ...r });
+      } catch (e) {
+        this.sent.delete(id);
+        throw e;
+      }
     } catch (e) {
       this.json({ type: 'answer.error', ...(e instanceof DaemonError ? { code: e.code } : {}), message: errorMessage(e) });
     } finally {

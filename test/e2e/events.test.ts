@@ -90,7 +90,7 @@ describe('waymark watch', () => {
     assert.match(help.stdout, /^ {2}watch \[options\] +stream the daemon's events live/m);
     const bad = await dev.waymark(['watch', '--topic', 'nope']);
     assert.notEqual(bad.code, 0);
-    assert.match(bad.stderr, /unknown topic "nope" \(known: uplink, config, decision, session, app\)/);
+    assert.match(bad.stderr, /unknown topic "nope" \(known: uplink, config, decision, session, app, prompt\)/);
   });
 
   it('shows a link going down and coming back, to both watchers and the unprivileged one', async () => {

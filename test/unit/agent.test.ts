@@ -9,6 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
+import { createInterface } from 'node:readline';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -30,6 +31,7 @@ const quiet: Logger = { debug: () => undefined, info: () => undefined, warn: () 
 const GUARD = { timeout: 60_000 };
 const ALICE = 4251;
 const BOB = 4252;
+const ME = process.getuid?.() ?? 0;
 
 function request(uid: number, key: string, o: { timeoutMs?: number; name?: string } = {}): AskRequest {
   return {
@@ -130,7 +132,7 @@ describe('the agent protocol on the control socket', () => {
 
   it('registers agents, lists the open prompts to one started late, takes the first answer, and unregisters an agent with its connection', GUARD, async () => {
     const { sock, broker, server, agentGone } = await controlServer(dir, 'proto.sock');
-    const uid = process.getuid?.() ?? 0;
+    const uid = ME;
     const a = new Client(sock);
     const b = new Client(sock);
     try {
@@ -264,6 +266,13 @@ describe('waymark agent on a terminal', { skip: !isRoot && 'needs root (the agen
     }
   });
 
+});
+
+describe('waymark agent without a terminal', () => {
+  let dir: string;
+  before(() => { dir = mkdtempSync(path.join(os.tmpdir(), 'wm-agent-lines-')); });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
   it('without a terminal takes one answer per input line ("2 m 30"), shows the outcome, and exits at the end of its input', GUARD, async () => {
     const { sock, broker, server } = await controlServer(dir, 'lines.sock');
     const child = spawn(process.execPath, [CLI, '--socket', sock, 'agent'], { stdio: ['pipe', 'pipe', 'pipe'] });
@@ -278,12 +287,53 @@ describe('waymark agent on a terminal', { skip: !isRoot && 'needs root (the agen
     try {
       child.stdin.end('zz\n2 m 30\n');
       await registered;
-      const outcome = await broker.ask(request(ALICE, 'lines'));
-      assert.deepEqual(outcome, { by: 'agent', uid: 0, answer: { choice: { uplink: 'cellular' }, scope: 'minutes', minutes: 30 } });
+      const outcome = await broker.ask(request(ME, 'lines'));
+      assert.deepEqual(outcome, { by: 'agent', uid: ME, answer: { choice: { uplink: 'cellular' }, scope: 'minutes', minutes: 30 } });
       assert.equal(await exited, 0, err);
       assert.match(out, /^Prompt p-1: chat wants to reach the Internet$/m);
       assert.match(out, /p-1: no answer in "zz"/);
       assert.match(out, /^p-1: answered: cellular, for 30 minutes$/m);
+    } finally {
+      child.kill('SIGKILL');
+      await server.close();
+    }
+  });
+
+  it('--json: prints the registration and the events as JSON lines, takes answers as JSON lines, reports each reply', GUARD, async () => {
+    const { sock, broker, server } = await controlServer(dir, 'json.sock');
+    const child = spawn(process.execPath, [CLI, '--socket', sock, 'agent', '--json'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const lines: { type: string; [k: string]: unknown }[] = [];
+    const waiters = new Set<() => void>();
+    createInterface({ input: child.stdout }).on('line', (l) => {
+      lines.push(JSON.parse(l) as { type: string });
+      for (const w of [...waiters]) w();
+    });
+    const line = (type: string): Promise<{ type: string; [k: string]: unknown }> => new Promise((resolve) => {
+      const check = (): void => {
+        const got = lines.find((x) => x.type === type);
+        if (got) {
+          waiters.delete(check);
+          resolve(got);
+        }
+      };
+      waiters.add(check);
+      check();
+    });
+    const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+    try {
+      await line('agent.registered');
+      const outcome = broker.ask(request(ME, 'json'));
+      const asked = await line('prompt.asked');
+      assert.deepEqual((asked['prompt'] as Prompt | undefined)?.id, 'p-1');
+      child.stdin.write('{"id":"p-1","choice":{"uplink":"nope"},"scope":"once"}\n');
+      const refused = await line('answer.error');
+      assert.equal(refused['code'], 'EINVAL');
+      child.stdin.end('{"id":"p-1","choice":{"uplink":"wifi"},"scope":"app"}\n');
+      const expected = { by: 'agent', uid: ME, answer: { choice: { uplink: 'wifi' }, scope: 'app' } };
+      assert.deepEqual(await outcome, expected);
+      assert.deepEqual((await line('answer.ok'))['outcome'], expected);
+      assert.deepEqual((await line('prompt.closed'))['outcome'], expected);
+      assert.equal(await exited, 0);
     } finally {
       child.kill('SIGKILL');
       await server.close();

@@ -6,6 +6,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 
+import { formatStatus } from '../../src/cli/status.js';
 import { EventBus, type DaemonEvent, type Subscriber } from '../../src/daemon/events.js';
 import { PromptBroker, PromptError, type AskRequest, type PromptLimits } from '../../src/daemon/prompts.js';
 import type { PromptOutcome } from '../../src/prompt/prompt.js';
@@ -255,5 +256,19 @@ describe('prompt events', () => {
     assert.deepEqual(asked.prompt.choices.map((c) => c.uplink), ['wifi', 'cellular']);
     assert.ok(closed?.type === 'prompt.closed');
     assert.deepEqual({ id: closed.id, uid: closed.uid, outcome: closed.outcome }, { id: 'p-1', uid: USER, outcome });
+  });
+});
+
+describe('prompts in waymark status', () => {
+  it('counts agents, open and queued prompts, and the asks over the bound', async () => {
+    const { broker } = setup({ promptsPerUid: 1 });
+    broker.register({}, { uid: USER, pid: 1, name: 't', kinds: ['connect'] });
+    void broker.ask(request(USER, 'a'));
+    assert.deepEqual(await broker.ask(request(USER, 'b')), { by: 'overflow' });
+    const text = formatStatus({
+      daemon: { version: 't', protocol: 2, pid: 1, configPath: '/c', generation: 1, startedAt: '' }, uplinks: [], destinations: [], lastReconcile: null,
+      prompts: broker.stats,
+    });
+    assert.match(text, /^prompts: 1 agent, 1 open, 0 queued, 1 ask given the default at once \(more than 1 prompts of one user\)$/m);
   });
 });
