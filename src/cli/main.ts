@@ -84,7 +84,7 @@ program
   .option('-t, --topic <topic>', `only these topics, repeatable: ${TOPICS.join(', ')} (default: all)`, topic, [])
   .addHelpText('after', `
 Denials and sessions are shown for your own programs only (root and the waymark group see
-everyone's); uplink and config events for all. A watcher that falls behind is told how many
+everyone's); uplink and config events for all; prompts only to their own user and root. A watcher that falls behind is told how many
 events it lost. Exits 0 on Ctrl-C, 69 when waymarkd goes away.`)
   .action(async (o: { json: boolean; topic: Topic[] }) => {
     const { watch } = await import('./watch.js');

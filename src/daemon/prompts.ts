@@ -110,6 +110,8 @@ interface Entry {
   readonly key: string;
   readonly uid: number;
   shown: boolean;
+  /** In which order prompts were shown (0: not yet). */
+  shownSeq: number;
   closed: boolean;
   timer: Timer | undefined;
   /** Each ask waiting for this prompt. */
@@ -135,6 +137,7 @@ export class PromptBroker {
   private readonly byOwner = new WeakMap<object, AgentHandle>();
   private overflowed = 0;
   private counter = 0;
+  private shownCount = 0;
 
   constructor(deps: PromptBrokerDeps) {
     this.publish = deps.publish;
@@ -207,14 +210,14 @@ export class PromptBroker {
     return { handle, fresh: true };
   }
 
-  /** The prompts shown now that a client of `uid` may answer (its own; root: everyone's), oldest first. */
+  /** The prompts shown now that a client of `uid` may answer (its own; root: everyone's), in the order shown. */
   visible(uid: number): Prompt[] {
-    const out: Prompt[] = [];
+    const out: Entry[] = [];
     for (const [u, line] of this.lines) {
       const head = line[0];
-      if ((uid === 0 || u === uid) && head?.shown === true) out.push(head.prompt);
+      if ((uid === 0 || u === uid) && head?.shown === true) out.push(head);
     }
-    return out.sort((a, b) => a.expiresAt.localeCompare(b.expiresAt));
+    return out.sort((a, b) => a.shownSeq - b.shownSeq).map((e) => e.prompt);
   }
 
   /** Prompts of `uid` waiting to be shown (root: of everyone). */
@@ -275,7 +278,7 @@ export class PromptBroker {
       id: this.ids(), app: req.app, target: req.target, needs: req.needs, choices: req.choices, default: req.default, rule: req.rule,
       expiresAt: new Date(this.clock.now() + ms).toISOString(), held: req.held,
     });
-    const entry: Entry = { prompt, key, uid: req.app.uid, shown: false, closed: false, timer: undefined, waiters: new Set() };
+    const entry: Entry = { prompt, key, uid: req.app.uid, shown: false, shownSeq: 0, closed: false, timer: undefined, waiters: new Set() };
     this.byKey.set(key, entry);
     this.byId.set(prompt.id, entry);
     line.push(entry);
@@ -287,6 +290,7 @@ export class PromptBroker {
 
   private show(e: Entry): void {
     e.shown = true;
+    e.shownSeq = ++this.shownCount;
     this.publish({ type: 'prompt.asked', prompt: e.prompt });
   }
 

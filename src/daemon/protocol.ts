@@ -169,7 +169,8 @@ export const METHODS = {
   apps: { privileged: false, since: 2, params: z.object({}).strict() },
   /**
    * From now on this connection also receives the events of these topics (all when empty) that
-   * the caller may see. Again on the same connection: replaces the topics.
+   * the caller may see. Again on the same connection: replaces the topics (a prompt agent's
+   * connection keeps `prompt`: agent.register).
    */
   'events.subscribe': {
     privileged: false,
