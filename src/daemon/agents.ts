@@ -20,10 +20,16 @@ export function agentHandlers(broker: PromptBroker): AgentHandlers {
     'agent.register': (params, cred, ctx) => {
       try {
         const { handle, fresh } = broker.register(ctx.connection, { uid: cred.uid, pid: cred.pid, name: params.name, kinds: params.kinds });
-        if (fresh) ctx.onClose(() => handle.unregister());
         // Subscribed and listed in one go (nothing runs in between): every prompt it may answer
         // is either in the list or comes as an event, never both, never neither.
-        const topics = ctx.addTopics(['prompt']);
+        let topics;
+        try {
+          topics = ctx.addTopics(['prompt']);
+        } catch (e) {
+          if (fresh) handle.unregister(); // an agent that would never hear of a prompt
+          throw e;
+        }
+        if (fresh) ctx.onClose(() => handle.unregister());
         return Promise.resolve({ agent: handle.info, prompts: broker.visible(cred.uid), queued: broker.queued(cred.uid), topics });
       } catch (e) {
         return Promise.reject(wire(e));

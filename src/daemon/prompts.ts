@@ -120,6 +120,7 @@ interface Entry {
 
 interface Agent {
   readonly info: AgentInfo;
+  readonly owner: object;
   gone: boolean;
 }
 
@@ -203,7 +204,7 @@ export class PromptBroker {
       throw new PromptError('EBUSY', `too many prompt agents of uid ${info.uid} (at most ${this.limits.agentsPerUid})`);
     }
     if (set === undefined) this.agents.set(info.uid, (set = new Set()));
-    const agent: Agent = { info: Object.freeze({ ...info, kinds: [...info.kinds], since: new Date(this.clock.now()).toISOString() }), gone: false };
+    const agent: Agent = { info: Object.freeze({ ...info, kinds: [...info.kinds], since: new Date(this.clock.now()).toISOString() }), owner, gone: false };
     set.add(agent);
     const handle: AgentHandle = { info: agent.info, unregister: () => this.unregister(agent) };
     this.byOwner.set(owner, handle);
@@ -313,6 +314,7 @@ export class PromptBroker {
   private unregister(agent: Agent): void {
     if (agent.gone) return;
     agent.gone = true;
+    this.byOwner.delete(agent.owner);
     const uid = agent.info.uid;
     const set = this.agents.get(uid);
     set?.delete(agent);
