@@ -417,6 +417,8 @@ class TerminalAgent {
     const input = this.io.input;
     if (this.tty) {
       input.setRawMode?.(true);
+      // Whatever ends the process, the terminal is given back as it was.
+      process.once('exit', () => input.setRawMode?.(false));
       input.setEncoding('utf8');
       input.on('data', (chunk: string) => {
         for (const k of keysOf(chunk)) this.key(k);

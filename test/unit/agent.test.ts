@@ -239,15 +239,24 @@ describe('waymark agent on a terminal', { skip: !isRoot && 'needs root (the agen
       assert.deepEqual(await fourth, { by: 'timeout' });
       at = await alice.waitFor('p-4: timed out; the default applies (use wifi)', at);
 
+      // Esc: left to other agents (root answers it here); the agent says nothing more of it.
+      const left = broker.ask(request(ALICE, 'left'));
+      at = await alice.waitFor('Prompt p-5', at);
+      alice.send('\x1b');
+      at = await alice.waitFor('p-5: left to other agents and its timeout', at);
+      broker.answer('p-5', 0, { choice: { deny: true }, scope: 'once' });
+      assert.equal((await left).by, 'agent');
+
       // Bob's agent: Alice's next prompt is not his; his own is.
       bob = agent(BOB);
       await bob.waitFor(`waiting for prompts of uid ${BOB}`);
-      const alices = broker.ask(request(ALICE, 'five'));
-      await alice.waitFor('Prompt p-5', at);
+      const alices = broker.ask(request(ALICE, 'six'));
+      await alice.waitFor('Prompt p-6', at);
       const bobs = broker.ask(request(BOB, 'mail', { name: 'mail' }));
-      await bob.waitFor('Prompt p-6: mail wants to reach the Internet');
-      // Events reach a connection in order: had Bob's agent got p-5, it would have shown it first.
-      assert.deepEqual(bob.screen.match(/Prompt p-\d+/g), ['Prompt p-6'], 'Bob\'s agent was shown only his own prompt');
+      await bob.waitFor('Prompt p-7: mail wants to reach the Internet');
+      // Events reach a connection in order: had Bob's agent got p-6, it would have shown it first.
+      assert.deepEqual(bob.screen.match(/Prompt p-\d+/g), ['Prompt p-7'], 'Bob\'s agent was shown only his own prompt');
+      assert.doesNotMatch(alice.screen, /p-5: answered/, 'a prompt left is not spoken of again');
 
       // Ctrl-C: Bob's agent ends (0); his prompt has no agent left.
       bob.send('\x03');
