@@ -87,11 +87,27 @@ program
   .option('-t, --topic <topic>', `only these topics, repeatable: ${TOPICS.join(', ')} (default: all)`, topic, [])
   .addHelpText('after', `
 Denials and sessions are shown for your own programs only (root and the waymark group see
-everyone's); uplink and config events for all. A watcher that falls behind is told how many
+everyone's); uplink and config events for all; prompts only to their own user and root. A watcher that falls behind is told how many
 events it lost. Exits 0 on Ctrl-C, 69 when waymarkd goes away.`)
   .action(async (o: { json: boolean; topic: Topic[] }) => {
     const { watch } = await import('./watch.js');
     process.exitCode = await watch(program.opts<{ socket: string }>().socket, { json: o.json, topics: o.topic });
+  });
+
+program
+  .command('agent')
+  .description('answer the daemon\'s prompts in this terminal: which uplink an app may use to reach a destination, when its rule says ask')
+  .option('--json', 'events out and answers in as JSON lines (for scripts)', false)
+  .option('--name <name>', 'what this agent calls itself', 'waymark agent')
+  .addHelpText('after', `
+Keys: 1-9 that uplink, d deny, * for all the app's destinations (toggle); then o this connection,
+m N minutes (digits, Enter; 10 without any), x until the app exits, a always (Enter: o). Esc goes
+back a step; on the first, it leaves the prompt to other agents and its timeout. q or Ctrl-C quits.
+Without a terminal each input line is one answer in the same keys ("1a", "2 m 30", "d o").
+Shows your prompts (root: everyone's). Exits 0 on quit, 69 when waymarkd is not there or goes.`)
+  .action(async (o: { json: boolean; name: string }) => {
+    const { runAgent } = await import('./agent.js');
+    process.exitCode = await runAgent(program.opts<{ socket: string }>().socket, { json: o.json, name: o.name });
   });
 
 program
@@ -114,6 +130,7 @@ Examples:
   waymark rules add --app org.example.Chat --dest internet --use cellular
   waymark rules explain --app org.example.Chat --dest internet
   waymark watch --json --topic decision
+  waymark agent
   waymark exec --uplink mms -- curl http://10.200.0.10/
   sudo waymark demo --shell
 

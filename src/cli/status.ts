@@ -67,12 +67,17 @@ export function formatStatus(s: StatusResult): string {
   const events = ev && (ev.subscribers > 0 || ev.dropped > 0)
     ? `\nevents: ${ev.subscribers} watchers` + (ev.dropped ? `, ${ev.dropped} events dropped for watchers that fell behind (at most ${ev.queueLimit} queued each)` : '')
     : '';
+  const pr = s.prompts;
+  const prompts = pr && (pr.agents > 0 || pr.open > 0 || pr.queued > 0 || pr.overflowed > 0)
+    ? `\nprompts: ${count(pr.agents, 'agent')}, ${pr.open} open, ${pr.queued} queued`
+      + (pr.overflowed ? `, ${count(pr.overflowed, 'ask')} given the default at once (more than ${pr.limits.promptsPerUid} prompts of one user)` : '')
+    : '';
   const a = s.apps;
   const apps = a
     ? `\napps: ${count(a.apps, 'app')} in ${count(a.cgroups, 'cgroup')} under ${a.cgroupRoot}, `
       + (a.active ? 'steered in the kernel (waymark apps)' : `NOT steered in the kernel: ${a.reason ?? 'unknown'}`)
     : '';
-  return `${uplinks}\n\n${destinations}${sessions}\n\n${footer}${decisions}${control}${events}${apps}\n`;
+  return `${uplinks}\n\n${destinations}${sessions}\n\n${footer}${decisions}${control}${events}${prompts}${apps}\n`;
 }
 
 /** What the daemon observed of an uplink: "rtt 23 ms, 2 drops/h" (no RTT: "rtt -"). */

@@ -30,6 +30,17 @@ export function formatEvent(e: DaemonEvent): string {
         + `: rule ${e.rule ?? '-'}, uplink ${e.uplink ?? 'default routing'}`;
     case 'app.left':
       return `${at} app ${e.name} left (${e.unit}, ${e.uid === null ? 'system' : `uid ${e.uid}`})`;
+    case 'prompt.asked': {
+      const p = e.prompt;
+      return `${at} prompt ${p.id} asked (uid ${p.app.uid}${p.app.pid !== null ? `, pid ${p.app.pid}` : ''}): ${p.app.name ?? p.app.exe ?? '(unknown program)'}`
+        + ` -> ${p.target.host ?? p.target.address}:${p.target.port}/${p.target.proto} (destination ${p.target.destination}),`
+        + ` choices ${list(p.choices.map((c) => c.uplink))}, rule ${p.rule}, until ${p.expiresAt}`;
+    }
+    case 'prompt.closed':
+      return `${at} prompt ${e.id} closed (uid ${e.uid}): ${e.outcome.by === 'agent'
+        ? `answered by uid ${e.outcome.uid}: ${'uplink' in e.outcome.answer.choice ? e.outcome.answer.choice.uplink : 'deny'} ${e.outcome.answer.scope}`
+          + `${e.outcome.answer.minutes !== undefined ? ` ${e.outcome.answer.minutes} min` : ''}${e.outcome.answer.allDestinations === true ? ', all destinations' : ''}`
+        : e.outcome.by}`;
     case 'events.lost':
       return `${at} events lost: ${e.count} (this watcher did not keep up; the last lost was #${e.lastSeq})`;
     default: {

@@ -20,6 +20,7 @@ import { SessionService, type CgroupBackend, type SessionStore } from './session
 import { World } from './world.js';
 import { AppService, type AppKeys, type AppServiceDeps } from './apps.js';
 import { withLearnedHosts } from '../destination/destination.js';
+import { PromptBroker } from './prompts.js';
 
 export interface Adapters {
   readonly kernel: RoutingKernel;
@@ -53,6 +54,8 @@ export interface Model {
   readonly sessions: SessionService;
   readonly decisions: DecisionService;
   readonly apps: AppService;
+  /** The ask prompt's broker: the decision path asks, the control socket's agents answer. */
+  readonly prompts: PromptBroker;
 }
 
 export function assemble(o: ModelOptions, a: Adapters): Model {
@@ -73,6 +76,7 @@ export function assemble(o: ModelOptions, a: Adapters): Model {
   const nftables = new NftReconciler(table, a.nft, log);
   // The table follows the uplinks in the same pass as the routes (its errors are the pass's).
   const routing = new RoutingReconciler({ world, kernel: a.kernel, sysctl: a.sysctl, log, follow: [() => nftables.update()], ...clock });
+  const prompts = new PromptBroker({ publish: (e) => o.events.publish(e), ...clock });
   const decisions = new DecisionService(world, o.generation, log, {}, o.events);
   const uplinkEvents = new UplinkWatcher((e) => o.events.publish(e));
   const apps = new AppService({
@@ -99,5 +103,5 @@ export function assemble(o: ModelOptions, a: Adapters): Model {
   nftables.follow(world);
   // The apps' entries follow the same changes, and a session's is in place before its caller joins it.
   apps.follow(world);
-  return { world, table, nftables, routing, sessions, decisions, apps };
+  return { world, table, nftables, routing, sessions, decisions, apps, prompts };
 }

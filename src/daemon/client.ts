@@ -138,9 +138,17 @@ export class Client {
    * order, `onClose` is told once the daemon closes the connection (or it fails).
    */
   async subscribe(topics: readonly Topic[], onEvent: (e: DaemonEvent) => void, onClose?: (why: string) => void): Promise<SubscribeResult> {
+    this.listen(onEvent, onClose);
+    return this.call('events.subscribe', { topics: [...topics] });
+  }
+
+  /**
+   * Where this connection's events go (`onEvent`, in order) and who is told once the daemon
+   * closes it (`onClose`): for calls that subscribe on their own (agent.register).
+   */
+  listen(onEvent: (e: DaemonEvent) => void, onClose?: (why: string) => void): void {
     this.onEvent = onEvent;
     this.onClose = onClose;
-    return this.call('events.subscribe', { topics: [...topics] });
   }
 
   close(): void {

@@ -20,6 +20,7 @@ import { appName, type Proto, type Rule } from '../policy/rules.js';
 import type { Prompt, PromptOutcome } from '../prompt/prompt.js';
 import type { UplinkState } from '../uplink/state.js';
 import type { AppConnect } from './apps.js';
+import type { AskRequest } from './prompts.js';
 import { errorMessage } from '../errors.js';
 import { readFileSync, readlinkSync } from 'node:fs';
 import { mergeWish, wishOf, type Session } from '../session/session.js';
@@ -83,12 +84,8 @@ export const PRUNE_INTERVAL_MS = 60_000;
 /** What decisions are made from: the world's config, rules, uplinks, sessions and learnt addresses. */
 export type DecisionWorld = Pick<World, 'config' | 'rules' | 'uplinks' | 'sessions' | 'learned'>;
 
-/** A prompt to raise: what it shows (its id and deadline are the broker's) and who shares it. */
-export type PromptRequest = Omit<Prompt, 'id' | 'expiresAt'> & {
-  /** Connects with the same key wait for the same prompt: the uid, the app and the destination. */
-  readonly key: string;
-  readonly timeoutMs: number;
-};
+/** A prompt to raise: what it shows (its id and deadline are the broker's) and who shares it (src/daemon/prompts.ts). */
+export type PromptRequest = AskRequest;
 
 /** Who asks the user (src/daemon/prompts.ts) and where answers meant to last are kept (src/daemon/rule-store.ts). */
 export interface AskPorts {

@@ -5,12 +5,14 @@
  *
  * The events are one discriminated union ({@link DaemonEvent}, by `type`); the part of a type
  * before its dot is its topic ({@link TOPICS}), which is what a client subscribes to. Later
- * issues add their members here (the prompt issue `prompt.asked`/`prompt.answered`, the usage
- * issue its counters): a member, its topic, and its {@link ownerOf} line.
+ * issues add their members here (the usage issue its counters): a member, its topic, and its
+ * {@link ownerOf} line.
  *
  * Privacy: events about one user's programs (denials, sessions) carry that uid and reach only
  * subscribers of that uid, and root and the waymark group (`seesAll`); uplink and config events
- * reach everyone.
+ * reach everyone. Prompts (`prompt.asked`, `prompt.closed`: the ask prompt, src/daemon/prompts.ts)
+ * are narrower still: only subscribers of the prompt's uid and root's ({@link groupSees}); the
+ * waymark group administers the daemon, it does not answer another user's questions.
  *
  * Bounds: publishing is synchronous and O(subscribers): each subscriber that wants the event
  * gets the same frozen object appended to its own queue, nothing is serialised here and nothing
@@ -22,12 +24,13 @@
  * slows nobody: it is never waited for. It is not disconnected: a watcher that was only
  * suspended (Ctrl-Z) carries on with a gap it is told about.
  */
+import type { Prompt, PromptOutcome } from '../prompt/prompt.js';
 import type { UplinkState } from '../uplink/state.js';
 
 /** Events one subscriber may have queued (not yet handed to its connection). */
 export const EVENT_QUEUE_LIMIT = 256;
 
-export const TOPICS = ['uplink', 'config', 'decision', 'session', 'app'] as const;
+export const TOPICS = ['uplink', 'config', 'decision', 'session', 'app', 'prompt'] as const;
 export type Topic = (typeof TOPICS)[number];
 
 export interface UplinkChanged {
@@ -122,8 +125,24 @@ export interface AppLeft extends AppEventBase {
   readonly type: 'app.left';
 }
 
+/** A prompt is shown: the agents of its uid (and root's) may answer it (protocol.ts: prompt.answer). */
+export interface PromptAsked {
+  readonly type: 'prompt.asked';
+  readonly prompt: Prompt;
+}
+
+/** A shown prompt is closed: answered (by whom, what), timed out, no agent left, or its askers gone. */
+export interface PromptClosed {
+  readonly type: 'prompt.closed';
+  readonly id: string;
+  /** The prompt's uid (whose app asked). */
+  readonly uid: number;
+  readonly outcome: PromptOutcome;
+}
+
 /** What is published: each member's topic is the part of `type` before the dot. */
-export type EventBody = UplinkChanged | ConfigReloaded | ConfigRejected | DecisionDenied | SessionStarted | SessionEnded | AppAppeared | AppLeft;
+export type EventBody = UplinkChanged | ConfigReloaded | ConfigRejected | DecisionDenied | SessionStarted | SessionEnded | AppAppeared | AppLeft
+  | PromptAsked | PromptClosed;
 
 /** Sent in place of events a subscriber's full queue could not take: `count` of them, the last numbered `lastSeq`. */
 export interface EventsLost { readonly type: 'events.lost'; readonly count: number; readonly lastSeq: number }
@@ -143,13 +162,23 @@ export function topicOf(e: EventBody): Topic {
     case 'session.ended': return 'session';
     case 'app.appeared':
     case 'app.left': return 'app';
+    case 'prompt.asked':
+    case 'prompt.closed': return 'prompt';
   }
 }
 
-/** The uid an event is about (only it and those who see all get it), or 'all'. */
+/**
+ * Whether subscribers who see all (the waymark group) get a topic's events of other uids;
+ * false: only the owner's and root's subscribers do (prompts).
+ */
+export function groupSees(topic: Topic): boolean {
+  return topic !== 'prompt';
+}
+
 /** An owner no subscriber has (uids are ≥ 0): the event reaches only those who see all. */
 const NOBODY = -1;
 
+/** The uid an event is about (only it and those who see all get it, see {@link groupSees}), or 'all'. */
 export function ownerOf(e: EventBody): number | 'all' {
   switch (e.type) {
     case 'uplink.changed':
@@ -161,12 +190,14 @@ export function ownerOf(e: EventBody): number | 'all' {
     // A system service is no user's: only those who see everything get it.
     case 'app.appeared':
     case 'app.left': return e.uid ?? NOBODY;
+    case 'prompt.asked': return e.prompt.app.uid;
+    case 'prompt.closed': return e.uid;
   }
 }
 
 export interface SubscriberOptions {
   readonly uid: number;
-  /** Root or the waymark group: sees every user's events. */
+  /** Root or the waymark group: sees every user's events (prompts: root only, see {@link groupSees}). */
   readonly seesAll: boolean;
   readonly topics: readonly Topic[];
   /** Called (synchronously, from publish) when the queue went from empty to not empty. */
@@ -191,10 +222,23 @@ export class Subscriber {
   private lost = 0;
   private lastLostSeq = 0;
   private closed = false;
-  readonly topics: ReadonlySet<Topic>;
+  private readonly wanted: Set<Topic>;
 
   constructor(private readonly bus: EventBus, readonly opts: SubscriberOptions) {
-    this.topics = new Set(opts.topics);
+    this.wanted = new Set(opts.topics);
+  }
+
+  get topics(): ReadonlySet<Topic> {
+    return this.wanted;
+  }
+
+  /** Adds topics to this subscription (what is queued stays); returns the ones it did not have. */
+  widen(topics: readonly Topic[]): Topic[] {
+    if (this.closed) return [];
+    const added = topics.filter((t) => !this.wanted.has(t));
+    for (const t of added) this.wanted.add(t);
+    this.bus.added(this, added);
+    return added;
   }
 
   get queued(): number {
@@ -218,8 +262,8 @@ export class Subscriber {
 
   /** From EventBus.publish only. Returns whether the event was dropped for lack of room. */
   offer(e: DaemonEvent & EventBody, topic: Topic, owner: number | 'all'): boolean {
-    if (!this.topics.has(topic)) return false;
-    if (owner !== 'all' && owner !== this.opts.uid && !this.opts.seesAll) return false;
+    if (!this.wanted.has(topic)) return false;
+    if (owner !== 'all' && owner !== this.opts.uid && !(groupSees(topic) ? this.opts.seesAll : this.opts.uid === 0)) return false;
     const limit = this.bus.queueLimit;
     // A pending loss goes in first, in the place of the missing events; it needs a slot too.
     if (this.queue.length + (this.lost > 0 ? 2 : 1) > limit) {
@@ -256,6 +300,12 @@ export class EventBus {
     this.subscribers.add(s);
     for (const t of s.topics) this.byTopic.set(t, (this.byTopic.get(t) ?? 0) + 1);
     return s;
+  }
+
+  /** From Subscriber.widen only. */
+  added(s: Subscriber, topics: readonly Topic[]): void {
+    if (!this.subscribers.has(s)) return;
+    for (const t of topics) this.byTopic.set(t, (this.byTopic.get(t) ?? 0) + 1);
   }
 
   /** From Subscriber.close only. */

@@ -26,6 +26,7 @@ import { createLogger, type Level, type Logger } from './log.js';
 import { controlSocketPath } from './client.js';
 import { AlreadyRunning, claimInstance, EX_ALREADY_RUNNING } from './lock.js';
 import { EventBus, TOPICS } from './events.js';
+import { agentHandlers } from './agents.js';
 import { DEFAULT_SOCKET, METHODS, PROTOCOL_VERSION, PROTOCOL_VERSIONS, type HelloResult, type ReloadResult } from './protocol.js';
 import { ControlServer, RequestError } from './server.js';
 import { DEFAULT_STATE_DIR, StateStore } from './state.js';
@@ -131,7 +132,7 @@ async function main(): Promise<void> {
   const startedAt = new Date();
   const appKeys = new AppKeys(saved.appKeys, (all) => void store.update({ appKeys: all }).catch((e: unknown) => log.error('cannot save state', { error: errorMessage(e) })));
   let appLeft = (): void => undefined;
-  const { world, nftables, routing, sessions, decisions, apps } = assemble({
+  const { world, nftables, routing, sessions, decisions, apps, prompts } = assemble({
     onAppLeft: () => appLeft(),
     config, savedSlots: saved.slots, saveSlots: (slots) => store.update({ slots: { ...slots } }), generation, events, log, appKeys,
     sessionStore: { save: (all) => store.update({ sessions: all.map((x) => ({ ...x, needs: [...x.needs], deny: [...x.deny], apps: [...x.apps] })) }) },
@@ -146,6 +147,14 @@ async function main(): Promise<void> {
   });
   const ruleStore = new RuleStore(world, (all, nextRule) => store.update({ rules: all, nextRule }), log, { cgroupMount: cgroups.mount });
   appLeft = () => void ruleStore.prune();
+  // Rules that ask go to the prompt broker; answers that outlast their connection are kept as rules.
+  decisions.askWith({
+    ask: (req) => prompts.ask(req),
+    remember: (r) => void ruleStore.add({
+      source: 'answer', match: r.match, action: r.action, owner: r.owner,
+      ...(r.expiresAt !== undefined ? { expiresAt: r.expiresAt } : {}), ...(r.until ? { until: r.until } : {}),
+    }).catch((e: unknown) => log.error('cannot keep an answer as a rule', { error: errorMessage(e) })),
+  });
   const rules = new RuleService({ world, store: ruleStore, apps: (cred) => apps.list(cred) });
   const decideServer = new DecisionServer(join(runDir, DECIDE_SOCKET), decisions, log, { busyPollUs: opts.busyPollUs });
 
@@ -183,6 +192,7 @@ async function main(): Promise<void> {
       control: refusalsSeenBy(server.stats, cred.uid, mayChangeState(cred)),
       events: events.stats,
       apps: { ...apps.kernel, cgroupRoot: `/${opts.cgroupRoot}`, ...apps.counts },
+      prompts: prompts.stats,
     }),
     reload,
     'exec.begin': (params, cred) => sessions.begin(params, cred),
@@ -193,6 +203,7 @@ async function main(): Promise<void> {
     'rules.add': (params, cred) => rules.add(params, cred),
     'rules.rm': (params, cred) => rules.remove(params.id, cred),
     'rules.explain': (params, cred) => Promise.resolve(rules.explain(params, cred)),
+    ...agentHandlers(prompts),
   }, log, { events });
 
   logNotices(log, config);
@@ -233,6 +244,7 @@ async function main(): Promise<void> {
       decisions.close(); // its prune timer
       ruleStore.close();
       rtt.close();
+      prompts.close(); // connects still waiting for an answer get their rule's default
       // Libraries drop their cached answers at once and fall back to their fail-open/closed mode.
       if (generation.opened) generation.bump();
       sessions.close();

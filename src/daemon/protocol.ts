@@ -26,6 +26,24 @@
  * saying it needs v2); a version the daemon does not speak gets EPROTO naming the ones it does.
  * A newer protocol version only adds methods, fields and event types: clients ignore what they
  * do not know.
+ *
+ * Prompt agents (v2; docs/prompts.md): a connection that calls `agent.register` is a prompt
+ * agent of its uid until it closes; it is subscribed to the `prompt` topic on top of whatever
+ * events.subscribe asks (a later events.subscribe keeps it), and the reply lists the prompts open
+ * now that it may answer (so an agent started late sees them; later ones come as events):
+ *   → {"v":2,"id":1,"method":"agent.register","params":{"name":"waymark agent"}}
+ *   ← {"v":2,"id":1,"ok":true,"result":{"agent":{...},"prompts":[],"queued":0,"topics":["prompt"]}}
+ *   ← {"v":2,"event":{"type":"prompt.asked","seq":40,"at":"...","prompt":{"id":"p-1","app":{...},"target":{...},"choices":[...],...}}}
+ *   → {"v":2,"id":2,"method":"prompt.answer","params":{"id":"p-1","choice":{"uplink":"wifi"},"scope":"always"}}
+ *   ← {"v":2,"id":2,"ok":true,"result":{"id":"p-1","outcome":{"by":"agent","uid":1000,"answer":{...}}}}
+ *   ← {"v":2,"event":{"type":"prompt.closed","seq":41,"at":"...","id":"p-1","uid":1000,"outcome":{...}}}
+ * A prompt goes to the agents of its uid and root's, never to the waymark group's (events.ts);
+ * those may answer it. `prompt.answer` errors: ENOENT no such prompt open (another agent
+ * answered first, it expired), EPERM not the prompt's user nor root, EINVAL a choice not among
+ * its uplinks (or deny), a bad scope or minutes; `agent.register`: EBUSY too many agents of the
+ * uid. Any client may answer (an agent or not); only registered agents make prompts be shown:
+ * with none of its uid or root's, an ask gets its rule's default at once. `prompts` lists the
+ * open ones the caller may answer.
  */
 import { z } from 'zod';
 import { NEED_NAMES } from '../config/schema.js';
@@ -36,6 +54,8 @@ import type { AppView } from './apps.js';
 import { actionSchema, matchSchema } from './rule-store.js';
 import type { ActionIn } from './rule-store.js';
 import type { CandidateView } from '../decision/decide.js';
+import { MAX_ANSWER_MINUTES, SCOPES, type Prompt, type PromptOutcome } from '../prompt/prompt.js';
+import { PROMPT_KINDS, type AgentInfo, type PromptStats } from './prompts.js';
 import type { ControlStats } from './server.js';
 
 /** The version this code speaks by default; the daemon answers every one of PROTOCOL_VERSIONS. */
@@ -134,7 +154,12 @@ export interface StatusResult {
   events?: EventStats;
   /** The apps in the kernel: whether the BPF programs are in force (and why not), where, how many cgroups and apps are known. */
   apps?: { active: boolean; reason: string | null; cgroupRoot: string; cgroups: number; apps: number };
+  /** The ask prompts: shown, queued, agents registered (the counts of every user), and their bounds. */
+  prompts?: PromptStats;
 }
+
+/** A prompt id ("p-12"). */
+const promptId = z.string().regex(/^[A-Za-z0-9-]{1,40}$/);
 
 /** Each method: its params schema, whether it changes state, and the protocol version it needs. */
 export const METHODS = {
@@ -190,13 +215,39 @@ export const METHODS = {
   },
   /**
    * From now on this connection also receives the events of these topics (all when empty) that
-   * the caller may see. Again on the same connection: replaces the topics.
+   * the caller may see. Again on the same connection: replaces the topics (a prompt agent's
+   * connection keeps `prompt`: agent.register).
    */
   'events.subscribe': {
     privileged: false,
     since: 2,
     params: z.object({ topics: z.array(z.enum(TOPICS)).max(TOPICS.length * 2).default([]) }).strict(),
   },
+  /** This connection becomes a prompt agent of the caller's uid until it closes (see the top of this file). */
+  'agent.register': {
+    privileged: false,
+    since: 2,
+    params: z.object({
+      /** What the agent calls itself (shown to other agents of the uid: `prompts`). */
+      name: z.string().min(1).max(64).regex(/^[^\p{Cc}]+$/u, 'printable characters only').default('agent'),
+      /** The kinds of prompt it shows (all are `connect` today). */
+      kinds: z.array(z.enum(PROMPT_KINDS)).min(1).max(PROMPT_KINDS.length * 2).default([...PROMPT_KINDS]),
+    }).strict(),
+  },
+  /** Answers a prompt the caller may answer (its uid's, or any for root). */
+  'prompt.answer': {
+    privileged: false,
+    since: 2,
+    params: z.object({
+      id: promptId,
+      choice: z.union([z.object({ uplink: z.string().min(1).max(31) }).strict(), z.object({ deny: z.literal(true) }).strict()]),
+      scope: z.enum(SCOPES),
+      minutes: z.number().int().min(1).max(MAX_ANSWER_MINUTES).optional(),
+      allDestinations: z.boolean().optional(),
+    }).strict(),
+  },
+  /** The prompts open now that the caller may answer, how many wait behind them, and the agents it may know of. */
+  prompts: { privileged: false, since: 2, params: z.object({}).strict() },
 } as const satisfies Record<string, { privileged: boolean; since: ProtocolVersion; params: z.ZodType }>;
 export type Method = keyof typeof METHODS;
 /** A method's params as the handler gets them (defaults filled in). */
@@ -273,8 +324,23 @@ export interface RulesExplainResult {
   candidates: CandidateView[];
 }
 
+export interface AgentRegisterResult {
+  agent: AgentInfo;
+  /** The prompts open now that this agent may answer (later ones arrive as `prompt.asked`). */
+  prompts: Prompt[];
+  /** Prompts of its uid (root: of everyone) waiting behind the open ones. */
+  queued: number;
+  /** The topics this connection now gets events of (`prompt` among them). */
+  topics: Topic[];
+}
+export interface PromptAnswerResult { id: string; outcome: PromptOutcome }
+export interface PromptsResult { prompts: Prompt[]; queued: number; agents: AgentInfo[] }
+
 export interface Results {
   apps: AppsResult;
+  'agent.register': AgentRegisterResult;
+  'prompt.answer': PromptAnswerResult;
+  prompts: PromptsResult;
   'rules.list': { rules: RuleView[] };
   'rules.add': RuleView;
   'rules.rm': { id: string };
@@ -294,6 +360,15 @@ export interface CallContext {
   readonly v: ProtocolVersion;
   /** Sends this connection the events of `topics` (all when empty) the caller may see. */
   subscribe(topics: readonly Topic[]): SubscribeResult;
+  /** This connection: one object for all its requests, to key what lives as long as it does. */
+  readonly connection: object;
+  /** Calls `cb` once when this connection closes (at once if it has). */
+  onClose(cb: () => void): void;
+  /**
+   * Adds `topics` to this connection's events for as long as it is open, whatever events.subscribe
+   * asks later (a prompt agent's `prompt`); returns every topic it gets now.
+   */
+  addTopics(topics: readonly Topic[]): Topic[];
 }
 
 /** The daemon's side of every method, typed from METHODS and Results (server.ts dispatches). */

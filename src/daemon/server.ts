@@ -21,6 +21,8 @@
  *     stops reading holds one socket buffer and the bus's queue, and its events beyond are
  *     dropped and counted (`events.lost`). Event lines are serialised here, when written, once
  *     per event for all connections; never on the publisher's path.
+ *   - A handler may keep state for as long as a connection lives (a prompt agent: protocol.ts):
+ *     CallContext.onClose runs its hooks when the connection closes, however it closes.
  */
 import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
@@ -83,8 +85,15 @@ interface Conn {
   readonly cred: PeerCred;
   outstanding: number;
   paused: boolean;
-  /** Its event subscription (v2 events.subscribe). */
+  /** Its event subscription (v2 events.subscribe, and the topics below). */
   sub?: Subscriber;
+  /** Topics it gets for as long as it is open, whatever events.subscribe asks (CallContext.addTopics). */
+  readonly pinned: Set<Topic>;
+  /** What runs when it closes (CallContext.onClose). */
+  readonly closeHooks: (() => void)[];
+  closed: boolean;
+  /** CallContext.connection. */
+  readonly token: object;
   /** An event flush is scheduled, or waits for 'drain'. */
   flushing: boolean;
 }
@@ -186,11 +195,19 @@ export class ControlServer {
       sock.end(JSON.stringify(refusal) + '\n', () => sock.destroy());
       return;
     }
-    const conn: Conn = { sock, cred, outstanding: 0, paused: false, flushing: false };
+    const conn: Conn = { sock, cred, outstanding: 0, paused: false, flushing: false, pinned: new Set(), closeHooks: [], closed: false, token: Object.freeze({}) };
     this.clients.add(conn);
     sock.on('close', () => {
+      conn.closed = true;
       conn.sub?.close();
       if (this.clients.delete(conn)) this.limiter.release(cred.uid);
+      for (const hook of conn.closeHooks.splice(0)) {
+        try {
+          hook();
+        } catch (e) {
+          this.log.error('control socket: a close hook failed', { error: errorMessage(e), pid: cred.pid, uid: cred.uid });
+        }
+      }
     });
     let buffered = '';
     let chain = Promise.resolve();
@@ -248,10 +265,24 @@ export class ControlServer {
     if (!bus) throw new RequestError({ code: 'ENOSYS', message: 'this daemon publishes no events' });
     conn.sub?.close();
     const seesAll = mayChangeState(conn.cred);
-    const all: readonly Topic[] = topics.length > 0 ? [...new Set(topics)] : TOPIC_LIST;
+    const all: readonly Topic[] = [...new Set([...(topics.length > 0 ? topics : TOPIC_LIST), ...conn.pinned])];
     conn.sub = bus.subscribe({ uid: conn.cred.uid, seesAll, topics: all, wake: () => this.wakeFlush(conn) });
     this.log.debug('control socket: events subscribed', { pid: conn.cred.pid, uid: conn.cred.uid, topics: all, seesAll });
     return { topics: [...all], seesAll, queueLimit: bus.queueLimit };
+  }
+
+  /** Adds topics to `conn`'s subscription for as long as it is open (what is queued stays). */
+  private pin(conn: Conn, topics: readonly Topic[]): Topic[] {
+    const bus = this.events;
+    if (!bus) throw new RequestError({ code: 'ENOSYS', message: 'this daemon publishes no events' });
+    for (const t of topics) conn.pinned.add(t);
+    if (conn.closed) return [...conn.pinned];
+    if (conn.sub === undefined) {
+      conn.sub = bus.subscribe({ uid: conn.cred.uid, seesAll: mayChangeState(conn.cred), topics: [...conn.pinned], wake: () => this.wakeFlush(conn) });
+    } else {
+      conn.sub.widen(topics);
+    }
+    return [...conn.sub.topics];
   }
 
   /** Called from EventBus.publish (synchronously): only schedules the write. */
@@ -304,7 +335,15 @@ export class ControlServer {
     if (spec.privileged && !mayChangeState(cred)) {
       return this.fail(id, { code: 'EPERM', message: `${method} needs root or membership of the waymark group` }, cred, v);
     }
-    const ctx: CallContext = { cred, v, subscribe: (topics) => this.subscribe(conn, topics) };
+    const ctx: CallContext = {
+      cred, v, connection: conn.token,
+      subscribe: (topics) => this.subscribe(conn, topics),
+      addTopics: (topics) => this.pin(conn, topics),
+      onClose: (cb) => {
+        if (conn.closed) cb();
+        else conn.closeHooks.push(cb);
+      },
+    };
     try {
       const r = await dispatch(this.handlers, method, req.data.params ?? {}, ctx);
       if (!r.ok) return this.fail(id, { code: 'EINVAL', message: `bad params: ${r.why}` }, cred, v);

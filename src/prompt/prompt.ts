@@ -81,7 +81,31 @@ export interface PromptAnswer {
   readonly allDestinations?: boolean;
 }
 
-/** How a prompt ended (the `prompt.closed` event). */
+/** The longest an answer "for N minutes" holds (PromptAnswer.minutes: 1..this). */
+export const MAX_ANSWER_MINUTES = 1440;
+
+/**
+ * How a prompt ended (the `prompt.closed` event). Every outcome but `agent` means the rule's
+ * default applies: `timeout` nobody answered in time; `no-agent` no agent may answer (none
+ * registered, or the last one went); `gone` every connect waiting for it gave up; `overflow` the
+ * uid had too many prompts open or queued (src/daemon/prompts.ts), this one was never shown.
+ */
 export type PromptOutcome =
   | { readonly by: 'agent'; readonly uid: number; readonly answer: PromptAnswer }
-  | { readonly by: 'timeout' | 'no-agent' | 'gone' };
+  | { readonly by: 'timeout' | 'no-agent' | 'gone' | 'overflow' };
+
+/** Why an answer is not taken, or undefined when it may be (the choice among the prompt's, scope and minutes consistent). */
+export function answerProblem(p: Pick<Prompt, 'choices'>, a: PromptAnswer): string | undefined {
+  if ('uplink' in a.choice) {
+    const u = a.choice.uplink;
+    if (!p.choices.some((c) => c.uplink === u)) return `uplink ${u} is not among the prompt's choices (${p.choices.map((c) => c.uplink).join(', ') || 'none'}; or deny)`;
+  }
+  if (!SCOPES.includes(a.scope)) return `unknown scope ${a.scope} (${SCOPES.join(', ')})`;
+  if (a.scope === 'minutes') {
+    const m = a.minutes;
+    if (m === undefined || !Number.isInteger(m) || m < 1 || m > MAX_ANSWER_MINUTES) return `scope minutes needs minutes: a whole number, 1 to ${MAX_ANSWER_MINUTES}`;
+  } else if (a.minutes !== undefined) {
+    return `minutes goes only with scope minutes (not ${a.scope})`;
+  }
+  return undefined;
+}

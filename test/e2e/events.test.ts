@@ -4,7 +4,8 @@
  * connection denied for a program under the library (an app rule denying the MMS APN to curl);
  * two watchers at once; an unprivileged watcher (uid 4242) sees its own program's denials, not
  * root's; a subscriber that never reads does not slow decisions, and the daemon holds at most
- * its bound for it (status: events); Ctrl-C ends a watcher with 0, the daemon going with 69.
+ * its bound for it (status: events); a prompt agent registers (status: prompts); Ctrl-C ends a
+ * watcher with 0, the daemon going with 69.
  * Every step waits for the line it expects; the 10 s bounds are guards against a hang only.
  */
 import assert from 'node:assert/strict';
@@ -84,13 +85,13 @@ describe('waymark watch', () => {
   });
 
   it('says what it watches, for whom, and is in --help', async () => {
-    assert.match(a.stderr, /^watching uplink, config, decision, session, app events \(of every user\); Ctrl-C to stop$/m);
-    assert.match(user.stderr, new RegExp(`^watching uplink, config, decision, session, app events \\(of uid ${USER} and the whole device\\)`, 'm'));
+    assert.match(a.stderr, /^watching uplink, config, decision, session, app, prompt events \(of every user\); Ctrl-C to stop$/m);
+    assert.match(user.stderr, new RegExp(`^watching uplink, config, decision, session, app, prompt events \\(of uid ${USER} and the whole device\\)`, 'm'));
     const help = await dev.waymark(['--help']);
     assert.match(help.stdout, /^ {2}watch \[options\] +stream the daemon's events live/m);
     const bad = await dev.waymark(['watch', '--topic', 'nope']);
     assert.notEqual(bad.code, 0);
-    assert.match(bad.stderr, /unknown topic "nope" \(known: uplink, config, decision, session, app\)/);
+    assert.match(bad.stderr, /unknown topic "nope" \(known: uplink, config, decision, session, app, prompt\)/);
   });
 
   it('shows a link going down and coming back, to both watchers and the unprivileged one', async () => {
@@ -260,6 +261,33 @@ while True:
       assert.ok(lost && Number(lost[1]) > 0, 'it learns it lost events');
     } finally {
       stuck.kill('SIGKILL');
+    }
+  });
+
+  it('a prompt agent (waymark agent --json, uid 4242) registers with the real daemon, status counts it, and it exits at the end of its input', async () => {
+    const cli = join(publicRoot(), 'dist/src/cli/main.js');
+    const agent = lab.spawn('dev', [process.execPath, cli, '--socket', dev.socket, 'agent', '--json'], { uid: USER, stdio: ['pipe', 'pipe', 'pipe'] });
+    let err = '';
+    agent.stderr?.setEncoding('utf8').on('data', (d: string) => { err += d; });
+    const exited = new Promise<number | null>((resolve) => agent.once('exit', (code) => resolve(code)));
+    try {
+      const out = agent.stdout;
+      assert.ok(out);
+      const first = await new Promise<string>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`no registration within ${GUARD_MS} ms: ${err}`)), GUARD_MS);
+        createInterface({ input: out }).once('line', (l) => { clearTimeout(timer); resolve(l); });
+      });
+      const reg = JSON.parse(first) as { type: string; agent: { uid: number; name: string }; queued: number };
+      assert.deepEqual([reg.type, reg.agent.uid, reg.agent.name, reg.queued], ['agent.registered', USER, 'waymark agent', 0]);
+      const st = await status();
+      assert.equal(st.prompts?.agents, 1);
+      assert.deepEqual([st.prompts?.open, st.prompts?.queued], [0, 0]);
+      const text = await dev.waymark(['status']);
+      assert.match(text.stdout, /^prompts: 1 agent, 0 open, 0 queued$/m);
+      agent.stdin?.end(); // the end of its input: it exits
+      assert.equal(await exited, 0, err);
+    } finally {
+      agent.kill('SIGKILL');
     }
   });
 

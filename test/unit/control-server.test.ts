@@ -83,6 +83,9 @@ describe('ControlServer limits', { skip: !isRoot && 'needs root (clients run as 
     'rules.rm': () => placeholder({}),
     'rules.explain': () => placeholder({}),
     'events.subscribe': () => placeholder({}),
+    'agent.register': () => placeholder({}),
+    'prompt.answer': () => placeholder({}),
+    prompts: () => placeholder({}),
   };
 
   before(() => {

@@ -143,6 +143,9 @@ describe('ControlServer events (protocol v2)', () => {
     'rules.rm': () => placeholder({}),
     'rules.explain': () => placeholder({}),
     'events.subscribe': (p, _cred, ctx) => Promise.resolve(ctx.subscribe(p.topics)),
+    'agent.register': () => placeholder({}),
+    'prompt.answer': () => placeholder({}),
+    prompts: () => placeholder({}),
   };
 
   /** A raw connection: sends lines, collects the lines it reads. */
