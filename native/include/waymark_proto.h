@@ -44,6 +44,12 @@ enum wm_action {
 #define WM_NEED_NO_ROAMING 0x10u    /* never a roaming uplink */
 #define WM_NEED_UNMETERED 0x20u     /* never a metered uplink */
 
+/* Request flags, in the high 16 bits of wm_decide_req.needs (the needs use the low 16). */
+#define WM_REQ_NONBLOCK 0x10000u    /* the call must not block (O_NONBLOCK socket, MSG_DONTWAIT): an
+                                       answer that waits for the user is not waited for (the rule's
+                                       default now, the prompt raised all the same) */
+#define WM_NEEDS_MASK 0xffffu
+
 struct wm_header {
     uint32_t magic;       /* WM_MAGIC */
     uint16_t version;     /* WM_VERSION */
@@ -57,7 +63,7 @@ struct wm_decide_req {
     uint8_t family;       /* AF_INET (2) or AF_INET6 (10) */
     uint8_t proto;        /* IPPROTO_TCP (6) or IPPROTO_UDP (17) */
     uint16_t port;        /* destination port, host order */
-    uint32_t needs;       /* WM_NEED_* */
+    uint32_t needs;       /* WM_NEED_* | WM_REQ_* */
     uint8_t addr[16];     /* destination; IPv4 in the first 4 bytes */
     char uplink[32];      /* requested uplink (name or interface), "" for none */
     char destination[32]; /* requested destination, "" for none */

@@ -42,6 +42,7 @@
 #include <netinet/tcp.h>
 #include <netinet/udp.h>
 #include <poll.h>
+#include <fcntl.h>
 #include <string.h>
 
 static bool ipv4_ours(uint32_t a /* host order */)
@@ -214,7 +215,12 @@ enum waymark_prep waymark_prepare(struct waymark_sock *sock, const struct sockad
     bool fresh = false;
     if (!waymark_cache_get(&k, &a)) {
         struct wm_decide_resp r;
-        int err = waymark_ask_decide(&k, &r);
+        /* Whether the call may block: a prompt is only waited for where it can (one fcntl, on a
+         * first decision only). An event loop's non-blocking connect gets the rule's default at
+         * once while the user is asked (docs/prompts.md). */
+        int fl = fcntl(sock->fd, F_GETFL);
+        bool nonblock = (flags & MSG_DONTWAIT) != 0 || (fl >= 0 && (fl & O_NONBLOCK) != 0);
+        int err = waymark_ask_decide(&k, nonblock, &r);
         if (err == -EDEADLK) { /* we are the daemon */
             errno = saved;
             return WAYMARK_PREP_PASS;

@@ -156,7 +156,7 @@ void waymark_registry_init(void);
 /* Asks the daemon. 0 and a checked response, or -errno (the daemon could not answer: absent,
  * timed out, broken answer, or inside the back-off after such a failure: -EAGAIN; -EDEADLK:
  * this process is the daemon, see waymark_in_daemon()). */
-int waymark_ask_decide(const struct waymark_key *k, struct wm_decide_resp *out);
+int waymark_ask_decide(const struct waymark_key *k, bool nonblock, struct wm_decide_resp *out);
 int waymark_ask_resolve(const char *name, int family, struct wm_resolve_resp *out);
 
 /* Thread-exit cleanup key, created by init. */

@@ -100,12 +100,13 @@ static int transact(struct wm_header *req, size_t req_size, struct wm_header *re
     return err;
 }
 
-int waymark_ask_decide(const struct waymark_key *k, struct wm_decide_resp *out)
+int waymark_ask_decide(const struct waymark_key *k, bool nonblock, struct wm_decide_resp *out)
 {
     const struct wm_settings *s = &waymark_config.s;
     struct wm_decide_req req;
-    if (!s->wish_ok || wm_decide_build(&req, k->family, k->addr, k->port, k->proto, s->needs,
-                                       s->uplink, s->destination) != 0)
+    if (!s->wish_ok || wm_decide_build(&req, k->family, k->addr, k->port, k->proto,
+                                       s->needs | (nonblock ? WM_REQ_NONBLOCK : 0u), s->uplink,
+                                       s->destination) != 0)
         return -EINVAL;
     int err = transact(&req.h, sizeof req, &out->h, sizeof *out, s->timeout_ms, "decide");
     if (err != 0) return err;

@@ -77,7 +77,7 @@ export function assemble(o: ModelOptions, a: Adapters): Model {
   // The table follows the uplinks in the same pass as the routes (its errors are the pass's).
   const routing = new RoutingReconciler({ world, kernel: a.kernel, sysctl: a.sysctl, log, follow: [() => nftables.update()], ...clock });
   const prompts = new PromptBroker({ publish: (e) => o.events.publish(e), ...clock });
-  const decisions = new DecisionService(world, o.generation, log, {}, o.events);
+  const decisions = new DecisionService(world, o.generation, log, { cgroupRoot: a.apps.cgroupRoot }, o.events);
   const uplinkEvents = new UplinkWatcher((e) => o.events.publish(e));
   const apps = new AppService({
     ...a.apps, keys: o.appKeys, log,

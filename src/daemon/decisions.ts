@@ -17,7 +17,7 @@ import { identify, parseCgroupFile, type AppIdentity } from '../identity/app.js'
 import { formatAddress, parseAddress, type Family } from '../net/prefix.js';
 import type { AppFacts, AppRule } from '../policy/app.js';
 import { appName, type Proto, type Rule } from '../policy/rules.js';
-import type { Prompt, PromptOutcome } from '../prompt/prompt.js';
+import type { Prompt, PromptAnswer, PromptOutcome } from '../prompt/prompt.js';
 import type { UplinkState } from '../uplink/state.js';
 import type { AppConnect } from './apps.js';
 import type { AskRequest } from './prompts.js';
@@ -45,6 +45,11 @@ const DNS_PORT = 53;
 const NO_DENY: readonly string[] = Object.freeze([]);
 const NO_FACTS: readonly AppFacts[] = Object.freeze([]);
 const NO_WISH_HERE: Wish = { needs: [], deny: [] };
+
+/** What an answer does, as a rule: the uplink picked and no other (a remembered answer never moves), or deny. */
+export function actionOf(a: PromptAnswer): Rule['action'] {
+  return 'deny' in a.choice ? { kind: 'deny' } : { kind: 'only', uplinks: [a.choice.uplink] };
+}
 
 /** A process's cgroup v2 path (as /proc/PID/cgroup says it), null when it is gone. */
 function cgroupOf(pid: number): string | null {
@@ -90,8 +95,11 @@ export type PromptRequest = AskRequest;
 /** Who asks the user (src/daemon/prompts.ts) and where answers meant to last are kept (src/daemon/rule-store.ts). */
 export interface AskPorts {
   ask(req: PromptRequest): Promise<PromptOutcome>;
-  /** Keeps an answer as a rule: for N minutes, until the app exits, or always. */
-  remember(rule: AnswerRule): void;
+  /**
+   * Keeps an answer as a rule (for this time: a few seconds, for N minutes, until the app exits,
+   * or always); resolves once the kernel holds the app to it.
+   */
+  remember(rule: AnswerRule): Promise<void>;
 }
 
 /** An answer that outlasts its connection, as a rule to store. */
@@ -99,11 +107,20 @@ export interface AnswerRule {
   readonly match: Rule['match'];
   readonly action: Rule['action'];
   readonly owner: number;
-  readonly scope: 'minutes' | 'app' | 'always';
+  /** `once`: held in memory for {@link ONCE_MS}, so the kernel lets the waiting connects through. */
+  readonly scope: 'once' | 'minutes' | 'app' | 'always';
   readonly expiresAt?: number;
   /** Scope `app`: the process (pid and start time) or cgroup whose end ends the rule. */
   readonly until?: { readonly pid: number; readonly startTime: string | null; readonly cgroup: string | null };
 }
+
+/**
+ * How long an answer "this time" for an uplink holds as a rule: the kernel enforces the app's
+ * rules on every socket (the ask rule's default until answered), so the connects waiting for the
+ * answer need it there too; they proceed within microseconds of the answer. So "this time" is
+ * the waiting connects and any the app makes to that destination within these 2 s.
+ */
+export const ONCE_MS = 2_000;
 
 /** How much longer than the prompt's own timeout the library is told to wait (the answer's way back). */
 const PENDING_SLACK_MS = 2_000;
@@ -113,18 +130,21 @@ export class DecisionService implements DecisionHandlers {
   private readonly dnsCache: ExpiringMap<string, { answer: ResolveResponse; until: number }>;
   private readonly pruneTimer: NodeJS.Timeout;
   private readonly logged = new Map<string, number>();
+  /** The daemon's cgroup root, as a v2 path: apps are recognised below it. */
+  private readonly cgroupRoot: string | undefined;
 
   constructor(
     private readonly world: DecisionWorld,
     private readonly generation: GenerationFile,
     private readonly log: Logger,
-    bounds: { dnsCache?: number; now?: () => number } = {},
+    bounds: { dnsCache?: number; now?: () => number; cgroupRoot?: string } = {},
     /** Where denials are published (`decision.denied`), synchronously and only when someone listens. */
     private readonly events?: Pick<EventBus, 'publish' | 'wants'>,
     /** Who asks the user; without it an `ask` rule's default applies at once. */
     private asker?: AskPorts,
   ) {
     this.dnsCache = new ExpiringMap(bounds.dnsCache ?? MAX_DNS_CACHE, bounds.now);
+    this.cgroupRoot = bounds.cgroupRoot;
     this.pruneTimer = setInterval(() => this.prune(), PRUNE_INTERVAL_MS).unref();
   }
 
@@ -164,7 +184,7 @@ export class DecisionService implements DecisionHandlers {
     const now = Date.now();
     const hit = this.identities.get(caller);
     if (hit && now - hit.at < IDENTITY_TTL_MS) return hit.id;
-    const id = identify(caller);
+    const id = identify(caller, '/proc', this.cgroupRoot === undefined ? {} : { cgroupRoot: this.cgroupRoot });
     this.identities.set(caller, { id, at: now });
     return id;
   }
@@ -206,7 +226,10 @@ export class DecisionService implements DecisionHandlers {
     // Name lookups are never asked about (one prompt per lookup would tell the user nothing):
     // they go by the ask rule's default like everything before an answer.
     if (rule?.action.kind === 'ask' && this.asker && req.port !== DNS_PORT && !own.uplink) {
-      return this.askUser(req, id, own, rule, rule.action, destination);
+      if (!req.nonblocking) return this.askUser(req, id, own, rule, rule.action, destination);
+      // A call that must not block (an event loop's connect): the rule's default now, the
+      // user asked all the same; a lasting answer decides the app's next connects.
+      void this.prompt(req, id, rule, rule.action, destination, false);
     }
     return this.respond(req, id, decision);
   }
@@ -249,32 +272,45 @@ export class DecisionService implements DecisionHandlers {
    * joins them by key). No agent or no answer in time: the rule's default. An answer for longer
    * than this connection is kept as a rule (the store tells the world, which voids the caches).
    */
-  private askUser(req: DecideRequest, id: AppIdentity, own: Wish, rule: Rule, ask: Extract<Rule['action'], { kind: 'ask' }>, destination: string): DeferredAnswer<DecideResponse> {
+  /**
+   * Raises (or joins) the prompt for a socket of this process; keeps a lasting answer as a rule.
+   * Resolves with how it ended.
+   */
+  private prompt(req: DecideRequest, id: AppIdentity, rule: Rule, ask: Extract<Rule['action'], { kind: 'ask' }>, destination: string, held: boolean): Promise<PromptOutcome> {
     const asker = this.asker as AskPorts;
-    const name = appName(id);
     const match = answerMatch(id, destination);
     const request: PromptRequest = {
       key: JSON.stringify([id.uid, match, destination]),
       timeoutMs: ask.timeoutMs,
-      app: { uid: id.uid, pid: id.pid, name, exe: id.exe, unit: id.unit, app: id.app, flatpakId: id.flatpakId },
+      app: { uid: id.uid, pid: id.pid, name: appName(id), exe: id.exe, unit: id.unit, app: id.app, flatpakId: id.flatpakId },
       target: { destination, address: formatAddress(req.family, req.addr), port: req.port, proto: req.proto, host: null },
       needs: needsFromMask(req.needs),
       choices: this.choicesFor(rule, destination),
       default: ask.default,
       rule: rule.id,
-      held: true,
+      held,
     };
-    const answer = asker.ask(request).then((outcome) => {
+    return asker.ask(request).then(async (outcome) => {
+      if (outcome.by !== 'agent') return outcome;
+      const a = outcome.answer;
+      // Deny this time needs no rule (the library refuses the connect); nor does a connect that already went (not held).
+      if (a.scope === 'once' && ('deny' in a.choice || !held)) return outcome;
+      await asker.remember({
+        match: a.allDestinations ? answerMatch(id, undefined) : match, action: actionOf(a), owner: outcome.uid, scope: a.scope,
+        ...(a.scope === 'minutes' ? { expiresAt: Date.now() + (a.minutes ?? 10) * 60_000 } : a.scope === 'once' ? { expiresAt: Date.now() + ONCE_MS } : {}),
+        ...(a.scope === 'app' ? { until: { pid: id.pid, startTime: id.startTime, cgroup: id.app || id.flatpakId ? id.cgroup : null } } : {}),
+      }).catch((e: unknown) => this.log.error('cannot keep an answer as a rule', { error: errorMessage(e) }));
+      return outcome;
+    }, (e: unknown): PromptOutcome => {
+      this.log.warn('prompt failed; the rule\'s default applies', { error: errorMessage(e) });
+      return { by: 'gone' };
+    });
+  }
+
+  private askUser(req: DecideRequest, id: AppIdentity, own: Wish, rule: Rule, ask: Extract<Rule['action'], { kind: 'ask' }>, destination: string): DeferredAnswer<DecideResponse> {
+    const answer = this.prompt(req, id, rule, ask, destination, true).then((outcome) => {
       if (outcome.by !== 'agent') return this.respond(req, id, this.decideFor(id, own, req.family, req.addr, { proto: req.proto, port: req.port }).decision);
       const a = outcome.answer;
-      const action: Rule['action'] = 'deny' in a.choice ? { kind: 'deny' } : { kind: 'only', uplinks: [a.choice.uplink] };
-      if (a.scope !== 'once') {
-        asker.remember({
-          match: a.allDestinations ? answerMatch(id, undefined) : match, action, owner: outcome.uid, scope: a.scope,
-          ...(a.scope === 'minutes' ? { expiresAt: Date.now() + (a.minutes ?? 10) * 60_000 } : {}),
-          ...(a.scope === 'app' ? { until: { pid: id.pid, startTime: id.startTime, cgroup: id.app || id.flatpakId ? id.cgroup : null } } : {}),
-        });
-      }
       const policy: AppRule = 'deny' in a.choice ? { name: 'answer', match: {}, uplinks: [], deny: [], needs: [] } : { name: 'answer', match: {}, uplinks: [a.choice.uplink], deny: [], needs: [] };
       const d = this.decideFor(id, own, req.family, req.addr, { proto: req.proto, port: req.port, policy }).decision;
       // "This time" holds for this connection only: the library must not keep it.
@@ -316,10 +352,9 @@ export class DecisionService implements DecisionHandlers {
       if (outcome.by !== 'agent') return;
       const a = outcome.answer;
       if (a.scope === 'once') return; // the connect went by the default already
-      asker.remember({
+      void asker.remember({
         match: a.allDestinations ? answerMatch(kernelFacts, undefined) : match,
-        action: 'deny' in a.choice ? { kind: 'deny' } : { kind: 'only', uplinks: [a.choice.uplink] },
-        owner: outcome.uid, scope: a.scope,
+        action: actionOf(a), owner: outcome.uid, scope: a.scope,
         ...(a.scope === 'minutes' ? { expiresAt: Date.now() + (a.minutes ?? 10) * 60_000 } : {}),
         ...(a.scope === 'app' ? { until: { pid: c.pid, startTime: null, cgroup: cgroupOf(c.pid) } } : {}),
       });

@@ -150,10 +150,12 @@ async function main(): Promise<void> {
   // Rules that ask go to the prompt broker; answers that outlast their connection are kept as rules.
   decisions.askWith({
     ask: (req) => prompts.ask(req),
-    remember: (r) => void ruleStore.add({
-      source: 'answer', match: r.match, action: r.action, owner: r.owner,
-      ...(r.expiresAt !== undefined ? { expiresAt: r.expiresAt } : {}), ...(r.until ? { until: r.until } : {}),
-    }).catch((e: unknown) => log.error('cannot keep an answer as a rule', { error: errorMessage(e) })),
+    remember: async (r) => {
+      await ruleStore.add({
+        source: 'answer', match: r.match, action: r.action, owner: r.owner, transient: r.scope === 'once',
+        ...(r.expiresAt !== undefined ? { expiresAt: r.expiresAt } : {}), ...(r.until ? { until: r.until } : {}),
+      });
+    },
   });
   const rules = new RuleService({ world, store: ruleStore, apps: (cred) => apps.list(cred) });
   const decideServer = new DecisionServer(join(runDir, DECIDE_SOCKET), decisions, log, { busyPollUs: opts.busyPollUs });

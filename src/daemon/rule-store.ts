@@ -70,6 +70,8 @@ export interface StoredRule extends Rule {
   readonly addedAt: string;
   /** Scope "until the app exits": not persisted. */
   readonly until?: { readonly pid: number; readonly startTime: string | null; readonly cgroup: string | null };
+  /** Not persisted (an answer for this time). */
+  readonly transient?: boolean;
 }
 
 export function ruleAction(a: ActionIn): Rule['action'] {
@@ -101,6 +103,8 @@ export interface NewRule {
   readonly expiresAt?: number;
   readonly owner: number;
   readonly until?: StoredRule['until'];
+  /** Kept in memory only (an answer for this time: it expires within seconds). */
+  readonly transient?: boolean;
 }
 
 export class RuleStore {
@@ -150,10 +154,12 @@ export class RuleStore {
     const rule: StoredRule = {
       id: `${n.source}-${this.next++}`, source: n.source, match: n.match, action: n.action, never: n.never ?? [], needs: n.needs ?? [],
       owner: n.owner, addedAt: new Date(this.now()).toISOString(),
-      ...(n.expiresAt !== undefined ? { expiresAt: n.expiresAt } : {}), ...(n.until ? { until: n.until } : {}),
+      ...(n.expiresAt !== undefined ? { expiresAt: n.expiresAt } : {}), ...(n.until ? { until: n.until } : {}), ...(n.transient ? { transient: true } : {}),
     };
-    // A new answer for the same app and destination replaces the last one.
-    if (n.source === 'answer') this.rules = this.rules.filter((r) => !(r.source === 'answer' && r.owner === n.owner && sameMatch(r.match, n.match)));
+    // It goes when it expires (prune also runs every minute): the kernel's copy with it.
+    if (n.expiresAt !== undefined) setTimeout(() => void this.prune(), Math.max(0, n.expiresAt - this.now()) + 5).unref();
+    // A new lasting answer for the same app and destination replaces the last one.
+    if (n.source === 'answer' && !n.transient) this.rules = this.rules.filter((r) => !(r.source === 'answer' && r.owner === n.owner && sameMatch(r.match, n.match)));
     this.rules = [...this.rules, rule];
     await this.publish(true);
     this.log.info('rule added', { id: rule.id, source: rule.source, owner: rule.owner, match: JSON.stringify(rule.match), action: rule.action.kind });
@@ -203,7 +209,7 @@ export class RuleStore {
   private async publish(save: boolean): Promise<void> {
     await this.world.setStoredRules(this.rules);
     if (!save) return;
-    const persisted = this.rules.filter((r) => r.until === undefined).map((r): PersistedRule => ({
+    const persisted = this.rules.filter((r) => r.until === undefined && r.transient !== true).map((r): PersistedRule => ({
       id: r.id, source: r.source, match: storedMatch(r.match), action: actionIn(r.action), never: [...r.never], needs: [...r.needs], owner: r.owner, addedAt: r.addedAt,
       ...(r.expiresAt !== undefined ? { expiresAt: r.expiresAt } : {}),
     }));

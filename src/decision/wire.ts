@@ -23,6 +23,8 @@ export const NEEDS = {
   unmetered: 0x20,
 } as const;
 export type NeedName = keyof typeof NEEDS;
+/** Request flags in the high 16 bits of the needs field (waymark_proto.h: WM_REQ_*). */
+export const WM_REQ_NONBLOCK = 0x10000;
 
 export const SIZES = { header: 16, decideReq: 104, decideResp: 84, resolveReq: 312, resolveResp: 384, addr: 20, pending: 24 } as const;
 
@@ -36,6 +38,8 @@ export interface DecideRequest extends Header {
   proto: 'tcp' | 'udp';
   port: number;
   needs: number;
+  /** The call must not block (WM_REQ_NONBLOCK): an answer that waits for the user is not waited for. */
+  nonblocking?: boolean;
   /** Destination address bytes (4 or 16). */
   addr: Uint8Array;
   uplink: string;
@@ -112,7 +116,8 @@ export function decodeDecideRequest(buf: Buffer): DecideRequest | undefined {
   const family = af === AF_INET ? 4 : 6;
   // Fields spelled out: an object spread costs ~5 µs here on Node 20, on every decision.
   return {
-    type: h.type, seq: h.seq, family, proto: proto === 6 ? 'tcp' : 'udp', port: buf.readUInt16LE(18), needs: buf.readUInt32LE(20),
+    type: h.type, seq: h.seq, family, proto: proto === 6 ? 'tcp' : 'udp', port: buf.readUInt16LE(18), needs: buf.readUInt32LE(20) & 0xffff,
+    nonblocking: (buf.readUInt32LE(20) & WM_REQ_NONBLOCK) !== 0,
     addr: Uint8Array.from(buf.subarray(24, 24 + (family === 4 ? 4 : 16))), uplink, destination,
   };
 }
@@ -123,7 +128,7 @@ export function encodeDecideRequest(r: Omit<DecideRequest, 'type'>): Buffer {
   buf.writeUInt8(r.family === 4 ? AF_INET : AF_INET6, 16);
   buf.writeUInt8(r.proto === 'tcp' ? 6 : 17, 17);
   buf.writeUInt16LE(r.port, 18);
-  buf.writeUInt32LE(r.needs >>> 0, 20);
+  buf.writeUInt32LE((r.needs | (r.nonblocking ? WM_REQ_NONBLOCK : 0)) >>> 0, 20);
   Buffer.from(r.addr).copy(buf, 24);
   putStr(buf, 40, 32, r.uplink);
   putStr(buf, 72, 32, r.destination);

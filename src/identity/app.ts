@@ -179,6 +179,18 @@ export interface IdentifyOptions {
   expectStartTime?: string;
   /** Called after the reads, before the start time is checked again (tests simulate pid reuse with it). */
   afterRead?: () => void;
+  /**
+   * The cgroup v2 path the daemon's cgroup root is (its --cgroup-root, e.g. a lab's subtree;
+   * default "/"): units are recognised below it, as the cgroup tree classifies them.
+   */
+  cgroupRoot?: string;
+}
+
+/** A v2 path as seen from below `root` ("/" + the rest), or the path itself when it is not below it. */
+function belowRoot(v2: string | null, root: string | undefined): string | null {
+  if (v2 === null || root === undefined || root === '/' || root === '') return v2;
+  const r = root.endsWith('/') ? root.slice(0, -1) : root;
+  return v2 === r ? '/' : v2.startsWith(`${r}/`) ? v2.slice(r.length) : v2;
 }
 
 /** What the kernel says about the caller; derived fields are null when unknown (see the module comment). */
@@ -203,7 +215,7 @@ export function identify(caller: Caller, procRoot = '/proc', opts: IdentifyOptio
   const comm = commOf(statText);
   const cgroupText = readText(join(dir, 'cgroup'));
   const { v2, systemdV1 } = cgroupText === null ? { v2: null, systemdV1: null } : parseCgroupFile(cgroupText);
-  const unit = unitOf(v2) ?? unitOf(systemdV1);
+  const unit = unitOf(belowRoot(v2, opts.cgroupRoot)) ?? unitOf(systemdV1);
   // existsSync first: for the usual process without one, a failed open costs a thrown error.
   const infoPath = join(dir, 'root', '.flatpak-info');
   const fromInfo = existsSync(infoPath) ? readSmallRegularFile(infoPath) : null;

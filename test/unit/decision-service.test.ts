@@ -142,7 +142,7 @@ describe('DecisionService and an ask rule', () => {
     h.world.rules = rulesOf(asking);
     const asked: PromptRequest[] = [];
     const kept: AnswerRule[] = [];
-    h.s.askWith({ ask: (req) => { asked.push(req); return outcome(req); }, remember: (r) => { kept.push(r); } });
+    h.s.askWith({ ask: (req) => { asked.push(req); return outcome(req); }, remember: (r) => { kept.push(r); return Promise.resolve(); } });
     return { ...h, asked, kept };
   }
   const request = (port = 443): DecideRequest => ({ type: WM_TYPE.DECIDE, seq: ++seq, family: 4, proto: 'tcp', port, needs: 0, addr: Uint8Array.from([1, 1, 1, 1]), uplink: '', destination: '' });
