@@ -196,7 +196,8 @@ export function desiredMaps(w: MapsWorld): DesiredMaps {
     if (d.name === INTERNET) continue;
     for (const p of d.prefixes) {
       const best = bestUplink(w.uplinks, d, p.family);
-      destinations.set(formatPrefix(p), best ? best.slot : 0);
+      // No uplink carries it now: no routing rule for it either (traffic follows main), no entry.
+      if (best) destinations.set(formatPrefix(p), best.slot);
     }
   }
   const slotOfIf = (i: number | null): number => (i === null ? 0 : ifslots.get(i) ?? 0);
