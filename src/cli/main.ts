@@ -99,13 +99,20 @@ program
   .description('answer the daemon\'s prompts in this terminal: which uplink an app may use to reach a destination, when its rule says ask')
   .option('--json', 'events out and answers in as JSON lines (for scripts)', false)
   .option('--name <name>', 'what this agent calls itself', 'waymark agent')
+  .option('--notify', 'show the prompts as desktop notifications on the session bus instead (org.freedesktop.Notifications: a button per uplink, always for that destination, and Deny, this time)', false)
   .addHelpText('after', `
 Keys: 1-9 that uplink, d deny, * for all the app's destinations (toggle); then o this connection,
 m N minutes (digits, Enter; 10 without any), x until the app exits, a always (Enter: o). Esc goes
 back a step; on the first, it leaves the prompt to other agents and its timeout. q or Ctrl-C quits.
 Without a terminal each input line is one answer in the same keys ("1a", "2 m 30", "d o").
-Shows your prompts (root: everyone's). Exits 0 on quit, 69 when waymarkd is not there or goes.`)
-  .action(async (o: { json: boolean; name: string }) => {
+Shows your prompts (root: everyone's). Exits 0 on quit, 69 when waymarkd is not there or goes
+(--notify: or when the session bus has no notification server).`)
+  .action(async (o: { json: boolean; name: string; notify: boolean }) => {
+    if (o.notify) {
+      const { runNotifyAgent } = await import('./notify-agent.js');
+      process.exitCode = await runNotifyAgent(program.opts<{ socket: string }>().socket, { name: o.name });
+      return;
+    }
     const { runAgent } = await import('./agent.js');
     process.exitCode = await runAgent(program.opts<{ socket: string }>().socket, { json: o.json, name: o.name });
   });

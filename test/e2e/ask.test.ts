@@ -22,6 +22,7 @@ import { publicRoot } from '../../src/lab/public.js';
 import { exampleText } from '../support/fixture.js';
 import { buildPublicGoClient } from '../support/goclient.js';
 import { lastJson, url, useLab } from '../support/lab.js';
+import { NotificationServer, startPrivateBus } from '../support/notify-server.js';
 import { PtyProcess } from '../support/pty.js';
 import { Watcher } from '../support/watcher.js';
 
@@ -35,6 +36,7 @@ const QUICK = scopeOf('org.example.Quick', 3);
 const NODE = scopeOf('org.example.Node', 4);
 const STATIC = scopeOf('org.example.Static', 5);
 const MANY = scopeOf('org.example.Many', 6);
+const NOTIFY = scopeOf('org.example.Notify', 7);
 const INTERNET = url(LAB.internet.v4);
 
 const config = (): string => exampleText(`rules:
@@ -47,6 +49,9 @@ const config = (): string => exampleText(`rules:
   - name: ask-many
     match: { app: org.example.Many }
     ask: { default: { only: [wifi] }, timeout: 60 }
+  - name: ask-notify
+    match: { app: org.example.Notify }
+    ask: { default: deny, timeout: 60 }
   - name: ask-quick
     match: { app: org.example.Quick }
     ask: { default: { only: [wifi] }, timeout: 2 }
@@ -121,7 +126,7 @@ describe('the ask prompt', () => {
     bob = agent(BOB);
     await alice.waitFor(`waiting for prompts of uid ${ALICE}`);
     await bob.waitFor(`waiting for prompts of uid ${BOB}`);
-    for (const s of [CHAT, MAIL, MANY, QUICK, NODE, STATIC]) await scope(s);
+    for (const s of [CHAT, MAIL, MANY, NOTIFY, QUICK, NODE, STATIC]) await scope(s);
   });
 
   it('a held connect: "cellular, always" lets it proceed on cellular and saves the rule', async () => {
@@ -232,13 +237,47 @@ get(1);
     assert.equal(path, 'wwan0');
   });
 
+  it('desktop notifications (waymark agent --notify, a private D-Bus bus): the server gets the prompt with its buttons, a click answers it', async () => {
+    const bus = await startPrivateBus();
+    const server = await NotificationServer.start(bus.address);
+    const notifier = lab.spawn('dev', [process.execPath, CLI(), '--socket', dev.socket, 'agent', '--notify'], { env: { ...noLibrary, DBUS_SESSION_BUS_ADDRESS: bus.address } });
+    let out = '';
+    notifier.stdout?.setEncoding('utf8').on('data', (d: string) => (out += d));
+    notifier.stderr?.setEncoding('utf8').on('data', (d: string) => (out += d));
+    try {
+      const started = new Promise<void>((resolve, reject) => {
+        notifier.stdout?.on('data', () => { if (out.includes('showing prompts as desktop notifications')) resolve(); });
+        notifier.once('exit', (code) => reject(new Error(`waymark agent --notify exited ${code ?? '?'}: ${out}`)));
+      });
+      await started;
+      const mark = alice.mark();
+      const get = blockingGet(NOTIFY);
+      const n = await server.notified.take('the prompt as a notification');
+      assert.equal(n.summary, 'org.example.Notify wants the Internet');
+      assert.match(n.body, /cellular/);
+      assert.match(n.body, /0\.02 EUR\/MB/);
+      const keys = n.actions.map(([k]) => k);
+      assert.ok(keys.includes('deny'), JSON.stringify(n.actions));
+      const cellular = keys.find((k) => k.endsWith('cellular'));
+      assert.ok(cellular, JSON.stringify(n.actions));
+      server.invokeAction(n.id, cellular);
+      const r = await get;
+      assert.equal(pathOf(r.stdout), 'wwan0', r.stdout);
+      await alice.waitFor('answered by another agent (uid 0): cellular, always', mark);
+    } finally {
+      notifier.kill('SIGTERM');
+      await server.close();
+      await bus.close();
+    }
+  });
+
   it('the answers survive a daemon restart; the second user\'s agent never saw the first user\'s prompts', async () => {
     assert.doesNotMatch(bob.screen, /Prompt p-/, bob.screen);
     await dev.stopDaemon('SIGTERM');
     await dev.startDaemon();
     assert.equal(pathOf((await blockingGet(CHAT)).stdout), 'wwan0', 'cellular, as answered, no prompt (no agent runs now)');
     const list = JSON.parse((await dev.waymark(['rules', 'list', '--json'])).stdout) as RuleView[];
-    assert.deepEqual(list.filter((x) => x.source === 'answer').map((x) => x.match['app']).sort(), ['org.example.Chat', 'org.example.Node', 'org.example.Static']);
+    assert.deepEqual(list.filter((x) => x.source === 'answer').map((x) => x.match['app']).sort(), ['org.example.Chat', 'org.example.Node', 'org.example.Notify', 'org.example.Static']);
     const explained = await dev.waymark(['rules', 'explain', '--app', 'org.example.Chat', '--dest', 'internet', '--uid', String(ALICE)]);
     assert.match(explained.stdout, /deciding rule: answer-\d+: only cellular/);
   });
