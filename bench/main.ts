@@ -109,7 +109,7 @@ async function connectBench(): Promise<void> {
     if (reload.code !== 0) throw new Error(`reload with 10,000 rules: ${reload.stderr}`);
     for (let round = 0; round < ROUNDS; round++) {
       for (const name of [BARE_NEW_10K, FIRST_10K]) {
-        const argv = name === BARE_NEW_10K ? modes['bare, new port each time']?.(round + ROUNDS) : modes['first decision each time']?.(round + ROUNDS);
+        const argv = name === BARE_NEW_10K ? modes['bare, new port each time']?.(round) : modes['first decision each time']?.(round);
         if (!argv) throw new Error('no such mode');
         const r = await lab.run('dev', argv, { timeoutMs: 120_000 });
         const line = r.stdout.trim().split('\n').pop() ?? '';

@@ -194,9 +194,7 @@ export class DecisionService implements DecisionHandlers {
    * and the policy of every rule that binds it (in a session, those of its app facts too).
    */
   private rulesFor(id: AppIdentity, session: Session | undefined, wish: Wish, destination: string, proto?: Proto, port?: number): { rule: Rule | undefined; policy: AppRule | undefined } {
-    return this.world.rules.decideFor(id, session ? session.apps : NO_FACTS, {
-      destination, needs: wish.needs, ...(proto ? { proto } : {}), ...(port !== undefined ? { port } : {}),
-    });
+    return this.world.rules.decideFor(id, session ? session.apps : NO_FACTS, { destination, needs: wish.needs, proto, port });
   }
 
   /** The decision for one socket, and the rule that decided it; `policy` replaces the rules' (an answer to a prompt). */

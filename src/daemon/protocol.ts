@@ -308,6 +308,8 @@ export interface RuleView {
   addedAt?: string;
   /** An answer "until the app exits" (not kept across restarts). */
   untilExit?: boolean;
+  /** A user's own rule: it only narrows what the other rules allow their app. */
+  bounded?: boolean;
 }
 
 export interface RulesExplainResult {

@@ -41,7 +41,7 @@ export function ruleView(r: Rule, order: number): RuleView {
     action: actionIn(r.action), never: [...r.never], needs: [...r.needs],
     ...(r.expiresAt !== undefined ? { expiresAt: new Date(r.expiresAt).toISOString() } : {}),
     ...(s.owner !== undefined ? { owner: s.owner } : {}), ...(s.addedAt !== undefined ? { addedAt: s.addedAt } : {}),
-    ...(s.until ? { untilExit: true } : {}),
+    ...(s.until ? { untilExit: true } : {}), ...(r.bounded === true ? { bounded: true } : {}),
   };
 }
 
@@ -73,7 +73,7 @@ export class RuleService {
     const action = ruleAction(p.action);
     this.check(match, action, p.never);
     const r = await this.deps.store.add({
-      source: 'cli', match, action, never: p.never, needs: p.needs, owner: cred.uid,
+      source: 'cli', match, action, never: p.never, needs: p.needs, owner: cred.uid, bounded: !mayChangeState(cred),
       ...(p.minutes !== undefined ? { expiresAt: Date.now() + p.minutes * 60_000 } : {}),
     }).catch((e: unknown) => {
       throw new RequestError({ code: 'EPERM', message: e instanceof Error ? e.message : String(e) });

@@ -59,6 +59,8 @@ export const storedRuleSchema = z.strictObject({
   expiresAt: z.number().int().nonnegative().optional(),
   /** Who added it (an answer: who answered). */
   owner: z.number().int().nonnegative(),
+  /** Added by an unprivileged user: it only narrows what the other rules allow (src/policy/rules.ts). */
+  bounded: z.boolean().optional(),
   addedAt: z.string().max(40),
 });
 export type PersistedRule = z.infer<typeof storedRuleSchema>;
@@ -105,6 +107,8 @@ export interface NewRule {
   readonly until?: StoredRule['until'];
   /** Kept in memory only (an answer for this time: it expires within seconds). */
   readonly transient?: boolean;
+  /** Added by an unprivileged user for their own apps: it only narrows (Rule.bounded). */
+  readonly bounded?: boolean;
 }
 
 export class RuleStore {
@@ -132,7 +136,7 @@ export class RuleStore {
       }
       const r = p.data;
       ok.push({ id: r.id, source: r.source, match: r.match, action: ruleAction(r.action), never: r.never, needs: r.needs, owner: r.owner, addedAt: r.addedAt,
-        ...(r.expiresAt !== undefined ? { expiresAt: r.expiresAt } : {}) });
+        ...(r.expiresAt !== undefined ? { expiresAt: r.expiresAt } : {}), ...(r.bounded === true ? { bounded: true } : {}) });
     });
     this.rules = ok;
     this.next = Math.max(next, ...ok.map((r) => Number(r.id.split('-')[1]) + 1), 1);
@@ -155,6 +159,7 @@ export class RuleStore {
       id: `${n.source}-${this.next++}`, source: n.source, match: n.match, action: n.action, never: n.never ?? [], needs: n.needs ?? [],
       owner: n.owner, addedAt: new Date(this.now()).toISOString(),
       ...(n.expiresAt !== undefined ? { expiresAt: n.expiresAt } : {}), ...(n.until ? { until: n.until } : {}), ...(n.transient ? { transient: true } : {}),
+      ...(n.bounded === true ? { bounded: true } : {}),
     };
     // It goes when it expires (prune also runs every minute): the kernel's copy with it.
     if (n.expiresAt !== undefined) setTimeout(() => void this.prune(), Math.max(0, n.expiresAt - this.now()) + 5).unref();
@@ -211,7 +216,7 @@ export class RuleStore {
     if (!save) return;
     const persisted = this.rules.filter((r) => r.until === undefined && r.transient !== true).map((r): PersistedRule => ({
       id: r.id, source: r.source, match: storedMatch(r.match), action: actionIn(r.action), never: [...r.never], needs: [...r.needs], owner: r.owner, addedAt: r.addedAt,
-      ...(r.expiresAt !== undefined ? { expiresAt: r.expiresAt } : {}),
+      ...(r.expiresAt !== undefined ? { expiresAt: r.expiresAt } : {}), ...(r.bounded === true ? { bounded: true } : {}),
     }));
     await this.persist(persisted, this.next);
   }

@@ -136,6 +136,24 @@ describe('rules: what each action does (decide() ranks what the rule leaves)', (
   });
 });
 
+describe('a user\'s own rules only narrow', () => {
+  it('a more specific rule a user added cannot lift what the administrator\'s rules deny them; the administrator\'s can', () => {
+    const admin = exampleConfig(`rules:
+  - name: no-cellular-for-1000
+    match: { uid: 1000 }
+    never: [cellular]
+`);
+    const mine: Rule = { ...rule('cli-1', { uid: 1000, exe: '/usr/bin/x' }, { kind: 'use', uplinks: ['cellular'] }, 'cli'), bounded: true };
+    const s = RuleSet.compile(admin.rules, [mine], admin);
+    const { rule: decided, policy } = s.decideFor(facts({ exe: '/usr/bin/x' }), [], { destination: 'internet', needs: [] });
+    assert.equal(decided?.id, 'cli-1', 'the user\'s rule decides (most specific)');
+    assert.equal(allowsUplink(policy, 'cellular'), false, 'but cellular stays denied');
+    assert.equal(allowsUplink(s.forKernel(facts({ exe: '/usr/bin/x' })), 'cellular'), false, 'in the kernel too');
+    const privileged = RuleSet.compile(admin.rules, [{ ...mine, bounded: false }], admin);
+    assert.equal(allowsUplink(privileged.decideFor(facts({ exe: '/usr/bin/x' }), [], { destination: 'internet', needs: [] }).policy, 'cellular'), true, 'root\'s rule may');
+  });
+});
+
 describe('rules in the kernel: one policy per app, for any destination', () => {
   it('denies an uplink only where no destination\'s rule lets the app use it; the mark follows the Internet rule', () => {
     const chat = set.forKernel(facts({ exe: '/usr/bin/chat' }));
