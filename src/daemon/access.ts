@@ -4,20 +4,11 @@
  */
 import { readFileSync } from 'node:fs';
 import type { PeerCred } from '../native/index.js';
+import { groupId } from '../identity/users.js';
+
+export { groupId } from '../identity/users.js';
 
 export const ADMIN_GROUP = 'waymark';
-
-export function groupId(name: string, groupFile = '/etc/group'): number | undefined {
-  try {
-    for (const line of readFileSync(groupFile, 'utf8').split('\n')) {
-      const [n, , gid] = line.split(':');
-      if (n === name && gid !== undefined && /^\d+$/.test(gid)) return Number(gid);
-    }
-  } catch {
-    /* no group file: no such group */
-  }
-  return undefined;
-}
 
 function supplementaryGroups(pid: number): number[] {
   try {

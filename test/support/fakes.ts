@@ -1,4 +1,5 @@
 /** Fake adapters for the daemon's model (src/daemon/assemble.ts: Adapters), in memory. */
+import { METHODS, type Handlers } from '../../src/daemon/protocol.js';
 import type { CgroupEntry, KernelAppMaps, MapsPlan } from '../../src/backstop/desired.js';
 import type { CgroupBackend } from '../../src/daemon/sessions.js';
 import type { Clock, Timer } from '../../src/daemon/clock.js';
@@ -221,3 +222,11 @@ export class FakeAppMaps implements KernelAppMaps {
 export const fakeApps = (maps: KernelAppMaps = new FakeAppMaps()) => ({
   maps, kernelOff: null, cgroupDir: '/nonexistent', mount: '/nonexistent', cgroupRoot: '/', sessionsDir: '/nonexistent/waymark',
 });
+
+/**
+ * Every control method answering an empty placeholder: tests of the transport (limits, events,
+ * agents) spread it and give their own handlers for the methods they use. Not the real shapes.
+ */
+export function placeholderHandlers(): Handlers {
+  return Object.fromEntries(Object.keys(METHODS).map((m) => [m, () => Promise.resolve({})])) as unknown as Handlers;
+}

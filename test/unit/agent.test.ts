@@ -6,6 +6,7 @@
  * for what the agent showed or the broker resolved; the timers are only guards.
  */
 import { after, before, describe, it } from 'node:test';
+import { placeholderHandlers } from '../support/fakes.js';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
@@ -63,16 +64,9 @@ async function controlServer(dir: string, name: string): Promise<{ sock: string;
   const gone: (() => void)[] = [];
   const placeholder = <T>(x: object): Promise<T> => Promise.resolve(x as T);
   const handlers: Handlers = {
+    ...placeholderHandlers(),
     hello: () => Promise.resolve<HelloResult>({ daemon: 'waymarkd', version: 't', protocol: 2, protocols: [1, 2], methods: [], topics: [...TOPICS] }),
     status: () => placeholder({}),
-    reload: () => placeholder({}),
-    'exec.begin': () => placeholder({}),
-    'exec.end': () => Promise.resolve({}),
-    apps: () => placeholder({}),
-    'rules.list': () => placeholder({}),
-    'rules.add': () => placeholder({}),
-    'rules.rm': () => placeholder({}),
-    'rules.explain': () => placeholder({}),
     'events.subscribe': (p, _cred, ctx) => Promise.resolve(ctx.subscribe(p.topics)),
     ...agents,
     // Tells the test when an agent's close hook (its unregistration) has run.

@@ -5,6 +5,7 @@
  * the server logged, never for a timer.
  */
 import { after, before, describe, it } from 'node:test';
+import { placeholderHandlers } from '../support/fakes.js';
 import assert from 'node:assert/strict';
 import { chmodSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
@@ -69,23 +70,13 @@ describe('ControlServer limits', { skip: !isRoot && 'needs root (clients run as 
   // This test is about the transport: the results are placeholders (a padded status), not the real shapes.
   const placeholder = <T>(x: object): Promise<T> => Promise.resolve(x as T);
   const handlers: Handlers = {
+    ...placeholderHandlers(),
     hello: () => Promise.resolve<HelloResult>({ daemon: 'waymarkd', version: 'test', protocol: 2, protocols: [1, 2], methods: [], topics: [] }),
     status: () => {
       statusCalls++;
       return placeholder<StatusResult>({ pad: 'x'.repeat(REPLY_PAD) });
     },
-    reload: () => placeholder({}),
-    'exec.begin': () => placeholder({}),
-    'exec.end': () => Promise.resolve({}),
-    apps: () => placeholder({}),
-    'rules.list': () => placeholder({}),
-    'rules.add': () => placeholder({}),
-    'rules.rm': () => placeholder({}),
-    'rules.explain': () => placeholder({}),
     'events.subscribe': () => placeholder({}),
-    'agent.register': () => placeholder({}),
-    'prompt.answer': () => placeholder({}),
-    prompts: () => placeholder({}),
   };
 
   before(() => {

@@ -5,6 +5,7 @@
  * reading costs the daemon at most the bound and is told what it lost.
  */
 import { describe, it } from 'node:test';
+import { placeholderHandlers } from '../support/fakes.js';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
@@ -132,20 +133,10 @@ describe('ControlServer events (protocol v2)', () => {
   const GUARD = { timeout: 30_000 };
   const placeholder = <T>(x: object): Promise<T> => Promise.resolve(x as T);
   const handlers: Handlers = {
+    ...placeholderHandlers(),
     hello: () => Promise.resolve<HelloResult>({ daemon: 'waymarkd', version: 't', protocol: 2, protocols: [1, 2], methods: [], topics: [] }),
     status: () => placeholder<StatusResult>({}),
-    reload: () => placeholder({}),
-    'exec.begin': () => placeholder({}),
-    'exec.end': () => Promise.resolve({}),
-    apps: () => placeholder({}),
-    'rules.list': () => placeholder({}),
-    'rules.add': () => placeholder({}),
-    'rules.rm': () => placeholder({}),
-    'rules.explain': () => placeholder({}),
     'events.subscribe': (p, _cred, ctx) => Promise.resolve(ctx.subscribe(p.topics)),
-    'agent.register': () => placeholder({}),
-    'prompt.answer': () => placeholder({}),
-    prompts: () => placeholder({}),
   };
 
   /** A raw connection: sends lines, collects the lines it reads. */
