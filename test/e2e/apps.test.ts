@@ -20,7 +20,7 @@ import type { Device } from '../../src/lab/device.js';
 import { LAB, type Lab } from '../../src/lab/lab.js';
 import { buildPublicGoClient } from '../support/goclient.js';
 import { lastJson, url, useLab } from '../support/lab.js';
-import { Watcher } from '../support/watcher.js';
+import { appScope, Watcher } from '../support/watcher.js';
 import { exampleText } from '../support/fixture.js';
 
 const USER = 1000;
@@ -77,13 +77,7 @@ const python = (target: string): string[] => ['/usr/bin/python3', '-c',
   'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode())', target];
 
 /** Creates an app scope and waits until the daemon has it in the kernel (its app.appeared event). */
-async function scope(rel: string): Promise<AppAppeared> {
-  const from = watcher.lines.length;
-  cgroups().mkdir(rel);
-  const { event } = await watcher.event(from, (e) => e.type === 'app.appeared' && e.cgroup === rel, `app.appeared for ${rel}`);
-  assert.ok(event.type === 'app.appeared');
-  return event;
-}
+const scope = (rel: string): Promise<AppAppeared> => appScope(lab, watcher, rel);
 
 async function apps(uid?: number): Promise<AppsResult> {
   const r = await dev.waymark(['apps', '--json'], uid === undefined ? {} : { uid });

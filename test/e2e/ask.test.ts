@@ -15,6 +15,7 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
+import type { AppAppeared } from '../../src/daemon/events.js';
 import type { RuleView } from '../../src/daemon/protocol.js';
 import type { Device } from '../../src/lab/device.js';
 import { LAB, type Lab } from '../../src/lab/lab.js';
@@ -24,7 +25,7 @@ import { buildPublicGoClient } from '../support/goclient.js';
 import { lastJson, url, useLab } from '../support/lab.js';
 import { NotificationServer, startPrivateBus } from '../support/notify-server.js';
 import { PtyProcess } from '../support/pty.js';
-import { Watcher } from '../support/watcher.js';
+import { appScope, Watcher } from '../support/watcher.js';
 
 const ALICE = 1000;
 const BOB = 1001;
@@ -100,12 +101,7 @@ let alice: PtyProcess;
 let bob: PtyProcess;
 let watcher: Watcher;
 
-async function scope(rel: string): Promise<void> {
-  assert.ok(lab.cgroups);
-  const from = watcher.lines.length;
-  lab.cgroups.mkdir(rel);
-  await watcher.event(from, (e) => e.type === 'app.appeared' && e.cgroup === rel, `app.appeared ${rel}`);
-}
+const scope = (rel: string): Promise<AppAppeared> => appScope(lab, watcher, rel);
 
 /** Waits for the next prompt on alice's agent (after `from`), answers it with `keys`, waits for the agent to say it was answered. */
 async function answer(from: number, app: string, keys: string, said: string): Promise<number> {

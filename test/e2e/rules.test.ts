@@ -18,7 +18,7 @@ import { publicRoot } from '../../src/lab/public.js';
 import { exampleText } from '../support/fixture.js';
 import { buildPublicGoClient } from '../support/goclient.js';
 import { lastJson, status, url, useLab } from '../support/lab.js';
-import { Watcher } from '../support/watcher.js';
+import { appScope, Watcher } from '../support/watcher.js';
 
 const USER = 1000;
 const APPS = `user.slice/user-${USER}.slice/user@${USER}.service/app.slice`;
@@ -61,14 +61,7 @@ async function curlIn(cgroup: string): Promise<{ path: string | null; stderr: st
   return { path: pathOf(r.stdout), stderr: r.stderr };
 }
 
-async function scope(rel: string): Promise<AppAppeared> {
-  const from = watcher.lines.length;
-  assert.ok(lab.cgroups);
-  lab.cgroups.mkdir(rel);
-  const { event } = await watcher.event(from, (e) => e.type === 'app.appeared' && e.cgroup === rel, `app.appeared for ${rel}`);
-  assert.ok(event.type === 'app.appeared');
-  return event;
-}
+const scope = (rel: string): Promise<AppAppeared> => appScope(lab, watcher, rel);
 
 /** Until `cond` holds (a condition on what the programs get, not a timer racing them); a generous guard. */
 async function until<T>(what: string, probe: () => Promise<T>, ok: (v: T) => boolean): Promise<T> {

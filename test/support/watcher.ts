@@ -2,7 +2,8 @@
 import { type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import type { DaemonEvent } from '../../src/daemon/events.js';
+import assert from 'node:assert/strict';
+import type { AppAppeared, DaemonEvent } from '../../src/daemon/events.js';
 import { CLI_JS, type Device } from '../../src/lab/device.js';
 import type { Lab } from '../../src/lab/lab.js';
 import { publicRoot } from '../../src/lab/public.js';
@@ -81,4 +82,14 @@ export class Watcher {
     if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill('SIGINT');
     await this.exit;
   }
+}
+
+/** Creates an app scope (`rel`, below the lab's cgroup subtree) and waits until the daemon has it in the kernel: its app.appeared event. */
+export async function appScope(lab: Lab, watcher: Watcher, rel: string): Promise<AppAppeared> {
+  assert.ok(lab.cgroups, 'the lab has a cgroup subtree');
+  const from = watcher.lines.length;
+  lab.cgroups.mkdir(rel);
+  const { event } = await watcher.event(from, (e) => e.type === 'app.appeared' && e.cgroup === rel, `app.appeared for ${rel}`);
+  assert.ok(event.type === 'app.appeared');
+  return event;
 }
