@@ -114,6 +114,11 @@ async function appTour(lab: Lab, dev: Device): Promise<number> {
     process.stdout.write(`  curl ${url} in ${scope.split('/').pop() ?? scope} → ${path !== null ? `arrived via ${path}` : `refused (${r.stderr.trim() || 'no answer'}), as its rule says`}\n`);
   }
   process.stdout.write(`\n${bold('$ waymark apps')}\n${(await dev.waymark(['apps'])).stdout}`);
+  // Which rule decided, and why each uplink was or was not a candidate.
+  process.stdout.write(`\n${bold('$ waymark rules list')}\n${(await dev.waymark(['rules', 'list'])).stdout}`);
+  const explain = await dev.waymark(['rules', 'explain', '--app', 'org.example.Chat', '--dest', 'mms', '--uid', '1000']);
+  if (!/deciding rule: chat-desktop/.test(explain.stdout)) failures++;
+  process.stdout.write(`\n${bold('$ waymark rules explain --app org.example.Chat --dest mms --uid 1000')}\n${explain.stdout}`);
   return failures;
 }
 
