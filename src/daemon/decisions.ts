@@ -13,7 +13,7 @@ import { DeferredAnswer, type Caller, type DecisionHandlers } from '../decision/
 import { WM_ACTION, WM_RESOLVE, type DecideRequest, type DecideResponse, type ResolveRequest, type ResolveResponse } from '../decision/wire.js';
 import { resolveVia } from '../dns/resolver.js';
 import { bestUplink } from '../routing/desired.js';
-import { identify, parseCgroupFile, type AppIdentity } from '../identity/app.js';
+import { identify, type AppIdentity } from '../identity/app.js';
 import { formatAddress, parseAddress, type Family } from '../net/prefix.js';
 import type { AppFacts, AppRule } from '../policy/app.js';
 import { appName, type Proto, type Rule } from '../policy/rules.js';
@@ -22,7 +22,6 @@ import type { UplinkState } from '../uplink/state.js';
 import type { AppConnect } from './apps.js';
 import type { AskRequest } from './prompts.js';
 import { errorMessage } from '../errors.js';
-import { readFileSync, readlinkSync } from 'node:fs';
 import { mergeWish, wishOf, type Session } from '../session/session.js';
 import { ExpiringMap } from './expiring.js';
 import type { EventBus } from './events.js';
@@ -44,36 +43,17 @@ const DNS_TIMEOUT_MS = 2_000;
 const DNS_PORT = 53;
 const NO_DENY: readonly string[] = Object.freeze([]);
 const NO_FACTS: readonly AppFacts[] = Object.freeze([]);
-const NO_WISH_HERE: Wish = { needs: [], deny: [] };
 
 /** What an answer does, as a rule: the uplink picked and no other (a remembered answer never moves), or deny. */
 export function actionOf(a: PromptAnswer): Rule['action'] {
   return 'deny' in a.choice ? { kind: 'deny' } : { kind: 'only', uplinks: [a.choice.uplink] };
 }
 
-/** A process's cgroup v2 path (as /proc/PID/cgroup says it), null when it is gone. */
-function cgroupOf(pid: number): string | null {
-  try {
-    return parseCgroupFile(readFileSync(`/proc/${pid}/cgroup`, 'latin1')).v2;
-  } catch {
-    return null;
-  }
-}
-
-/** A process's executable, null when it is gone or unreadable. */
-function exeOf(pid: number): string | null {
-  try {
-    return readlinkSync(`/proc/${pid}/exe`).replace(/ \(deleted\)$/, '');
-  } catch {
-    return null;
-  }
-}
-
 /**
  * Whom a remembered answer is for: the user's app by its most lasting name (its Flatpak ID, else
  * its desktop app ID, else its executable, else its unit), and the destination (none: all).
  */
-export function answerMatch(id: Pick<AppIdentity, 'uid' | 'exe' | 'unit' | 'app' | 'flatpakId'>, destination: string | undefined): Rule['match'] {
+export function answerMatch(id: AppFacts, destination: string | undefined): Rule['match'] {
   const app = id.flatpakId ? { flatpak: id.flatpakId } : id.app ? { app: id.app } : id.exe ? { exe: id.exe } : id.unit ? { unit: id.unit } : {};
   return { uid: id.uid, ...app, ...(destination !== undefined ? { destination } : {}) };
 }
@@ -148,6 +128,11 @@ export class DecisionService implements DecisionHandlers {
     this.pruneTimer = setInterval(() => this.prune(), PRUNE_INTERVAL_MS).unref();
   }
 
+  /** What procfs says of a process (src/identity/app.ts), its units recognised below the daemon's cgroup root. */
+  private identifyPid(caller: Caller): AppIdentity {
+    return identify(caller, '/proc', this.cgroupRoot === undefined ? {} : { cgroupRoot: this.cgroupRoot });
+  }
+
   /** Connects the prompt broker and the rule store (they are built after this service). */
   askWith(ports: AskPorts): void {
     this.asker = ports;
@@ -184,7 +169,7 @@ export class DecisionService implements DecisionHandlers {
     const now = Date.now();
     const hit = this.identities.get(caller);
     if (hit && now - hit.at < IDENTITY_TTL_MS) return hit.id;
-    const id = identify(caller, '/proc', this.cgroupRoot === undefined ? {} : { cgroupRoot: this.cgroupRoot });
+    const id = this.identifyPid(caller);
     this.identities.set(caller, { id, at: now });
     return id;
   }
@@ -201,7 +186,7 @@ export class DecisionService implements DecisionHandlers {
   decideFor(
     id: AppIdentity, own: Wish, family: Family, addr: Uint8Array,
     at: { destination?: string; proto?: Proto; port?: number; policy?: AppRule } = {},
-  ): { decision: Decision; rule: Rule | undefined; destination: string } {
+  ): { decision: Decision; rule: Rule | undefined; policy: AppRule | undefined; destination: string } {
     const config = this.world.config;
     const session = this.sessions.ofCgroup(id.cgroup);
     const wish = mergeWish(session ? wishOf(session) : undefined, own);
@@ -210,7 +195,7 @@ export class DecisionService implements DecisionHandlers {
     const decision = decide({
       uplinks: this.world.uplinks, destinations: config.destinations, wish, family, addr, app: at.policy ?? policy, learnedDestination: destination,
     });
-    return { decision, rule, destination };
+    return { decision, rule, policy: at.policy ?? policy, destination };
   }
 
   /**
@@ -220,20 +205,22 @@ export class DecisionService implements DecisionHandlers {
   decide(req: DecideRequest, caller: Caller): DecideResponse | DeferredAnswer<DecideResponse> {
     const id = this.who(caller);
     const own: Wish = { uplink: req.uplink || undefined, needs: needsFromMask(req.needs), deny: NO_DENY, destination: req.destination || undefined };
-    const { decision, rule, destination } = this.decideFor(id, own, req.family, req.addr, { proto: req.proto, port: req.port });
+    const decided = this.decideFor(id, own, req.family, req.addr, { proto: req.proto, port: req.port });
+    const { rule, destination } = decided;
     // Name lookups are never asked about (one prompt per lookup would tell the user nothing):
     // they go by the ask rule's default like everything before an answer.
     if (rule?.action.kind === 'ask' && this.asker && req.port !== DNS_PORT && !own.uplink) {
       if (!req.nonblocking) return this.askUser(req, id, own, rule, rule.action, destination);
       // A call that must not block (an event loop's connect): the rule's default now, the
       // user asked all the same; a lasting answer decides the app's next connects.
-      void this.prompt(req, id, rule, rule.action, destination, false);
+      void this.promptFor(req, id, rule, rule.action, destination, false);
     }
-    return this.respond(req, id, decision);
+    return this.respond(req, id, decided);
   }
 
-  private respond(req: DecideRequest, id: AppIdentity, decided: Decision, ttlMs?: number): DecideResponse {
-    let d = decided;
+  /** The wire answer to a decision (`policy`: what decided it, named in a denial's event). */
+  private respond(req: DecideRequest, id: AppIdentity, decided: { decision: Decision; policy: AppRule | undefined }, ttlMs?: number): DecideResponse {
+    let d = decided.decision;
     if (d.action === 'deny' && d.err === 'ENETUNREACH' && req.port === DNS_PORT) d = this.pinnedDns(id, req.family) ?? d;
     const r: DecideResponse = {
       seq: req.seq, action: WM_ACTION.PASS, err: 0, ifindex: 0, mark: 0, ttlMs: TTL_MS.pass, generation: this.generation.value, ifname: '', uplink: '',
@@ -249,9 +236,8 @@ export class DecisionService implements DecisionHandlers {
       const address = formatAddress(req.family, req.addr);
       this.logDenial(id, `${address}:${req.port}/${req.proto}`, d);
       if (this.events?.wants('decision')) {
-        const session = this.sessions.ofCgroup(id.cgroup);
         this.events.publish({
-          type: 'decision.denied', uid: id.uid, pid: id.pid, exe: id.exe, app: this.rulesFor(id, session, NO_WISH_HERE, d.destination, req.proto, req.port).policy?.name ?? null, destination: d.destination,
+          type: 'decision.denied', uid: id.uid, pid: id.pid, exe: id.exe, app: decided.policy?.name ?? null, destination: d.destination,
           address, port: req.port, proto: req.proto, uplink: req.uplink || this.sessions.ofCgroup(id.cgroup)?.uplink || null, errno: d.err, reason: d.reason,
         });
       }
@@ -265,25 +251,27 @@ export class DecisionService implements DecisionHandlers {
   }
 
   /**
-   * An `ask` rule decides: the connect waits (WM_PENDING) while the user is asked, then goes as
-   * answered. Concurrent connects of the app to the destination share one prompt (the broker
-   * joins them by key). No agent or no answer in time: the rule's default. An answer for longer
-   * than this connection is kept as a rule (the store tells the world, which voids the caches).
+   * Raises (or joins) the prompt for a connect of an app; keeps a lasting answer as a rule (in
+   * the kernel when this resolves). One path for the connects the library holds and for those
+   * that were not held (a non-blocking call, a kernel report). Resolves with how it ended.
+   *   - `shown`: the process as the prompt shows it;
+   *   - `facts`: what the answer's rule matches ({@link answerMatch}) and the prompts' key;
+   *   - `until`: what "until the app exits" waits for.
    */
-  /**
-   * Raises (or joins) the prompt for a socket of this process; keeps a lasting answer as a rule.
-   * Resolves with how it ended.
-   */
-  private prompt(req: DecideRequest, id: AppIdentity, rule: Rule, ask: Extract<Rule['action'], { kind: 'ask' }>, destination: string, held: boolean): Promise<PromptOutcome> {
+  private prompt(p: {
+    shown: AppIdentity; facts: AppFacts; until: NonNullable<AnswerRule['until']>; target: Prompt['target']; needs: Prompt['needs'];
+    rule: Rule; ask: Extract<Rule['action'], { kind: 'ask' }>; held: boolean;
+  }): Promise<PromptOutcome> {
     const asker = this.asker as AskPorts;
-    const match = answerMatch(id, destination);
+    const { shown: id, target, rule, ask, held } = p;
+    const match = answerMatch(p.facts, target.destination);
     const request: PromptRequest = {
-      key: JSON.stringify([id.uid, match, destination]),
+      key: JSON.stringify([p.facts.uid, match, target.destination]),
       timeoutMs: ask.timeoutMs,
-      app: { uid: id.uid, pid: id.pid, name: appName(id), exe: id.exe, unit: id.unit, app: id.app, flatpakId: id.flatpakId },
-      target: { destination, address: formatAddress(req.family, req.addr), port: req.port, proto: req.proto, host: null },
-      needs: needsFromMask(req.needs),
-      choices: this.choicesFor(rule, destination),
+      app: { uid: p.facts.uid, pid: id.pid, name: appName(p.facts), exe: id.exe, unit: id.unit, app: id.app, flatpakId: id.flatpakId },
+      target,
+      needs: p.needs,
+      choices: this.choicesFor(rule, target.destination),
       default: ask.default,
       rule: rule.id,
       held,
@@ -294,9 +282,9 @@ export class DecisionService implements DecisionHandlers {
       // Deny this time needs no rule (the library refuses the connect); nor does a connect that already went (not held).
       if (a.scope === 'once' && ('deny' in a.choice || !held)) return outcome;
       await asker.remember({
-        match: a.allDestinations ? answerMatch(id, undefined) : match, action: actionOf(a), owner: outcome.uid, scope: a.scope,
+        match: a.allDestinations ? answerMatch(p.facts, undefined) : match, action: actionOf(a), owner: outcome.uid, scope: a.scope,
         ...(a.scope === 'minutes' ? { expiresAt: Date.now() + (a.minutes ?? 10) * 60_000 } : a.scope === 'once' ? { expiresAt: Date.now() + ONCE_MS } : {}),
-        ...(a.scope === 'app' ? { until: { pid: id.pid, startTime: id.startTime, cgroup: id.app || id.flatpakId ? id.cgroup : null } } : {}),
+        ...(a.scope === 'app' ? { until: p.until } : {}),
       }).catch((e: unknown) => this.log.error('cannot keep an answer as a rule', { error: errorMessage(e) }));
       return outcome;
     }, (e: unknown): PromptOutcome => {
@@ -305,12 +293,21 @@ export class DecisionService implements DecisionHandlers {
     });
   }
 
+  /** A prompt for a connect the library asked about: the process's own identity, an app cgroup (its app or Flatpak ID) or else the process until it exits. */
+  private promptFor(req: DecideRequest, id: AppIdentity, rule: Rule, ask: Extract<Rule['action'], { kind: 'ask' }>, destination: string, held: boolean): Promise<PromptOutcome> {
+    return this.prompt({
+      shown: id, facts: id, until: { pid: id.pid, startTime: id.startTime, cgroup: id.app || id.flatpakId ? id.cgroup : null },
+      target: { destination, address: formatAddress(req.family, req.addr), port: req.port, proto: req.proto, host: null },
+      needs: needsFromMask(req.needs), rule, ask, held,
+    });
+  }
+
   private askUser(req: DecideRequest, id: AppIdentity, own: Wish, rule: Rule, ask: Extract<Rule['action'], { kind: 'ask' }>, destination: string): DeferredAnswer<DecideResponse> {
-    const answer = this.prompt(req, id, rule, ask, destination, true).then((outcome) => {
-      if (outcome.by !== 'agent') return this.respond(req, id, this.decideFor(id, own, req.family, req.addr, { proto: req.proto, port: req.port }).decision);
+    const answer = this.promptFor(req, id, rule, ask, destination, true).then((outcome) => {
+      if (outcome.by !== 'agent') return this.respond(req, id, this.decideFor(id, own, req.family, req.addr, { proto: req.proto, port: req.port }));
       const a = outcome.answer;
       const policy: AppRule = 'deny' in a.choice ? { name: 'answer', match: {}, uplinks: [], deny: [], needs: [] } : { name: 'answer', match: {}, uplinks: [a.choice.uplink], deny: [], needs: [] };
-      const d = this.decideFor(id, own, req.family, req.addr, { proto: req.proto, port: req.port, policy }).decision;
+      const d = this.decideFor(id, own, req.family, req.addr, { proto: req.proto, port: req.port, policy });
       // "This time" holds for this connection only: the library must not keep it.
       return this.respond(req, id, d, a.scope === 'once' ? 0 : undefined);
     });
@@ -325,38 +322,22 @@ export class DecisionService implements DecisionHandlers {
    * prompt (the same app and destination, held by the library or not) share its answer.
    */
   connectReported(c: AppConnect): void {
-    const asker = this.asker;
     const unit = c.cgroup.unit;
-    if (!asker || unit === null || c.port === DNS_PORT) return;
-    const exe = exeOf(c.pid);
-    const facts: AppIdentity = {
-      pid: c.pid, uid: c.cgroup.uid ?? c.uid, gid: -1, exe, comm: c.comm, cgroup: null, unit: unit.unit, app: unit.appId, flatpakId: unit.flatpakId, startTime: null,
-    };
+    if (!this.asker || unit === null || c.port === DNS_PORT) return;
     const parsed = parseAddress(c.address);
     if (!parsed) return;
     const destination = this.world.learned.destinationOf(parsed.family, parsed.bytes) ?? destinationOfAddress(this.world.config.destinations, parsed.family, parsed.bytes);
     // The kernel matches cgroups, never executables: the rule as the kernel saw it.
-    const kernelFacts = { ...facts, exe: null };
-    const rule = this.world.rules.evaluate({ facts: kernelFacts, destination, proto: c.proto === 'udp' ? 'udp' : 'tcp', port: c.port, needs: [] });
+    const facts: AppFacts = { uid: c.cgroup.uid ?? c.uid, exe: null, unit: unit.unit, app: unit.appId, flatpakId: unit.flatpakId };
+    const proto = c.proto === 'udp' ? 'udp' : 'tcp';
+    const rule = this.world.rules.evaluate({ facts, destination, proto, port: c.port, needs: [] });
     if (rule?.action.kind !== 'ask') return;
-    const match = answerMatch(kernelFacts, destination);
-    void asker.ask({
-      key: JSON.stringify([facts.uid, match, destination]),
-      timeoutMs: rule.action.timeoutMs,
-      app: { uid: facts.uid, pid: c.pid, name: appName(facts), exe, unit: facts.unit, app: facts.app, flatpakId: facts.flatpakId },
-      target: { destination, address: c.address, port: c.port, proto: c.proto === 'udp' ? 'udp' : 'tcp', host: null },
-      needs: [], choices: this.choicesFor(rule, destination), default: rule.action.default, rule: rule.id, held: false,
-    }).then((outcome) => {
-      if (outcome.by !== 'agent') return;
-      const a = outcome.answer;
-      if (a.scope === 'once') return; // the connect went by the default already
-      void asker.remember({
-        match: a.allDestinations ? answerMatch(kernelFacts, undefined) : match,
-        action: actionOf(a), owner: outcome.uid, scope: a.scope,
-        ...(a.scope === 'minutes' ? { expiresAt: Date.now() + (a.minutes ?? 10) * 60_000 } : {}),
-        ...(a.scope === 'app' ? { until: { pid: c.pid, startTime: null, cgroup: cgroupOf(c.pid) } } : {}),
-      });
-    }, (e: unknown) => this.log.warn('prompt for a reported connect failed', { error: errorMessage(e) }));
+    // The process as procfs shows it (its executable, its cgroup), for the prompt and "until it exits".
+    const shown = this.identifyPid({ pid: c.pid, uid: c.uid, gid: -1 });
+    void this.prompt({
+      shown, facts, until: { pid: c.pid, startTime: shown.startTime, cgroup: shown.cgroup },
+      target: { destination, address: c.address, port: c.port, proto, host: null }, needs: [], rule, ask: rule.action, held: false,
+    });
   }
 
   /** The uplinks a prompt offers: those that reach the destination and the rule does not rule out, the rule's order first. */
