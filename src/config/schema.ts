@@ -123,6 +123,29 @@ export const fixedActionSchema = z.union([
   z.strictObject({ only: z.array(name).min(1).max(32) }),
 ]);
 
+/** Whom and where a rule is for (config `rules:`, `waymark rules add`, the state file's stored rules). */
+export const ruleMatchSchema = z.strictObject({
+  /** Absolute path of the executable (/proc/PID/exe), or a glob of one. */
+  exe: z.string().regex(/^\//, 'must be an absolute path (or a glob of one)').max(4096).optional(),
+  unit: z.string().min(1).max(256).optional(),
+  app: z.string().min(1).max(256).optional(),
+  flatpak: z.string().regex(/^[A-Za-z0-9_.*?-]+$/, 'must be a Flatpak application id (or a glob of one)').max(256).optional(),
+  /** The app's name as `waymark apps` shows it (Flatpak ID, app ID, unit, else executable name); a glob. */
+  name: z.string().min(1).max(256).optional(),
+  uid: z.number().int().nonnegative().max(0xfffffffe).optional(),
+  destination: name.optional(),
+  proto: z.enum(['tcp', 'udp']).optional(),
+  port: z.number().int().min(1).max(65535).optional(),
+  needs: z.array(z.enum(NEED_NAMES)).max(6).optional(),
+});
+
+/** An `ask` action: its default and how long a connect waits (seconds). */
+export const askSchema = z.strictObject({
+  default: fixedActionSchema.default('pass'),
+  /** Seconds the connect waits for an answer. */
+  timeout: z.number().int().min(1).max(600).default(30),
+});
+
 /**
  * A rule per app × destination (src/policy/rules.ts). `match` says whom and where (every field
  * given must match; none: everything); exactly one action says what: `use` (preferred uplinks in
@@ -132,31 +155,15 @@ export const fixedActionSchema = z.union([
  */
 export const ruleSchema = z.strictObject({
   name,
-  match: z.strictObject({
-    /** Absolute path of the executable (/proc/PID/exe), or a glob of one. */
-    exe: z.string().regex(/^\//, 'must be an absolute path (or a glob of one)').max(4096).optional(),
-    unit: z.string().min(1).max(256).optional(),
-    app: z.string().min(1).max(256).optional(),
-    flatpak: z.string().regex(/^[A-Za-z0-9_.*?-]+$/, 'must be a Flatpak application id (or a glob of one)').optional(),
-    /** The app's name as `waymark apps` shows it (Flatpak ID, app ID, unit, else executable name); a glob. */
-    name: z.string().min(1).max(256).optional(),
-    uid: z.number().int().nonnegative().optional(),
+  match: ruleMatchSchema.extend({
     /** A user name, resolved to its uid when the config is read. */
     user: z.string().regex(/^[a-z_][a-z0-9_-]{0,31}\$?$/, 'must be a user name').optional(),
-    destination: name.optional(),
-    proto: z.enum(['tcp', 'udp']).optional(),
-    port: z.number().int().min(1).max(65535).optional(),
-    needs: z.array(z.enum(NEED_NAMES)).max(6).optional(),
   }).default({}),
   use: z.array(name).max(32).optional(),
   only: z.array(name).min(1).max(32).optional(),
   deny: z.literal(true).optional(),
   pass: z.literal(true).optional(),
-  ask: z.strictObject({
-    default: fixedActionSchema.default('pass'),
-    /** Seconds the connect waits for an answer. */
-    timeout: z.number().int().min(1).max(600).default(30),
-  }).optional(),
+  ask: askSchema.optional(),
   never: z.array(name).max(32).default([]),
   needs: z.array(z.enum(NEED_NAMES)).default([]),
 });

@@ -15,8 +15,9 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { startTimeOf } from '../identity/app.js';
 import { z } from 'zod';
-import { fixedActionSchema, NEED_NAMES } from '../config/schema.js';
+import { askSchema, fixedActionSchema, NEED_NAMES, ruleMatchSchema } from '../config/schema.js';
 import { fixedAction } from '../config/load.js';
 import { errorMessage } from '../errors.js';
 import type { Rule, RuleMatch } from '../policy/rules.js';
@@ -31,23 +32,9 @@ const nameRe = /^[a-z][a-z0-9_-]{0,30}$/;
 const uplinkName = z.string().regex(nameRe);
 
 /** A rule's match as stored and as `rules add` takes it (user names already resolved). */
-export const matchSchema = z.strictObject({
-  exe: z.string().regex(/^\//).max(4096).optional(),
-  unit: z.string().min(1).max(256).optional(),
-  app: z.string().min(1).max(256).optional(),
-  flatpak: z.string().regex(/^[A-Za-z0-9_.*?-]+$/).max(256).optional(),
-  name: z.string().min(1).max(256).optional(),
-  uid: z.number().int().nonnegative().max(0xfffffffe).optional(),
-  destination: uplinkName.optional(),
-  proto: z.enum(['tcp', 'udp']).optional(),
-  port: z.number().int().min(1).max(65535).optional(),
-  needs: z.array(z.enum(NEED_NAMES)).max(6).optional(),
-});
+export const matchSchema = ruleMatchSchema;
 
-export const actionSchema = z.union([
-  fixedActionSchema,
-  z.strictObject({ ask: z.strictObject({ default: fixedActionSchema.default('pass'), timeout: z.number().int().min(1).max(600).default(30) }) }),
-]);
+export const actionSchema = z.union([fixedActionSchema, z.strictObject({ ask: askSchema })]);
 
 export const storedRuleSchema = z.strictObject({
   id: z.string().regex(/^(cli|answer)-\d{1,9}$/),
@@ -205,7 +192,7 @@ export class RuleStore {
     if (u.cgroup !== null && this.opts.cgroupMount !== undefined) return !existsSync(join(this.opts.cgroupMount, u.cgroup));
     try {
       const stat = readFileSync(`${this.opts.procRoot ?? '/proc'}/${u.pid}/stat`, 'latin1');
-      return u.startTime !== null && stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] !== u.startTime;
+      return u.startTime !== null && startTimeOf(stat) !== u.startTime;
     } catch {
       return true;
     }
