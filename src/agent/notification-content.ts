@@ -14,7 +14,7 @@
  * every choice and says where to pick the others.
  */
 import { basename } from 'node:path';
-import type { FixedAction } from '../policy/rules.js';
+import { describeAction } from '../policy/rules.js';
 import type { Prompt, PromptAnswer, PromptChoice, Scope } from '../prompt/prompt.js';
 
 /** The freedesktop urgency levels (the `urgency` hint, a byte). */
@@ -93,16 +93,6 @@ export function choiceLine(c: PromptChoice): string {
   return `${c.uplink} (${c.kind}, ${c.status}): ${facts.join(', ')}`;
 }
 
-/** The default action in words: "use wifi, then cellular", "deny", "default routing". */
-export function defaultWords(a: FixedAction): string {
-  switch (a.kind) {
-    case 'use': return `use ${a.uplinks.join(', then ')}`;
-    case 'only': return `only ${a.uplinks.join(' or ')}`;
-    case 'deny': return 'deny';
-    case 'pass': return 'default routing';
-  }
-}
-
 function hostPort(address: string, port: number): string {
   return address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`;
 }
@@ -138,7 +128,7 @@ export function notificationContent(p: Prompt, o: ContentOptions): NotificationC
   const lines = [
     `${where}, destination ${t.destination}`,
     ...p.choices.map(choiceLine),
-    `Without an answer in ${Math.ceil(expireMs / 1000)} s: ${defaultWords(p.default)}${p.held ? ' (the connection waits)' : ''}.`,
+    `Without an answer in ${Math.ceil(expireMs / 1000)} s: ${describeAction(p.default)}${p.held ? ' (the connection waits)' : ''}.`,
   ];
   const buttons = o.actions ? p.choices.slice(0, Math.max(0, o.uplinkButtons ?? DEFAULT_UPLINK_BUTTONS)) : [];
   if (!o.actions) lines.push('Answer with `waymark agent`.');

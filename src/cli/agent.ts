@@ -19,7 +19,7 @@ import { createInterface, type Interface } from 'node:readline';
 import { Client, DaemonError, DaemonUnavailable } from '../daemon/client.js';
 import type { DaemonEvent } from '../daemon/events.js';
 import { METHODS } from '../daemon/protocol.js';
-import type { FixedAction } from '../policy/rules.js';
+import { describeAction } from '../policy/rules.js';
 import { MAX_ANSWER_MINUTES, type Prompt, type PromptAnswer, type PromptChoice, type PromptOutcome } from '../prompt/prompt.js';
 import { errorMessage } from '../errors.js';
 
@@ -31,15 +31,6 @@ const NUMBERED = 9;
 
 // ---------------------------------------------------------------------------------------------
 // Words (pure)
-
-export function describeAction(a: FixedAction): string {
-  switch (a.kind) {
-    case 'use': return a.uplinks.length > 0 ? `use ${a.uplinks.join(', then ')}` : 'default routing';
-    case 'only': return a.uplinks.length > 0 ? `only ${a.uplinks.join(' or ')}` : 'deny';
-    case 'deny': return 'deny';
-    case 'pass': return 'default routing';
-  }
-}
 
 export function describeAnswer(a: PromptAnswer): string {
   const what = 'uplink' in a.choice ? a.choice.uplink : 'deny';

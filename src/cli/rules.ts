@@ -3,7 +3,8 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { NEED_NAMES, type NeedName } from '../config/schema.js';
 import type { Client } from '../daemon/client.js';
 import type { ParamsIn, RulesExplainResult, RuleView } from '../daemon/protocol.js';
-import type { ActionIn } from '../daemon/rule-store.js';
+import { ruleAction, type ActionIn } from '../daemon/rule-store.js';
+import { describeAction } from '../policy/rules.js';
 import { renderTable } from './table.js';
 
 const list = (v: string, prev: string[] | undefined): string[] => [...(prev ?? []), ...v.split(',').map((x) => x.trim()).filter(Boolean)];
@@ -27,12 +28,8 @@ function fixedAction(v: string): Exclude<ActionIn, { ask: unknown }> {
   return m[1] === 'use' ? { use: uplinks } : { only: uplinks };
 }
 
-export function describeAction(a: ActionIn): string {
-  if (typeof a === 'string') return a;
-  if ('use' in a) return `use ${a.use.join(', ')}`;
-  if ('only' in a) return `only ${a.only.join(', ')}`;
-  return `ask (${a.ask.timeout} s, then ${describeAction(a.ask.default)})`;
-}
+/** A rule's action as the wire carries it, in words (src/policy/rules.ts: describeAction). */
+const describe = (a: ActionIn): string => describeAction(ruleAction(a));
 
 function describeMatch(m: Record<string, unknown>): string {
   const parts = Object.entries(m).map(([k, v]) => `${k}=${Array.isArray(v) ? v.join(',') : String(v)}`);
@@ -42,7 +39,7 @@ function describeMatch(m: Record<string, unknown>): string {
 export function formatRules(rules: readonly RuleView[]): string {
   if (rules.length === 0) return 'No rules: every app uses default routing (see rules: in the configuration, or waymark rules add).\n';
   return renderTable(['#', 'ID', 'SOURCE', 'MATCH', 'ACTION', 'NEVER', 'NEEDS', 'UNTIL'], rules.map((r) => [
-    String(r.order), r.id, r.source, describeMatch(r.match), describeAction(r.action), r.never.join(',') || '-', r.needs.join(',') || '-',
+    String(r.order), r.id, r.source, describeMatch(r.match), describe(r.action), r.never.join(',') || '-', r.needs.join(',') || '-',
     r.untilExit ? 'app exits' : r.expiresAt ?? '-',
   ])) + '\n';
 }
@@ -56,7 +53,7 @@ export function formatExplain(e: RulesExplainResult): string {
   if (e.considered.length === 0) lines.push('  (none)');
   for (const c of e.considered) lines.push(`  ${c.skipped === undefined ? '→' : ' '} ${c.id} [${c.source}]${c.skipped !== undefined ? `: skipped, ${c.skipped}` : ': matches: decides'}`);
   lines.push('');
-  lines.push(e.rule ? `deciding rule: ${e.rule.id}: ${describeAction(e.rule.action)}${e.rule.never.length ? `, never ${e.rule.never.join(',')}` : ''}${e.ask ? ' (the user is asked; until answered, the default)' : ''}`
+  lines.push(e.rule ? `deciding rule: ${e.rule.id}: ${describe(e.rule.action)}${e.rule.never.length ? `, never ${e.rule.never.join(',')}` : ''}${e.ask ? ' (the user is asked; until answered, the default)' : ''}`
     : 'deciding rule: none: default routing');
   const d = e.decision;
   lines.push(d.action === 'steer' ? `decision: ${d.uplink} (${d.reason})` : d.action === 'deny' ? `decision: denied, ${d.errno} (${d.reason})` : `decision: default routing (${d.reason})`);
@@ -122,7 +119,7 @@ export function rulesCommand(client: () => Client): Command {
       const c = client();
       const r = await c.call('rules.add', { match, action, never: o.never, needs: o.need, ...(o.minutes !== undefined ? { minutes: o.minutes } : {}) });
       c.close();
-      process.stdout.write(o.json ? JSON.stringify(r, null, 2) + '\n' : `rule ${r.id} added (#${r.order} in decision order): ${describeMatch(r.match)}: ${describeAction(r.action)}\n`);
+      process.stdout.write(o.json ? JSON.stringify(r, null, 2) + '\n' : `rule ${r.id} added (#${r.order} in decision order): ${describeMatch(r.match)}: ${describe(r.action)}\n`);
     });
   cmd.command('rm')
     .description('remove a rule added from the CLI or a remembered answer')

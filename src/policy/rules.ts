@@ -240,6 +240,17 @@ function firstIn(list: readonly Entry[] | undefined, q: RuleQuery, now: number, 
   return undefined;
 }
 
+/** An action in words, as the CLI and the agents show it ("use wifi, then cellular", "ask (30 s, then deny)"). */
+export function describeAction(a: RuleAction): string {
+  switch (a.kind) {
+    case 'use': return a.uplinks.length > 0 ? `use ${a.uplinks.join(', then ')}` : 'default routing';
+    case 'only': return a.uplinks.length > 0 ? `only ${a.uplinks.join(' or ')}` : 'deny';
+    case 'deny': return 'deny';
+    case 'pass': return 'default routing';
+    case 'ask': return `ask (${Math.round(a.timeoutMs / 1000)} s, then ${describeAction(a.default)})`;
+  }
+}
+
 /** What one rule allows, as decide() and the kernel take it (an ask: its default, until answered). */
 export function policyOfRule(r: Rule): AppRule | undefined {
   const a = r.action.kind === 'ask' ? r.action.default : r.action;
@@ -315,10 +326,6 @@ export class RuleSet {
   /** Whether some rule can apply in the kernel (one that names no executable: those need the library or a session). */
   get someKernelApplicable(): boolean {
     return this.rules.some((r) => r.match.exe === undefined);
-  }
-
-  get size(): number {
-    return this.rules.length;
   }
 
   /** The lists an app's facts select: its buckets, then the general lists (destination `d` and any; all when d is undefined). */
