@@ -11,7 +11,7 @@
  * and changes nothing when it is rejected.
  */
 import { compileGlob } from '../glob.js';
-import { explainCandidates, NO_WISH } from '../decision/decide.js';
+import { decide, explainCandidates, NO_WISH } from '../decision/decide.js';
 import type { PeerCred } from '../native/index.js';
 import type { AppFacts } from '../policy/app.js';
 import { appName, specificity, type Rule, type RuleMatch } from '../policy/rules.js';
@@ -22,11 +22,10 @@ import type { Params, RuleView, RulesExplainResult } from './protocol.js';
 import { actionIn, ruleAction, type RuleStore, type StoredRule } from './rule-store.js';
 import { RequestError } from './server.js';
 import type { World } from './world.js';
-import { decide } from '../decision/decide.js';
 import type { NeedName } from '../config/schema.js';
 
 export interface RuleServiceDeps {
-  readonly world: Pick<World, 'config' | 'rules' | 'uplinks' | 'stored'>;
+  readonly world: Pick<World, 'config' | 'rules' | 'uplinks'>;
   readonly store: Pick<RuleStore, 'add' | 'remove' | 'all'>;
   /** The apps the caller may see (`waymark apps`), to explain by name. */
   readonly apps: (cred: PeerCred) => readonly AppView[];

@@ -109,11 +109,6 @@ export class World {
     return this.compiled;
   }
 
-  /** The stored rules (CLI, answers) as last set. */
-  get stored(): readonly Rule[] {
-    return this.storedRules;
-  }
-
   /** Swaps in the stored rules; resolves once every subscriber followed (the kernel holds the apps to them). */
   async setStoredRules(rules: readonly Rule[]): Promise<void> {
     this.storedRules = rules;
