@@ -4,12 +4,30 @@
  * as mktemp makes them) is out of their reach. Only the runtime parts are copied; the copy is
  * removed when the process exits. When the package is already reachable, it is used as is.
  */
-import { chmodSync, cpSync, existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, cpSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { PACKAGE_ROOT } from '../version.js';
 
-const RUNTIME = ['package.json', 'dist', 'build/Release', 'native/preload/libwaymark.so', 'examples',
-  'node_modules/commander', 'node_modules/yaml', 'node_modules/zod', 'node_modules/dns-packet', 'node_modules/@leichtgewicht/ip-codec'];
+const RUNTIME = ['package.json', 'dist', 'build/Release', 'native/preload/libwaymark.so', 'examples'];
+
+/**
+ * The installed packages the runtime needs: package.json's dependencies and theirs, as npm laid
+ * them out under node_modules (read from there, so the list never falls behind package.json).
+ */
+function runtimeModules(): string[] {
+  const seen = new Set<string>();
+  const visit = (pkgJson: string): void => {
+    const deps = (JSON.parse(readFileSync(pkgJson, 'utf8')) as { dependencies?: Record<string, string> }).dependencies ?? {};
+    for (const name of Object.keys(deps)) {
+      const dir = join('node_modules', name);
+      if (seen.has(dir) || !existsSync(join(PACKAGE_ROOT, dir, 'package.json'))) continue;
+      seen.add(dir);
+      visit(join(PACKAGE_ROOT, dir, 'package.json'));
+    }
+  };
+  visit(join(PACKAGE_ROOT, 'package.json'));
+  return [...seen];
+}
 
 let root: string | undefined;
 
@@ -33,7 +51,7 @@ export function publicRoot(): string {
   if (reachableByOthers(PACKAGE_ROOT)) return (root = PACKAGE_ROOT);
   const dir = mkdtempSync('/tmp/waymark-public-');
   chmodSync(dir, 0o755);
-  for (const rel of RUNTIME) cpSync(join(PACKAGE_ROOT, rel), join(dir, rel), { recursive: true });
+  for (const rel of [...RUNTIME, ...runtimeModules()]) cpSync(join(PACKAGE_ROOT, rel), join(dir, rel), { recursive: true });
   process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
   return (root = dir);
 }

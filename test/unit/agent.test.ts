@@ -23,6 +23,7 @@ import type { Handlers, HelloResult } from '../../src/daemon/protocol.js';
 import { PromptBroker, type AskRequest } from '../../src/daemon/prompts.js';
 import { ControlServer } from '../../src/daemon/server.js';
 import type { Prompt } from '../../src/prompt/prompt.js';
+import { publicRoot } from '../../src/lab/public.js';
 import { PACKAGE_ROOT } from '../../src/version.js';
 import { PtyProcess } from '../support/pty.js';
 import { isRoot } from '../support/uidclient.js';
@@ -199,7 +200,8 @@ describe('waymark agent on a terminal', { skip: !isRoot && 'needs root (the agen
 
   it('shows a prompt, answers with single keys, says when another agent answered or it timed out; another user\'s agent never sees it; exits on Ctrl-C (0) and when the daemon goes (69)', GUARD, async () => {
     const { sock, broker, server } = await controlServer(dir, 'pty.sock');
-    const agent = (uid: number): PtyProcess => new PtyProcess([process.execPath, CLI, '--socket', sock, 'agent'], { uid });
+    // Other users run the CLI from a copy they can read (a clone in a 0700 directory is out of their reach).
+    const agent = (uid: number): PtyProcess => new PtyProcess([process.execPath, path.join(publicRoot(), 'dist/src/cli/main.js'), '--socket', sock, 'agent'], { uid });
     const alice = agent(ALICE);
     let bob: PtyProcess | undefined;
     try {
