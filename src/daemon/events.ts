@@ -30,7 +30,7 @@ import type { UplinkState } from '../uplink/state.js';
 /** Events one subscriber may have queued (not yet handed to its connection). */
 export const EVENT_QUEUE_LIMIT = 256;
 
-export const TOPICS = ['uplink', 'config', 'decision', 'session', 'app', 'prompt'] as const;
+export const TOPICS = ['uplink', 'config', 'decision', 'session', 'app', 'prompt', 'usage', 'budget'] as const;
 export type Topic = (typeof TOPICS)[number];
 
 export interface UplinkChanged {
@@ -140,9 +140,38 @@ export interface PromptClosed {
   readonly outcome: PromptOutcome;
 }
 
+/**
+ * The kernel's counters were read (src/accounting/service.ts): what each uplink carried since the
+ * last sample, all apps together (device facts, like `status`'s traffic). `waymark usage --watch`
+ * queries again on each.
+ */
+export interface UsageSampled {
+  readonly type: 'usage.sampled';
+  /** The sample's start and end. */
+  readonly since: string;
+  readonly until: string;
+  readonly uplinks: readonly { readonly uplink: string; readonly txBytes: number; readonly rxBytes: number }[];
+}
+
+/** A budget crossed its warning threshold, was exhausted (the kernel blocks, unless it only warns), or has room again. */
+export interface BudgetChanged {
+  readonly type: 'budget.warning' | 'budget.exhausted' | 'budget.restored';
+  readonly id: string;
+  readonly uplink: string;
+  /** The app's name; null: the whole uplink. */
+  readonly app: string | null;
+  /** Whose app it is (null: the uplink's budget, or any user's app: everyone is told). */
+  readonly uid: number | null;
+  readonly usedBytes: number;
+  readonly limitBytes: number;
+  /** Whether the kernel blocks now. */
+  readonly blocked: boolean;
+  readonly periodEnd: string;
+}
+
 /** What is published: each member's topic is the part of `type` before the dot. */
 export type EventBody = UplinkChanged | ConfigReloaded | ConfigRejected | DecisionDenied | SessionStarted | SessionEnded | AppAppeared | AppLeft
-  | PromptAsked | PromptClosed;
+  | PromptAsked | PromptClosed | UsageSampled | BudgetChanged;
 
 /** Sent in place of events a subscriber's full queue could not take: `count` of them, the last numbered `lastSeq`. */
 export interface EventsLost { readonly type: 'events.lost'; readonly count: number; readonly lastSeq: number }
@@ -164,6 +193,10 @@ export function topicOf(e: EventBody): Topic {
     case 'app.left': return 'app';
     case 'prompt.asked':
     case 'prompt.closed': return 'prompt';
+    case 'usage.sampled': return 'usage';
+    case 'budget.warning':
+    case 'budget.exhausted':
+    case 'budget.restored': return 'budget';
   }
 }
 
@@ -192,6 +225,10 @@ export function ownerOf(e: EventBody): number | 'all' {
     case 'app.left': return e.uid ?? NOBODY;
     case 'prompt.asked': return e.prompt.app.uid;
     case 'prompt.closed': return e.uid;
+    case 'usage.sampled': return 'all';
+    case 'budget.warning':
+    case 'budget.exhausted':
+    case 'budget.restored': return e.uid ?? 'all';
   }
 }
 

@@ -32,6 +32,13 @@ import { ControlServer, RequestError } from './server.js';
 import { DEFAULT_STATE_DIR, StateStore } from './state.js';
 import { errorMessage } from '../errors.js';
 import { DEFAULT_RTT_INTERVAL_MS, RttMonitor, sockDiagPort } from './rtt-monitor.js';
+import type { Handlers } from './protocol.js';
+
+// Until the accounting service answers them (issue 10, in progress).
+function usageHandlers(): Pick<Handlers, 'usage.query' | 'budget.list' | 'budget.set' | 'budget.rm' | 'budget.reset'> {
+  const no = (): Promise<never> => Promise.reject(new RequestError({ code: 'ENOSYS', message: 'usage accounting is not built yet' }));
+  return { 'usage.query': no, 'budget.list': no, 'budget.set': no, 'budget.rm': no, 'budget.reset': no };
+}
 
 const program = new Command('waymarkd')
   .description('Waymark daemon: watches the uplinks, keeps per-uplink policy routing in the kernel, answers on a Unix socket.')
@@ -206,6 +213,7 @@ async function main(): Promise<void> {
     'rules.rm': (params, cred) => rules.remove(params.id, cred),
     'rules.explain': (params, cred) => Promise.resolve(rules.explain(params, cred)),
     ...agentHandlers(prompts),
+    ...usageHandlers(),
   }, log, { events });
 
   logNotices(log, config);

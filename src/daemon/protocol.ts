@@ -46,6 +46,7 @@
  * open ones the caller may answer.
  */
 import { z } from 'zod';
+import { budgetIdSchema, budgetSetSchema, usageQuerySchema, type BudgetListResult, type BudgetView, type UsageResult } from '../accounting/view.js';
 import { NEED_NAMES } from '../config/schema.js';
 import type { DecisionStats } from '../decision/server.js';
 import type { PeerCred } from '../native/index.js';
@@ -248,6 +249,15 @@ export const METHODS = {
   },
   /** The prompts open now that the caller may answer, how many wait behind them, and the agents it may know of. */
   prompts: { privileged: false, since: 2, params: z.object({}).strict() },
+  /** Bytes and cost per app, uplink or destination over a period (the caller's apps; root and the waymark group: all). */
+  'usage.query': { privileged: false, since: 2, params: usageQuerySchema },
+  /** The budgets the caller may see, with their period's use. */
+  'budget.list': { privileged: false, since: 2, params: z.object({}).strict() },
+  /** Sets a budget (on the caller's own app; a whole uplink's: root and the waymark group). */
+  'budget.set': { privileged: false, since: 2, params: budgetSetSchema },
+  'budget.rm': { privileged: false, since: 2, params: budgetIdSchema },
+  /** Starts the budget's count afresh now, for the rest of its period. */
+  'budget.reset': { privileged: false, since: 2, params: budgetIdSchema },
 } as const satisfies Record<string, { privileged: boolean; since: ProtocolVersion; params: z.ZodType }>;
 export type Method = keyof typeof METHODS;
 /** A method's params as the handler gets them (defaults filled in). */
@@ -347,6 +357,11 @@ export interface Results {
   'rules.add': RuleView;
   'rules.rm': { id: string };
   'rules.explain': RulesExplainResult;
+  'usage.query': UsageResult;
+  'budget.list': BudgetListResult;
+  'budget.set': BudgetView;
+  'budget.rm': { id: string };
+  'budget.reset': BudgetView;
   hello: HelloResult;
   status: StatusResult;
   reload: ReloadResult;
