@@ -190,6 +190,21 @@ export class AppKeys {
     this.next = Math.max(0, ...this.keys.values()) + 1;
   }
 
+  /** Every key given, with its app's uid (null: a system service) and name. */
+  *entries(): IterableIterator<{ key: number; uid: number | null; name: string }> {
+    for (const [id, key] of this.keys) {
+      const at = id.indexOf('/');
+      const who = id.slice(0, at);
+      yield { key, uid: who === 'system' ? null : Number(who), name: id.slice(at + 1) };
+    }
+  }
+
+  /** The app a key was given to (null: none). */
+  describe(key: number): { uid: number | null; name: string } | null {
+    for (const e of this.entries()) if (e.key === key) return { uid: e.uid, name: e.name };
+    return null;
+  }
+
   keyOf(uid: number | null, name: string): number {
     const id = `${uid ?? 'system'}/${name}`;
     let k = this.keys.get(id);
@@ -415,6 +430,25 @@ export class AppService {
     } catch {
       return null;
     }
+  }
+
+  /** A known cgroup by id (the usage counters name cgroups without an app key by id). */
+  cgroupById(id: bigint): { rel: string; uid: number | null; kind: AppKind | null } | null {
+    const rel = this.relOf.get(id);
+    const k = rel === undefined ? undefined : this.known.get(rel);
+    return k ? { rel: k.rel, uid: k.uid, kind: k.seen.unit?.kind ?? null } : null;
+  }
+
+  /** How an app key's app was recognised (the first known cgroup with that key; null: none now). */
+  kindOfKey(key: number): AppKind | null {
+    for (const k of this.known.values()) if (k.appKey === key && k.seen.unit) return k.seen.unit.kind;
+    return null;
+  }
+
+  /** The executable of the first process in a known cgroup (null: none, or unreadable). */
+  exeIn(rel: string): string | null {
+    const pid = this.pidsOf(rel)[0];
+    return pid === undefined ? null : this.exeOf(pid);
   }
 
   /** How many cgroups and apps are known (for status). */
