@@ -3,7 +3,8 @@
  * app the daemon recognised by its cgroup (src/daemon/apps.ts: AppKeys, "uid/name"). Traffic of a
  * cgroup without one (a plain directory, a slice, the root) is counted by the kernel under the
  * socket's cgroup id and uid; it is named after that cgroup's process's executable and the uid,
- * read once when the cgroup's traffic is first seen.
+ * read once when the cgroup's traffic is first seen. The cgroup root's own traffic is the kernel's
+ * sockets' (no process lives there but kernel threads): unattributed.
  */
 import { basename } from 'node:path';
 import type { AppKind } from '../daemon/apps.js';
@@ -24,6 +25,9 @@ export interface IdentitySources {
 
 /** Bound on the names remembered (each is a few hundred bytes; forgotten all at once beyond). */
 const MAX_REMEMBERED = 4096;
+
+/** What no local process owns (forwarded, kernel-made): the uplinks' rest, and the kernel's own sockets. */
+export const UNATTRIBUTED_APP: UsageAppView = { key: 'unattributed', name: '(unattributed)', kind: 'unattributed', uid: null, exe: null };
 
 export const appKeyId = (uid: number | null, name: string): string => `app:${uid ?? 'system'}/${name}`;
 
@@ -50,6 +54,8 @@ export class KernelIdentities implements AppIdentities {
     const had = this.byCgroup.get(k);
     if (had) return had;
     const c = this.src.apps.cgroupById(id);
+    // The root cgroup holds the kernel's own sockets (ICMP errors and echo replies, resets): nobody's.
+    if (c !== null && c.rel === '') return UNATTRIBUTED_APP;
     const exe = c ? this.src.apps.exeIn(c.rel) : null;
     const v: UsageAppView = exe !== null
       ? { key: `proc:${uid}:${exe}`, name: basename(exe), kind: 'process', uid, exe }

@@ -27,6 +27,7 @@ import { counterName } from '../nftables/ruleset.js';
 import type { UplinkState } from '../uplink/state.js';
 import type { BudgetChanged, EventBody } from '../daemon/events.js';
 import type { Logger } from '../daemon/log.js';
+import { UNATTRIBUTED_APP } from './identity.js';
 import { Growth, minuteOf, Unattributed } from './sample.js';
 import {
   MB_BYTES,
@@ -153,7 +154,6 @@ export const DEFAULT_SAMPLE_MS = 2_000;
 export const DEFAULT_FLUSH_MS = 10_000;
 const COMPACT_MS = 3_600_000;
 
-const UNATTRIBUTED: UsageAppView = { key: 'unattributed', name: '(unattributed)', kind: 'unattributed', uid: null, exe: null };
 const CONNECTION: UsageAppView = { key: 'connection', name: '(connection time)', kind: 'connection', uid: null, exe: null };
 /** Destination of traffic whose destination the kernel did not see (forwarded, kernel-made). */
 export const UNKNOWN_DESTINATION = '-';
@@ -311,7 +311,7 @@ export class AccountingService {
         // Packets: the device's growth less the apps' is not kept per packet; estimated by share of bytes.
         const txPackets = dtx > 0 ? Math.round(dtxp * (utx / dtx)) : 0;
         const rxPackets = drx > 0 ? Math.round(drxp * (urx / drx)) : 0;
-        sampleRecords.push(this.delta(at, UNATTRIBUTED, 0, u, UNKNOWN_DESTINATION, { txBytes: utx, rxBytes: urx, txPackets, rxPackets }));
+        sampleRecords.push(this.delta(at, UNATTRIBUTED_APP, 0, u, UNKNOWN_DESTINATION, { txBytes: utx, rxBytes: urx, txPackets, rxPackets }));
       }
       // Dial-up priced per minute: the time the uplink was up.
       if (u.spec.cost.perMinute > 0 && u.status === 'active') {
