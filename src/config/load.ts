@@ -14,7 +14,10 @@ import { userId } from '../identity/users.js';
 import { counterName, nftUplinkId } from '../nftables/ruleset.js';
 import { compileGlob } from '../glob.js';
 import { globProblem, type UplinkSpec } from '../uplink/uplink.js';
-import { configSchema, STABILITY_VALUES, type RawConfig, type RawFixedAction, type RawRule } from './schema.js';
+import { configSchema, STABILITY_VALUES, warnPercent, type RawBudget, type RawConfig, type RawFixedAction, type RawRule } from './schema.js';
+import { parseLimit } from '../accounting/cost.js';
+import { startProblem } from '../accounting/budget.js';
+import type { BudgetSetParams } from '../accounting/view.js';
 import { errorMessage } from '../errors.js';
 
 export const DEFAULT_CONFIG_PATH = '/etc/waymark/waymark.yaml';
@@ -25,12 +28,21 @@ export interface Config {
   readonly destinations: readonly DestinationSpec[];
   /** The rules of the file (src/policy/rules.ts), `apps:` entries included (read as rules). */
   readonly rules: readonly Rule[];
+  /** The budgets of the file (read-only for `waymark budget`: source 'config'). */
+  readonly budgets: readonly ConfigBudget[];
   /** What is accepted but should change (e.g. the `apps:` section), located like errors. */
   readonly notices: readonly ConfigIssue[];
 }
 
+/**
+ * A budget of the file, as `budget.set` takes one (src/accounting/view.ts) with its id always
+ * given and `user` resolved: `uid` limits the budget to that user's app (null: any user's app
+ * of that name, or the whole uplink when there is no `app`).
+ */
+export type ConfigBudget = Readonly<Omit<BudgetSetParams, 'id'> & { id: string; uid: number | null }>;
+
 export interface ParseOptions {
-  /** Resolves `match.user` (default: /etc/passwd). */
+  /** Resolves `match.user` and budgets' `user` (default: /etc/passwd). */
   readonly userId?: (name: string) => number | undefined;
 }
 
@@ -347,7 +359,47 @@ function resolve(
       id: a.name, source: 'config', match, action: a.uplinks ? { kind: 'only', uplinks: a.uplinks } : { kind: 'use', uplinks: [] }, never: a.deny, needs: a.needs,
     });
   });
-  return { uplinks, destinations, rules };
+  const budgetSeen = new Map<string, number>();
+  const budgets = raw.budgets.map((b, i): ConfigBudget => {
+    const at: Path = ['budgets', i];
+    const id = b.id ?? budgetId(b);
+    const prev = budgetSeen.get(id);
+    if (prev !== undefined) {
+      check(b.id !== undefined ? [...at, 'id'] : at, b.id !== undefined ? `duplicate budget "${id}" (first defined as budgets[${prev}])`
+        : `this budget and budgets[${prev}] are both "${id}": give one an id`);
+    }
+    budgetSeen.set(id, i);
+    const start = b.start ?? 1;
+    const badStart = startProblem(b.period, start);
+    if (badStart !== undefined) check([...at, 'start'], badStart);
+    const limit = parseLimit(b.limit); // the schema checked it parses
+    const uplink = uplinks.find((u) => u.name === b.uplink);
+    if (uplink === undefined) check([...at, 'uplink'], `no uplink named "${b.uplink}"`);
+    else if ('money' in limit) {
+      if (limit.currency !== uplink.cost.currency) check([...at, 'limit'], `uplink "${uplink.name}" is priced in ${uplink.cost.currency}, not ${limit.currency}`);
+      else if (!(uplink.cost.perMB > 0)) {
+        check([...at, 'limit'], `uplink "${uplink.name}" has no price per MB (cost.per_mb): a money budget on it can never run out; give a size such as 500MB`);
+      }
+    }
+    let uid: number | null = null;
+    if (b.user !== undefined) {
+      if (b.app === undefined) check([...at, 'user'], 'user says whose app the budget limits: give app too (without app, a budget is the whole uplink\'s)');
+      const found = users(b.user.replace(/\$$/, ''));
+      if (found === undefined) check([...at, 'user'], `no user named "${b.user}" on this machine`);
+      uid = found ?? null;
+    }
+    const warnAt = b.warn_at === undefined ? 0.8 : typeof b.warn_at === 'number' ? b.warn_at : (warnPercent(b.warn_at) ?? 0.8);
+    return {
+      id, uplink: b.uplink, ...(b.app !== undefined ? { app: b.app } : {}), uid, period: b.period, start, limit, warnAt, block: b.block,
+    };
+  });
+  return { uplinks, destinations, rules, budgets };
+}
+
+/** The id of a budget written without one: uplink, app, user and period in lower case, "-" between ("cellular-org-mozilla-firefox-month"). */
+function budgetId(b: RawBudget): string {
+  const words = [b.uplink, b.app, b.user, b.period].filter((w): w is string => w !== undefined);
+  return words.join('-').toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-+/, '').slice(0, 40).replace(/-+$/, '');
 }
 
 /** The action of a rule as written (none given: `use` nothing in particular, so `never`/`needs` alone make a rule). */

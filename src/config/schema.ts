@@ -5,6 +5,9 @@
  */
 import { z } from 'zod';
 import { parseAddress, parsePrefix } from '../net/prefix.js';
+import { parseLimit } from '../accounting/cost.js';
+import { BUDGET_PERIODS } from '../accounting/view.js';
+import { errorMessage } from '../errors.js';
 
 export const UPLINK_KINDS = ['wifi', 'cellular', 'bluetooth', 'ethernet', 'vpn', 'dialup'] as const;
 export type UplinkKind = (typeof UPLINK_KINDS)[number];
@@ -123,6 +126,9 @@ export const fixedActionSchema = z.union([
   z.strictObject({ only: z.array(name).min(1).max(32) }),
 ]);
 
+/** A user name (a rule's or a budget's `user`), resolved to its uid when the config is read. */
+const userName = z.string().regex(/^[a-z_][a-z0-9_-]{0,31}\$?$/, 'must be a user name');
+
 /** Whom and where a rule is for (config `rules:`, `waymark rules add`, the state file's stored rules). */
 export const ruleMatchSchema = z.strictObject({
   /** Absolute path of the executable (/proc/PID/exe), or a glob of one. */
@@ -157,7 +163,7 @@ export const ruleSchema = z.strictObject({
   name,
   match: ruleMatchSchema.extend({
     /** A user name, resolved to its uid when the config is read. */
-    user: z.string().regex(/^[a-z_][a-z0-9_-]{0,31}\$?$/, 'must be a user name').optional(),
+    user: userName.optional(),
   }).default({}),
   use: z.array(name).max(32).optional(),
   only: z.array(name).min(1).max(32).optional(),
@@ -168,11 +174,52 @@ export const ruleSchema = z.strictObject({
   needs: z.array(z.enum(NEED_NAMES)).default([]),
 });
 
+/**
+ * A budget (docs/usage.md, src/accounting/budget.ts): what one uplink may carry per period, for
+ * one app (by its name as `waymark usage` shows it, optionally only one user's) or for all of it.
+ * Which uplink, app and user exist, and whether `start` fits `period`, load.ts checks.
+ */
+export const budgetSchema = z.strictObject({
+  /** Absent: made of uplink, app, user and period ("cellular-month"). */
+  id: z.string().regex(/^[a-z0-9-]{1,40}$/, 'must be 1-40 characters: lower-case letters, digits or "-"').optional(),
+  uplink: name,
+  app: z.string().min(1).max(4096).optional(),
+  user: userName.optional(),
+  period: z.enum(BUDGET_PERIODS).default('month'),
+  /** month: the billing day (1..31, clamped to the month's length); week: 1 Monday .. 7 Sunday; day: 1. Default 1. */
+  start: z.number().int().min(1).max(31).optional(),
+  /** A size ("500MB", "1.5 GiB", a number of bytes) or money in the uplink's currency ("5 EUR"). */
+  limit: z.union([z.string(), z.number()], {
+    error: (i) => (i.input === undefined ? 'required field is missing' : 'must be a size such as 500MB or an amount such as 5 EUR'),
+  }).superRefine((v, ctx) => {
+    try {
+      parseLimit(v);
+    } catch (e) {
+      ctx.addIssue({ code: 'custom', message: errorMessage(e) });
+    }
+  }),
+  /** Warn at this fraction of the limit (0.8) or percentage ("80%"); default 80%. */
+  warn_at: z.custom<number | string>(
+    (v) => (typeof v === 'number' && v >= 0.01 && v <= 1) || (typeof v === 'string' && warnPercent(v) !== undefined),
+    { error: 'must be a fraction from 0.01 to 1 or a percentage from 1% to 100%, such as 0.8 or 80%' },
+  ).optional(),
+  /** Block the uplink for it in the kernel when exhausted (false: warn only). */
+  block: z.boolean().default(true),
+});
+
+/** The fraction "80%" stands for (1% to 100%), undefined when it is not such a percentage. */
+export function warnPercent(text: string): number | undefined {
+  const m = /^(\d+(?:\.\d+)?)\s*%$/.exec(text.trim());
+  const pct = m ? Number(m[1]) : NaN;
+  return pct >= 1 && pct <= 100 ? pct / 100 : undefined;
+}
+
 export const configSchema = z.strictObject({
   version: z.literal(1),
   uplinks: z.array(uplinkSchema).default([]),
   destinations: z.array(destinationSchema).default([]),
   rules: z.array(ruleSchema).default([]),
+  budgets: z.array(budgetSchema).default([]),
   /** The per-app defaults of earlier versions: each entry is read as a rule (src/config/load.ts). */
   apps: z.array(appSchema).default([]),
 });
@@ -182,5 +229,6 @@ export type RawUplink = z.infer<typeof uplinkSchema>;
 export type RawDestination = z.infer<typeof destinationSchema>;
 export type RawApp = z.infer<typeof appSchema>;
 export type RawRule = z.infer<typeof ruleSchema>;
+export type RawBudget = z.infer<typeof budgetSchema>;
 export type RawFixedAction = z.infer<typeof fixedActionSchema>;
 export type NeedName = (typeof NEED_NAMES)[number];

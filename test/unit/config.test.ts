@@ -43,6 +43,7 @@ describe('config', () => {
       ['chat', { kind: 'only', uplinks: ['cellular'] }, ['long-lived']], ['browser', { kind: 'only', uplinks: ['wifi', 'cellular'] }, []],
       ['chat-desktop', { kind: 'only', uplinks: ['cellular'] }, []],
     ]);
+    assert.deepEqual(c.budgets, [], 'the example budget is commented out');
   });
 
   it('checks apps: known uplinks, not both allowed and denied, something to match', () => {
@@ -221,5 +222,122 @@ uplinks:
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  describe('budgets', () => {
+    const users = (n: string): number | undefined => ({ alice: 1000, bob: 1001 })[n];
+    // Lines 1-9; budgets: is line 10, its first entry line 11.
+    const priced = base.replace('kind: cellular\n', 'kind: cellular\n    cost: { per_mb: 0.02, currency: EUR }\n') + 'budgets:\n';
+    const budgetIssues = (entries: string): ConfigIssue[] => {
+      try {
+        parseConfig(priced + entries, 'test.yaml', { userId: users });
+      } catch (e) {
+        if (e instanceof ConfigError) return [...e.issues];
+        throw e;
+      }
+      assert.fail('config was accepted');
+    };
+    const located = (entries: string): [number, string][] => budgetIssues(entries).map((i) => [i.line, i.field]);
+
+    it('reads budgets: sizes and money, periods, warn_at, user, defaults and ids', () => {
+      const c = parseConfig(priced + `  - uplink: cell
+    limit: 5 EUR
+  - id: browser-daily
+    uplink: cell
+    app: org.mozilla.firefox
+    user: alice
+    period: day
+    limit: 1.5 GiB
+    warn_at: 90%
+    block: false
+  - uplink: wifi
+    period: week
+    start: 7
+    limit: 2000000
+    warn_at: 0.5
+  - uplink: cell
+    app: Chat Client
+    period: month
+    start: 31
+    limit: 500MB
+`, 'test.yaml', { userId: users });
+      assert.deepEqual(c.budgets, [
+        { id: 'cell-month', uplink: 'cell', uid: null, period: 'month', start: 1, limit: { money: 5, currency: 'EUR' }, warnAt: 0.8, block: true },
+        { id: 'browser-daily', uplink: 'cell', app: 'org.mozilla.firefox', uid: 1000, period: 'day', start: 1, limit: { bytes: 1.5 * 2 ** 30 }, warnAt: 0.9, block: false },
+        { id: 'wifi-week', uplink: 'wifi', uid: null, period: 'week', start: 7, limit: { bytes: 2_000_000 }, warnAt: 0.5, block: true },
+        { id: 'cell-chat-client-month', uplink: 'cell', app: 'Chat Client', uid: null, period: 'month', start: 31, limit: { bytes: 500_000_000 }, warnAt: 0.8, block: true },
+      ]);
+      assert.deepEqual(parseConfig(base).budgets, []);
+    });
+
+    it('locates an unknown uplink', () => {
+      const found = budgetIssues('  - uplink: nope\n    limit: 1GB\n');
+      assert.deepEqual(found.map((i) => [i.file, i.line, i.column, i.field]), [['test.yaml', 11, 13, 'budgets[0].uplink']]);
+      assert.equal(found[0]?.message, 'no uplink named "nope"');
+    });
+
+    it('locates a limit that is no size or money, or not more than zero', () => {
+      const bad = budgetIssues('  - uplink: cell\n    limit: 10 Mb\n  - uplink: cell\n    limit: lots\n  - uplink: cell\n    limit: 0 EUR\n  - uplink: cell\n    limit: 1.5\n  - uplink: cell\n');
+      assert.deepEqual(bad.map((i) => [i.line, i.field]), [[12, 'budgets[0].limit'], [14, 'budgets[1].limit'], [16, 'budgets[2].limit'], [18, 'budgets[3].limit'], [19, 'budgets[4].limit']]);
+      assert.deepEqual(bad.map((i) => i.message), [
+        '"10 Mb": a lower-case b counts bits; sizes are in bytes: write MB',
+        '"lots" is not a size: write a number of bytes with an optional unit, e.g. 500MB, 1.5 GB, 10 MiB or 2000000',
+        '"0 EUR": a limit must be more than zero',
+        '"1.5" is not a whole number of bytes',
+        'required field is missing',
+      ]);
+      assert.deepEqual(located('  - uplink: cell\n    limit: [5, EUR]\n'), [[12, 'budgets[0].limit']]);
+      assert.match(budgetIssues('  - uplink: cell\n    limit: [5, EUR]\n')[0]?.message ?? '', /must be a size such as 500MB or an amount such as 5 EUR/);
+    });
+
+    it('locates money in another currency than the uplink\'s, and money on an uplink free per MB', () => {
+      const found = budgetIssues('  - uplink: cell\n    limit: 5 USD\n  - uplink: wifi\n    limit: 5 EUR\n');
+      assert.deepEqual(found.map((i) => [i.line, i.field]), [[12, 'budgets[0].limit'], [14, 'budgets[1].limit']]);
+      assert.equal(found[0]?.message, 'uplink "cell" is priced in EUR, not USD');
+      assert.match(found[1]?.message ?? '', /uplink "wifi" has no price per MB \(cost.per_mb\): a money budget on it can never run out; give a size/);
+    });
+
+    it('locates a start day that does not fit the period', () => {
+      const found = budgetIssues('  - uplink: cell\n    period: week\n    start: 8\n    limit: 1GB\n  - uplink: cell\n    period: day\n    start: 5\n    limit: 1GB\n'
+        + '  - uplink: cell\n    start: 32\n    limit: 1GB\n');
+      assert.deepEqual(found.map((i) => [i.line, i.field]), [[20, 'budgets[2].start']], 'the schema stops at 1..31 first');
+      const cross = budgetIssues('  - uplink: cell\n    period: week\n    start: 8\n    limit: 1GB\n  - uplink: cell\n    period: day\n    start: 5\n    limit: 1GB\n');
+      assert.deepEqual(cross.map((i) => [i.line, i.field]), [[13, 'budgets[0].start'], [17, 'budgets[1].start']]);
+      assert.match(cross[0]?.message ?? '', /1 \(Monday\) to 7 \(Sunday\)/);
+      assert.match(cross[1]?.message ?? '', /daily budget starts at local midnight/);
+    });
+
+    it('locates an unknown user and a user without an app', () => {
+      const found = budgetIssues('  - uplink: cell\n    app: chat\n    user: mallory\n    limit: 1GB\n  - uplink: cell\n    user: bob\n    limit: 1GB\n');
+      assert.deepEqual(found.map((i) => [i.line, i.field]), [[13, 'budgets[0].user'], [16, 'budgets[1].user']]);
+      assert.equal(found[0]?.message, 'no user named "mallory" on this machine');
+      assert.match(found[1]?.message ?? '', /give app too/);
+    });
+
+    it('locates duplicate ids, given or made', () => {
+      const found = budgetIssues('  - { id: a, uplink: cell, limit: 1GB }\n  - { id: a, uplink: wifi, limit: 1GB }\n  - { uplink: cell, limit: 1GB }\n  - { uplink: cell, limit: 2GB }\n');
+      assert.deepEqual(found.map((i) => [i.line, i.field]), [[12, 'budgets[1].id'], [14, 'budgets[3]']]);
+      assert.equal(found[0]?.message, 'duplicate budget "a" (first defined as budgets[0])');
+      assert.equal(found[1]?.message, 'this budget and budgets[2] are both "cell-month": give one an id');
+    });
+
+    it('locates a bad warn_at, id, period and an unknown field', () => {
+      const found = budgetIssues('  - uplink: cell\n    limit: 1GB\n    warn_at: 120%\n  - uplink: cell\n    limit: 1GB\n    id: Big_One\n'
+        + '  - uplink: cell\n    limit: 1GB\n    period: year\n  - uplink: cell\n    limit: 1GB\n    warnAt: 0.5\n');
+      assert.deepEqual(found.map((i) => [i.line, i.field]), [[13, 'budgets[0].warn_at'], [16, 'budgets[1].id'], [19, 'budgets[2].period'], [22, 'budgets[3].warnAt']]);
+      assert.match(found[0]?.message ?? '', /percentage from 1% to 100%/);
+      assert.match(found[2]?.message ?? '', /must be one of: day, week, month/);
+      assert.equal(found[3]?.message, 'unknown field "warnAt"');
+    });
+
+    it('the shipped example\'s commented budget is valid once uncommented', () => {
+      const text = readFileSync(EXAMPLE_CONFIG, 'utf8');
+      const block = /^# budgets:\n(# {3}[^\n]*\n)+/m.exec(text);
+      assert.ok(block, 'the example has a commented budgets: section');
+      const c = parseConfig(text.replace(block[0], block[0].replace(/^# /gm, '')), 'example');
+      assert.deepEqual(c.budgets, [
+        { id: 'cellular-monthly', uplink: 'cellular', uid: null, period: 'month', start: 5, limit: { money: 5, currency: 'EUR' }, warnAt: 0.8, block: true },
+      ]);
+    });
   });
 });
