@@ -27,6 +27,8 @@ import { counterName } from '../nftables/ruleset.js';
 import type { UplinkState } from '../uplink/state.js';
 import type { BudgetChanged, EventBody } from '../daemon/events.js';
 import type { Logger } from '../daemon/log.js';
+import { budgetState, kernelLimit, limitBytes as limitInBytes, localOffset, periodOf, transition, type TzOffset } from './budget.js';
+import { addMoney, costOf } from './cost.js';
 import { UNATTRIBUTED_APP } from './identity.js';
 import { Growth, minuteOf, Unattributed } from './sample.js';
 import {
@@ -121,13 +123,6 @@ export interface BudgetDef {
   readonly owner: number;
 }
 
-/** The pure budget logic (src/accounting/budget.ts). */
-export interface BudgetLogic {
-  periodOf(b: { period: BudgetPeriod; start: number }, nowMs: number): { startMs: number; endMs: number };
-  limitBytes(limit: BudgetLimit, cost: UplinkState['spec']['cost']): number | null;
-  budgetState(usedBytes: number, limitBytes: number | null, warnAt: number): BudgetState;
-}
-
 export interface AccountingDeps {
   readonly kernel: UsageKernel | null;
   /** The nftables table's named counters (src/nftables/nft.ts: readCounters). */
@@ -141,7 +136,8 @@ export interface AccountingDeps {
   /** The destination index the kernel counts under (src/backstop/desired.ts: destinationIndex). */
   readonly destinationIndex: (destinations: readonly DestinationSpec[]) => ReadonlyMap<string, number>;
   readonly identities: AppIdentities;
-  readonly budgetLogic: BudgetLogic;
+  /** The local time zone's offset (budget periods and days are local; default: the process's). */
+  readonly tz?: TzOffset;
   readonly publish: (e: EventBody) => void;
   readonly log: Logger;
   /** What the kernel's treatments must say changed (budgeted app keys, exhausted uplinks): the app service refreshes. */
@@ -213,10 +209,12 @@ export class AccountingService {
   private limitsWritten = '';
   private notified: Record<string, string>;
   private readonly now: () => number;
+  private readonly tz: TzOffset;
   private stopped = false;
 
   constructor(private readonly deps: AccountingDeps) {
     this.now = deps.now ?? Date.now;
+    this.tz = deps.tz ?? localOffset;
     this.lastSampleMs = this.now();
     this.notified = Object.fromEntries(Object.entries(deps.history.baselines()).filter(([k]) => k.startsWith('notified:')));
   }
@@ -334,16 +332,14 @@ export class AccountingService {
     d: { txBytes?: number; rxBytes?: number; txPackets?: number; rxPackets?: number; seconds?: number }): Pending {
     const minute = minuteOf(at);
     let m = this.pending.get(minute);
-    if (m === undefined) this.pending.set(minute, (m = new Map()));
+    if (m === undefined) this.pending.set(minute, (m = new Map<string, Pending>()));
     const id = `${app.key}|${u.spec.name}|${destination}`;
     let p = m.get(id);
     if (p === undefined) {
       p = { app, appKey, uplink: u.spec.name, destination, txBytes: 0, rxBytes: 0, txPackets: 0, rxPackets: 0, seconds: 0, cost: 0, currency: u.spec.cost.currency };
       m.set(id, p);
     }
-    const price = u.spec.cost;
-    const bytes = (d.txBytes ?? 0) + (d.rxBytes ?? 0);
-    const cost = (bytes / MB_BYTES) * price.perMB + ((d.seconds ?? 0) / 60) * price.perMinute;
+    const cost = costOf((d.txBytes ?? 0) + (d.rxBytes ?? 0), d.seconds ?? 0, u.spec.cost).amount;
     p.txBytes += d.txBytes ?? 0;
     p.rxBytes += d.rxBytes ?? 0;
     p.txPackets += d.txPackets ?? 0;
@@ -405,10 +401,10 @@ export class AccountingService {
     for (const def of w.budgets) {
       const u = w.uplinks.find((x) => x.spec.name === def.uplink);
       if (u === undefined) continue;
-      const { startMs, endMs } = this.deps.budgetLogic.periodOf(def, at);
+      const { startMs, endMs } = periodOf(def, at, this.tz);
       const resetAt = this.resetOf(def.id);
       const countFromMs = resetAt !== null && resetAt >= startMs && resetAt < endMs ? resetAt : startMs;
-      const limitBytes = this.deps.budgetLogic.limitBytes(def.limit, u.spec.cost);
+      const limitBytes = limitInBytes(def.limit, u.spec.cost).bytes;
       const base = { def, slot: u.slot, periodStartMs: startMs, periodEndMs: endMs, countFromMs, limitBytes };
       if (def.app === null) {
         out.set(`${def.id}|any`, { ...base, bkey: `any:${u.slot}`, appKey: 'any', appName: null, uid: null });
@@ -436,7 +432,7 @@ export class AccountingService {
       if (had && had.periodStartMs === t.periodStartMs && had.countFromMs === t.countFromMs && had.slot === t.slot) {
         for (const r of sample) if (matches(had, r)) {
           had.used += r.txBytes + r.rxBytes;
-          addMoney(had.cost, r.currency, r.cost);
+          had.cost = addMoney(had.cost, { [r.currency]: r.cost });
         }
         had.limitBytes = t.limitBytes;
         next.set(id, had);
@@ -458,23 +454,15 @@ export class AccountingService {
       }
     }
     this.tracks = next;
-    // States, and what to tell (once per period and state).
+    // States, and what to tell: once per period (or since a reset) and state (budget.ts: transition).
     const notes: Record<string, string> = {};
     for (const [id, t] of next) {
-      const state = this.deps.budgetLogic.budgetState(t.used, t.limitBytes, t.def.warnAt);
-      const prev = t.state;
-      t.state = state;
+      const state = budgetState(t.used, t.limitBytes, t.def.warnAt);
       const mark = `notified:${id}`;
-      const last = this.notified[mark];
-      const stamp = `${t.periodStartMs}:${t.countFromMs}:${state}`;
-      if (state !== 'ok' && last !== stamp && !(state === 'warning' && last === `${t.periodStartMs}:${t.countFromMs}:exhausted`)) {
-        this.notified[mark] = notes[mark] = stamp;
-        this.tell(state === 'warning' ? 'budget.warning' : 'budget.exhausted', t);
-      } else if (state === 'ok' && prev !== 'ok') {
-        this.tell('budget.restored', t);
-      } else if (state === 'warning' && prev === 'exhausted') {
-        this.tell('budget.restored', t);
-      }
+      const told = transition(t.state, state, t.countFromMs, this.notified[mark] ?? null);
+      t.state = state;
+      if (told.notified !== null && told.notified !== this.notified[mark]) this.notified[mark] = notes[mark] = told.notified;
+      if (told.event !== null) this.tell(told.event, t);
     }
     if (Object.keys(notes).length > 0) this.flush(notes);
     this.applyKernel(used);
@@ -501,9 +489,7 @@ export class AccountingService {
     const blockedSlots = new Set<number>();
     for (const t of this.tracks.values()) {
       if (!t.def.block || t.limitBytes === null) continue;
-      const k = used.get(t.bkey) ?? 0n;
-      const room = BigInt(Math.max(0, Math.floor(t.limitBytes - t.used)));
-      const limit = k + room;
+      const limit = kernelLimit({ kernelUsed: used.get(t.bkey) ?? 0n, limitBytes: t.limitBytes, periodUsed: t.used });
       // Two budgets on one key (an app's and a config's): the tighter one.
       const had = limits.get(t.bkey);
       limits.set(t.bkey, had === undefined || limit < had ? limit : had);
@@ -540,7 +526,7 @@ export class AccountingService {
     const nowMs = this.now();
     const all = this.deps.mayChangeState(cred);
     const untilMs = q.until !== undefined ? Date.parse(q.until) : nowMs;
-    const sinceMs = q.since !== undefined ? Date.parse(q.since) : this.deps.budgetLogic.periodOf({ period: 'day', start: 1 }, nowMs).startMs;
+    const sinceMs = q.since !== undefined ? Date.parse(q.since) : periodOf({ period: 'day', start: 1 }, nowMs, this.tz).startMs;
     const r = this.deps.history.query({
       by: q.by, sinceMs, untilMs,
       ...(q.resolution ? { resolution: q.resolution } : {}),
@@ -551,7 +537,7 @@ export class AccountingService {
     for (const row of r.rows) {
       totals.txBytes += row.txBytes; totals.rxBytes += row.rxBytes; totals.txPackets += row.txPackets; totals.rxPackets += row.rxPackets;
       totals.seconds += row.seconds;
-      for (const [cur, v] of Object.entries(row.cost)) addMoney(totals.cost, cur, v);
+      totals.cost = addMoney(totals.cost, row.cost);
     }
     return {
       since: new Date(sinceMs).toISOString(), until: new Date(untilMs).toISOString(), resolution: r.resolution, by: q.by, mbBytes: MB_BYTES,
@@ -575,8 +561,8 @@ export class AccountingService {
     const t = mine.sort((a, b) => b.used - a.used)[0];
     const u = w.uplinks.find((x) => x.spec.name === d.uplink);
     const nowMs = this.now();
-    const p = this.deps.budgetLogic.periodOf(d, nowMs);
-    const limitBytes = t?.limitBytes ?? (u ? this.deps.budgetLogic.limitBytes(d.limit, u.spec.cost) : null);
+    const p = periodOf(d, nowMs, this.tz);
+    const limitBytes = t?.limitBytes ?? (u ? limitInBytes(d.limit, u.spec.cost).bytes : null);
     const usedBytes = t?.used ?? 0;
     const reset = this.resetOf(d.id);
     return {
@@ -584,7 +570,7 @@ export class AccountingService {
       warnAt: d.warnAt, block: d.block, periodStart: new Date(p.startMs).toISOString(), periodEnd: new Date(p.endMs).toISOString(),
       limitBytes, usedBytes, usedCost: { ...(t?.cost ?? {}) },
       remainingBytes: limitBytes === null ? null : Math.max(0, limitBytes - usedBytes),
-      state: t?.state ?? this.deps.budgetLogic.budgetState(usedBytes, limitBytes, d.warnAt),
+      state: t?.state ?? budgetState(usedBytes, limitBytes, d.warnAt),
       resetAt: reset !== null && reset >= p.startMs && reset < p.endMs ? new Date(reset).toISOString() : null,
     };
   }
@@ -619,11 +605,6 @@ export class AccountingService {
 function matches(t: Track, r: Pending): boolean {
   if (r.uplink !== t.def.uplink) return false;
   return t.appKey === 'any' || r.appKey === t.appKey;
-}
-
-function addMoney(m: Money, currency: string, v: number): void {
-  if (v === 0) return;
-  m[currency] = (m[currency] ?? 0) + v;
 }
 
 function sameKernelBudgets(a: KernelBudgets, b: KernelBudgets): boolean {
