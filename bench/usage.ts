@@ -28,8 +28,8 @@ import { PACKAGE_ROOT } from '../src/version.js';
 import { BpfWorld } from '../test/support/bpf-world.js';
 
 /** Megabytes (10^6 bytes) per run: the issue asks for 200 at least. */
-const MB = Number(process.env['WAYMARK_BENCH_USAGE_MB'] ?? 500);
-const ROUNDS = Number(process.env['WAYMARK_BENCH_USAGE_ROUNDS'] ?? 9);
+const MB = Number(process.env['WAYMARK_BENCH_USAGE_MB'] ?? 300);
+const ROUNDS = Number(process.env['WAYMARK_BENCH_USAGE_ROUNDS'] ?? 15);
 const TARGET = 0.97;
 const PORT = 9100;
 const SINK = '10.90.1.2';
@@ -156,14 +156,16 @@ export async function usageBench(): Promise<void> {
   console.log(`\nbulk TCP transfer, socat in an accounted cgroup -> a sink across one veth (up0); ${MB} MB per run, ${ROUNDS} interleaved rounds:`);
   console.log('throughput at the receiver, CPU time of sender and receiver; medians over the rounds; ratios to accounting off');
   console.log('taken within each round (its quartiles over the rounds: the noise)');
-  console.log('case                         MB/s      ×off   (quartiles)    CPU µs/MB  CPU ×off');
+  console.log('case                         MB/s      ×off   (quartiles)   CPU µs/MB  CPU ×off  (quartiles)');
   let worst = { ratio: Infinity, q1: NaN, q3: NaN };
+  const q = (xs: readonly number[]): string => `(${quantile(xs, 0.25).toFixed(2)}–${quantile(xs, 0.75).toFixed(2)})`;
   for (const c of CASES) {
     const rs = results.get(c.name) ?? [];
     const x = ratios(rs, (r) => r.mbps);
+    const cpu = ratios(rs, (r) => r.cpuPerMB);
     if (c.programs && median(x) < worst.ratio) worst = { ratio: median(x), q1: quantile(x, 0.25), q3: quantile(x, 0.75) };
-    console.log(`${c.name.padEnd(26)} ${median(rs.map((r) => r.mbps)).toFixed(1).padStart(7)} ${median(x).toFixed(3).padStart(9)} `
-      + `(${quantile(x, 0.25).toFixed(2)}–${quantile(x, 0.75).toFixed(2)}) ${median(rs.map((r) => r.cpuPerMB)).toFixed(0).padStart(9)} ${median(ratios(rs, (r) => r.cpuPerMB)).toFixed(3).padStart(9)}`);
+    console.log(`${c.name.padEnd(26)} ${median(rs.map((r) => r.mbps)).toFixed(1).padStart(7)} ${median(x).toFixed(3).padStart(9)} ${q(x)} `
+      + `${median(rs.map((r) => r.cpuPerMB)).toFixed(0).padStart(9)} ${median(cpu).toFixed(3).padStart(9)}  ${q(cpu)}`);
   }
   const med = (f: (n: Counted) => bigint): number => median(counted.map((n) => Number(f(n))));
   console.log(`counted per accounted run (median): sent ${(med((n) => n.txBytes) / MB_BYTES).toFixed(1)} MB in ${med((n) => n.txPackets)} segments `
