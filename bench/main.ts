@@ -13,6 +13,8 @@
  * 3. The cgroup tree (src/identity/cgroup-tree.ts): mkdir of an app scope by another process
  *    → the daemon's `added` callback, and rmdir → `removed` (test/support/cgroup-latency.ts),
  *    in a per-run directory under the cgroup2 mount.
+ * 4. A bulk TCP transfer with accounting on (the app programs counting every packet) against the
+ *    same with it off, interleaved over several rounds (bench/usage.ts).
  *
  * A benchmark, not a test: it prints numbers and the targets, and fails only if it cannot run.
  */
@@ -29,6 +31,7 @@ import { publicRoot } from '../src/lab/public.js';
 import { parseAddress } from '../src/net/prefix.js';
 import { policyOfRule } from '../src/policy/rules.js';
 import { benchRules, benchRulesYaml, measureRules } from './rules.js';
+import { usageBench } from './usage.js';
 import { PACKAGE_ROOT } from '../src/version.js';
 import { measureTreeLatency } from '../test/support/cgroup-latency.js';
 import { exampleConfig, labStates } from '../test/support/fixture.js';
@@ -227,3 +230,4 @@ await connectBench();
 decideBench();
 rulesBench();
 await cgroupTreeBench();
+await usageBench();
