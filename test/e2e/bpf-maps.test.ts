@@ -8,7 +8,7 @@
  * Checked: marks at socket() and at connect(), pending of an ancestor, the uid fallback, the
  * connect-time deny along the routing ladder and the egress drop, loopback, another namespace
  * untouched, byte counters (per app or cgroup and uid, uplink, direction, destination), drops
- * counted, per-packet budgets (an app's, an uplink's), nothing left attached after close or death.
+ * counted, per-packet budgets (an app's download and upload, an uplink's), nothing left attached after close or death.
  */
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -461,6 +461,29 @@ describe('budgets', { timeout: 180_000 }, () => {
     assert.ok(total >= TOTAL && total < now + 2 * TOTAL, `used ${total}`);
     assert.equal(await call({ op: 'deleteBudget', app: 84, slot: 1 }), true);
     assert.equal(await used(84, 1), null);
+  });
+
+  it("an app's budget stops its TCP upload within one packet of the limit", async (t) => {
+    const up = cgroup('budget-up');
+    await setCgroup(up, decides({ app: 87, budget: true }));
+    await call({ op: 'setBudget', app: 87, slot: 1, limit: String(LIMIT) });
+    const drain = startProbe(null, ['tcpdrain', FAR1, String(PORT + 13)], { ns: world().nsB, timeoutMs: 120_000 });
+    assert.deepEqual(await drain.expect('listening'), { step: 'listening' });
+    const upload = startProbe(up, ['tcpupload', FAR1, String(PORT + 13), String(TOTAL), '2'], { timeoutMs: 120_000 });
+    const { stalled } = await upload.expect<{ stalled: number }>('stalled');
+    const u = await used(87, 1);
+    assert.ok(u !== null);
+    t.diagnostic(`budget ${LIMIT} B: the socket took ${stalled} B, the kernel counted ${u} B (overshoot ${u - LIMIT} B)`);
+    assert.ok(stalled < TOTAL, `not stopped: ${stalled}`);
+    // Checked before each packet is added: one (GSO) packet past the limit, and the ACKs that
+    // were on their way in then.
+    assert.ok(u >= LIMIT && u <= LIMIT + 64 * 1024 + 16 * 1024, `used ${u}`);
+    assert.ok((await counted({ app: 87, slot: 1, dir: 'txDropped' })).packets >= 1);
+    await call({ op: 'setBudget', app: 87, slot: 1, limit: String(u + 2 * TOTAL) });
+    upload.child.stdin?.write('go\n');
+    assert.deepEqual(await upload.expect('sent'), { sent: TOTAL });
+    assert.deepEqual(await drain.expect('drained'), { drained: TOTAL });
+    assert.equal(await call({ op: 'deleteBudget', app: 87, slot: 1 }), true);
   });
 
   it("an uplink's budget stops every app on that uplink, budgeted or not, and only that uplink", async () => {
