@@ -1361,20 +1361,30 @@ static napi_value throw_map_errno(napi_env env, int err, const char *syscall, na
     return throw_errno(env, err, sc);
 }
 
-/* bpfUpdate(handle, mapName, key, value) */
+/* bpfUpdate(handle, mapName, key, value, flags = BPF_ANY) -> whether it was written: false only
+ * for BPF_NOEXIST with an entry there already (EEXIST) or BPF_EXIST without one (ENOENT). */
 static napi_value js_bpf_update(napi_env env, napi_callback_info info)
 {
-    napi_value argv[4];
+    napi_value argv[5], result;
     size_t ks, vs;
     void *key, *value;
-    if (!get_args(env, info, 4, 4, argv, NULL)) return NULL;
+    int64_t flags = BPF_ANY;
+    if (!get_args(env, info, 4, 5, argv, NULL)) return NULL;
     struct bpf_map *map = get_bpf_map(env, argv[0], argv[1], &ks, &vs);
     if (map == NULL || !get_sized_bytes(env, argv[2], "key", ks, &key) ||
         !get_sized_bytes(env, argv[3], "value", vs, &value))
         return NULL;
-    if (bpf_map__update_elem(map, key, ks, value, vs, BPF_ANY) != 0)
-        return throw_map_errno(env, errno, "bpf_map_update_elem", argv[1]);
-    return make_undefined(env);
+    if (!is_undefined(env, argv[4]) && !get_int(env, argv[4], "flags", BPF_ANY, BPF_EXIST, &flags))
+        return NULL;
+    if (bpf_map__update_elem(map, key, ks, value, vs, (uint64_t)flags) != 0) {
+        int err = errno;
+        bool refused = (flags == BPF_NOEXIST && err == EEXIST) || (flags == BPF_EXIST && err == ENOENT);
+        if (!refused) return throw_map_errno(env, err, "bpf_map_update_elem", argv[1]);
+        napi_get_boolean(env, false, &result);
+        return result;
+    }
+    napi_get_boolean(env, true, &result);
+    return result;
 }
 
 /* bpfDelete(handle, mapName, key) -> whether there was an entry */

@@ -73,6 +73,21 @@ struct {
     __type(value, struct wm_usage_val);
 } wm_usage SEC(".maps");
 
+/* Budgets (docs/kernel-apps.md, Budgets): limits the daemon writes, bytes the programs add. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, WM_BUDGETS_MAX);
+    __type(key, struct wm_budget_key);
+    __type(value, __u64);
+} wm_budget_limit SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, WM_BUDGETS_MAX);
+    __type(key, struct wm_budget_key);
+    __type(value, __u64);
+} wm_budget_used SEC(".maps");
+
 /* Connect reports of sockets whose treatment has WM_T_ASK (report() below), read by the daemon. */
 struct {
     __uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -148,13 +163,27 @@ static __always_inline const struct wm_treatment *task_treatment(__u64 cg, __u32
     return 0;
 }
 
-/* The same for a packet's socket (cgroup_skb), then the uid's. A packet without a full socket
- * (a request or time-wait socket's SYN-ACK or RST) has cgroup id 0 and gets none: its uid would
- * read as the overflow uid (65534), someone else's treatment. */
-static __always_inline const struct wm_treatment *skb_treatment(struct __sk_buff *skb)
+/* Whose a packet is (cgroup_skb): the deciding treatment (the socket's cgroup's, an ancestor's
+ * `pending`, then the uid's; or none) and the counters' and budgets' app. */
+struct who {
+    const struct wm_treatment *t; /* the deciding treatment, 0: none */
+    __u64 cg;                     /* the socket's cgroup id, 0: no full socket */
+    __u32 app;                    /* t's app key, else that of the cgroup's entry that did not decide */
+    __u32 budget;                 /* WM_T_BUDGET of the treatment that gave app */
+};
+
+/* The same for a packet's socket, then the uid's. A packet without a full socket (a request or
+ * time-wait socket's SYN-ACK or RST) has cgroup id 0 and gets none: its uid would read as the
+ * overflow uid (65534), someone else's treatment. A cgroup entry that does not decide (the uid's
+ * treatment applies) still names the app: its key counts, its budget applies. */
+static __always_inline void skb_treatment(struct __sk_buff *skb, struct who *w)
 {
     __u64 cg = bpf_skb_cgroup_id(skb);
-    if (cg == 0) return 0;
+    w->t = 0;
+    w->cg = cg;
+    w->app = 0;
+    w->budget = 0;
+    if (cg == 0) return;
     const struct wm_cgroup *e = bpf_map_lookup_elem(&wm_cgroups, &cg);
     const struct wm_treatment *t = 0;
     if (e != 0) {
@@ -170,8 +199,19 @@ static __always_inline const struct wm_treatment *skb_treatment(struct __sk_buff
             }
         }
     }
+    if (t != 0) {
+        w->app = t->app;
+        w->budget = t->flags & WM_T_BUDGET;
+    }
     t = deciding(t);
-    return t != 0 ? t : uid_treatment(bpf_get_socket_uid(skb));
+    if (t == 0) {
+        t = uid_treatment(bpf_get_socket_uid(skb));
+        if (t != 0 && t->app != 0) {
+            w->app = t->app;
+            w->budget = t->flags & WM_T_BUDGET;
+        }
+    }
+    w->t = t;
 }
 
 /* `src` (the connect reports' WM_EV_PENDING, WM_EV_UID) says where the treatment came from. */
@@ -196,11 +236,11 @@ static __always_inline int denied(const struct wm_treatment *t, __u32 slot)
     return (t->deny & WM_DENY_ALL) || (t->deny & (1u << slot));
 }
 
-static __always_inline void count(__u32 app, __u32 slot, __u8 dir, __u32 len, __u32 segs)
+/* Adds one packet to its wm_usage entry (made on first use). */
+static __always_inline void count(const struct wm_usage_key *k, __u32 len, __u32 segs)
 {
-    struct wm_usage_key k = { .app = app, .slot = (__u8)slot, .dir = dir, .pad = 0 };
     __u64 packets = segs > 1 ? segs : 1;
-    struct wm_usage_val *v = bpf_map_lookup_elem(&wm_usage, &k);
+    struct wm_usage_val *v = bpf_map_lookup_elem(&wm_usage, k);
     if (v != 0) {
         /* per-CPU: no other writer */
         v->bytes += len;
@@ -208,8 +248,8 @@ static __always_inline void count(__u32 app, __u32 slot, __u8 dir, __u32 len, __
         return;
     }
     struct wm_usage_val init = { .bytes = len, .packets = packets };
-    if (bpf_map_update_elem(&wm_usage, &k, &init, BPF_NOEXIST) == 0) return;
-    v = bpf_map_lookup_elem(&wm_usage, &k); /* made by another CPU meanwhile (or the map is full) */
+    if (bpf_map_update_elem(&wm_usage, k, &init, BPF_NOEXIST) == 0) return;
+    v = bpf_map_lookup_elem(&wm_usage, k); /* made by another CPU meanwhile (or the map is full) */
     if (v != 0) {
         v->bytes += len;
         v->packets += packets;
@@ -299,7 +339,8 @@ static __always_inline __u32 predict_slot(const struct wm_conf *c, struct bpf_so
     int soft = (mark & WAYMARK_SOFT_FLAG) != 0;
     if (ms != 0 && !soft) return ms; /* 4300 hard mark */
     __u32 *s = dst4 != 0 ? bpf_map_lookup_elem(&wm_dst4, dst4) : bpf_map_lookup_elem(&wm_dst6, dst6);
-    if (s != 0) return *s;                                            /* 4500 destination */
+    /* An entry without a slot (no uplink carries the destination now) is a miss here. */
+    if (s != 0 && WM_DST_SLOT(*s) != 0) return WM_DST_SLOT(*s);        /* 4500 destination */
     if (soft) return ms & ~(WAYMARK_SOFT_FLAG >> WAYMARK_MARK_SHIFT); /* 4550 soft mark */
     return dst4 != 0 ? c->main_slot4 : c->main_slot6;                 /* main */
 }
@@ -460,42 +501,150 @@ int wm_sendmsg6_compat(struct bpf_sock_addr *ctx) { return addr6(ctx, 1, WM_EV_S
  * programs saw in our namespace, and for the sockets a listener of theirs accepted (BPF_F_CLONE).
  * The compat programs leave alone the sockets of our namespace that predate the attachment and
  * never connect()ed or sendmsg()ed to an address since. */
-static __always_inline int skb_ours(struct __sk_buff *skb, int compat)
+static __always_inline const struct wm_conf *skb_ours(struct __sk_buff *skb, int compat)
 {
-    if (!compat) return ours(skb) != 0;
+    if (!compat) return ours(skb);
     struct bpf_sock *sk = skb->sk;
     if (sk == 0) return 0;
     sk = bpf_sk_fullsock(sk);
     if (sk == 0) return 0;
-    return bpf_sk_storage_get(&wm_sk, sk, 0, 0) != 0;
+    return bpf_sk_storage_get(&wm_sk, sk, 0, 0) != 0 ? conf() : 0;
+}
+
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+
+/* The destination index of the packet's remote address (egress: its destination, ingress: its
+ * source), read from the network header; 0 when none matches. The address is read only when
+ * wm_dst4/6 has entries of the packet's family (wm_conf.dst4_count / dst6_count). */
+static __always_inline __u8 skb_dest(struct __sk_buff *skb, const struct wm_conf *c, int egress)
+{
+    __u32 *v = 0;
+    if (skb->protocol == bpf_htons(ETH_P_IP)) {
+        if (c->dst4_count == 0) return 0;
+        struct wm_dst4_key k = { .prefixlen = 32 };
+        if (bpf_skb_load_bytes(skb, egress ? 16 : 12, k.addr, 4) != 0) return 0;
+        v = bpf_map_lookup_elem(&wm_dst4, &k);
+    } else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+        if (c->dst6_count == 0) return 0;
+        struct wm_dst6_key k = { .prefixlen = 128 };
+        if (bpf_skb_load_bytes(skb, egress ? 24 : 8, k.addr, 16) != 0) return 0;
+        v = bpf_map_lookup_elem(&wm_dst6, &k);
+    }
+    return v != 0 ? (__u8)WM_DST_DEST(*v) : 0;
+}
+
+/* The counters' key of a packet. */
+static __always_inline void usage_key(struct wm_usage_key *k, struct __sk_buff *skb,
+                                      const struct who *w, __u32 slot, __u8 dir, __u8 dest)
+{
+    __builtin_memset(k, 0, sizeof *k);
+    k->app = w->app;
+    if (w->app == 0 && w->cg != 0) {
+        k->cgroup = w->cg;
+        k->uid = bpf_get_socket_uid(skb);
+    }
+    k->slot = (__u8)slot;
+    k->dir = dir;
+    k->dest = dest;
+}
+
+/* The used counters of the budgets that apply to the packet: the app's (its treatment has
+ * WM_T_BUDGET) and the uplink's (wm_conf.budget_slots), each with its limit; 0 where there is
+ * none (no limit, or no used entry: the daemon makes that first). No lookup without a flag. */
+struct spend {
+    __u64 *app_used;
+    __u64 app_limit;
+    __u64 *any_used;
+    __u64 any_limit;
+};
+
+static __always_inline void budgets(struct spend *b, const struct wm_conf *c, const struct who *w,
+                                    __u32 slot)
+{
+    b->app_used = 0;
+    b->any_used = 0;
+    b->app_limit = 0;
+    b->any_limit = 0;
+    if (w->budget != 0 && w->app != 0) {
+        struct wm_budget_key k = { .app = w->app, .slot = slot };
+        __u64 *limit = bpf_map_lookup_elem(&wm_budget_limit, &k);
+        if (limit != 0) {
+            b->app_limit = *limit;
+            b->app_used = bpf_map_lookup_elem(&wm_budget_used, &k);
+        }
+    }
+    if (slot < 32 && (c->budget_slots & (1u << slot))) {
+        struct wm_budget_key k = { .app = WM_APP_ANY, .slot = slot };
+        __u64 *limit = bpf_map_lookup_elem(&wm_budget_limit, &k);
+        if (limit != 0) {
+            b->any_limit = *limit;
+            b->any_used = bpf_map_lookup_elem(&wm_budget_used, &k);
+        }
+    }
+}
+
+/* Some applicable budget is used up (used >= limit). */
+static __always_inline int exhausted(const struct spend *b)
+{
+    return (b->app_used != 0 && *b->app_used >= b->app_limit) ||
+           (b->any_used != 0 && *b->any_used >= b->any_limit);
+}
+
+static __always_inline void spend(const struct spend *b, __u32 len)
+{
+    if (b->app_used != 0) __sync_fetch_and_add(b->app_used, (__u64)len);
+    if (b->any_used != 0) __sync_fetch_and_add(b->any_used, (__u64)len);
 }
 
 /* The device's uplink slot, looked up first: most packets that are not an uplink's (loopback,
  * bridges, tunnels' inner side) stop here. An ifindex means something only in its own namespace,
- * so skb_ours comes next. */
+ * so skb_ours comes next. A packet dropped here (its uplink denied, a budget used up) counts as
+ * WM_DIR_TX_DROPPED, not as tx, and is not added to a budget. */
 static __always_inline int egress(struct __sk_buff *skb, int compat)
 {
     __u32 ifindex = skb->ifindex; /* the output device */
     __u32 *s = bpf_map_lookup_elem(&wm_ifslot, &ifindex);
     if (s == 0 || *s == 0) return 1;
     __u32 slot = *s;
-    if (!skb_ours(skb, compat)) return 1;
-    const struct wm_treatment *t = skb_treatment(skb);
-    if (t != 0 && denied(t, slot)) return 0;
-    count(t != 0 ? t->app : 0, slot, WM_DIR_TX, skb->len, skb->gso_segs);
+    const struct wm_conf *c = skb_ours(skb, compat);
+    if (c == 0) return 1;
+    struct who w;
+    skb_treatment(skb, &w);
+    struct wm_usage_key k;
+    usage_key(&k, skb, &w, slot, WM_DIR_TX, skb_dest(skb, c, 1));
+    struct spend b;
+    budgets(&b, c, &w, slot);
+    if ((w.t != 0 && denied(w.t, slot)) || exhausted(&b)) {
+        k.dir = WM_DIR_TX_DROPPED;
+        count(&k, skb->len, skb->gso_segs);
+        return 0;
+    }
+    spend(&b, skb->len);
+    count(&k, skb->len, skb->gso_segs);
     return 1;
 }
 
+/* Counted and added to the budgets (the bytes arrived: the operator bills them), then dropped if
+ * a budget was already used up: the app gets no more data (and its ACKs stop at egress). */
 static __always_inline int ingress(struct __sk_buff *skb, int compat)
 {
     __u32 ifindex = skb->ifindex; /* the arrival device */
     __u32 *s = bpf_map_lookup_elem(&wm_ifslot, &ifindex);
     if (s == 0 || *s == 0) return 1;
     __u32 slot = *s;
-    if (!skb_ours(skb, compat)) return 1;
-    const struct wm_treatment *t = skb_treatment(skb);
-    count(t != 0 ? t->app : 0, slot, WM_DIR_RX, skb->len, skb->gso_segs);
-    return 1;
+    const struct wm_conf *c = skb_ours(skb, compat);
+    if (c == 0) return 1;
+    struct who w;
+    skb_treatment(skb, &w);
+    struct wm_usage_key k;
+    usage_key(&k, skb, &w, slot, WM_DIR_RX, skb_dest(skb, c, 0));
+    count(&k, skb->len, skb->gso_segs);
+    struct spend b;
+    budgets(&b, c, &w, slot);
+    int over = exhausted(&b);
+    spend(&b, skb->len);
+    return over ? 0 : 1;
 }
 
 SEC("cgroup_skb/egress")

@@ -14,6 +14,9 @@
 /* wm_treatment.flags: report the connects of these sockets to the daemon (wm_events below); the
  * connect itself proceeds with the treatment as it is (a rule's `ask`, answered later). */
 #define WM_T_ASK 0x2u
+/* wm_treatment.flags: some wm_budget_limit entry names this treatment's app key (Budgets in
+ * docs/kernel-apps.md): the packet programs look its budget up. Without it they do not. */
+#define WM_T_BUDGET 0x4u
 /* wm_treatment.flags bits 8..13: the uplink slot the app's DNS goes by (0: none). A connect() or
  * send to port 53 gets that slot's hard mark: routing (PRIO_DNS) sends it out by that uplink,
  * where the nftables DNS redirect gives it to the uplink's resolver. */
@@ -28,6 +31,8 @@
 #define WM_IFSLOT_MAX 256
 #define WM_DST_MAX 1024
 #define WM_USAGE_MAX 16384
+/* wm_budget_limit, wm_budget_used */
+#define WM_BUDGETS_MAX 1024
 /* wm_events: the ring buffer's size in bytes (a power of 2, pages). 128 KiB holds 1638 events. */
 #define WM_EVENTS_SIZE 131072
 /* wm_ask_seen: the last report per (cgroup, app, uid, destination), an LRU. */
@@ -38,6 +43,10 @@
 /* wm_usage_key.dir */
 #define WM_DIR_TX 0
 #define WM_DIR_RX 1
+#define WM_DIR_TX_DROPPED 2 /* egress packets the programs dropped (deny, budget): they never left */
+
+/* wm_budget_key.app of an uplink-wide budget (every app's packets on that slot). */
+#define WM_APP_ANY 0xffffffffu
 
 /* What the kernel does to the sockets of one app. 16 bytes. */
 struct wm_treatment {
@@ -63,24 +72,47 @@ struct wm_dst6_key {
     __u8 addr[16];
 };
 
-/* The single value of wm_conf (ARRAY of 1). 24 bytes. */
+/* Values of wm_dst4 / wm_dst6: the uplink slot routing the prefix now (0: none does, the lookup
+ * goes on down the routing ladder) in the low byte, the destination index (1..255, the daemon's;
+ * 0: none) in the next. */
+#define WM_DST_SLOT(v) ((v) & 0xffu)
+#define WM_DST_DEST(v) (((v) >> 8) & 0xffu)
+
+/* The single value of wm_conf (ARRAY of 1). 40 bytes. */
 struct wm_conf {
     __u64 netns_cookie; /* the only network namespace whose sockets are touched; 0 = none */
     __u32 main_slot4;   /* uplink slot main's IPv4 default uses now (0 = none) */
     __u32 main_slot6;   /* same for IPv6 */
     __u64 ask_quiet_ns; /* repeats of a connect report suppressed this long; 0 = WM_ASK_QUIET_NS */
+    __u32 dst4_count;   /* entries in wm_dst4: 0, the packet programs read no address (dest 0) */
+    __u32 dst6_count;   /* same for wm_dst6 */
+    __u32 budget_slots; /* bit N: an uplink-wide budget (WM_APP_ANY) on slot N */
+    __u32 pad;
 };
 
-/* wm_usage: per-CPU counters per app x uplink slot x direction. 8 bytes. */
+/* wm_usage: per-CPU counters per app (or cgroup and uid) x uplink slot x direction x
+ * destination. 24 bytes. */
 struct wm_usage_key {
-    __u32 app;
+    __u64 cgroup; /* app == 0: the packet's socket's cgroup id (0: no full socket); else 0 */
+    __u32 app;    /* the treatment's app key; 0: none */
+    __u32 uid;    /* app == 0 and cgroup != 0: the socket's uid; else 0 */
     __u8 slot;
-    __u8 dir; /* WM_DIR_TX, WM_DIR_RX */
-    __u16 pad;
+    __u8 dir;     /* WM_DIR_TX, WM_DIR_RX, WM_DIR_TX_DROPPED */
+    __u8 dest;    /* destination index of the remote address (WM_DST_DEST); 0: none matched */
+    __u8 pad[5];
 };
 struct wm_usage_val {
     __u64 bytes; /* IP bytes, headers included */
     __u64 packets;
+};
+
+/* Keys of wm_budget_limit (HASH: __u64 limit, the daemon writes) and wm_budget_used (HASH: __u64
+ * bytes, the programs add; the daemon creates an entry with 0 and never overwrites it). A packet
+ * of the app on the slot is dropped at egress once used >= limit; at ingress it is counted and
+ * added, then dropped if used was already >= limit. 8 bytes. */
+struct wm_budget_key {
+    __u32 app;  /* the app key; WM_APP_ANY: the whole uplink */
+    __u32 slot;
 };
 
 /* wm_connect_event.flags */

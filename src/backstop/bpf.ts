@@ -14,7 +14,7 @@ import { MARK_MASK, MAX_SLOTS } from '../constants.js';
 import type { Family, Prefix } from '../net/prefix.js';
 import { formatAddress, parsePrefix } from '../net/prefix.js';
 import { errorMessage } from '../errors.js';
-import type { KernelAppMaps, KernelTreatment, MapsPlan } from './desired.js';
+import type { DestinationValue, KernelAppMaps, KernelTreatment, MapsPlan } from './desired.js';
 import { maskBytes } from '../net/prefix.js';
 import {
   bpfClose,
@@ -28,6 +28,7 @@ import {
   bpfRingConsume,
   bpfRingOpen,
   bpfUpdate,
+  BPF_NOEXIST,
   BPF_OPEN_COMPAT,
   watch,
   type BpfHandle,
@@ -42,11 +43,15 @@ export const BPF_OBJECT_PATH = join(PACKAGE_ROOT, 'native/bpf/waymark.bpf.o');
 export const WM_DENY_ALL = 0x80000000;
 export const WM_T_SET = 0x1;
 export const WM_T_ASK = 0x2;
+export const WM_T_BUDGET = 0x4;
 export const WM_T_DNS_SHIFT = 8;
 export const WM_T_DNS_MASK = 0x3f00;
 export const WM_MAX_DEPTH = 16;
 export const WM_DIR_TX = 0;
 export const WM_DIR_RX = 1;
+export const WM_DIR_TX_DROPPED = 2;
+/** wm_budget_key.app of an uplink-wide budget. */
+export const WM_APP_ANY = 0xffffffff;
 export const WM_ASK_QUIET_NS = 1_000_000_000;
 export const WM_EV_SENDMSG = 0x1;
 export const WM_EV_DENIED = 0x2;
@@ -60,8 +65,10 @@ export const MAPS = {
   ifslot: { name: 'wm_ifslot', key: 4, value: 4, max: 256 },
   dst4: { name: 'wm_dst4', key: 8, value: 4, max: 1024 },
   dst6: { name: 'wm_dst6', key: 20, value: 4, max: 1024 },
-  conf: { name: 'wm_conf', key: 4, value: 24, max: 1 },
-  usage: { name: 'wm_usage', key: 8, value: 16, max: 16384 },
+  conf: { name: 'wm_conf', key: 4, value: 40, max: 1 },
+  usage: { name: 'wm_usage', key: 24, value: 16, max: 16384 },
+  budgetLimit: { name: 'wm_budget_limit', key: 8, value: 8, max: 1024 },
+  budgetUsed: { name: 'wm_budget_used', key: 8, value: 8, max: 1024 },
   /** The ring buffer of connect reports: no key or value, max is its size in bytes. */
   events: { name: 'wm_events', key: 0, value: 0, max: 131072 },
   askSeen: { name: 'wm_ask_seen', key: 40, value: 8, max: 4096 },
@@ -77,8 +84,9 @@ export const OFFSETS = {
   cgroup: { self: 0, pending: 16 },
   dst4Key: { prefixlen: 0, addr: 4 },
   dst6Key: { prefixlen: 0, addr: 4 },
-  conf: { netns_cookie: 0, main_slot4: 8, main_slot6: 12, ask_quiet_ns: 16 },
-  usageKey: { app: 0, slot: 4, dir: 5, pad: 6 },
+  conf: { netns_cookie: 0, main_slot4: 8, main_slot6: 12, ask_quiet_ns: 16, dst4_count: 24, dst6_count: 28, budget_slots: 32, pad: 36 },
+  usageKey: { cgroup: 0, app: 8, uid: 12, slot: 16, dir: 17, dest: 18, pad: 19 },
+  budgetKey: { app: 0, slot: 4 },
   usageVal: { bytes: 0, packets: 8 },
   connectEvent: { cgroup: 0, ns: 8, app: 16, uid: 20, pid: 24, flags: 28, family: 32, protocol: 33, port: 34, addr: 36, comm: 52, pad: 68 },
   askKey: { cgroup: 0, app: 8, uid: 12, family: 16, protocol: 17, port: 18, addr: 20, pad: 36 },
@@ -101,6 +109,8 @@ export interface Treatment {
   readonly dnsSlot?: number;
   /** Report its sockets' connects to the daemon (WM_T_ASK, {@link AppMaps.onConnect}); absent: no. */
   readonly ask?: boolean;
+  /** Some budget names its app key (WM_T_BUDGET: the packet programs look it up); absent: no. */
+  readonly budget?: boolean;
 }
 
 /** An entry that decides nothing (the uid's treatment applies). */
@@ -112,6 +122,11 @@ export interface Conf {
   readonly mainSlot6: number;
   /** Repeats of a connect report are suppressed this long (ns); 0n: WM_ASK_QUIET_NS. */
   readonly askQuietNs: bigint;
+  /** Entries in wm_dst4 / wm_dst6 (0: the packet programs read no address of that family). */
+  readonly dst4Count: number;
+  readonly dst6Count: number;
+  /** Uplink slots with an uplink-wide budget (wm_conf.budget_slots). */
+  readonly budgetSlots: readonly number[];
 }
 
 /** One connect report (struct wm_connect_event): a socket whose treatment has WM_T_ASK connected or sent. */
@@ -156,13 +171,36 @@ export interface AskStats {
   readonly malformed: number;
 }
 
+/** wm_usage_key.dir: sent, received, dropped on the way out (deny, budget: it never left). */
+export type UsageDir = 'tx' | 'rx' | 'txDropped';
+
 export interface UsageRow {
+  /** app 0: the packet's socket's cgroup id (0: no full socket); else 0. */
+  readonly cgroup: bigint;
+  /** The treatment's app key (0: none). */
   readonly app: number;
+  /** app 0 and a cgroup: the socket's uid; else 0. */
+  readonly uid: number;
   readonly slot: number;
-  readonly dir: 'tx' | 'rx';
+  readonly dir: UsageDir;
+  /** The destination index of the remote address (desired.ts: destinationIndex); 0: none matched. */
+  readonly dest: number;
   /** IP bytes, headers included, summed over CPUs. */
   readonly bytes: bigint;
   readonly packets: bigint;
+}
+
+/** A budget's app: an app key, or 'any' (the whole uplink, WM_APP_ANY). */
+export type BudgetApp = number | 'any';
+
+/** One budget in the kernel: its limit and the bytes the programs counted against it. */
+export interface BudgetCounter {
+  readonly app: BudgetApp;
+  readonly slot: number;
+  /** Bytes (IP, headers included) the programs added: sent, and received (also dropped ones). */
+  readonly used: bigint;
+  /** null: no limit entry (only the counter is left). */
+  readonly limit: bigint | null;
 }
 
 function view(b: Uint8Array): DataView {
@@ -227,13 +265,13 @@ function writeTreatment(dv: DataView, at: number, t: Treatment): void {
   dv.setUint32(at + o.deny, denyBits(t.deny), LE);
   const dns = t.dnsSlot ?? 0;
   if (dns !== 0) checkSlot(dns, 'DNS slot', false);
-  dv.setUint32(at + o.flags, ((t.decides ? WM_T_SET : 0) | (t.ask === true ? WM_T_ASK : 0) | (dns << WM_T_DNS_SHIFT)) >>> 0, LE);
+  dv.setUint32(at + o.flags, ((t.decides ? WM_T_SET : 0) | (t.ask === true ? WM_T_ASK : 0) | (t.budget === true ? WM_T_BUDGET : 0) | (dns << WM_T_DNS_SHIFT)) >>> 0, LE);
 }
 
-/** The DNS slot and ask of a flags word, as optional fields (absent when 0, so plain treatments compare equal). */
-function dnsOf(flags: number): { dnsSlot?: number; ask?: boolean } {
+/** The DNS slot, ask and budget of a flags word, as optional fields (absent when 0, so plain treatments compare equal). */
+function dnsOf(flags: number): { dnsSlot?: number; ask?: boolean; budget?: boolean } {
   const dns = (flags & WM_T_DNS_MASK) >>> WM_T_DNS_SHIFT;
-  return { ...(dns === 0 ? {} : { dnsSlot: dns }), ...((flags & WM_T_ASK) === 0 ? {} : { ask: true }) };
+  return { ...(dns === 0 ? {} : { dnsSlot: dns }), ...((flags & WM_T_ASK) === 0 ? {} : { ask: true }), ...((flags & WM_T_BUDGET) === 0 ? {} : { budget: true }) };
 }
 
 function readTreatment(dv: DataView, at: number): Treatment {
@@ -285,9 +323,27 @@ export function encodeDestination(p: Prefix): { map: 'wm_dst4' | 'wm_dst6'; key:
   return { map: p.family === 4 ? MAPS.dst4.name : MAPS.dst6.name, key: b };
 }
 
+/** Bits 1..MAX_SLOTS of uplink slots. */
+function slotMask(slots: readonly number[], what: string): number {
+  let bits = 0;
+  for (const s of slots) {
+    checkSlot(s, what, false);
+    bits = (bits | (1 << s)) >>> 0;
+  }
+  return bits;
+}
+
+function slotsOf(bits: number): number[] {
+  const out: number[] = [];
+  for (let s = 1; s <= MAX_SLOTS; s++) if ((bits >>> s) & 1) out.push(s);
+  return out;
+}
+
 export function encodeConf(c: Conf): Buffer {
   checkSlot(c.mainSlot4, 'main slot (IPv4)', true);
   checkSlot(c.mainSlot6, 'main slot (IPv6)', true);
+  checkU32(c.dst4Count, 'IPv4 destination count');
+  checkU32(c.dst6Count, 'IPv6 destination count');
   const b = Buffer.alloc(MAPS.conf.value);
   const dv = view(b);
   dv.setBigUint64(OFFSETS.conf.netns_cookie, c.netnsCookie, LE);
@@ -295,6 +351,9 @@ export function encodeConf(c: Conf): Buffer {
   dv.setUint32(OFFSETS.conf.main_slot6, c.mainSlot6, LE);
   if (c.askQuietNs < 0n || c.askQuietNs > 0xffffffffffffffffn) throw new RangeError(`ask quiet period out of range: ${c.askQuietNs}`);
   dv.setBigUint64(OFFSETS.conf.ask_quiet_ns, c.askQuietNs, LE);
+  dv.setUint32(OFFSETS.conf.dst4_count, c.dst4Count, LE);
+  dv.setUint32(OFFSETS.conf.dst6_count, c.dst6Count, LE);
+  dv.setUint32(OFFSETS.conf.budget_slots, slotMask(c.budgetSlots, 'budget slot'), LE);
   return b;
 }
 
@@ -306,7 +365,54 @@ export function decodeConf(b: Uint8Array): Conf {
     mainSlot4: dv.getUint32(OFFSETS.conf.main_slot4, LE),
     mainSlot6: dv.getUint32(OFFSETS.conf.main_slot6, LE),
     askQuietNs: dv.getBigUint64(OFFSETS.conf.ask_quiet_ns, LE),
+    dst4Count: dv.getUint32(OFFSETS.conf.dst4_count, LE),
+    dst6Count: dv.getUint32(OFFSETS.conf.dst6_count, LE),
+    budgetSlots: slotsOf(dv.getUint32(OFFSETS.conf.budget_slots, LE)),
   };
+}
+
+/** A wm_dst4/wm_dst6 value: the slot in the low byte, the destination index in the next. */
+export function encodeDestinationValue(v: DestinationValue): Buffer {
+  checkSlot(v.slot, 'destination slot', true);
+  if (!Number.isInteger(v.dest) || v.dest < 0 || v.dest > 255) throw new RangeError(`destination index must be 0..255, not ${v.dest}`);
+  return encodeU32((v.slot | (v.dest << 8)) >>> 0);
+}
+
+export function decodeDestinationValue(b: Uint8Array): DestinationValue {
+  const v = decodeU32(b);
+  return { slot: v & 0xff, dest: (v >>> 8) & 0xff };
+}
+
+export function encodeBudgetKey(app: BudgetApp, slot: number): Buffer {
+  if (app !== 'any') {
+    checkU32(app, 'budget app');
+    if (app === 0 || app === WM_APP_ANY) throw new RangeError(`budget app must be an app key 1..${WM_APP_ANY - 1} or 'any', not ${app}`);
+  }
+  checkSlot(slot, 'budget slot', false);
+  const b = Buffer.alloc(MAPS.budgetLimit.key);
+  const dv = view(b);
+  dv.setUint32(OFFSETS.budgetKey.app, app === 'any' ? WM_APP_ANY : app, LE);
+  dv.setUint32(OFFSETS.budgetKey.slot, slot, LE);
+  return b;
+}
+
+export function decodeBudgetKey(b: Uint8Array): { app: BudgetApp; slot: number } {
+  checkSize(b, MAPS.budgetLimit.key, 'budget key');
+  const dv = view(b);
+  const app = dv.getUint32(OFFSETS.budgetKey.app, LE);
+  return { app: app === WM_APP_ANY ? 'any' : app, slot: dv.getUint32(OFFSETS.budgetKey.slot, LE) };
+}
+
+export function encodeU64(x: bigint): Buffer {
+  if (x < 0n || x > 0xffffffffffffffffn) throw new RangeError(`u64 out of range: ${x}`);
+  const b = Buffer.alloc(8);
+  view(b).setBigUint64(0, x, LE);
+  return b;
+}
+
+export function decodeU64(b: Uint8Array): bigint {
+  checkSize(b, 8, 'u64');
+  return view(b).getBigUint64(0, LE);
 }
 
 const IPPROTO_TCP = 6;
@@ -357,14 +463,23 @@ export function decodeAskStats(value: Uint8Array, cpus: number): { reported: big
   return { reported, dropped, suppressed };
 }
 
-export function encodeUsageKey(app: number, slot: number, dir: 'tx' | 'rx'): Buffer {
-  checkU32(app, 'app');
-  checkSlot(slot, 'slot', true);
+const DIRS: readonly UsageDir[] = ['tx', 'rx', 'txDropped'];
+
+export function encodeUsageKey(k: { cgroup?: bigint; app: number; uid?: number; slot: number; dir: UsageDir; dest?: number }): Buffer {
+  checkU32(k.app, 'app');
+  checkU32(k.uid ?? 0, 'uid');
+  checkSlot(k.slot, 'slot', true);
+  const dest = k.dest ?? 0;
+  if (!Number.isInteger(dest) || dest < 0 || dest > 255) throw new RangeError(`destination index must be 0..255, not ${dest}`);
   const b = Buffer.alloc(MAPS.usage.key);
   const dv = view(b);
-  dv.setUint32(OFFSETS.usageKey.app, app, LE);
-  dv.setUint8(OFFSETS.usageKey.slot, slot);
-  dv.setUint8(OFFSETS.usageKey.dir, dir === 'tx' ? WM_DIR_TX : WM_DIR_RX);
+  const o = OFFSETS.usageKey;
+  dv.setBigUint64(o.cgroup, k.cgroup ?? 0n, LE);
+  dv.setUint32(o.app, k.app, LE);
+  dv.setUint32(o.uid, k.uid ?? 0, LE);
+  dv.setUint8(o.slot, k.slot);
+  dv.setUint8(o.dir, DIRS.indexOf(k.dir));
+  dv.setUint8(o.dest, dest);
   return b;
 }
 
@@ -381,10 +496,16 @@ export function decodeUsage(key: Uint8Array, value: Uint8Array, cpus: number): U
     bytes += v.getBigUint64(i * stride + OFFSETS.usageVal.bytes, LE);
     packets += v.getBigUint64(i * stride + OFFSETS.usageVal.packets, LE);
   }
+  const o = OFFSETS.usageKey;
+  const dir = DIRS[k.getUint8(o.dir)];
+  if (dir === undefined) throw new RangeError(`usage key: direction ${k.getUint8(o.dir)}`);
   return {
-    app: k.getUint32(OFFSETS.usageKey.app, LE),
-    slot: k.getUint8(OFFSETS.usageKey.slot),
-    dir: k.getUint8(OFFSETS.usageKey.dir) === WM_DIR_TX ? 'tx' : 'rx',
+    cgroup: k.getBigUint64(o.cgroup, LE),
+    app: k.getUint32(o.app, LE),
+    uid: k.getUint32(o.uid, LE),
+    slot: k.getUint8(o.slot),
+    dir,
+    dest: k.getUint8(o.dest),
     bytes,
     packets,
   };
@@ -551,11 +672,19 @@ export class AppMaps {
     return bpfDelete(this.h(), MAPS.ifslot.name, encodeU32(ifindex));
   }
 
-  /** A destination prefix and the uplink slot that routes it now (rule 4500). */
-  setDestination(prefix: Prefix, slot: number): void {
-    checkSlot(slot, 'slot', false);
+  /**
+   * A destination prefix, the uplink slot that routes it now (rule 4500; 0: none, the
+   * prediction goes on down the ladder) and its destination index for the counters (0: none).
+   * The packet programs look addresses up only while {@link setDestinationCounts} says there are prefixes.
+   */
+  setDestination(prefix: Prefix, v: DestinationValue): void {
     const { map, key } = encodeDestination(prefix);
-    bpfUpdate(this.h(), map, key, encodeU32(slot));
+    bpfUpdate(this.h(), map, key, encodeDestinationValue(v));
+  }
+
+  /** How many prefixes wm_dst4 and wm_dst6 hold (0: the packet programs skip the address lookup of that family). */
+  setDestinationCounts(v4: number, v6: number): void {
+    bpfUpdate(this.h(), MAPS.conf.name, encodeU32(0), encodeConf({ ...this.conf(), dst4Count: v4, dst6Count: v6 }));
   }
 
   deleteDestination(prefix: Prefix): boolean {
@@ -574,10 +703,44 @@ export class AppMaps {
     bpfUpdate(this.h(), MAPS.conf.name, encodeU32(0), encodeConf({ ...this.conf(), mainSlot4: slot4, mainSlot6: slot6 }));
   }
 
-  /** Per app x uplink x direction counters since the object was loaded, summed over CPUs. */
+  /** Per app (or cgroup and uid) x uplink x direction x destination counters since the object was loaded, summed over CPUs. */
   usage(): UsageRow[] {
     const cpus = bpfPossibleCpus();
     return bpfEntries(this.h(), MAPS.usage.name).map(([k, v]) => decodeUsage(k, v, cpus));
+  }
+
+  /**
+   * A budget's limit, in the units of its used counter (IP bytes counted since the counter was
+   * made): the kernel drops the app's (or, 'any', every app's) packets on the slot once used >=
+   * limit. The used counter is made with 0 first if there is none, never overwritten. An app
+   * budget applies only to treatments with WM_T_BUDGET (desired.ts: MapsWorld.budgeted); an
+   * uplink-wide one only while {@link setBudgetSlots} names its slot.
+   */
+  setBudget(app: BudgetApp, slot: number, limit: bigint): void {
+    const key = encodeBudgetKey(app, slot);
+    const value = encodeU64(limit);
+    bpfUpdate(this.h(), MAPS.budgetUsed.name, key, encodeU64(0n), BPF_NOEXIST);
+    bpfUpdate(this.h(), MAPS.budgetLimit.name, key, value);
+  }
+
+  /** Removes a budget: its limit, then its used counter. False when there was neither. */
+  deleteBudget(app: BudgetApp, slot: number): boolean {
+    const key = encodeBudgetKey(app, slot);
+    const limit = bpfDelete(this.h(), MAPS.budgetLimit.name, key);
+    const used = bpfDelete(this.h(), MAPS.budgetUsed.name, key);
+    return limit || used;
+  }
+
+  /** Every budget's used counter and limit (read the used counters first: the limit map after). */
+  budgetUsed(): BudgetCounter[] {
+    const used = bpfEntries(this.h(), MAPS.budgetUsed.name);
+    const limits = new Map(bpfEntries(this.h(), MAPS.budgetLimit.name).map(([k, v]) => [k.toString('hex'), decodeU64(v)]));
+    return used.map(([k, v]) => ({ ...decodeBudgetKey(k), used: decodeU64(v), limit: limits.get(k.toString('hex')) ?? null }));
+  }
+
+  /** The uplink slots with an uplink-wide budget: the packet programs look up (WM_APP_ANY, slot) only for these. */
+  setBudgetSlots(slots: readonly number[]): void {
+    bpfUpdate(this.h(), MAPS.conf.name, encodeU32(0), encodeConf({ ...this.conf(), budgetSlots: slots }));
   }
 
   /** Stops the connect reports and detaches the programs. Idempotent. */
@@ -624,9 +787,11 @@ export function appMapsPort(maps: AppMaps): KernelAppMaps {
         return p;
       };
       for (const d of plan.delDestinations) step(`delete destination ${d}`, () => maps.deleteDestination(prefix(d)));
-      for (const [d, slot] of plan.setDestinations) step(`destination ${d}`, () => maps.setDestination(prefix(d), slot));
+      for (const [d, v] of plan.setDestinations) step(`destination ${d}`, () => maps.setDestination(prefix(d), v));
       const main = plan.main;
       if (main) step('main slots', () => maps.setMain(main.v4, main.v6));
+      const counts = plan.destinationCounts;
+      if (counts) step('destination counts', () => maps.setDestinationCounts(counts.v4, counts.v6));
       return errors;
     },
   };

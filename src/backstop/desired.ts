@@ -22,6 +22,8 @@ import type { UplinkState } from '../uplink/state.js';
 export const WM_T_SET = 1;
 /** The kernel reports this app's connects to the daemon (a rule's `ask`; src/backstop/bpf.ts: onConnect). */
 export const WM_T_ASK = 2;
+/** Some budget names this app key: the packet programs look it up (native/include/waymark_bpf.h). */
+export const WM_T_BUDGET = 4;
 /** Flags bits 8..13: the slot of the uplink the app's DNS goes by (native/include/waymark_bpf.h). */
 export const WM_T_DNS_SHIFT = 8;
 /** Deny bit of "every uplink" (slots use bits 1..30). */
@@ -60,10 +62,38 @@ export interface DesiredMaps {
   readonly uids: ReadonlyMap<number, KernelTreatment>;
   /** Uplink devices: ifindex → slot. */
   readonly ifslots: ReadonlyMap<number, number>;
-  /** Destination prefixes ("10.200.0.0/24") → the slot routing them now. */
-  readonly destinations: ReadonlyMap<string, number>;
+  /**
+   * Destination prefixes ("10.200.0.0/24") → the slot routing them now (0: no uplink carries
+   * it: the kernel's prediction goes on down the ladder) and their destination's index for the
+   * counters ({@link destinationIndex}; 0: none).
+   */
+  readonly destinations: ReadonlyMap<string, DestinationValue>;
   /** The slot main's default route uses, per family (0: none known). */
   readonly main: { readonly v4: number; readonly v6: number };
+}
+
+/** A wm_dst4/wm_dst6 value: `slot | dest << 8` in the kernel. */
+export interface DestinationValue {
+  readonly slot: number;
+  readonly dest: number;
+}
+
+/** The most destination indexes the kernel's counters tell apart (a u8; 0 is "none matched"). */
+export const MAX_DESTINATION_INDEX = 255;
+
+/**
+ * The counters' index of each destination: config order, the Internet excluded, from 1; those
+ * beyond {@link MAX_DESTINATION_INDEX} get 0 (counted as the Internet).
+ */
+export function destinationIndex(destinations: readonly Pick<DestinationSpec, 'name'>[]): Map<string, number> {
+  const out = new Map<string, number>();
+  let i = 0;
+  for (const d of destinations) {
+    if (d.name === INTERNET || out.has(d.name)) continue;
+    i++;
+    out.set(d.name, i <= MAX_DESTINATION_INDEX ? i : 0);
+  }
+  return out;
 }
 
 export interface MapsWorld {
@@ -76,6 +106,12 @@ export interface MapsWorld {
   readonly mainDefault: { readonly v4: number | null; readonly v6: number | null };
   /** Entries the daemon sets itself (its session cgroups: src/daemon/apps.ts), over the computed ones. */
   readonly fixed?: ReadonlyMap<bigint, CgroupEntry>;
+  /** App keys some budget names: their treatments get WM_T_BUDGET (the kernel looks the budget up). */
+  readonly budgeted?: ReadonlySet<number>;
+  /** App key → uplink slots whose budget for it is used up: denied to it, so connects fail at once (EPERM). */
+  readonly blocked?: ReadonlyMap<number, readonly number[]>;
+  /** Uplink slots whose uplink-wide budget is used up: denied to every treatment that decides. */
+  readonly blockedSlots?: readonly number[];
 }
 
 /** A treatment as the kernel holds it. */
@@ -144,22 +180,49 @@ interface Pass {
   /** A rule's treatment (none: untouched) for an app of this key. */
   treatment(rule: AppRule | undefined, appKey: number): KernelTreatment;
   pending(uid: number | null): KernelTreatment;
+  /** The budgets' flag and blocked slots applied to a treatment (budgetOf). */
+  budget(t: KernelTreatment): KernelTreatment;
+}
+
+function slotBits(slots: readonly number[] | undefined): number {
+  let bits = 0;
+  for (const s of slots ?? []) if (Number.isInteger(s) && s >= 1 && s <= MAX_SLOTS) bits |= 1 << s;
+  return bits >>> 0;
+}
+
+/**
+ * The budgets' part of a treatment: WM_T_BUDGET for an app key some budget names, and the slots
+ * whose budget is used up (the app's, every app's) added to the deny bits of a treatment that
+ * decides (one that does not leaves the deny to the uid's treatment: the egress drop holds anyway).
+ */
+function budgetOf(w: MapsWorld): (t: KernelTreatment) => KernelTreatment {
+  const all = slotBits(w.blockedSlots);
+  const budgeted = w.budgeted ?? new Set<number>();
+  const blocked = w.blocked ?? new Map<number, readonly number[]>();
+  if (all === 0 && budgeted.size === 0 && blocked.size === 0) return (t) => t;
+  return (t) => {
+    const flags = t.app !== 0 && budgeted.has(t.app) ? (t.flags | WM_T_BUDGET) >>> 0 : t.flags;
+    const deny = (t.flags & WM_T_SET) === 0 ? t.deny : (t.deny | all | (t.app === 0 ? 0 : slotBits(blocked.get(t.app)))) >>> 0;
+    return flags === t.flags && deny === t.deny ? t : { ...t, flags, deny };
+  };
 }
 
 function passOf(w: MapsWorld): Pass {
   const rules = w.rules;
   const byRule = new Map<AppRule | undefined, KernelTreatment>();
   const byUid = new Map<number | null, KernelTreatment>();
+  const budget = budgetOf(w);
   return {
     rules,
+    budget,
     treatment(rule, appKey) {
       let t = byRule.get(rule);
       if (t === undefined) byRule.set(rule, (t = encodeFor(rule, w, 0)));
-      return appKey === 0 ? t : { ...t, app: appKey };
+      return budget(appKey === 0 ? t : { ...t, app: appKey });
     },
     pending(uid) {
       let p = byUid.get(uid);
-      if (p === undefined) byUid.set(uid, (p = pendingFor(uid, w)));
+      if (p === undefined) byUid.set(uid, (p = budget(pendingFor(uid, w))));
       return p;
     },
   };
@@ -177,7 +240,7 @@ export function cgroupEntry(c: KnownCgroup, w: MapsWorld, pass: Pass = passOf(w)
   }
   const rule = pass.rules.forKernel(facts);
   // Unknown uid and no rule of the cgroup's own: leave it to the uid entry (flags 0).
-  const self = rule === undefined && c.uid === null ? encodeTreatment(UNTOUCHED, c.appKey, 0) : pass.treatment(rule, c.appKey);
+  const self = rule === undefined && c.uid === null ? pass.budget(encodeTreatment(UNTOUCHED, c.appKey, 0)) : pass.treatment(rule, c.appKey);
   // A cgroup inside a unit belongs to that unit: a child not classified yet is treated like it.
   return { self, pending: self };
 }
@@ -186,18 +249,21 @@ export function desiredMaps(w: MapsWorld): DesiredMaps {
   const pass = passOf(w);
   const cgroups = new Map<bigint, CgroupEntry>();
   for (const c of w.cgroups) cgroups.set(c.id, cgroupEntry(c, w, pass));
-  for (const [id, e] of w.fixed ?? []) cgroups.set(id, e);
+  for (const [id, e] of w.fixed ?? []) cgroups.set(id, { self: pass.budget(e.self), pending: pass.budget(e.pending) });
   const uids = new Map<number, KernelTreatment>();
   for (const uid of pass.rules.uidOnly()) uids.set(uid, pass.treatment(pass.rules.forKernel(uidFacts(uid)), 0));
   const ifslots = new Map<number, number>();
   for (const u of w.uplinks) if (u.link) ifslots.set(u.link.index, u.slot);
-  const destinations = new Map<string, number>();
+  const destinations = new Map<string, DestinationValue>();
+  const index = destinationIndex(w.destinations);
   for (const d of w.destinations) {
     if (d.name === INTERNET) continue;
+    const dest = index.get(d.name) ?? 0;
     for (const p of d.prefixes) {
-      const best = bestUplink(w.uplinks, d, p.family);
-      // No uplink carries it now: no routing rule for it either (traffic follows main), no entry.
-      if (best) destinations.set(formatPrefix(p), best.slot);
+      // No uplink carries it now: no routing rule for it either (traffic follows main), slot 0;
+      // the entry stays for the counters' destination.
+      const slot = bestUplink(w.uplinks, d, p.family)?.slot ?? 0;
+      if (slot !== 0 || dest !== 0) destinations.set(formatPrefix(p), { slot, dest });
     }
   }
   const slotOfIf = (i: number | null): number => (i === null ? 0 : ifslots.get(i) ?? 0);
@@ -215,9 +281,18 @@ export interface MapsPlan {
   readonly delUids: readonly number[];
   readonly setIfslots: readonly (readonly [number, number])[];
   readonly delIfslots: readonly number[];
-  readonly setDestinations: readonly (readonly [string, number])[];
+  readonly setDestinations: readonly (readonly [string, DestinationValue])[];
   readonly delDestinations: readonly string[];
   readonly main?: { readonly v4: number; readonly v6: number };
+  /** How many destination prefixes of each family the kernel holds after the plan (wm_conf), when that changed. */
+  readonly destinationCounts?: { readonly v4: number; readonly v6: number };
+}
+
+/** The prefixes of each family among the destinations' keys. */
+export function destinationCounts(destinations: ReadonlyMap<string, DestinationValue>): { v4: number; v6: number } {
+  let v6 = 0;
+  for (const p of destinations.keys()) if (p.includes(':')) v6++;
+  return { v4: destinations.size - v6, v6 };
 }
 
 function diff<K, V>(want: ReadonlyMap<K, V>, have: ReadonlyMap<K, V>, same: (a: V, b: V) => boolean): { set: [K, V][]; del: K[] } {
@@ -235,12 +310,16 @@ export function planMaps(desired: DesiredMaps, applied: DesiredMaps | undefined)
   const cg = diff(desired.cgroups, none.cgroups, (a, b) => sameTreatment(a.self, b.self) && sameTreatment(a.pending, b.pending));
   const ui = diff(desired.uids, none.uids, sameTreatment);
   const ifs = diff(desired.ifslots, none.ifslots, (a, b) => a === b);
-  const ds = diff(desired.destinations, none.destinations, (a, b) => a === b);
+  const ds = diff(desired.destinations, none.destinations, (a, b) => a.slot === b.slot && a.dest === b.dest);
   const mainChanged = desired.main.v4 !== none.main.v4 || desired.main.v6 !== none.main.v6;
+  const counts = destinationCounts(desired.destinations);
+  const was = applied === undefined ? undefined : destinationCounts(applied.destinations);
+  const countsChanged = was === undefined || was.v4 !== counts.v4 || was.v6 !== counts.v6;
   return {
     setCgroups: cg.set, delCgroups: cg.del, setUids: ui.set, delUids: ui.del,
     setIfslots: ifs.set, delIfslots: ifs.del, setDestinations: ds.set, delDestinations: ds.del,
     ...(mainChanged ? { main: desired.main } : {}),
+    ...(countsChanged ? { destinationCounts: counts } : {}),
   };
 }
 

@@ -121,7 +121,7 @@ interface NativeAddon {
   bpfOpen(objectPath: string, cgroupPath: string, flags?: number): BpfHandle;
   bpfPrograms(handle: BpfHandle): string[];
   bpfClose(handle: BpfHandle): void;
-  bpfUpdate(handle: BpfHandle, mapName: string, key: Uint8Array, value: Uint8Array): void;
+  bpfUpdate(handle: BpfHandle, mapName: string, key: Uint8Array, value: Uint8Array, flags?: number): boolean;
   bpfDelete(handle: BpfHandle, mapName: string, key: Uint8Array): boolean;
   bpfLookup(handle: BpfHandle, mapName: string, key: Uint8Array): Buffer | null;
   bpfEntries(handle: BpfHandle, mapName: string): [Buffer, Buffer][];
@@ -442,12 +442,18 @@ export function bpfClose(handle: BpfHandle): void {
   addon().bpfClose(handle);
 }
 
+/** {@link bpfUpdate} flags (linux/bpf.h): write whether or not there is an entry; only a new one; only over one. */
+export const BPF_ANY = 0;
+export const BPF_NOEXIST = 1;
+export const BPF_EXIST = 2;
+
 /**
- * Writes one entry (BPF_ANY). `key` and `value` must have the map's exact sizes (RangeError
- * otherwise); a per-CPU map's value is {@link bpfPossibleCpus} values, each padded to 8 bytes.
+ * Writes one entry (`flags`: BPF_ANY by default). `key` and `value` must have the map's exact
+ * sizes (RangeError otherwise); a per-CPU map's value is {@link bpfPossibleCpus} values, each
+ * padded to 8 bytes. Returns false when BPF_NOEXIST met an entry or BPF_EXIST none (nothing written).
  */
-export function bpfUpdate(handle: BpfHandle, mapName: string, key: Uint8Array, value: Uint8Array): void {
-  addon().bpfUpdate(handle, mapName, key, value);
+export function bpfUpdate(handle: BpfHandle, mapName: string, key: Uint8Array, value: Uint8Array, flags: number = BPF_ANY): boolean {
+  return addon().bpfUpdate(handle, mapName, key, value, flags);
 }
 
 /** Deletes one entry; false when there was none. */

@@ -6,7 +6,8 @@
  *
  *   {"op":"open","dir":"/sys/fs/cgroup/unified/x"}            -> {"ok":true}
  *   {"op":"setCgroup","id":"123","self":T,"pending":T}        -> {"ok":true}
- *   {"op":"usage"} -> {"ok":true,"value":[{app,slot,dir,bytes:"..",packets:".."}]}
+ *   {"op":"usage"} -> {"ok":true,"value":[{cgroup:"..",app,uid,slot,dir,dest,bytes:"..",packets:".."}]}
+ *   {"op":"setBudget","app":7|"any","slot":1,"limit":"1000"}, {"op":"budgetUsed"} -> [{app,slot,used:"..",limit:".."|null}]
  *   {"op":"events","until":{"port":5556}} -> the connect reports heard since the last "events"
  *     (ConnectRecord, cgroupId and monotonicNs as strings), replied once one matches `until`
  *     (port, address: the first such; count: that many in all); without `until`, at once
@@ -17,7 +18,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import { AppMaps, NO_TREATMENT, type ConnectRecord, type Treatment } from '../../src/backstop/bpf.js';
+import { AppMaps, NO_TREATMENT, type BudgetApp, type ConnectRecord, type Treatment } from '../../src/backstop/bpf.js';
 import { errorMessage } from '../../src/errors.js';
 import { parsePrefix } from '../../src/net/prefix.js';
 
@@ -27,7 +28,12 @@ export type AgentRequest =
   | { op: 'deleteCgroup'; id: string }
   | { op: 'setUid'; uid: number; t: Treatment }
   | { op: 'setIfSlot'; ifindex: number; slot: number }
-  | { op: 'setDestination'; prefix: string; slot: number }
+  | { op: 'setDestination'; prefix: string; slot: number; dest?: number }
+  | { op: 'setDestinationCounts'; v4: number; v6: number }
+  | { op: 'setBudget'; app: BudgetApp; slot: number; limit: string }
+  | { op: 'deleteBudget'; app: BudgetApp; slot: number }
+  | { op: 'budgetUsed' }
+  | { op: 'setBudgetSlots'; slots: number[] }
   | { op: 'deleteDestination'; prefix: string }
   | { op: 'setMain'; slot4: number; slot6: number }
   | { op: 'usage' }
@@ -131,7 +137,20 @@ function handle(r: AgentRequest): unknown {
       need().setIfSlot(r.ifindex, r.slot);
       return null;
     case 'setDestination':
-      need().setDestination(prefixOf(r.prefix), r.slot);
+      need().setDestination(prefixOf(r.prefix), { slot: r.slot, dest: r.dest ?? 0 });
+      return null;
+    case 'setDestinationCounts':
+      need().setDestinationCounts(r.v4, r.v6);
+      return null;
+    case 'setBudget':
+      need().setBudget(r.app, r.slot, BigInt(r.limit));
+      return null;
+    case 'deleteBudget':
+      return need().deleteBudget(r.app, r.slot);
+    case 'budgetUsed':
+      return need().budgetUsed().map((b) => ({ ...b, used: b.used.toString(), limit: b.limit === null ? null : b.limit.toString() }));
+    case 'setBudgetSlots':
+      need().setBudgetSlots(r.slots);
       return null;
     case 'deleteDestination':
       return need().deleteDestination(prefixOf(r.prefix));
@@ -139,7 +158,7 @@ function handle(r: AgentRequest): unknown {
       need().setMain(r.slot4, r.slot6);
       return null;
     case 'usage':
-      return need().usage().map((u) => ({ ...u, bytes: u.bytes.toString(), packets: u.packets.toString() }));
+      return need().usage().map((u) => ({ ...u, cgroup: u.cgroup.toString(), bytes: u.bytes.toString(), packets: u.packets.toString() }));
     case 'programs':
       return need().programs();
     case 'close':

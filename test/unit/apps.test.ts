@@ -9,7 +9,10 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import type { ConnectRecord } from '../../src/backstop/bpf.js';
 import { markForSlot, softMarkForSlot } from '../../src/constants.js';
-import { desiredMaps, planMaps, WM_DENY_ALL, WM_T_ASK, WM_T_DNS_SHIFT, WM_T_SET, type KnownCgroup, type MapsWorld } from '../../src/backstop/desired.js';
+import {
+  destinationIndex, desiredMaps, planMaps, WM_DENY_ALL, WM_T_ASK, WM_T_BUDGET, WM_T_DNS_SHIFT, WM_T_SET, type KnownCgroup, type MapsWorld,
+} from '../../src/backstop/desired.js';
+import { INTERNET } from '../../src/destination/destination.js';
 import { AppKeys, AppService, seenOf, type AppConnect, type SeenCgroup } from '../../src/daemon/apps.js';
 import { classifyCgroup } from '../../src/identity/cgroup.js';
 import type { EventBody } from '../../src/daemon/events.js';
@@ -148,11 +151,77 @@ apps:
     assert.equal(slicePending.mark, 0);
   });
 
-  it('knows the uplink devices, the destination prefixes by their current uplink, and main\'s slot', () => {
+  it('knows the uplink devices, the destination prefixes by their current uplink and index, and main\'s slot', () => {
     assert.equal(d.ifslots.get(4), slot('mms'));
-    assert.equal(d.destinations.get('10.200.0.0/24'), slot('mms'));
-    assert.equal(d.destinations.get('172.16.5.0/24'), slot('office-vpn'));
+    // Indexes in config order, the Internet (listed first) excluded: mms 1, office 2.
+    assert.deepEqual(d.destinations.get('10.200.0.0/24'), { slot: slot('mms'), dest: 1 });
+    assert.deepEqual(d.destinations.get('fd00:200::/64'), { slot: slot('mms'), dest: 1 });
+    assert.deepEqual(d.destinations.get('172.16.5.0/24'), { slot: slot('office-vpn'), dest: 2 });
     assert.deepEqual(d.main, { v4: slot('wifi'), v6: slot('wifi') });
+  });
+
+  it('keeps the prefixes of a destination no uplink carries now, with slot 0 (still counted under it)', () => {
+    const vpnDown = states.map((u) => (u.spec.name === 'office-vpn' ? { ...u, status: 'down' as const } : u));
+    const m = desiredMaps({ ...world, uplinks: vpnDown, cgroups: [] });
+    assert.deepEqual(m.destinations.get('172.16.5.0/24'), { slot: 0, dest: 2 });
+    assert.deepEqual(m.destinations.get('fd00:16:5::/64'), { slot: 0, dest: 2 });
+    assert.deepEqual(m.destinations.get('10.200.0.0/24'), { slot: slot('mms'), dest: 1 });
+    // Only the changed values are planned; the counts stay (the entries stay).
+    const p = planMaps(m, d);
+    assert.deepEqual(p.setDestinations.map(([k]) => k).sort(), ['172.16.5.0/24', 'fd00:16:5::/64']);
+    assert.deepEqual(p.delDestinations, []);
+    assert.equal(p.destinationCounts, undefined);
+  });
+
+  it('destination indexes: config order from 1, the Internet excluded, 0 beyond 255', () => {
+    const many = [{ name: INTERNET }, ...Array.from({ length: 257 }, (_, i) => ({ name: `d${i}` }))];
+    const idx = destinationIndex(many);
+    assert.equal(idx.get(INTERNET), undefined);
+    assert.equal(idx.get('d0'), 1);
+    assert.equal(idx.get('d254'), 255);
+    assert.equal(idx.get('d255'), 0);
+    assert.equal(idx.get('d256'), 0);
+    assert.deepEqual([...destinationIndex(config.destinations)], [['mms', 1], ['office', 2]]);
+  });
+
+  it('plans the destination prefix counts per family (wm_conf) on the first write and when they change', () => {
+    const first = planMaps(d, undefined);
+    assert.deepEqual(first.destinationCounts, { v4: 2, v6: 2 });
+    assert.equal(planMaps(d, d).destinationCounts, undefined);
+    const fewer = desiredMaps({ ...world, destinations: config.destinations.filter((x) => x.name !== 'office'), cgroups: [] });
+    const p = planMaps(fewer, d);
+    assert.deepEqual(p.destinationCounts, { v4: 1, v6: 1 });
+    assert.deepEqual([...p.delDestinations].sort(), ['172.16.5.0/24', 'fd00:16:5::/64']);
+  });
+
+  it('budgets: a budgeted app key gets WM_T_BUDGET; its used-up slots and the uplink-wide ones are denied', () => {
+    const b = desiredMaps({
+      ...world, cgroups: [slice, chat, firefox, other, system, nginx],
+      budgeted: new Set([chat.appKey, nginx.appKey]), blocked: new Map([[firefox.appKey, [slot('wifi')]]]), blockedSlots: [slot('mms')],
+    });
+    const e = (c: KnownCgroup) => {
+      const x = b.cgroups.get(c.id);
+      assert.ok(x, c.rel);
+      return x;
+    };
+    assert.equal(e(chat).self.flags & WM_T_BUDGET, WM_T_BUDGET);
+    assert.deepEqual(e(chat).pending, e(chat).self, 'a child of the app is budgeted too');
+    assert.equal(e(firefox).self.flags & WM_T_BUDGET, 0);
+    // An entry that does not decide still names its app: the kernel applies its budget.
+    assert.equal(e(nginx).self.flags, WM_T_BUDGET);
+    assert.equal(e(nginx).self.deny, 0, 'a deny there would mean nothing');
+    // firefox used up its wifi budget: wifi denied (connects fail at once); its mark stays.
+    assert.equal(e(firefox).self.deny & bit('wifi'), bit('wifi'));
+    assert.equal(e(firefox).self.mark, entry(firefox).self.mark);
+    assert.equal(e(chat).self.deny & bit('wifi'), entry(chat).self.deny & bit('wifi'), 'only firefox is blocked on wifi');
+    assert.equal(e(other).self.deny & bit('wifi'), 0);
+    // mms's uplink-wide budget is used up: every deciding treatment denies it, pendings and uids too.
+    for (const c of [chat, firefox, other]) assert.equal(e(c).self.deny & bit('mms'), bit('mms'), c.rel);
+    assert.equal(e(slice).pending.deny & bit('mms'), bit('mms'));
+    assert.equal((b.uids.get(2000)?.deny ?? 0) & bit('mms'), bit('mms'));
+    assert.equal(e(other).self.deny & ~bit('mms'), 0, 'nothing else denied');
+    // Without budgets nothing changes.
+    assert.deepEqual(desiredMaps({ ...world, cgroups: [slice, chat, firefox, other, system, nginx], budgeted: new Set(), blocked: new Map(), blockedSlots: [] }), d);
   });
 
   it('a rule that asks gives its treatment WM_T_ASK, and every pending a child could get under it; others do not', () => {

@@ -69,6 +69,7 @@ describe('waymark_bpf.h ⇄ src/backstop/bpf.ts', () => {
   it('constants', () => {
     const ts: Record<string, number> = {
       WM_DENY_ALL: B.WM_DENY_ALL, WM_T_SET: B.WM_T_SET, WM_T_DNS_SHIFT: B.WM_T_DNS_SHIFT, WM_T_DNS_MASK: B.WM_T_DNS_MASK, WM_MAX_DEPTH: B.WM_MAX_DEPTH, WM_DIR_TX: B.WM_DIR_TX, WM_DIR_RX: B.WM_DIR_RX,
+      WM_DIR_TX_DROPPED: B.WM_DIR_TX_DROPPED, WM_T_BUDGET: B.WM_T_BUDGET, WM_APP_ANY: B.WM_APP_ANY, WM_BUDGETS_MAX: B.MAPS.budgetLimit.max,
       WM_CGROUPS_MAX: B.MAPS.cgroups.max, WM_UIDS_MAX: B.MAPS.uids.max, WM_IFSLOT_MAX: B.MAPS.ifslot.max,
       WM_DST_MAX: B.MAPS.dst4.max, WM_USAGE_MAX: B.MAPS.usage.max,
       WM_T_ASK: B.WM_T_ASK, WM_EVENTS_SIZE: B.MAPS.events.max, WM_ASK_SEEN_MAX: B.MAPS.askSeen.max, WM_ASK_QUIET_NS: B.WM_ASK_QUIET_NS,
@@ -76,8 +77,13 @@ describe('waymark_bpf.h ⇄ src/backstop/bpf.ts', () => {
     };
     for (const [k, v] of Object.entries(ts)) assert.equal(defines.get(k), v, k);
     assert.equal(B.MAPS.dst6.max, B.MAPS.dst4.max);
+    assert.equal(B.MAPS.budgetUsed.max, B.MAPS.budgetLimit.max);
     // The daemon's pure side (desired.ts) writes the same flag bits.
-    assert.deepEqual([D.WM_T_SET, D.WM_T_ASK, D.WM_T_DNS_SHIFT, D.WM_DENY_ALL], [B.WM_T_SET, B.WM_T_ASK, B.WM_T_DNS_SHIFT, B.WM_DENY_ALL]);
+    assert.deepEqual([D.WM_T_SET, D.WM_T_ASK, D.WM_T_BUDGET, D.WM_T_DNS_SHIFT, D.WM_DENY_ALL], [B.WM_T_SET, B.WM_T_ASK, B.WM_T_BUDGET, B.WM_T_DNS_SHIFT, B.WM_DENY_ALL]);
+    // The destination value's packing (WM_DST_SLOT / WM_DST_DEST) and the index's limit.
+    assert.match(header, /#define WM_DST_SLOT\(v\) \(\(v\) & 0xffu\)/);
+    assert.match(header, /#define WM_DST_DEST\(v\) \(\(\(v\) >> 8\) & 0xffu\)/);
+    assert.equal(D.MAX_DESTINATION_INDEX, 255);
     // A ring buffer's size is a power of 2 (and of pages).
     assert.equal(B.MAPS.events.max & (B.MAPS.events.max - 1), 0);
     assert.equal(B.MAPS.events.max % 4096, 0);
@@ -88,7 +94,7 @@ describe('waymark_bpf.h ⇄ src/backstop/bpf.ts', () => {
       ['wm_treatment', B.OFFSETS.treatment], ['wm_cgroup', B.OFFSETS.cgroup], ['wm_dst4_key', B.OFFSETS.dst4Key],
       ['wm_dst6_key', B.OFFSETS.dst6Key], ['wm_conf', B.OFFSETS.conf], ['wm_usage_key', B.OFFSETS.usageKey],
       ['wm_usage_val', B.OFFSETS.usageVal], ['wm_connect_event', B.OFFSETS.connectEvent], ['wm_ask_key', B.OFFSETS.askKey],
-      ['wm_ask_stats', B.OFFSETS.askStats],
+      ['wm_ask_stats', B.OFFSETS.askStats], ['wm_budget_key', B.OFFSETS.budgetKey],
     ];
     for (const [name, ts] of pairs) {
       const l = structs.get(name);
@@ -96,6 +102,8 @@ describe('waymark_bpf.h ⇄ src/backstop/bpf.ts', () => {
       assert.deepEqual(Object.fromEntries(l.offsets), ts, name);
     }
     assert.equal(structs.get('wm_connect_event')?.size, B.CONNECT_EVENT_SIZE);
+    assert.equal(structs.get('wm_usage_key')?.size, 24);
+    assert.equal(structs.get('wm_conf')?.size, 40);
   });
 
   it("every map of the program: name, key and value sizes, max_entries", () => {
@@ -249,23 +257,68 @@ describe('encoders and decoders', () => {
   });
 
   it('conf round-trips; slots are checked', () => {
-    const c: B.Conf = { netnsCookie: 4097n, mainSlot4: 3, mainSlot6: 0, askQuietNs: 5_000_000n };
-    assert.deepEqual(B.decodeConf(B.encodeConf(c)), c);
+    const c: B.Conf = { netnsCookie: 4097n, mainSlot4: 3, mainSlot6: 0, askQuietNs: 5_000_000n, dst4Count: 12, dst6Count: 0, budgetSlots: [1, 30] };
+    const b = B.encodeConf(c);
+    if (le) assert.deepEqual([b.readUInt32LE(24), b.readUInt32LE(28), b.readUInt32LE(32) >>> 0], [12, 0, ((1 << 1) | (1 << 30)) >>> 0]);
+    assert.deepEqual(B.decodeConf(b), c);
     assert.throws(() => B.encodeConf({ ...c, mainSlot4: 31 }), RangeError);
+    assert.throws(() => B.encodeConf({ ...c, budgetSlots: [0] }), RangeError);
+    assert.throws(() => B.encodeConf({ ...c, dst4Count: -1 }), RangeError);
   });
 
-  it('usage rows are summed over the per-CPU values', () => {
-    const key = B.encodeUsageKey(9, 4, 'rx');
-    assert.equal(key.length, 8);
-    assert.equal(key[4], 4);
-    assert.equal(key[5], 1);
+  it('destination values: the slot in the low byte, the destination index in the next', () => {
+    const b = B.encodeDestinationValue({ slot: 3, dest: 7 });
+    if (le) assert.equal(b.readUInt32LE(0), 3 | (7 << 8));
+    assert.deepEqual(B.decodeDestinationValue(b), { slot: 3, dest: 7 });
+    assert.deepEqual(B.decodeDestinationValue(B.encodeDestinationValue({ slot: 0, dest: 255 })), { slot: 0, dest: 255 });
+    assert.throws(() => B.encodeDestinationValue({ slot: 1, dest: 256 }), RangeError);
+    assert.throws(() => B.encodeDestinationValue({ slot: 31, dest: 1 }), RangeError);
+  });
+
+  it('budget keys: an app key or WM_APP_ANY, then the slot; u64 values', () => {
+    const k = B.encodeBudgetKey(9, 2);
+    assert.equal(k.length, 8);
+    if (le) assert.equal(k.toString('hex'), '09000000' + '02000000');
+    assert.deepEqual(B.decodeBudgetKey(k), { app: 9, slot: 2 });
+    const any = B.encodeBudgetKey('any', 1);
+    assert.equal(any.readUInt32LE(0), B.WM_APP_ANY);
+    assert.deepEqual(B.decodeBudgetKey(any), { app: 'any', slot: 1 });
+    assert.throws(() => B.encodeBudgetKey(0, 1), RangeError);
+    assert.throws(() => B.encodeBudgetKey(B.WM_APP_ANY, 1), RangeError);
+    assert.throws(() => B.encodeBudgetKey(3, 0), RangeError);
+    assert.equal(B.decodeU64(B.encodeU64(0xffff_ffff_ffffn)), 0xffff_ffff_ffffn);
+    assert.throws(() => B.encodeU64(-1n), RangeError);
+  });
+
+  it('a treatment\'s budget flag (WM_T_BUDGET) round-trips, absent when clear', () => {
+    const t: B.Treatment = { app: 4, mark: 0, deny: [], decides: false, budget: true };
+    const b = B.encodeTreatment(t);
+    if (le) assert.equal(b.readUInt32LE(12), B.WM_T_BUDGET);
+    assert.deepEqual(B.decodeTreatment(b), t);
+    assert.deepEqual(B.decodeTreatment(B.encodeTreatment({ ...t, budget: false })), { app: 4, mark: 0, deny: [], decides: false });
+  });
+
+  it('usage rows are summed over the per-CPU values; the key has cgroup, app, uid, slot, dir, dest', () => {
+    const key = B.encodeUsageKey({ cgroup: 0x1_0000_0007n, app: 0, uid: 1000, slot: 4, dir: 'txDropped', dest: 3 });
+    assert.equal(key.length, 24);
+    assert.deepEqual([key[16], key[17], key[18]], [4, B.WM_DIR_TX_DROPPED, 3]);
+    assert.deepEqual([...key.subarray(19)], [0, 0, 0, 0, 0]);
     const cpus = 3;
     const value = Buffer.alloc(16 * cpus);
     for (let i = 0; i < cpus; i++) {
       value.writeBigUInt64LE(BigInt(100 * (i + 1)), i * 16);
       value.writeBigUInt64LE(BigInt(i + 1), i * 16 + 8);
     }
-    if (le) assert.deepEqual(B.decodeUsage(key, value, cpus), { app: 9, slot: 4, dir: 'rx', bytes: 600n, packets: 6n });
+    if (le) {
+      assert.equal(key.readBigUInt64LE(0), 0x1_0000_0007n);
+      assert.equal(key.readUInt32LE(12), 1000);
+      assert.deepEqual(B.decodeUsage(key, value, cpus), { cgroup: 0x1_0000_0007n, app: 0, uid: 1000, slot: 4, dir: 'txDropped', dest: 3, bytes: 600n, packets: 6n });
+      const rx = B.encodeUsageKey({ app: 9, slot: 1, dir: 'rx' });
+      assert.deepEqual(B.decodeUsage(rx, value, cpus), { cgroup: 0n, app: 9, uid: 0, slot: 1, dir: 'rx', dest: 0, bytes: 600n, packets: 6n });
+    }
     assert.throws(() => B.decodeUsage(key, value, 2), RangeError);
+    const bad = Buffer.from(key);
+    bad[17] = 3;
+    assert.throws(() => B.decodeUsage(bad, value, cpus), /direction 3/);
   });
 });
