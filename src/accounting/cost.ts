@@ -131,7 +131,14 @@ export function parseLimit(text: string | number): BudgetLimit {
     const { amount, currency } = parseMoney(text);
     return { money: positive(amount, text), currency };
   }
-  return { bytes: positive(parseSize(text), text) };
+  let bytes: number;
+  try {
+    bytes = parseSize(text);
+  } catch (e) {
+    const why = e instanceof Error ? e.message : String(e);
+    throw new Error(`${why}; a limit is a size (10MB, 1.5 GB, 500 MiB, a number of bytes) or money in the uplink's currency (5 EUR)`, { cause: e });
+  }
+  return { bytes: positive(bytes, text) };
 }
 
 function positive(n: number, text: string): number {

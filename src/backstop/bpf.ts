@@ -15,6 +15,7 @@ import type { Family, Prefix } from '../net/prefix.js';
 import { formatAddress, parsePrefix } from '../net/prefix.js';
 import { errorMessage } from '../errors.js';
 import type { DestinationValue, KernelAppMaps, KernelTreatment, MapsPlan } from './desired.js';
+import type { UsageKernel } from '../accounting/service.js';
 import { maskBytes } from '../net/prefix.js';
 import {
   bpfClose,
@@ -793,6 +794,24 @@ export function appMapsPort(maps: AppMaps): KernelAppMaps {
       const counts = plan.destinationCounts;
       if (counts) step('destination counts', () => maps.setDestinationCounts(counts.v4, counts.v6));
       return errors;
+    },
+  };
+}
+
+/** The accounting's kernel side over loaded maps (src/accounting/service.ts: UsageKernel). */
+export function usageKernelPort(maps: AppMaps): UsageKernel {
+  const keyOf = (app: BudgetApp, slot: number): string => `${app}:${slot}`;
+  return {
+    budgetUsed: () => new Map(maps.budgetUsed().map((b) => [keyOf(b.app, b.slot), b.used])),
+    usage: () => maps.usage(),
+    setBudgets(limits, slots) {
+      const have = maps.budgetUsed();
+      for (const b of have) if (!limits.has(keyOf(b.app, b.slot))) maps.deleteBudget(b.app, b.slot);
+      for (const [key, limit] of limits) {
+        const [app = '', slot = ''] = key.split(':');
+        maps.setBudget(app === 'any' ? 'any' : Number(app), Number(slot), limit);
+      }
+      maps.setBudgetSlots(slots);
     },
   };
 }

@@ -8,6 +8,8 @@ import { execWith } from './exec.js';
 import { formatApps } from './apps.js';
 import { formatStatus } from './status.js';
 import { rulesCommand } from './rules.js';
+import { usageCommand } from './usage.js';
+import { budgetCommand } from './budget.js';
 import { TOPICS, type Topic } from '../daemon/events.js';
 import { errorMessage } from '../errors.js';
 
@@ -42,6 +44,8 @@ program
   });
 
 program.addCommand(rulesCommand(client));
+program.addCommand(usageCommand(client));
+program.addCommand(budgetCommand(client));
 
 program
   .command('reload')
@@ -136,6 +140,8 @@ Examples:
   waymark rules list
   waymark rules add --app org.example.Chat --dest internet --use cellular
   waymark rules explain --app org.example.Chat --dest internet
+  waymark usage --by uplink --since month
+  waymark budget set --uplink cellular --limit 10GB --start 5
   waymark watch --json --topic decision
   waymark agent
   waymark exec --uplink mms -- curl http://10.200.0.10/

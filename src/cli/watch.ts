@@ -1,4 +1,5 @@
 /** `waymark watch`: the daemon's events, live, one line each (text, or JSON with --json). */
+import { formatBytes } from '../accounting/cost.js';
 import { Client, DaemonUnavailable } from '../daemon/client.js';
 import type { DaemonEvent, Topic } from '../daemon/events.js';
 
@@ -41,6 +42,15 @@ export function formatEvent(e: DaemonEvent): string {
         ? `answered by uid ${e.outcome.uid}: ${'uplink' in e.outcome.answer.choice ? e.outcome.answer.choice.uplink : 'deny'} ${e.outcome.answer.scope}`
           + `${e.outcome.answer.minutes !== undefined ? ` ${e.outcome.answer.minutes} min` : ''}${e.outcome.answer.allDestinations === true ? ', all destinations' : ''}`
         : e.outcome.by}`;
+    case 'usage.sampled':
+      return `${at} usage: ${e.uplinks.map((u) => `${u.uplink} sent ${formatBytes(u.txBytes)}, received ${formatBytes(u.rxBytes)}`).join('; ') || 'nothing'}`;
+    case 'budget.warning':
+    case 'budget.exhausted':
+    case 'budget.restored': {
+      const what = e.type === 'budget.warning' ? 'nearly used' : e.type === 'budget.exhausted' ? (e.blocked ? 'exhausted, blocked' : 'exhausted') : 'has room again';
+      return `${at} budget ${e.id} (${e.app ?? 'the whole uplink'}${e.uid !== null ? `, uid ${e.uid}` : ''} on ${e.uplink}) ${what}:`
+        + ` ${formatBytes(e.usedBytes)} of ${formatBytes(e.limitBytes)}, period ends ${e.periodEnd}`;
+    }
     case 'events.lost':
       return `${at} events lost: ${e.count} (this watcher did not keep up; the last lost was #${e.lastSeq})`;
     default: {

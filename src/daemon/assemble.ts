@@ -21,6 +21,7 @@ import { World } from './world.js';
 import { AppService, type AppKeys, type AppServiceDeps } from './apps.js';
 import { withLearnedHosts } from '../destination/destination.js';
 import { PromptBroker } from './prompts.js';
+import type { KernelBudgets } from '../accounting/service.js';
 
 export interface Adapters {
   readonly kernel: RoutingKernel;
@@ -44,6 +45,8 @@ export interface ModelOptions {
   readonly appKeys: AppKeys;
   /** An app's cgroup went (its answers "until the app exits" go with it: src/daemon/rule-store.ts). */
   readonly onAppLeft?: () => void;
+  /** What the budgets ask of the apps' treatments (src/accounting/service.ts: kernelBudgets). */
+  readonly kernelBudgets?: () => KernelBudgets;
 }
 
 export interface Model {
@@ -88,6 +91,7 @@ export function assemble(o: ModelOptions, a: Adapters): Model {
     world: () => ({
       rules: world.rules, uplinks: world.uplinks, mainDefault: world.mainDefault,
       destinations: withLearnedHosts(world.config.destinations, world.learned.byDestination()),
+      ...o.kernelBudgets?.(),
     }),
     sessions: () => sessions.backstops(),
   });
