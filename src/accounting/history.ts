@@ -280,6 +280,7 @@ export class UsageHistory {
    * MAX_SERIES_BUCKETS), zeros included, from the bucket holding sinceMs.
    */
   query(q: UsageHistoryQuery): UsageHistoryResult {
+    if (!Number.isFinite(q.sinceMs) || !Number.isFinite(q.untilMs)) throw new RangeError('usage query: since and until must be finite');
     const resolution = this.seriesResolution(q.sinceMs, q.untilMs, q.resolution);
     if (!(q.sinceMs < q.untilMs)) return { resolution, rows: [], series: [] };
     const keyColumn = { app: 'a.key', uplink: 'u.uplink', destination: 'u.destination' }[q.by];
@@ -310,6 +311,7 @@ export class UsageHistory {
 
   /** Bytes (sent + received), cost and connection time of the matching rows over [sinceMs, untilMs ?? ∞), as `query` counts them. */
   sum(f: UsageSumFilter): { bytes: number; cost: Money; seconds: number } {
+    if (!Number.isFinite(f.sinceMs)) throw new RangeError('usage sum: since must be finite');
     const untilMs = f.untilMs ?? Infinity;
     let bytes = 0;
     let seconds = 0;
