@@ -9,11 +9,12 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 
 # command -> Debian package that provides it
 missing=""
-for pair in ip:iproute2 nft:nftables curl:curl wget:wget socat:socat dig:dnsutils setpriv:util-linux nsenter:util-linux cc:gcc make:make go:golang-go clang:clang bpftool:bpftool dbus-daemon:dbus-daemon; do
+for pair in ip:iproute2 nft:nftables curl:curl wget:wget socat:socat dig:dnsutils setpriv:util-linux nsenter:util-linux cc:gcc c++:g++ make:make go:golang-go clang:clang bpftool:bpftool dbus-daemon:dbus-daemon; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || missing="$missing $pkg"
 done
 # The tests run Debian's python3 as an unprivileged user (a pyenv shim under /root is out of reach).
+# node-gyp needs python3 and c++ too: it builds better-sqlite3 from source where no prebuilt binary downloads.
 [ -x /usr/bin/python3 ] || missing="$missing python3"
 # The N-API addon needs node_api.h: shipped with upstream Node, in libnode-dev for Debian's nodejs.
 node_include=$(node -p "require('path').resolve(process.execPath, '../../include/node')")
