@@ -40,10 +40,6 @@ export interface StoredBudget {
   spec: BudgetSetParams & { uid: number | null };
   /** The uid of who set it. */
   owner: number;
-  /** `budget reset`: the count restarts here within the period. */
-  resetAtMs: number | null;
-  /** The notification marker ("periodStartMs:state"), src/accounting/budget.ts. */
-  notified: string | null;
 }
 
 export type UsageQueryRow = UsageCounts & { key: string; name: string; app?: UsageAppView };
@@ -129,13 +125,11 @@ export const MIGRATIONS: readonly Migration[] = [
   ${usageTable('usage_minute')}
   ${usageTable('usage_hour')}
   ${usageTable('usage_day')}
-  CREATE TABLE kernel_baselines (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+  CREATE TABLE marks (name TEXT PRIMARY KEY, value TEXT NOT NULL);
   CREATE TABLE budgets (
     id TEXT PRIMARY KEY,
     spec TEXT NOT NULL,
-    owner INTEGER NOT NULL,
-    reset_at INTEGER,
-    notified TEXT
+    owner INTEGER NOT NULL
   );`,
 ];
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -222,11 +216,11 @@ export class UsageHistory {
   }
 
   /**
-   * Adds the deltas (and stores the kernel baselines they were taken against, when given: they
-   * replace all stored ones) in one transaction: a crash keeps both or neither. Records falling
+   * Adds the deltas (and, when given, the marks: the accounting's small key-value state, which
+   * they replace whole) in one transaction: a crash keeps both or neither. Records falling
    * in the same bucket add up. Compacts when an hour has passed since the last compaction.
    */
-  record(atMs: number, records: readonly UsageRecord[], baselines?: Readonly<Record<string, string>>): void {
+  record(atMs: number, records: readonly UsageRecord[], marks?: Readonly<Record<string, string>>): void {
     for (const r of records) {
       checkCount('txBytes', r.txBytes); checkCount('rxBytes', r.rxBytes);
       checkCount('txPackets', r.txPackets); checkCount('rxPackets', r.rxPackets); checkCount('seconds', r.seconds);
@@ -244,10 +238,10 @@ export class UsageHistory {
           };
           for (const res of LEVELS) this.upsert(res).run({ ...row, ts: buckets[res] });
         }
-        if (baselines) {
-          this.stmt('DELETE FROM kernel_baselines').run({});
-          const put = this.stmt('INSERT INTO kernel_baselines (name, value) VALUES (@name, @value)');
-          for (const [name, value] of Object.entries(baselines)) put.run({ name, value });
+        if (marks) {
+          this.stmt('DELETE FROM marks').run({});
+          const put = this.stmt('INSERT INTO marks (name, value) VALUES (@name, @value)');
+          for (const [name, value] of Object.entries(marks)) put.run({ name, value });
         }
       })();
     } catch (e) {
@@ -258,8 +252,8 @@ export class UsageHistory {
   }
 
   /** The kernel counter values stored with the last flush that gave them. */
-  baselines(): Record<string, string> {
-    const rows = this.stmt('SELECT name, value FROM kernel_baselines').all({}) as { name: string; value: string }[];
+  marks(): Record<string, string> {
+    const rows = this.stmt('SELECT name, value FROM marks').all({}) as { name: string; value: string }[];
     return Object.fromEntries(rows.map((r) => [r.name, r.value]));
   }
 
@@ -329,8 +323,7 @@ export class UsageHistory {
   }
 
   budgets(onInvalid?: (id: string, why: string) => void): StoredBudget[] {
-    const rows = this.stmt('SELECT id, spec, owner, reset_at, notified FROM budgets ORDER BY id').all({}) as
-      { id: string; spec: string; owner: number; reset_at: number | null; notified: string | null }[];
+    const rows = this.stmt('SELECT id, spec, owner FROM budgets ORDER BY id').all({}) as { id: string; spec: string; owner: number }[];
     const out: StoredBudget[] = [];
     for (const r of rows) {
       let parsed: ReturnType<typeof storedSpecSchema.safeParse>;
@@ -344,16 +337,16 @@ export class UsageHistory {
         onInvalid?.(r.id, parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
         continue;
       }
-      out.push({ id: r.id, spec: parsed.data, owner: r.owner, resetAtMs: r.reset_at, notified: r.notified });
+      out.push({ id: r.id, spec: parsed.data, owner: r.owner });
     }
     return out;
   }
 
   /** Adds or replaces (by id). */
   putBudget(b: StoredBudget): void {
-    this.stmt(`INSERT INTO budgets (id, spec, owner, reset_at, notified) VALUES (@id, @spec, @owner, @resetAt, @notified)
-      ON CONFLICT (id) DO UPDATE SET spec = excluded.spec, owner = excluded.owner, reset_at = excluded.reset_at, notified = excluded.notified`)
-      .run({ id: b.id, spec: JSON.stringify(b.spec), owner: b.owner, resetAt: b.resetAtMs, notified: b.notified });
+    this.stmt(`INSERT INTO budgets (id, spec, owner) VALUES (@id, @spec, @owner)
+      ON CONFLICT (id) DO UPDATE SET spec = excluded.spec, owner = excluded.owner`)
+      .run({ id: b.id, spec: JSON.stringify(b.spec), owner: b.owner });
   }
 
   deleteBudget(id: string): boolean {

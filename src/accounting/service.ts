@@ -29,6 +29,7 @@ import type { BudgetChanged, EventBody } from '../daemon/events.js';
 import type { Logger } from '../daemon/log.js';
 import { budgetState, kernelLimit, limitBytes as limitInBytes, localOffset, periodOf, transition, type TzOffset } from './budget.js';
 import { addMoney, costOf } from './cost.js';
+import type { UsageHistory, UsageRecord } from './history.js';
 import { UNATTRIBUTED_APP } from './identity.js';
 import { Growth, minuteOf, Unattributed } from './sample.js';
 import {
@@ -68,42 +69,8 @@ export interface AppIdentities {
   keys(): Iterable<{ readonly key: number; readonly uid: number | null; readonly name: string }>;
 }
 
-/** One usage delta as the history stores it (src/accounting/history.ts). */
-export interface UsageRecord {
-  readonly app: UsageAppView;
-  readonly uplink: string;
-  readonly destination: string;
-  readonly txBytes: number;
-  readonly rxBytes: number;
-  readonly txPackets: number;
-  readonly rxPackets: number;
-  readonly seconds: number;
-  readonly cost: number;
-  readonly currency: string;
-}
-
-export interface StoredBudget {
-  readonly id: string;
-  readonly spec: BudgetSetParams & { readonly uid: number | null };
-  readonly owner: number;
-  readonly resetAtMs: number | null;
-  readonly notified: string | null;
-}
-
-/** The history as this service uses it (src/accounting/history.ts: UsageHistory). */
-export interface HistoryPort {
-  record(atMs: number, records: readonly UsageRecord[], baselines?: Readonly<Record<string, string>>): void;
-  baselines(): Record<string, string>;
-  compact(nowMs: number): unknown;
-  query(q: {
-    by: UsageGroup; sinceMs: number; untilMs: number; resolution?: Resolution;
-    uplink?: string; app?: string; destination?: string; uid?: number;
-  }): { resolution: Resolution; rows: (UsageCounts & { key: string; name: string; app?: UsageAppView })[]; series: { atMs: number; txBytes: number; rxBytes: number }[] };
-  sum(f: { uplink?: string; app?: string; uid?: number; sinceMs: number; untilMs?: number }): { bytes: number; cost: Money; seconds: number };
-  budgets(): StoredBudget[];
-  putBudget(b: StoredBudget): void;
-  deleteBudget(id: string): boolean;
-}
+/** The history as this service uses it. */
+export type HistoryPort = Pick<UsageHistory, 'record' | 'marks' | 'query' | 'sum' | 'budgets' | 'putBudget' | 'deleteBudget'>;
 
 /** A budget as this service runs it: from the config or the history's budgets. */
 export interface BudgetDef {
@@ -148,7 +115,6 @@ export interface AccountingDeps {
 
 export const DEFAULT_SAMPLE_MS = 2_000;
 export const DEFAULT_FLUSH_MS = 10_000;
-const COMPACT_MS = 3_600_000;
 
 const CONNECTION: UsageAppView = { key: 'connection', name: '(connection time)', kind: 'connection', uid: null, exe: null };
 /** Destination of traffic whose destination the kernel did not see (forwarded, kernel-made). */
@@ -207,7 +173,8 @@ export class AccountingService {
   private timers: NodeJS.Timeout[] = [];
   private kernelView: KernelBudgets = { budgeted: new Set(), blocked: new Map(), blockedSlots: [] };
   private limitsWritten = '';
-  private notified: Record<string, string>;
+  /** The history's small key-value part: budgets' announcement markers ("notified:…") and resets ("reset:<id>"). */
+  private kv: Record<string, string>;
   private readonly now: () => number;
   private readonly tz: TzOffset;
   private stopped = false;
@@ -216,13 +183,12 @@ export class AccountingService {
     this.now = deps.now ?? Date.now;
     this.tz = deps.tz ?? localOffset;
     this.lastSampleMs = this.now();
-    this.notified = Object.fromEntries(Object.entries(deps.history.baselines()).filter(([k]) => k.startsWith('notified:')));
+    this.kv = deps.history.marks();
   }
 
   /** The first reading (the uplink counters' baselines), then the timers. */
   async start(sampleMs = DEFAULT_SAMPLE_MS, flushMs = DEFAULT_FLUSH_MS): Promise<void> {
     await this.sample();
-    this.compact();
     const every = (ms: number, f: () => void): void => {
       const t = setInterval(f, ms);
       t.unref();
@@ -230,7 +196,6 @@ export class AccountingService {
     };
     every(sampleMs, () => void this.sample().catch((e: unknown) => this.deps.log.error('usage sample failed', { error: errorMessage(e) })));
     every(flushMs, () => void this.serial(() => this.flush()));
-    every(COMPACT_MS, () => this.compact());
   }
 
   /** A last sample and flush (clean stop): nothing counted is lost. */
@@ -350,9 +315,13 @@ export class AccountingService {
     return { ...p, txBytes: d.txBytes ?? 0, rxBytes: d.rxBytes ?? 0, txPackets: d.txPackets ?? 0, rxPackets: d.rxPackets ?? 0, seconds: d.seconds ?? 0, cost };
   }
 
-  /** Writes what is pending to the history (kept for the next flush if that fails). */
-  private flush(extra: Readonly<Record<string, string>> = {}): void {
-    if (this.pending.size === 0 && Object.keys(extra).length === 0) return;
+  /**
+   * Writes what is pending to the history (kept for the next flush if that fails); with `marks`,
+   * also the key-value part (the history replaces it whole: markers of budgets gone are dropped).
+   */
+  private flush(marks = false): void {
+    if (this.pending.size === 0 && !marks) return;
+    const extra = marks ? this.liveMarks() : undefined;
     const pending = this.pending;
     this.pending = new Map();
     try {
@@ -361,9 +330,9 @@ export class AccountingService {
       minutes.forEach((minute, i) => {
         const records = [...(pending.get(minute) ?? new Map<string, Pending>()).values()].map((p): UsageRecord => ({
           app: p.app, uplink: p.uplink, destination: p.destination, txBytes: p.txBytes, rxBytes: p.rxBytes,
-          txPackets: p.txPackets, rxPackets: p.rxPackets, seconds: p.seconds, cost: p.cost, currency: p.currency,
+          txPackets: p.txPackets, rxPackets: p.rxPackets, seconds: Math.round(p.seconds), cost: p.cost, currency: p.currency,
         }));
-        this.deps.history.record(minute, records, i === minutes.length - 1 ? extra : {});
+        this.deps.history.record(minute, records, i === minutes.length - 1 ? extra : undefined);
       });
     } catch (e) {
       // Back in front of what came meanwhile; the next flush tries again.
@@ -383,12 +352,13 @@ export class AccountingService {
     }
   }
 
-  private compact(): void {
-    try {
-      this.deps.history.compact(this.now());
-    } catch (e) {
-      this.deps.log.error('cannot compact the usage history', { error: errorMessage(e) });
-    }
+  /** The markers of the budgets there are (those of removed ones go with the next write). */
+  private liveMarks(): Record<string, string> {
+    const ids = new Set(this.deps.world().budgets.map((d) => d.id));
+    return Object.fromEntries(Object.entries(this.kv).filter(([k]) => {
+      const [kind = '', rest = ''] = k.split(':');
+      return (kind === 'notified' || kind === 'reset') && ids.has(rest.split('|')[0] ?? '');
+    }));
   }
 
   // ---------------------------------------------------------------------------------------
@@ -419,7 +389,7 @@ export class AccountingService {
   }
 
   private resetOf(id: string): number | null {
-    const v = this.notified[`reset:${id}`];
+    const v = this.kv[`reset:${id}`];
     return v === undefined ? null : Number(v);
   }
 
@@ -455,16 +425,19 @@ export class AccountingService {
     }
     this.tracks = next;
     // States, and what to tell: once per period (or since a reset) and state (budget.ts: transition).
-    const notes: Record<string, string> = {};
+    let noted = false;
     for (const [id, t] of next) {
       const state = budgetState(t.used, t.limitBytes, t.def.warnAt);
       const mark = `notified:${id}`;
-      const told = transition(t.state, state, t.countFromMs, this.notified[mark] ?? null);
+      const told = transition(t.state, state, t.countFromMs, this.kv[mark] ?? null);
       t.state = state;
-      if (told.notified !== null && told.notified !== this.notified[mark]) this.notified[mark] = notes[mark] = told.notified;
+      if (told.notified !== null && told.notified !== this.kv[mark]) {
+        this.kv[mark] = told.notified;
+        noted = true;
+      }
       if (told.event !== null) this.tell(told.event, t);
     }
-    if (Object.keys(notes).length > 0) this.flush(notes);
+    if (noted) this.flush(true);
     this.applyKernel(used);
   }
 
@@ -594,9 +567,8 @@ export class AccountingService {
   /** `budget.reset`: the count starts afresh now, for the rest of the period. */
   async reset(d: BudgetDef): Promise<void> {
     await this.serial(() => {
-      const at = String(this.now());
-      this.notified[`reset:${d.id}`] = at;
-      this.flush({ [`reset:${d.id}`]: at });
+      this.kv[`reset:${d.id}`] = String(this.now());
+      this.flush(true);
     });
     await this.sample();
   }

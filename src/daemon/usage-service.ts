@@ -10,7 +10,8 @@
  * narrows what an app may do, so setting one on one's own app widens nothing.
  */
 import type { PeerCred } from '../native/index.js';
-import type { AccountingService, BudgetDef, HistoryPort, StoredBudget } from '../accounting/service.js';
+import type { StoredBudget } from '../accounting/history.js';
+import type { AccountingService, BudgetDef, HistoryPort } from '../accounting/service.js';
 import type { BudgetSetParams, BudgetView, UsageQuery, UsageResult } from '../accounting/view.js';
 import type { UplinkState } from '../uplink/state.js';
 import { mayChangeState } from './access.js';
@@ -124,7 +125,7 @@ export class UsageService {
     // An app budget of a user limits that user's app; root's and the group's, every user's app of that name.
     const uid = p.app === undefined ? null : admin ? prev?.spec.uid ?? null : cred.uid;
     const id = p.id ?? book.freshId((x) => this.deps.world().budgets.some((b) => b.id === x));
-    book.put({ id, spec: { ...p, id, uid }, owner: prev?.owner ?? cred.uid, resetAtMs: null, notified: null });
+    book.put({ id, spec: { ...p, id, uid }, owner: prev?.owner ?? cred.uid });
     await this.deps.accounting.changed();
     return this.viewOf(id, cred);
   }

@@ -68,7 +68,7 @@ describe('usage history: schema', () => {
       assert.equal(db.pragma('user_version', { simple: true }), SCHEMA_VERSION);
       assert.equal(db.pragma('journal_mode', { simple: true }), 'wal');
       const tables = (db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all() as { name: string }[]).map((r) => r.name);
-      assert.deepEqual(tables, ['apps', 'budgets', 'kernel_baselines', 'usage_day', 'usage_hour', 'usage_minute']);
+      assert.deepEqual(tables, ['apps', 'budgets', 'marks', 'usage_day', 'usage_hour', 'usage_minute']);
     });
     h.close();
   });
@@ -117,16 +117,16 @@ describe('usage history: schema', () => {
     assert.throws(() => UsageHistory.open(file, clock(T0).opts), (e: unknown) => e instanceof Error && e.message.startsWith(`${file}: `) && /not a database/.test(e.message));
   });
 
-  it('keeps usage, apps, baselines and budgets across a reopen', () => {
+  it('keeps usage, apps, marks and budgets across a reopen', () => {
     const file = tempFile();
     const c = clock(T0 + MIN);
     const h = UsageHistory.open(file, c.opts);
     h.record(T0, [rec(FIREFOX, 'wifi', 'internet', 100, 200, { cost: 0.25, currency: 'EUR', seconds: 30 })], { 'usage:1': '300' });
-    h.putBudget({ id: 'b1', spec: { uplink: 'wifi', period: 'day', start: 1, limit: { bytes: 5000 }, warnAt: 0.8, block: true, uid: null }, owner: 0, resetAtMs: null, notified: null });
+    h.putBudget({ id: 'b1', spec: { uplink: 'wifi', period: 'day', start: 1, limit: { bytes: 5000 }, warnAt: 0.8, block: true, uid: null }, owner: 0 });
     h.close();
     const again = UsageHistory.open(file, c.opts);
     assert.deepEqual(again.sum({ sinceMs: MIDNIGHT }), { bytes: 300, cost: { EUR: 0.25 }, seconds: 30 });
-    assert.deepEqual(again.baselines(), { 'usage:1': '300' });
+    assert.deepEqual(again.marks(), { 'usage:1': '300' });
     assert.deepEqual(again.budgets().map((b) => b.id), ['b1']);
     const q = again.query({ by: 'app', sinceMs: MIDNIGHT, untilMs: T0 + MIN });
     assert.deepEqual(q.rows[0]?.app, FIREFOX);
@@ -174,15 +174,15 @@ describe('usage history: recording', () => {
     h.close();
   });
 
-  it('stores the baselines given with a flush in place of the old ones, and keeps them when none are given', () => {
+  it('stores the marks given with a flush in place of the old ones, and keeps them when none are given', () => {
     const h = UsageHistory.open(':memory:', clock(T0).opts);
-    assert.deepEqual(h.baselines(), {});
+    assert.deepEqual(h.marks(), {});
     h.record(T0, [], { 'app:7:0:tx': '1000', 'nft:wifi:rx': '99' });
-    assert.deepEqual(h.baselines(), { 'app:7:0:tx': '1000', 'nft:wifi:rx': '99' });
+    assert.deepEqual(h.marks(), { 'app:7:0:tx': '1000', 'nft:wifi:rx': '99' });
     h.record(T0 + 10_000, [rec(FIREFOX, 'wifi', 'internet', 1, 1)]);
-    assert.deepEqual(h.baselines(), { 'app:7:0:tx': '1000', 'nft:wifi:rx': '99' });
+    assert.deepEqual(h.marks(), { 'app:7:0:tx': '1000', 'nft:wifi:rx': '99' });
     h.record(T0 + 20_000, [], { 'app:7:0:tx': '18446744073709551615' });
-    assert.deepEqual(h.baselines(), { 'app:7:0:tx': '18446744073709551615' });
+    assert.deepEqual(h.marks(), { 'app:7:0:tx': '18446744073709551615' });
     h.close();
   });
 
@@ -406,7 +406,7 @@ describe('usage history: sums for budgets', () => {
 
 describe('usage history: budgets', () => {
   const budget = (id: string, over: Partial<StoredBudget> = {}): StoredBudget => ({
-    id, owner: 1000, resetAtMs: null, notified: null,
+    id, owner: 1000,
     spec: { uplink: 'cellular', app: 'firefox', period: 'month', start: 5, limit: { money: 5, currency: 'EUR' }, warnAt: 0.8, block: true, uid: 1000 },
     ...over,
   });
@@ -420,8 +420,8 @@ describe('usage history: budgets', () => {
       budget('all', { owner: 0, spec: { uplink: 'cellular', period: 'day', start: 1, limit: { bytes: 10_000_000 }, warnAt: 0.5, block: false, uid: null } }),
       budget('phone'),
     ]);
-    h.putBudget(budget('phone', { resetAtMs: T0, notified: `${MIDNIGHT}:warning` }));
-    assert.deepEqual(h.budgets().find((b) => b.id === 'phone'), budget('phone', { resetAtMs: T0, notified: `${MIDNIGHT}:warning` }));
+    h.putBudget(budget('phone', { owner: 1001 }));
+    assert.deepEqual(h.budgets().find((b) => b.id === 'phone'), budget('phone', { owner: 1001 }));
     assert.equal(h.deleteBudget('phone'), true);
     assert.equal(h.deleteBudget('phone'), false);
     assert.deepEqual(h.budgets().map((b) => b.id), ['all']);
