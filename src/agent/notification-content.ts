@@ -1,6 +1,6 @@
 /**
- * What a prompt looks like as a desktop notification (pure): summary, body, action buttons, and
- * what each button answers. src/agent/notifications.ts sends it over D-Bus.
+ * What a prompt, or a budget event, looks like as a desktop notification (pure): summary, body,
+ * action buttons, and what each button answers. src/agent/notifications.ts sends it over D-Bus.
  *
  * The buttons: one per choice, "Always via <uplink>" (scope `always`, this destination only: a
  * click saves a rule, as a phone's "allow" does, so the next connect does not ask again), and
@@ -12,10 +12,14 @@
  * order), then Deny: notification servers show only the first few actions (three is common, some
  * show two) and drop the rest silently, and Deny must not be the one dropped. The body lists
  * every choice and says where to pick the others.
+ *
+ * A budget event (warning, exhausted, room again: {@link budgetNotificationContent}) is a
+ * notification too, without buttons: it only informs.
  */
 import { basename } from 'node:path';
 import { describeAction } from '../policy/rules.js';
 import type { Prompt, PromptAnswer, PromptChoice, Scope } from '../prompt/prompt.js';
+import { budgetSubject, localMinute, usedPercent, usedWords, type BudgetNotice, type BudgetWordsOptions } from './budget-words.js';
 
 /** The freedesktop urgency levels (the `urgency` hint, a byte). */
 export const URGENCY = { low: 0, normal: 1, critical: 2 } as const;
@@ -158,4 +162,58 @@ export function answerFor(p: Prompt, key: string, scopes: NotificationScopes = D
   const uplink = key.slice(USE_PREFIX.length);
   if (!p.choices.some((c) => c.uplink === uplink)) return undefined;
   return { choice: { uplink }, scope: scopes.choose, ...minutes(scopes.choose) };
+}
+
+/** What a budget event looks like as a notification: information only, no buttons. */
+export interface BudgetNotificationContent {
+  readonly summary: string;
+  readonly body: string;
+  readonly urgency: number;
+  /** The `expire_timeout`: -1, the server's default (critical ones usually stay until dismissed). */
+  readonly expireMs: number;
+}
+
+export interface BudgetContentOptions extends BudgetWordsOptions {
+  /** The server reports "body-markup": the body is escaped. */
+  readonly markup: boolean;
+}
+
+/**
+ * The notification for a budget event: a warning (normal urgency), exhaustion (critical: the
+ * app's traffic on that uplink stops now, unless the budget only warns), room again (low: it
+ * replaces the warning or the exhaustion, src/agent/notifications.ts).
+ */
+export function budgetNotificationContent(n: BudgetNotice, o: BudgetContentOptions): BudgetNotificationContent {
+  const app = n.app === null ? undefined : budgetSubject(n, o.viewer);
+  const until = localMinute(n.periodEnd, o.tz);
+  const used = `${usedWords(n)} used (budget ${n.id}).`;
+  let summary: string;
+  let body: string;
+  let urgency: number;
+  switch (n.type) {
+    case 'budget.warning': {
+      const pct = usedPercent(n);
+      const share = pct !== undefined ? `${pct} %` : 'most';
+      summary = app !== undefined ? `${app} has used ${share} of its budget on ${n.uplink}` : `${share} of the ${n.uplink} budget used`;
+      body = `${used}\nResets ${until}.`;
+      urgency = URGENCY.normal;
+      break;
+    }
+    case 'budget.exhausted':
+      if (n.blocked) {
+        summary = app !== undefined ? `${app} is blocked on ${n.uplink}` : `${n.uplink} is blocked: its budget is used up`;
+        body = `${used}\nBlocked until ${until}, or until the budget is raised or reset (\`waymark budget\`).`;
+      } else {
+        summary = app !== undefined ? `${app} has used up its budget on ${n.uplink}` : `The ${n.uplink} budget is used up`;
+        body = `${used}\nThe budget only warns: traffic goes on. Resets ${until}.`;
+      }
+      urgency = URGENCY.critical;
+      break;
+    case 'budget.restored':
+      summary = app !== undefined ? `${app} has room again on ${n.uplink}` : `${n.uplink} has room again`;
+      body = `${used}\nResets ${until}.`;
+      urgency = URGENCY.low;
+      break;
+  }
+  return { summary, body: o.markup ? escapeMarkup(body) : body, urgency, expireMs: -1 };
 }

@@ -9,6 +9,10 @@
  * lets expire answers nothing (the prompt's default applies at its timeout); a prompt closed at
  * the source (answered elsewhere, timed out, the app gone) closes its notification.
  *
+ * Budget events (warning, exhausted, room again) come from a {@link BudgetSource} beside it, and
+ * are notifications without buttons: one per budget, each replacing that budget's previous one
+ * (`replaces_id`), so a warning becomes the exhaustion and that the "room again" notice.
+ *
  * Without a notification server on the bus (no owner, not activatable) the agent does not start:
  * {@link NotificationsUnavailable}. One that goes away later (the desktop shell restarting) is
  * waited for, and the prompts that were on screen are shown again by its successor.
@@ -17,8 +21,9 @@ import { EventEmitter } from 'node:events';
 import type { Logger } from '../daemon/log.js';
 import { errorMessage } from '../errors.js';
 import type { Prompt, PromptAnswer, PromptOutcome } from '../prompt/prompt.js';
+import type { BudgetNotice, BudgetWordsOptions } from './budget-words.js';
 import { BusError, connectBus, sessionBusAddress, str, strings, u32, variant, bool, type MessageBus, type Signal } from './dbus.js';
-import { DEFAULT_SCOPES, answerFor, notificationContent, type NotificationScopes } from './notification-content.js';
+import { DEFAULT_SCOPES, answerFor, budgetNotificationContent, notificationContent, type NotificationScopes } from './notification-content.js';
 
 export const NOTIFICATIONS = {
   name: 'org.freedesktop.Notifications',
@@ -40,6 +45,12 @@ export interface PromptSource {
   answer(id: string, answer: PromptAnswer): Promise<void>;
 }
 
+/** Where budget events come from (the agent protocol's `budget` topic), or a fake. */
+export interface BudgetSource {
+  /** Calls `fn` for each budget event of this agent's user (root: everyone's). Returns an unsubscriber. */
+  onBudget(fn: (notice: BudgetNotice) => void): () => void;
+}
+
 /** No notification server on the bus: nothing could show a prompt. */
 export class NotificationsUnavailable extends Error {
   constructor(message: string) {
@@ -55,6 +66,10 @@ export interface NotificationAgentOptions {
   readonly uplinkButtons?: number;
   /** Milliseconds since the epoch (tests). */
   readonly now?: () => number;
+  /** Budget events to show (none without). */
+  readonly budgets?: BudgetSource;
+  /** How budget notices say times and whose budget it is (the time zone, the user). */
+  readonly budgetWords?: BudgetWordsOptions;
 }
 
 /** Why a prompt's notification went. */
@@ -65,6 +80,10 @@ export interface AgentEvents {
   shown: [promptId: string, notification: number];
   /** It went: a button (answered), its prompt closed at the source, the server closed it, the server left. */
   hidden: [promptId: string, notification: number, why: HiddenWhy];
+  /** A budget's notice is on screen (a Notify's reply came), for that event type. */
+  budgetShown: [budgetId: string, notification: number, type: BudgetNotice['type']];
+  /** The server closed a budget's notice (dismissed, expired): that budget's next one is new. */
+  budgetHidden: [budgetId: string, notification: number];
 }
 
 export interface NotificationAgent {
@@ -73,7 +92,9 @@ export interface NotificationAgent {
   readonly events: EventEmitter<AgentEvents>;
   /** The notification shown for a prompt now, if any (its id at the server). */
   notificationOf(promptId: string): number | undefined;
-  /** Stops, and closes the notifications it shows (those being posted too) before resolving. */
+  /** The notice shown for a budget now, if any. */
+  notificationOfBudget(budgetId: string): number | undefined;
+  /** Stops, and closes the prompts' notifications it shows (those being posted too) before resolving; budget notices stay. */
   close(): Promise<void>;
 }
 
@@ -85,6 +106,14 @@ interface Entry {
   open: boolean;
   /** Whether it was on screen when the server went: its successor shows it again. */
   lost: boolean;
+}
+
+/** A budget's notice: its id at the server while one is on screen; its Notify calls, one after another. */
+interface BudgetEntry {
+  id: number | undefined;
+  chain: Promise<void>;
+  /** Notify calls queued or under way. */
+  pending: number;
 }
 
 interface Capabilities {
@@ -122,6 +151,9 @@ export async function runNotificationAgent(
   const now = options.now ?? Date.now;
   const entries = new Map<string, Entry>();
   const byNotification = new Map<number, Entry>();
+  const budgets = new Map<string, BudgetEntry>();
+  /** Budget id by its notice's id at the server. */
+  const byBudgetNotice = new Map<number, string>();
   let owner: string | undefined;
   let capabilities: Promise<Capabilities> | undefined;
   let stopped = false;
@@ -216,6 +248,54 @@ export async function runNotificationAgent(
     }
   };
 
+  // A budget's notices are posted in order: each replaces the one before (its id comes with the
+  // reply), so a warning and an exhaustion in quick succession leave one notification.
+  const onBudget = (n: BudgetNotice): void => {
+    if (stopped) return;
+    let entry = budgets.get(n.id);
+    if (entry === undefined) {
+      entry = { id: undefined, chain: Promise.resolve(), pending: 0 };
+      budgets.set(n.id, entry);
+    }
+    const e = entry;
+    e.pending++;
+    const posting = e.chain.then(() => postBudget(n, e)).finally(() => {
+      e.pending--;
+      inflight.delete(posting);
+    });
+    e.chain = posting;
+    inflight.add(posting);
+  };
+
+  const postBudget = async (n: BudgetNotice, entry: BudgetEntry): Promise<void> => {
+    if (stopped) return;
+    try {
+      const caps = await capabilitiesNow();
+      if (stopped) return;
+      const content = budgetNotificationContent(n, { ...options.budgetWords, markup: caps.markup });
+      const hints = {
+        urgency: variant('y', content.urgency),
+        category: variant('s', 'network'),
+        'x-waymark-budget': variant('s', n.id),
+      };
+      const generation = ownerChanges;
+      const reply = await call('Notify', 'susssasa{sv}i', [
+        APP_NAME, entry.id ?? 0, APP_ICON, content.summary, content.body, [], hints, content.expireMs,
+      ]);
+      const id = u32(reply.body[0], 'Notify');
+      if (generation === ownerChanges) owner ??= reply.sender;
+      // The server that showed it left meanwhile: a notice is news, not shown again by the next one.
+      else if (reply.sender !== owner) return;
+      if (entry.id !== undefined && entry.id !== id) byBudgetNotice.delete(entry.id);
+      entry.id = id;
+      byBudgetNotice.set(id, n.id);
+      log.info('budget notice shown', { budget: n.id, type: n.type, notification: id });
+      events.emit('budgetShown', n.id, id, n.type);
+    } catch (e) {
+      log.warn('cannot show the budget notice', { budget: n.id, type: n.type, error: errorMessage(e) });
+    }
+  };
+
   const onAsked = (p: Prompt): void => {
     if (stopped || entries.has(p.id)) return;
     const entry: Entry = { prompt: p, id: undefined, open: true, lost: false };
@@ -249,6 +329,16 @@ export async function runNotificationAgent(
   };
 
   const onNotificationClosed = (id: number, reason: number): void => {
+    const budgetId = byBudgetNotice.get(id);
+    if (budgetId !== undefined) {
+      // Dismissed or expired: the budget's next notice is a new one.
+      byBudgetNotice.delete(id);
+      const b = budgets.get(budgetId);
+      if (b?.id === id) b.id = undefined;
+      log.debug('budget notice closed', { budget: budgetId, notification: id, reason });
+      events.emit('budgetHidden', budgetId, id);
+      return;
+    }
     const entry = byNotification.get(id);
     if (!entry) return;
     hide(entry, 'dismissed');
@@ -270,8 +360,12 @@ export async function runNotificationAgent(
     // The library reads a reply and a signal that follows it in one go, and hands us the signal
     // before the Notify's caller has seen the reply: a signal about an id not known yet waits
     // for the Notify calls under way (they cannot wait long: the calls' timeout bounds them).
+    // A budget's notice whose replacement is under way is not known yet: its reply may bring the
+    // same id back after the signal was sent (the user closed the one it replaces).
     const id = s.body[0];
-    const known = typeof id === 'number' && byNotification.has(id) && s.sender === owner;
+    const budgetId = typeof id === 'number' ? byBudgetNotice.get(id) : undefined;
+    const settled = budgetId !== undefined && (budgets.get(budgetId)?.pending ?? 0) === 0;
+    const known = typeof id === 'number' && (byNotification.has(id) || settled) && s.sender === owner;
     if (known || inflight.size === 0) {
       handleServerSignal(s);
       return;
@@ -297,6 +391,8 @@ export async function runNotificationAgent(
     for (const entry of entries.values()) {
       if (hide(entry, 'server-gone') !== undefined) entry.lost = true;
     }
+    for (const b of budgets.values()) b.id = undefined;
+    byBudgetNotice.clear();
     if (owner === undefined) {
       log.warn('the notification server left the bus; waiting for another', { was: before });
       return;
@@ -326,6 +422,7 @@ export async function runNotificationAgent(
 
   const unsubscribeAsked = source.onAsked(onAsked);
   const unsubscribeClosed = source.onClosed(onClosed);
+  const unsubscribeBudget = options.budgets?.onBudget(onBudget) ?? ((): void => undefined);
 
   let finish: (why: string) => void = () => undefined;
   const done = new Promise<string>((resolve) => { finish = resolve; });
@@ -334,6 +431,7 @@ export async function runNotificationAgent(
     stopped = true;
     unsubscribeAsked();
     unsubscribeClosed();
+    unsubscribeBudget();
     unwatchOwner();
     unwatchServer();
     finish(why);
@@ -347,10 +445,12 @@ export async function runNotificationAgent(
     done,
     events,
     notificationOf: (promptId) => entries.get(promptId)?.id,
+    notificationOfBudget: (budgetId) => budgets.get(budgetId)?.id,
     close: async () => {
       if (stopped) return;
       stop('closed');
       // Buttons nobody listens to any more would answer nothing. Posts under way close theirs.
+      // Budget notices stay: they are facts, not questions.
       const showing = [...entries.values()].flatMap((e) => {
         const id = hide(e, 'closed');
         return id === undefined ? [] : [id];

@@ -12,10 +12,13 @@
  * Without one (stdin a pipe or file) each input line is one answer in the same keys ("1a",
  * "2 m 30", "d o"), taken by the prompts in the order they are shown; at the end of the input
  * the agent exits once its lines are used. `--json`: events out and answers in as JSON lines.
- * When another agent answered, or the prompt timed out, it says so and moves on. Exits 0 on q,
+ * When another agent answered, or the prompt timed out, it says so and moves on. A budget event
+ * of the user (warning, exhausted, room again) is one line, printed above the prompt's last line
+ * on a terminal (src/agent/budget-words.ts). Exits 0 on q,
  * Ctrl-C, SIGINT or SIGTERM; 69 when waymarkd is not there or goes away.
  */
 import { createInterface, type Interface } from 'node:readline';
+import { budgetLine } from '../agent/budget-words.js';
 import { Client, DaemonError, DaemonUnavailable } from '../daemon/client.js';
 import type { DaemonEvent } from '../daemon/events.js';
 import { METHODS } from '../daemon/protocol.js';
@@ -284,7 +287,7 @@ class TerminalAgent {
       const r = await this.client.call('agent.register', { name: this.o.name });
       registered = true;
       if (this.o.json) this.json({ type: 'agent.registered', agent: r.agent, queued: r.queued });
-      else this.io.errors.write(`waymark agent: waiting for prompts ${this.uid === 0 ? 'of every user' : `of uid ${this.uid}`}; q or Ctrl-C to quit\n`);
+      else this.io.errors.write(`waymark agent: waiting for prompts ${this.uid === 0 ? 'of every user' : `of uid ${this.uid}`} (and budget notices); q or Ctrl-C to quit\n`);
       for (const p of r.prompts) this.add(p);
     } catch (e) {
       process.removeListener('SIGINT', onSignal);
@@ -327,6 +330,9 @@ class TerminalAgent {
     } else if (e.type === 'prompt.closed') {
       if (this.o.json) this.json(e);
       this.closed(e.id, e.outcome);
+    } else if (e.type === 'budget.warning' || e.type === 'budget.exhausted' || e.type === 'budget.restored') {
+      if (this.o.json) this.json(e);
+      else this.notice(budgetLine(e, { viewer: this.uid }));
     } else if (e.type === 'events.lost') {
       // Prompts may have come or gone meanwhile: ask the daemon which are open.
       void this.resync();
@@ -402,6 +408,12 @@ class TerminalAgent {
 
   private say(text: string): void {
     this.io.output.write(`${this.tty ? '\r\x1b[K' : ''}${text}\n`);
+  }
+
+  /** A line that is no part of the prompt shown (a budget event): above its last line, which is drawn again. */
+  private notice(text: string): void {
+    this.say(text);
+    if (this.tty) this.status(true);
   }
 
   private startInput(): void {

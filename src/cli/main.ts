@@ -109,7 +109,8 @@ Keys: 1-9 that uplink, d deny, * for all the app's destinations (toggle); then o
 m N minutes (digits, Enter; 10 without any), x until the app exits, a always (Enter: o). Esc goes
 back a step; on the first, it leaves the prompt to other agents and its timeout. q or Ctrl-C quits.
 Without a terminal each input line is one answer in the same keys ("1a", "2 m 30", "d o").
-Shows your prompts (root: everyone's). Exits 0 on quit, 69 when waymarkd is not there or goes
+Shows your prompts (root: everyone's), and a line for each budget warning, exhaustion and room
+again (--notify: a notification). Exits 0 on quit, 69 when waymarkd is not there or goes
 (--notify: or when the session bus has no notification server).`)
   .action(async (o: { json: boolean; name: string; notify: boolean }) => {
     if (o.notify) {

@@ -2,12 +2,14 @@
  * `waymark agent --notify`: the daemon's prompts as desktop notifications (src/agent/
  * notifications.ts, docs/notifications.md), through the same agent protocol as the terminal
  * agent: `agent.register` (the prompts open now, then `prompt.asked` / `prompt.closed` events)
- * and `prompt.answer`. Exits 0 on SIGINT/SIGTERM, 69 when waymarkd is not there or goes, or
+ * and `prompt.answer`; and the budget events the registration brings (`budget.warning`,
+ * `budget.exhausted`, `budget.restored`) as notices. Exits 0 on SIGINT/SIGTERM, 69 when waymarkd is not there or goes, or
  * when there is no notification server on the session bus.
  */
 import { Client, DaemonUnavailable } from '../daemon/client.js';
 import type { DaemonEvent } from '../daemon/events.js';
-import { NotificationsUnavailable, startNotificationAgent, type PromptSource } from '../agent/notifications.js';
+import type { BudgetNotice } from '../agent/budget-words.js';
+import { NotificationsUnavailable, startNotificationAgent, type BudgetSource, type PromptSource } from '../agent/notifications.js';
 import type { Prompt, PromptAnswer, PromptOutcome } from '../prompt/prompt.js';
 import { errorMessage } from '../errors.js';
 
@@ -51,12 +53,31 @@ class DaemonPrompts implements PromptSource {
   }
 }
 
+/** The agent protocol's `budget` topic as a BudgetSource. */
+class DaemonBudgets implements BudgetSource {
+  private readonly listeners = new Set<(n: BudgetNotice) => void>();
+
+  event(e: DaemonEvent): void {
+    if (e.type !== 'budget.warning' && e.type !== 'budget.exhausted' && e.type !== 'budget.restored') return;
+    for (const f of this.listeners) f(e);
+  }
+
+  onBudget(fn: (n: BudgetNotice) => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+}
+
 export async function runNotifyAgent(socket: string, o: { name: string; busAddress?: string }): Promise<number> {
   const client = new Client(socket);
   const source = new DaemonPrompts(client);
+  const budgets = new DaemonBudgets();
   let gone: (why: string) => void = () => undefined;
   const daemonGone = new Promise<string>((resolve) => { gone = resolve; });
-  client.listen((e) => source.event(e), (why) => gone(why));
+  client.listen((e) => {
+    source.event(e);
+    budgets.event(e);
+  }, (why) => gone(why));
   try {
     const r = await client.call('agent.register', { name: o.name });
     source.shown(r.prompts);
@@ -67,13 +88,16 @@ export async function runNotifyAgent(socket: string, o: { name: string; busAddre
   }
   let agent;
   try {
-    agent = await startNotificationAgent(source, o.busAddress !== undefined ? { busAddress: o.busAddress } : {});
+    const uid = process.getuid?.();
+    agent = await startNotificationAgent(source, {
+      budgets, ...(uid !== undefined ? { budgetWords: { viewer: uid } } : {}), ...(o.busAddress !== undefined ? { busAddress: o.busAddress } : {}),
+    });
   } catch (e) {
     process.stderr.write(`waymark agent: ${errorMessage(e)}\n`);
     client.close();
     return e instanceof NotificationsUnavailable ? EXIT_UNAVAILABLE : 1;
   }
-  process.stdout.write('showing prompts as desktop notifications; Ctrl-C to stop\n');
+  process.stdout.write('showing prompts as desktop notifications (and budget notices); Ctrl-C to stop\n');
   const signalled = new Promise<string>((resolve) => {
     process.once('SIGINT', () => resolve('interrupted'));
     process.once('SIGTERM', () => resolve('terminated'));

@@ -2,6 +2,10 @@
  * The agent protocol's handlers on the control socket (protocol.ts: `agent.register`,
  * `prompt.answer`, `prompts`), over the prompt broker (./prompts.ts). A registered agent lives
  * as long as its connection: the close hook unregisters it.
+ *
+ * An agent's connection gets the `prompt` topic and the `budget` topic: a budget's warning, its
+ * exhaustion and its room again reach the prompt agents of its user (and everyone's for a budget
+ * of the whole uplink: the bus routes them, events.ts), whatever events.subscribe asks.
  */
 import type { PromptAnswer } from '../prompt/prompt.js';
 import type { Handlers } from './protocol.js';
@@ -9,6 +13,9 @@ import { PromptError, type PromptBroker } from './prompts.js';
 import { RequestError } from './server.js';
 
 export type AgentHandlers = Pick<Handlers, 'agent.register' | 'prompt.answer' | 'prompts'>;
+
+/** The topics a prompt agent's connection gets for as long as it is open. */
+export const AGENT_TOPICS = ['prompt', 'budget'] as const;
 
 /** A broker's refusal as the control socket sends it; anything else is left as it is. */
 function wire(e: unknown): unknown {
@@ -24,7 +31,7 @@ export function agentHandlers(broker: PromptBroker): AgentHandlers {
         // is either in the list or comes as an event, never both, never neither.
         let topics;
         try {
-          topics = ctx.addTopics(['prompt']);
+          topics = ctx.addTopics(AGENT_TOPICS);
         } catch (e) {
           if (fresh) handle.unregister(); // an agent that would never hear of a prompt
           throw e;

@@ -28,11 +28,12 @@
  * do not know.
  *
  * Prompt agents (v2; docs/prompts.md): a connection that calls `agent.register` is a prompt
- * agent of its uid until it closes; it is subscribed to the `prompt` topic on top of whatever
- * events.subscribe asks (a later events.subscribe keeps it), and the reply lists the prompts open
- * now that it may answer (so an agent started late sees them; later ones come as events):
+ * agent of its uid until it closes; it is subscribed to the `prompt` and `budget` topics on top
+ * of whatever events.subscribe asks (a later events.subscribe keeps them), and the reply lists
+ * the prompts open now that it may answer (so an agent started late sees them; later ones come
+ * as events):
  *   → {"v":2,"id":1,"method":"agent.register","params":{"name":"waymark agent"}}
- *   ← {"v":2,"id":1,"ok":true,"result":{"agent":{...},"prompts":[],"queued":0,"topics":["prompt"]}}
+ *   ← {"v":2,"id":1,"ok":true,"result":{"agent":{...},"prompts":[],"queued":0,"topics":["prompt","budget"]}}
  *   ← {"v":2,"event":{"type":"prompt.asked","seq":40,"at":"...","prompt":{"id":"p-1","app":{...},"target":{...},"choices":[...],...}}}
  *   → {"v":2,"id":2,"method":"prompt.answer","params":{"id":"p-1","choice":{"uplink":"wifi"},"scope":"always"}}
  *   ← {"v":2,"id":2,"ok":true,"result":{"id":"p-1","outcome":{"by":"agent","uid":1000,"answer":{...}}}}
@@ -217,7 +218,7 @@ export const METHODS = {
   /**
    * From now on this connection also receives the events of these topics (all when empty) that
    * the caller may see. Again on the same connection: replaces the topics (a prompt agent's
-   * connection keeps `prompt`: agent.register).
+   * connection keeps `prompt` and `budget`: agent.register).
    */
   'events.subscribe': {
     privileged: false,
@@ -342,7 +343,7 @@ export interface AgentRegisterResult {
   prompts: Prompt[];
   /** Prompts of its uid (root: of everyone) waiting behind the open ones. */
   queued: number;
-  /** The topics this connection now gets events of (`prompt` among them). */
+  /** The topics this connection now gets events of (`prompt` and `budget` among them). */
   topics: Topic[];
 }
 export interface PromptAnswerResult { id: string; outcome: PromptOutcome }

@@ -14,10 +14,11 @@ import { createInterface } from 'node:readline';
 import os from 'node:os';
 import path from 'node:path';
 
+import { budgetLine, localMinute, usedPercent } from '../../src/agent/budget-words.js';
 import { AnswerKeys, formatPrompt, keysOf, type KeyResult } from '../../src/cli/agent.js';
 import { agentHandlers } from '../../src/daemon/agents.js';
 import { Client, DaemonError } from '../../src/daemon/client.js';
-import { EventBus, TOPICS, type DaemonEvent } from '../../src/daemon/events.js';
+import { EventBus, TOPICS, type BudgetChanged, type DaemonEvent } from '../../src/daemon/events.js';
 import type { Logger } from '../../src/daemon/log.js';
 import type { Handlers, HelloResult } from '../../src/daemon/protocol.js';
 import { PromptBroker, type AskRequest } from '../../src/daemon/prompts.js';
@@ -56,8 +57,14 @@ const prompt = (r: AskRequest, id = 'p-1', expiresAt = '2026-01-01T00:00:30.000Z
   id, app: r.app, target: r.target, needs: r.needs, choices: r.choices, default: r.default, rule: r.rule, expiresAt, held: r.held,
 });
 
+/** A budget event as the accounting service publishes it (src/accounting/service.ts: tell). */
+const budget = (over: Partial<BudgetChanged> = {}): BudgetChanged => ({
+  type: 'budget.warning', id: 'b-1', uplink: 'cellular', app: 'org.example.Chat', uid: 1000,
+  usedBytes: 8_000_000, limitBytes: 10_000_000, blocked: false, periodEnd: '2026-12-05T00:00:00.000Z', ...over,
+});
+
 /** A control server on a fresh socket with the broker's handlers; `closes` resolves as agents' connections are done. */
-async function controlServer(dir: string, name: string): Promise<{ sock: string; broker: PromptBroker; server: ControlServer; agentGone: () => Promise<void> }> {
+async function controlServer(dir: string, name: string): Promise<{ sock: string; broker: PromptBroker; bus: EventBus; server: ControlServer; agentGone: () => Promise<void> }> {
   const sock = path.join(dir, name);
   const bus = new EventBus();
   const broker = new PromptBroker({ publish: (e) => bus.publish(e) });
@@ -75,7 +82,7 @@ async function controlServer(dir: string, name: string): Promise<{ sock: string;
   };
   const server = new ControlServer(sock, handlers, quiet, { events: bus });
   await server.listen();
-  return { sock, broker, server, agentGone: () => new Promise((resolve) => gone.push(resolve)) };
+  return { sock, broker, bus, server, agentGone: () => new Promise((resolve) => gone.push(resolve)) };
 }
 
 describe('the terminal agent\'s words and keys', () => {
@@ -122,6 +129,26 @@ describe('the terminal agent\'s words and keys', () => {
     assert.deepEqual(keysOf('\x1b[A'), [], 'an arrow key is no key');
     assert.deepEqual(keysOf('2 m 3\r\x03\x7f'), ['2', 'm', '3', 'enter', 'interrupt', 'backspace']);
   });
+
+  it('says a budget event in one line: use of the limit, percent, when it resets (local time), blocked or not, room again', () => {
+    const utc = (): number => 0;
+    assert.equal(budgetLine(budget(), { tz: utc }),
+      'budget b-1: org.example.Chat has used 8.00 MB of 10.0 MB on cellular (80 %); resets 2026-12-05 00:00');
+    assert.equal(budgetLine(budget({ type: 'budget.exhausted', usedBytes: 10_000_400, blocked: true }), { tz: utc }),
+      'budget b-1 exhausted: org.example.Chat has used 10.0 MB of 10.0 MB on cellular; blocked on cellular until 2026-12-05 00:00');
+    assert.equal(budgetLine(budget({ type: 'budget.exhausted', usedBytes: 10_000_000 }), { tz: utc }),
+      'budget b-1 exhausted: org.example.Chat has used 10.0 MB of 10.0 MB on cellular; not blocked (the budget only warns); resets 2026-12-05 00:00');
+    assert.equal(budgetLine(budget({ type: 'budget.restored', usedBytes: 2_000_000, limitBytes: 20_000_000 }), { tz: utc }),
+      'budget b-1: org.example.Chat has room again on cellular (2.00 MB of 20.0 MB used); resets 2026-12-05 00:00');
+    // The whole uplink's budget; another user's, as root's agent sees it; a local time zone.
+    assert.equal(budgetLine(budget({ id: 'cell', app: null, uid: null, usedBytes: 1_600_000_000, limitBytes: 2_000_000_000 }), { tz: () => -300 }),
+      'budget cell: all traffic on cellular has used 1.60 GB of 2.00 GB (80 %); resets 2026-12-04 19:00');
+    assert.match(budgetLine(budget(), { viewer: 0 }), /^budget b-1: org\.example\.Chat \(uid 1000\) has used/);
+    assert.match(budgetLine(budget(), { viewer: 1000 }), /^budget b-1: org\.example\.Chat has used/);
+    assert.equal(usedPercent({ usedBytes: 9_999_999, limitBytes: 10_000_000 }), 99, 'rounded down: not 100 % before exhausted');
+    assert.equal(usedPercent({ usedBytes: 5, limitBytes: 0 }), undefined);
+    assert.equal(localMinute('2026-03-29T01:30:00.000Z', () => 120), '2026-03-29 03:30');
+  });
 });
 
 describe('the agent protocol on the control socket', () => {
@@ -130,7 +157,7 @@ describe('the agent protocol on the control socket', () => {
   after(() => rmSync(dir, { recursive: true, force: true }));
 
   it('registers agents, lists the open prompts to one started late, takes the first answer, and unregisters an agent with its connection', GUARD, async () => {
-    const { sock, broker, server, agentGone } = await controlServer(dir, 'proto.sock');
+    const { sock, broker, bus, server, agentGone } = await controlServer(dir, 'proto.sock');
     const uid = ME;
     const a = new Client(sock);
     const b = new Client(sock);
@@ -146,11 +173,16 @@ describe('the agent protocol on the control socket', () => {
         }
       };
       const reg = await a.call('agent.register', { name: 'test agent' });
-      assert.deepEqual({ prompts: reg.prompts, queued: reg.queued, topics: reg.topics, name: reg.agent.name, uid: reg.agent.uid }, { prompts: [], queued: 0, topics: ['prompt'], name: 'test agent', uid });
+      assert.deepEqual({ prompts: reg.prompts, queued: reg.queued, topics: reg.topics, name: reg.agent.name, uid: reg.agent.uid }, { prompts: [], queued: 0, topics: ['prompt', 'budget'], name: 'test agent', uid });
       assert.deepEqual((await a.call('agent.register', {})).agent, reg.agent, 'again on one connection: the same agent');
       assert.equal(broker.stats.agents, 1);
-      // events.subscribe later keeps the agent's topic.
-      assert.deepEqual((await a.call('events.subscribe', { topics: ['uplink'] })).topics, ['uplink', 'prompt']);
+      // events.subscribe later keeps the agent's topics.
+      assert.deepEqual((await a.call('events.subscribe', { topics: ['uplink'] })).topics, ['uplink', 'prompt', 'budget']);
+      // A budget event of its uid reaches the agent.
+      bus.publish(budget({ uid }));
+      const warned = await nextA('budget.warning');
+      assert.ok(warned.type === 'budget.warning');
+      assert.deepEqual({ id: warned.id, uid: warned.uid, usedBytes: warned.usedBytes }, { id: 'b-1', uid, usedBytes: 8_000_000 });
 
       const outcome = broker.ask(request(uid, 'chat|internet'));
       const asked = await nextA('prompt.asked');
@@ -199,9 +231,9 @@ describe('waymark agent on a terminal', { skip: !isRoot && 'needs root (the agen
   after(() => rmSync(dir, { recursive: true, force: true }));
 
   it('shows a prompt, answers with single keys, says when another agent answered or it timed out; another user\'s agent never sees it; exits on Ctrl-C (0) and when the daemon goes (69)', GUARD, async () => {
-    const { sock, broker, server } = await controlServer(dir, 'pty.sock');
+    const { sock, broker, bus, server } = await controlServer(dir, 'pty.sock');
     // Other users run the CLI from a copy they can read (a clone in a 0700 directory is out of their reach).
-    const agent = (uid: number): PtyProcess => new PtyProcess([process.execPath, path.join(publicRoot(), 'dist/src/cli/main.js'), '--socket', sock, 'agent'], { uid });
+    const agent = (uid: number): PtyProcess => new PtyProcess([process.execPath, path.join(publicRoot(), 'dist/src/cli/main.js'), '--socket', sock, 'agent'], { uid, env: { TZ: 'UTC' } });
     const alice = agent(ALICE);
     let bob: PtyProcess | undefined;
     try {
@@ -213,6 +245,10 @@ describe('waymark agent on a terminal', { skip: !isRoot && 'needs root (the agen
       at = await alice.waitFor('[1-3] uplink, d deny', at);
       assert.match(alice.screen, /2 {2}cellular .*0\.01 EUR\/MB · metered · roaming/);
       assert.match(alice.screen, /default {2}use wifi, in \d+ s without an answer/);
+      // A budget event while the prompt is shown: its line, then the prompt's last line again.
+      bus.publish(budget({ type: 'budget.exhausted', uid: ALICE, usedBytes: 10_000_000, blocked: true }));
+      at = await alice.waitFor('budget b-1 exhausted: org.example.Chat has used 10.0 MB of 10.0 MB on cellular; blocked on cellular until 2026-12-05 00:00', at);
+      at = await alice.waitFor('[1-3] uplink, d deny', at);
       alice.send('1');
       at = await alice.waitFor('wifi: o this connection', at);
       alice.send('a');
@@ -252,10 +288,13 @@ describe('waymark agent on a terminal', { skip: !isRoot && 'needs root (the agen
       await bob.waitFor(`waiting for prompts of uid ${BOB}`);
       const alices = broker.ask(request(ALICE, 'six'));
       await alice.waitFor('Prompt p-6', at);
+      bus.publish(budget({ id: 'alices', uid: ALICE }));
+      await alice.waitFor('budget alices: org.example.Chat has used 8.00 MB of 10.0 MB on cellular (80 %)', at);
       const bobs = broker.ask(request(BOB, 'mail', { name: 'mail' }));
       await bob.waitFor('Prompt p-7: mail wants to reach the Internet');
       // Events reach a connection in order: had Bob's agent got p-6, it would have shown it first.
       assert.deepEqual(bob.screen.match(/Prompt p-\d+/g), ['Prompt p-7'], 'Bob\'s agent was shown only his own prompt');
+      assert.doesNotMatch(bob.screen, /budget alices/, 'nor Alice\'s budget');
       assert.doesNotMatch(alice.screen, /p-5: answered/, 'a prompt left is not spoken of again');
 
       // Ctrl-C: Bob's agent ends (0); his prompt has no agent left.
@@ -283,8 +322,8 @@ describe('waymark agent without a terminal', () => {
   after(() => rmSync(dir, { recursive: true, force: true }));
 
   it('without a terminal takes one answer per input line ("2 m 30"), shows the outcome, and exits at the end of its input', GUARD, async () => {
-    const { sock, broker, server } = await controlServer(dir, 'lines.sock');
-    const child = spawn(process.execPath, [CLI, '--socket', sock, 'agent'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const { sock, broker, bus, server } = await controlServer(dir, 'lines.sock');
+    const child = spawn(process.execPath, [CLI, '--socket', sock, 'agent'], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, TZ: 'UTC' } });
     let out = '';
     let err = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => { out += d; });
@@ -296,12 +335,15 @@ describe('waymark agent without a terminal', () => {
     try {
       child.stdin.end('zz\n2 m 30\n');
       await registered;
+      // Before the prompt on the same connection: printed before the agent ends.
+      bus.publish(budget({ type: 'budget.restored', uid: ME, usedBytes: 0 }));
       const outcome = await broker.ask(request(ME, 'lines'));
       assert.deepEqual(outcome, { by: 'agent', uid: ME, answer: { choice: { uplink: 'cellular' }, scope: 'minutes', minutes: 30 } });
       assert.equal(await exited, 0, err);
       assert.match(out, /^Prompt p-1: chat wants to reach the Internet$/m);
       assert.match(out, /p-1: no answer in "zz"/);
       assert.match(out, /^p-1: answered: cellular, for 30 minutes$/m);
+      assert.match(out, /^budget b-1: org\.example\.Chat has room again on cellular \(0 B of 10\.0 MB used\); resets 2026-12-05 00:00\n/m);
     } finally {
       child.kill('SIGKILL');
       await server.close();
@@ -309,7 +351,7 @@ describe('waymark agent without a terminal', () => {
   });
 
   it('--json: prints the registration and the events as JSON lines, takes answers as JSON lines, reports each reply', GUARD, async () => {
-    const { sock, broker, server } = await controlServer(dir, 'json.sock');
+    const { sock, broker, bus, server } = await controlServer(dir, 'json.sock');
     const child = spawn(process.execPath, [CLI, '--socket', sock, 'agent', '--json'], { stdio: ['pipe', 'pipe', 'pipe'] });
     const lines: { type: string; [k: string]: unknown }[] = [];
     const waiters = new Set<() => void>();
@@ -331,6 +373,10 @@ describe('waymark agent without a terminal', () => {
     const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
     try {
       await line('agent.registered');
+      bus.publish(budget({ uid: ME }));
+      const warned = await line('budget.warning');
+      assert.equal(typeof warned['seq'], 'number');
+      assert.deepEqual({ ...warned, seq: 0, at: '' }, { ...budget({ uid: ME }), seq: 0, at: '' }, 'the event as it came');
       const outcome = broker.ask(request(ME, 'json'));
       const asked = await line('prompt.asked');
       assert.deepEqual((asked['prompt'] as Prompt | undefined)?.id, 'p-1');

@@ -9,12 +9,13 @@ import type { EventEmitter } from 'node:events';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import { connectBus, sessionBusAddress, type MessageBus } from '../../src/agent/dbus.js';
+import type { BudgetNotice } from '../../src/agent/budget-words.js';
 import {
-  answerFor, choiceLine, costWords, escapeMarkup, notificationContent, URGENCY,
+  answerFor, budgetNotificationContent, choiceLine, costWords, escapeMarkup, notificationContent, URGENCY,
 } from '../../src/agent/notification-content.js';
 import {
   APP_NAME, NOTIFICATIONS, NotificationsUnavailable, runNotificationAgent, startNotificationAgent,
-  type AgentEvents, type NotificationAgent, type PromptSource,
+  type AgentEvents, type BudgetSource, type NotificationAgent, type PromptSource,
 } from '../../src/agent/notifications.js';
 import type { Prompt, PromptAnswer, PromptOutcome } from '../../src/prompt/prompt.js';
 import { recordingLog } from '../support/fakes.js';
@@ -73,6 +74,34 @@ class FakeSource implements PromptSource {
 
   get listeners(): number {
     return this.asked.size + this.closed.size;
+  }
+}
+
+/** A budget event as the accounting service publishes it. */
+function notice(over: Partial<BudgetNotice> = {}): BudgetNotice {
+  return {
+    type: 'budget.warning', id: 'b-1', uplink: 'cellular', app: 'org.example.Chat', uid: 1000,
+    usedBytes: 8_000_000, limitBytes: 10_000_000, blocked: false, periodEnd: '2026-12-05T00:00:00.000Z', ...over,
+  };
+}
+
+const UTC = (): number => 0;
+
+/** Budget events the test publishes. */
+class FakeBudgets implements BudgetSource {
+  private readonly listeners = new Set<(n: BudgetNotice) => void>();
+
+  onBudget(fn: (n: BudgetNotice) => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
+  publish(n: BudgetNotice): void {
+    for (const fn of this.listeners) fn(n);
+  }
+
+  get count(): number {
+    return this.listeners.size;
   }
 }
 
@@ -166,6 +195,41 @@ describe('notification content (pure)', () => {
     assert.deepEqual(answerFor(p, 'use:wifi', { choose: 'minutes', deny: 'app', minutes: 30 }), { choice: { uplink: 'wifi' }, scope: 'minutes', minutes: 30 });
   });
 
+  test('a budget warning: normal urgency, the share used, the use of the limit, when it resets; no buttons', () => {
+    const c = budgetNotificationContent(notice(), { markup: false, tz: UTC });
+    assert.deepEqual(c, {
+      summary: 'org.example.Chat has used 80 % of its budget on cellular',
+      body: '8.00 MB of 10.0 MB used (budget b-1).\nResets 2026-12-05 00:00.',
+      urgency: URGENCY.normal,
+      expireMs: -1,
+    });
+    const uplink = budgetNotificationContent(notice({ id: 'cell', app: null, uid: null, usedBytes: 1_700_000_000, limitBytes: 2_000_000_000 }), { markup: false, tz: () => 60 });
+    assert.equal(uplink.summary, '85 % of the cellular budget used');
+    assert.equal(uplink.body, '1.70 GB of 2.00 GB used (budget cell).\nResets 2026-12-05 01:00.');
+    assert.equal(budgetNotificationContent(notice(), { markup: false, viewer: 0 }).summary, 'org.example.Chat (uid 1000) has used 80 % of its budget on cellular', 'root sees whose');
+  });
+
+  test('a budget exhausted: critical; blocked until the period ends, or only warned; room again: low', () => {
+    const blocked = budgetNotificationContent(notice({ type: 'budget.exhausted', usedBytes: 10_000_000, blocked: true }), { markup: false, tz: UTC });
+    assert.equal(blocked.summary, 'org.example.Chat is blocked on cellular');
+    assert.equal(blocked.body, '10.0 MB of 10.0 MB used (budget b-1).\nBlocked until 2026-12-05 00:00, or until the budget is raised or reset (`waymark budget`).');
+    assert.equal(blocked.urgency, URGENCY.critical);
+    const warnOnly = budgetNotificationContent(notice({ type: 'budget.exhausted', usedBytes: 12_000_000 }), { markup: false, tz: UTC });
+    assert.equal(warnOnly.summary, 'org.example.Chat has used up its budget on cellular');
+    assert.match(warnOnly.body, /^12\.0 MB of 10\.0 MB used \(budget b-1\)\.\nThe budget only warns: traffic goes on\. Resets 2026-12-05 00:00\.$/);
+    assert.equal(warnOnly.urgency, URGENCY.critical);
+    const uplink = budgetNotificationContent(notice({ type: 'budget.exhausted', app: null, uid: null, blocked: true }), { markup: false, tz: UTC });
+    assert.equal(uplink.summary, 'cellular is blocked: its budget is used up');
+    const again = budgetNotificationContent(notice({ type: 'budget.restored', usedBytes: 0, limitBytes: 20_000_000, periodEnd: '2027-01-05T00:00:00.000Z' }), { markup: false, tz: UTC });
+    assert.deepEqual(again, {
+      summary: 'org.example.Chat has room again on cellular', body: '0 B of 20.0 MB used (budget b-1).\nResets 2027-01-05 00:00.', urgency: URGENCY.low, expireMs: -1,
+    });
+    assert.equal(budgetNotificationContent(notice({ type: 'budget.restored', app: null, uid: null }), { markup: false }).summary, 'cellular has room again');
+    const odd = budgetNotificationContent(notice({ type: 'budget.exhausted', blocked: true, app: 'a<b>' }), { markup: true, tz: UTC });
+    assert.equal(odd.summary, 'a<b> is blocked on cellular', 'the summary is never markup');
+    assert.doesNotMatch(odd.body, /[<>]/);
+  });
+
   test('the session bus address: given, else the environment, else none', () => {
     assert.equal(sessionBusAddress('unix:path=/x', { DBUS_SESSION_BUS_ADDRESS: 'unix:path=/y' }), 'unix:path=/x');
     assert.equal(sessionBusAddress(undefined, { DBUS_SESSION_BUS_ADDRESS: 'unix:path=/y' }), 'unix:path=/y');
@@ -180,7 +244,7 @@ describe('notification agent on a private bus', () => {
 
   /** Starts a server, an agent with a fake source; stops both at the end of the test. */
   async function world(t: { after(fn: () => Promise<void> | void): void }, caps?: readonly string[]): Promise<{
-    server: NotificationServer; source: FakeSource; agent: NotificationAgent; client: MessageBus; log: ReturnType<typeof recordingLog>;
+    server: NotificationServer; source: FakeSource; budgets: FakeBudgets; agent: NotificationAgent; client: MessageBus; log: ReturnType<typeof recordingLog>;
   }> {
     const server = await NotificationServer.start(bus.address, caps ? { capabilities: caps } : {});
     t.after(async () => { await server.close(); });
@@ -188,9 +252,10 @@ describe('notification agent on a private bus', () => {
     t.after(() => client.close());
     const source = new FakeSource();
     const log = recordingLog();
-    const agent = await runNotificationAgent(source, client, log);
+    const budgets = new FakeBudgets();
+    const agent = await runNotificationAgent(source, client, log, { budgets, budgetWords: { tz: UTC } });
     t.after(() => agent.close());
-    return { server, source, agent, client, log };
+    return { server, source, budgets, agent, client, log };
   }
 
   test('a prompt becomes a notification; a button answers it', async (t) => {
@@ -296,14 +361,80 @@ describe('notification agent on a private bus', () => {
     assert.equal(agent.notificationOf(p.id), undefined);
   });
 
+  test('a budget\'s warning, exhaustion and room again are one notification, each replacing the one before; no buttons', async (t) => {
+    const { server, budgets, agent } = await world(t);
+    budgets.publish(notice());
+    const warned = await server.notified.take('Notify of the warning');
+    assert.equal(warned.appName, APP_NAME);
+    assert.equal(warned.replacesId, 0);
+    assert.equal(warned.summary, 'org.example.Chat has used 80 % of its budget on cellular');
+    assert.equal(warned.body, '8.00 MB of 10.0 MB used (budget b-1).\nResets 2026-12-05 00:00.');
+    assert.deepEqual(warned.actions, []);
+    assert.equal(warned.hints.get('urgency')?.signature, 'y');
+    assert.equal(warned.hints.get('urgency')?.value, URGENCY.normal);
+    assert.equal(warned.hints.get('x-waymark-budget')?.value, 'b-1');
+    assert.equal(warned.expireTimeout, -1);
+
+    // The exhaustion replaces the warning: one notification, now critical.
+    const up = new Promise<number>((resolve) => agent.events.once('budgetShown', (_b, n) => resolve(n)));
+    budgets.publish(notice({ type: 'budget.exhausted', usedBytes: 10_000_000, blocked: true }));
+    const exhausted = await server.notified.take('Notify of the exhaustion');
+    assert.equal(exhausted.replacesId, warned.id);
+    assert.equal(exhausted.id, warned.id);
+    assert.equal(exhausted.summary, 'org.example.Chat is blocked on cellular');
+    assert.equal(exhausted.hints.get('urgency')?.value, URGENCY.critical);
+    assert.equal(await within(up, 'budgetShown'), warned.id);
+    assert.equal(agent.notificationOfBudget('b-1'), warned.id);
+
+    // Another budget has its own.
+    budgets.publish(notice({ id: 'cell', app: null, uid: null }));
+    const other = await server.notified.take('Notify of another budget');
+    assert.equal(other.replacesId, 0);
+    assert.notEqual(other.id, warned.id);
+
+    // Room again: a low-urgency notice in the exhaustion's place.
+    budgets.publish(notice({ type: 'budget.restored', usedBytes: 0, limitBytes: 20_000_000 }));
+    const again = await server.notified.take('Notify of room again');
+    assert.equal(again.replacesId, warned.id);
+    assert.equal(again.summary, 'org.example.Chat has room again on cellular');
+    assert.equal(again.hints.get('urgency')?.value, URGENCY.low);
+    assert.deepEqual([...server.showing.keys()].sort(), [warned.id, other.id].sort(), 'two on screen: one per budget');
+    assert.equal(server.closeCalls.all.length, 0);
+  });
+
+  test('a budget\'s events in quick succession replace each other in order; once dismissed, the next is a new one', async (t) => {
+    const { server, budgets, agent } = await world(t);
+    const up = new Arrivals<number>();
+    agent.events.on('budgetShown', (_b, n) => up.push(n));
+    // Both before the first Notify's reply: the second waits for the first's id.
+    budgets.publish(notice());
+    budgets.publish(notice({ type: 'budget.exhausted', usedBytes: 10_000_000, blocked: true }));
+    const first = await server.notified.take('Notify of the warning');
+    const second = await server.notified.take('Notify of the exhaustion');
+    assert.equal(second.replacesId, first.id);
+    assert.equal(second.hints.get('urgency')?.value, URGENCY.critical);
+    assert.equal(server.showing.size, 1);
+    assert.equal(await up.take('the warning shown'), first.id);
+    assert.equal(await up.take('the exhaustion shown'), first.id);
+
+    const gone = within(new Promise<[string, number]>((resolve) => agent.events.once('budgetHidden', (b, n) => resolve([b, n]))), 'budgetHidden');
+    server.dismiss(first.id);
+    assert.deepEqual(await gone, ['b-1', first.id]);
+    assert.equal(agent.notificationOfBudget('b-1'), undefined);
+    budgets.publish(notice({ type: 'budget.restored', usedBytes: 0 }));
+    const third = await server.notified.take('Notify of room again');
+    assert.equal(third.replacesId, 0, 'a dismissed notice is not replaced: a new one');
+  });
+
   test('closing the agent closes what it shows and unsubscribes', async (t) => {
-    const { server, source, agent } = await world(t);
+    const { server, source, budgets, agent } = await world(t);
     source.ask(prompt());
     // Closed while its Notify may still be under way: close() waits for it and closes it too.
     const n = await server.notified.take('Notify');
     await agent.close();
     assert.equal(await server.closeCalls.take('CloseNotification'), n.id);
     assert.equal(source.listeners, 0);
+    assert.equal(budgets.count, 0);
     assert.equal(await within(agent.done, 'done'), 'closed');
   });
 
