@@ -34,8 +34,8 @@ import { UNATTRIBUTED_APP } from './identity.js';
 import { Growth, minuteOf, Unattributed } from './sample.js';
 import {
   MB_BYTES,
-  type BudgetLimit, type BudgetPeriod, type BudgetSetParams, type BudgetState, type BudgetView, type Money, type Resolution,
-  type UsageAppView, type UsageCounts, type UsageGroup, type UsageQuery, type UsageResult,
+  type BudgetLimit, type BudgetPeriod, type BudgetState, type BudgetView, type Money,
+  type UsageAppView, type UsageCounts, type UsageQuery, type UsageResult,
 } from './view.js';
 
 /** One entry of the programs' counters (src/backstop/bpf.ts: AppMaps.usage). */

@@ -46,7 +46,7 @@ export interface ModelOptions {
   /** An app's cgroup went (its answers "until the app exits" go with it: src/daemon/rule-store.ts). */
   readonly onAppLeft?: () => void;
   /** What the budgets ask of the apps' treatments (src/accounting/service.ts: kernelBudgets). */
-  readonly kernelBudgets?: () => KernelBudgets;
+  readonly kernelBudgets?: () => Partial<KernelBudgets>;
 }
 
 export interface Model {

@@ -4,7 +4,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { mkdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { createCgroupBackend } from '../backstop/backend.js';
-import { AppMaps, appMapsPort } from '../backstop/bpf.js';
+import { AppMaps, appMapsPort, usageKernelPort } from '../backstop/bpf.js';
 import { WAYMARK_CGROUP_DIR } from '../backstop/cgroup.js';
 import { CgroupTree } from '../identity/cgroup-tree.js';
 import { AppKeys, seenOf } from './apps.js';
@@ -33,10 +33,15 @@ import { DEFAULT_STATE_DIR, StateStore } from './state.js';
 import { errorMessage } from '../errors.js';
 import { DEFAULT_RTT_INTERVAL_MS, RttMonitor, sockDiagPort } from './rtt-monitor.js';
 import type { Handlers } from './protocol.js';
+import { UsageHistory } from '../accounting/history.js';
+import { AccountingService, DEFAULT_FLUSH_MS } from '../accounting/service.js';
+import { KernelIdentities } from '../accounting/identity.js';
+import { destinationIndex } from '../backstop/desired.js';
+import { BudgetBook, configBudgets, UsageService } from './usage-service.js';
 
-// Until the accounting service answers them (issue 10, in progress).
-function usageHandlers(): Pick<Handlers, 'usage.query' | 'budget.list' | 'budget.set' | 'budget.rm' | 'budget.reset'> {
-  const no = (): Promise<never> => Promise.reject(new RequestError({ code: 'ENOSYS', message: 'usage accounting is not built yet' }));
+/** The usage methods while there is no history (its database could not be opened): they say why. */
+function usageUnavailable(why: string): Pick<Handlers, 'usage.query' | 'budget.list' | 'budget.set' | 'budget.rm' | 'budget.reset'> {
+  const no = (): Promise<never> => Promise.reject(new RequestError({ code: 'EIO', message: `usage accounting is off: ${why}` }));
   return { 'usage.query': no, 'budget.list': no, 'budget.set': no, 'budget.rm': no, 'budget.reset': no };
 }
 
@@ -53,6 +58,8 @@ const program = new Command('waymarkd')
     .default(DEFAULT_BUSY_POLL_US).argParser(busyPollUs))
   .addOption(new Option('--rtt-interval <s>', 'how often the RTT of the TCP connections over each uplink is read (sock_diag), in seconds')
     .default(DEFAULT_RTT_INTERVAL_MS / 1000).argParser(rttInterval))
+  .addOption(new Option('--usage-flush <s>', 'how often the usage counted in the kernel is written to the history (STATE_DIR/usage.sqlite), in seconds: at most this much is lost in a crash')
+    .default(DEFAULT_FLUSH_MS / 1000).argParser(usageFlush))
   .version(VERSION)
   .addHelpText('after', `
 Signals: SIGHUP reloads the configuration (a bad file is rejected and the running one stays);
@@ -63,7 +70,10 @@ Exit status: 0 stopped cleanly (--check: the configuration is valid); 1 bad opti
 start or unclean stop; 75 another waymarkd holds a lock or answers on the socket (that one keeps
 running); 78 configuration rejected (each problem as FILE:LINE:COLUMN: FIELD: PROBLEM).`);
 
-interface Opts { config: string; socket: string; stateDir: string; keepState: boolean; check: boolean; logLevel: Level; busyPollUs: number; cgroupRoot: string; rttInterval: number }
+interface Opts {
+  config: string; socket: string; stateDir: string; keepState: boolean; check: boolean; logLevel: Level; busyPollUs: number; cgroupRoot: string;
+  rttInterval: number; usageFlush: number;
+}
 
 /** "/", "" or "a/b" (no "." or ".." components): the root relative to the mount, '' for the whole hierarchy. */
 function cgroupRoot(v: string): string {
@@ -79,6 +89,12 @@ function busyPollUs(v: string): number {
 }
 
 function rttInterval(v: string): number {
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || n < 1 || n > 3600) throw new InvalidArgumentError('a whole number of seconds, 1 to 3600');
+  return n;
+}
+
+function usageFlush(v: string): number {
   const n = Number(v);
   if (!/^\d+$/.test(v) || n < 1 || n > 3600) throw new InvalidArgumentError('a whole number of seconds, 1 to 3600');
   return n;
@@ -138,9 +154,20 @@ async function main(): Promise<void> {
   const events = new EventBus();
   const startedAt = new Date();
   const appKeys = new AppKeys(saved.appKeys, (all) => void store.update({ appKeys: all }).catch((e: unknown) => log.error('cannot save state', { error: errorMessage(e) })));
+  // The usage history: without it (a database that cannot be opened) the daemon steers all the same.
+  let history: UsageHistory | null = null;
+  let historyOff = '';
+  try {
+    history = UsageHistory.open(join(opts.stateDir, 'usage.sqlite'));
+  } catch (e) {
+    historyOff = errorMessage(e);
+    log.error('usage accounting is off: the history cannot be opened', { error: historyOff });
+  }
+  let accounting: AccountingService | null = null;
   let appLeft = (): void => undefined;
   const { world, nftables, routing, sessions, decisions, apps, prompts } = assemble({
     onAppLeft: () => appLeft(),
+    kernelBudgets: () => accounting?.kernelBudgets ?? {},
     config, savedSlots: saved.slots, saveSlots: (slots) => store.update({ slots: { ...slots } }), generation, events, log, appKeys,
     sessionStore: { save: (all) => store.update({ sessions: all.map((x) => ({ ...x, needs: [...x.needs], deny: [...x.deny], apps: [...x.apps] })) }) },
   }, {
@@ -165,6 +192,23 @@ async function main(): Promise<void> {
     },
   });
   const rules = new RuleService({ world, store: ruleStore, apps: (cred) => apps.list(cred) });
+  let usage: UsageService | null = null;
+  if (history !== null) {
+    const book = new BudgetBook(history, (id, why) => log.error('a stored budget is invalid, skipped', { budget: id, why }));
+    const budgetWorld = (): { uplinks: typeof world.uplinks; destinations: typeof world.config.destinations; budgets: ReturnType<BudgetBook['all']> } => ({
+      uplinks: world.uplinks, destinations: world.config.destinations, budgets: book.all(configBudgets(world.config.budgets)),
+    });
+    accounting = new AccountingService({
+      kernel: appMaps ? usageKernelPort(appMaps) : null,
+      uplinkCounters: () => nftables.readCounters(),
+      history, world: budgetWorld, destinationIndex,
+      identities: new KernelIdentities({ keys: appKeys, apps }),
+      publish: (e) => events.publish(e), log,
+      onKernelChange: () => apps.refresh(),
+      mayChangeState,
+    });
+    usage = new UsageService({ accounting, book, world: budgetWorld });
+  }
   const decideServer = new DecisionServer(join(runDir, DECIDE_SOCKET), decisions, log, { busyPollUs: opts.busyPollUs });
 
   const reload = async (): Promise<ReloadResult> => {
@@ -213,7 +257,7 @@ async function main(): Promise<void> {
     'rules.rm': (params, cred) => rules.remove(params.id, cred),
     'rules.explain': (params, cred) => Promise.resolve(rules.explain(params, cred)),
     ...agentHandlers(prompts),
-    ...usageHandlers(),
+    ...(usage ? usage.handlers() : usageUnavailable(historyOff)),
   }, log, { events });
 
   logNotices(log, config);
@@ -237,6 +281,8 @@ async function main(): Promise<void> {
   // The kernel's connect reports (apps whose rule asks), resolved by the app service.
   appMaps?.onConnect((r) => apps.connected(r));
   apps.refresh();
+  // The first reading of the kernel's counters (the uplinks' baselines), then every few seconds.
+  await accounting?.start(undefined, opts.usageFlush * 1000);
   decideServer.listen();
   // Only now: a new generation voids every library's cached answers, and from this very tick on
   // the decide socket answers them, so none falls back to default routing in between.
@@ -260,6 +306,9 @@ async function main(): Promise<void> {
       sessions.close();
       tree.close();
       await server.close();
+      // What the kernel counted since the last flush, before its counters go.
+      await accounting?.stop();
+      history?.close();
       const changes = await routing.stop(opts.keepState);
       if (!opts.keepState) {
         await nftables.remove();

@@ -9,6 +9,7 @@
  * changed there (`budget rm` refuses it); root and the group may reset it. A budget only ever
  * narrows what an app may do, so setting one on one's own app widens nothing.
  */
+import type { ConfigBudget } from '../config/load.js';
 import type { PeerCred } from '../native/index.js';
 import type { StoredBudget } from '../accounting/history.js';
 import type { AccountingService, BudgetDef, HistoryPort } from '../accounting/service.js';
@@ -26,8 +27,9 @@ export const MAX_BUDGETS = 2000;
 export class BudgetBook {
   private stored: StoredBudget[];
 
-  constructor(private readonly history: Pick<HistoryPort, 'budgets' | 'putBudget' | 'deleteBudget'>) {
-    this.stored = history.budgets();
+  /** `invalid`: a stored budget that no longer parses (it is skipped). */
+  constructor(private readonly history: Pick<HistoryPort, 'budgets' | 'putBudget' | 'deleteBudget'>, invalid?: (id: string, why: string) => void) {
+    this.stored = history.budgets(invalid);
   }
 
   /** The config's budgets, then the stored ones. */
@@ -63,6 +65,12 @@ export class BudgetBook {
     for (let n = this.stored.length + 1; ; n++) if (!taken(`b-${n}`)) return `b-${n}`;
   }
 }
+
+/** The config file's budgets as the accounting runs them (set by the administrator: owner root). */
+export const configBudgets = (budgets: readonly ConfigBudget[]): BudgetDef[] => budgets.map((b) => ({
+  id: b.id, source: 'config', uplink: b.uplink, app: b.app ?? null, uid: b.uid, period: b.period, start: b.start,
+  limit: b.limit, warnAt: b.warnAt, block: b.block, owner: 0,
+}));
 
 const defOf = (b: StoredBudget): BudgetDef => ({
   id: b.id, source: 'cli', uplink: b.spec.uplink, app: b.spec.app ?? null, uid: b.spec.uid, period: b.spec.period,
