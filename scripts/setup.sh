@@ -9,7 +9,7 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 
 # command -> Debian package that provides it
 missing=""
-for pair in ip:iproute2 nft:nftables curl:curl wget:wget socat:socat dig:dnsutils setpriv:util-linux nsenter:util-linux cc:gcc c++:g++ make:make go:golang-go clang:clang bpftool:bpftool dbus-daemon:dbus-daemon; do
+for pair in ip:iproute2 nft:nftables curl:curl wget:wget socat:socat dig:dnsutils setpriv:util-linux nsenter:util-linux cc:gcc c++:g++ make:make go:golang-go clang:clang bpftool:bpftool dbus-daemon:dbus-daemon ping:iputils-ping; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || missing="$missing $pkg"
 done

@@ -27,7 +27,7 @@ import { counterName } from '../nftables/ruleset.js';
 import type { UplinkState } from '../uplink/state.js';
 import type { BudgetChanged, EventBody } from '../daemon/events.js';
 import type { Logger } from '../daemon/log.js';
-import { budgetState, kernelLimit, limitBytes as limitInBytes, localOffset, periodOf, transition, type TzOffset } from './budget.js';
+import { budgetState, kernelLimit, limitBytes as limitInBytes, localOffset, notifiedIn, periodOf, transition, type TzOffset } from './budget.js';
 import { addMoney, costOf } from './cost.js';
 import type { UsageHistory, UsageRecord } from './history.js';
 import { UNATTRIBUTED_APP } from './identity.js';
@@ -429,8 +429,11 @@ export class AccountingService {
     for (const [id, t] of next) {
       const state = budgetState(t.used, t.limitBytes, t.def.warnAt);
       const mark = `notified:${id}`;
-      const told = transition(t.state, state, t.countFromMs, this.kv[mark] ?? null);
+      const before = this.kv[mark] ?? null;
+      const told = transition(t.state, state, t.countFromMs, before);
       t.state = state;
+      // Past the threshold and the limit within one sample: the warning is still said, first.
+      if (told.event === 'budget.exhausted' && notifiedIn(before, t.countFromMs) === 'ok') this.tell('budget.warning', t);
       if (told.notified !== null && told.notified !== this.kv[mark]) {
         this.kv[mark] = told.notified;
         noted = true;
