@@ -13,8 +13,9 @@
  * 3. The cgroup tree (src/identity/cgroup-tree.ts): mkdir of an app scope by another process
  *    → the daemon's `added` callback, and rmdir → `removed` (test/support/cgroup-latency.ts),
  *    in a per-run directory under the cgroup2 mount.
- * 4. A bulk TCP transfer with accounting on (the app programs counting every packet) against the
- *    same with it off, interleaved over several rounds (bench/usage.ts).
+ * 4. A bulk TCP transfer with accounting on (the app programs counting every packet), with budgets,
+ *    and with the programs idle, against the same with no program in its way, interleaved over
+ *    rounds for about half a minute, with an identical control case (bench/usage.ts).
  *
  * A benchmark, not a test: it prints numbers and the targets, and fails only if it cannot run.
  */

@@ -28,6 +28,7 @@ export type AgentRequest =
   | { op: 'deleteCgroup'; id: string }
   | { op: 'setUid'; uid: number; t: Treatment }
   | { op: 'setIfSlot'; ifindex: number; slot: number }
+  | { op: 'deleteIfSlot'; ifindex: number }
   | { op: 'setDestination'; prefix: string; slot: number; dest?: number }
   | { op: 'setDestinationCounts'; v4: number; v6: number }
   | { op: 'setBudget'; app: BudgetApp; slot: number; limit: string }
@@ -136,6 +137,8 @@ function handle(r: AgentRequest): unknown {
     case 'setIfSlot':
       need().setIfSlot(r.ifindex, r.slot);
       return null;
+    case 'deleteIfSlot':
+      return need().deleteIfSlot(r.ifindex);
     case 'setDestination':
       need().setDestination(prefixOf(r.prefix), { slot: r.slot, dest: r.dest ?? 0 });
       return null;

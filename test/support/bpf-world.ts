@@ -4,6 +4,8 @@
  *   - network namespaces A (the "device": uplinks up0 = 10.90.1.1 and up1 = 10.90.2.1, IPv6
  *     fd00:90:N::1) and B (the far end: far0/far1 = .2 / ::2), joined by two veth pairs;
  *   - a cgroup subtree wmbpf-<run> under the cgroup2 mount (children made with cgroup());
+ *   - on demand, its sibling wmbpf-<run>-out (children made with cgroupOutside()): no program
+ *     attached at the subtree's top applies there (bench/usage.ts's baseline);
  *   - the agent (./bpf-agent.ts) in A, holding the AppMaps attached at the subtree's top.
  * Processes are started in a cgroup and a namespace with spawnIn().
  */
@@ -81,13 +83,17 @@ export class BpfWorld {
   readonly nsB = `wmbpfb-${this.run}`;
   /** The subtree's top, where the programs are attached. */
   readonly base: string;
+  /** The subtree's sibling, made by the first cgroupOutside(). */
+  readonly outside: string;
   private readonly made: string[] = [];
+  private outsideMade = false;
   private readonly children = new Set<ChildProcess>();
   private agent: Lines | undefined;
   private readonly onExit = (): void => this.destroy();
 
   private constructor(mount: string) {
     this.base = join(mount, `wmbpf-${this.run}`);
+    this.outside = `${this.base}-out`;
   }
 
   /** Builds the namespaces and the subtree, starts the agent and attaches the programs. */
@@ -124,6 +130,17 @@ export class BpfWorld {
     const dir = join(this.base, rel);
     mkdirSync(dir);
     this.made.push(dir);
+    return dir;
+  }
+
+  /** A child cgroup (relative path) of the subtree's sibling, made now: outside the programs' reach. */
+  cgroupOutside(rel: string): string {
+    if (!this.outsideMade) {
+      mkdirSync(this.outside);
+      this.outsideMade = true;
+    }
+    const dir = join(this.outside, rel);
+    mkdirSync(dir);
     return dir;
   }
 
@@ -198,6 +215,8 @@ export class BpfWorld {
     // a failure), then remove it.
     if (this.made.length > 0) removeCgroupTree(this.base);
     this.made.length = 0;
+    if (this.outsideMade) removeCgroupTree(this.outside);
+    this.outsideMade = false;
     sh(['ip', 'netns', 'del', this.nsA], true);
     sh(['ip', 'netns', 'del', this.nsB], true);
   }
