@@ -172,6 +172,8 @@ export class AccountingService {
   private chain: Promise<unknown> = Promise.resolve();
   private timers: NodeJS.Timeout[] = [];
   private kernelView: KernelBudgets = { budgeted: new Set(), blocked: new Map(), blockedSlots: [] };
+  /** Uplinks exhausted budgets block, per app ("uid/name") and for every app: for the decisions. */
+  private blockedNames: { readonly byApp: ReadonlyMap<string, readonly string[]>; readonly all: readonly string[] } = { byApp: new Map(), all: [] };
   private limitsWritten = '';
   /** The history's small key-value part: budgets' announcement markers ("notified:…") and resets ("reset:<id>"). */
   private kv: Record<string, string>;
@@ -488,6 +490,15 @@ export class AccountingService {
     const view: KernelBudgets = { budgeted, blocked, blockedSlots: [...blockedSlots].sort((a, b) => a - b) };
     if (!sameKernelBudgets(view, this.kernelView)) {
       this.kernelView = view;
+      const byApp = new Map<string, string[]>();
+      const all: string[] = [];
+      for (const t of this.tracks.values()) {
+        if (!t.def.block || t.state !== 'exhausted') continue;
+        if (t.appKey === 'any') all.push(t.def.uplink);
+        else byApp.set(`${t.uid ?? 'system'}/${t.appName ?? ''}`, [...(byApp.get(`${t.uid ?? 'system'}/${t.appName ?? ''}`) ?? []), t.def.uplink]);
+      }
+      for (const [k, v] of byApp) byApp.set(k, [...new Set([...v, ...all])]);
+      this.blockedNames = { byApp, all: [...new Set(all)] };
       this.deps.onKernelChange();
     }
   }
@@ -549,6 +560,17 @@ export class AccountingService {
       state: t?.state ?? budgetState(usedBytes, limitBytes, d.warnAt),
       resetAt: reset !== null && reset >= p.startMs && reset < p.endMs ? new Date(reset).toISOString() : null,
     };
+  }
+
+  /**
+   * The uplinks an app may not use now, its budget (or the uplink's) being exhausted: the
+   * decisions treat them as denied, so an app allowed another uplink moves there. On the path of
+   * every first decision: a map lookup, no allocation.
+   */
+  blockedUplinks(uid: number, name: string): readonly string[] {
+    const b = this.blockedNames;
+    if (b.byApp.size === 0) return b.all;
+    return b.byApp.get(`${uid}/${name}`) ?? b.all;
   }
 
   /** What is left of the tightest budget of an app (by key) on an uplink, for the ask prompt (null: none). */

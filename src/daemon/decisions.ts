@@ -112,6 +112,8 @@ export class DecisionService implements DecisionHandlers {
   private readonly logged = new Map<string, number>();
   /** The daemon's cgroup root, as a v2 path: apps are recognised below it. */
   private readonly cgroupRoot: string | undefined;
+  /** The uplinks exhausted budgets block for an app (none: no budgets). */
+  private blocked: ((uid: number, name: string) => readonly string[]) | undefined;
 
   constructor(
     private readonly world: DecisionWorld,
@@ -136,6 +138,11 @@ export class DecisionService implements DecisionHandlers {
   /** Connects the prompt broker and the rule store (they are built after this service). */
   askWith(ports: AskPorts): void {
     this.asker = ports;
+  }
+
+  /** Where exhausted budgets block an app's uplinks (src/accounting/service.ts: blockedUplinks). */
+  blockWith(blocked: (uid: number, name: string) => readonly string[]): void {
+    this.blocked = blocked;
   }
 
   /** A new config or new uplink facts void every cached answer. */
@@ -189,7 +196,10 @@ export class DecisionService implements DecisionHandlers {
   ): { decision: Decision; rule: Rule | undefined; policy: AppRule | undefined; destination: string } {
     const config = this.world.config;
     const session = this.sessions.ofCgroup(id.cgroup);
-    const wish = mergeWish(session ? wishOf(session) : undefined, own);
+    let wish = mergeWish(session ? wishOf(session) : undefined, own);
+    // Uplinks exhausted budgets block for this app are as good as denied (the kernel drops them anyway).
+    const blocked = this.blocked === undefined ? NO_DENY : this.blocked(id.uid, id.flatpakId ?? id.app ?? id.unit ?? '');
+    if (blocked.length > 0) wish = { ...wish, deny: [...wish.deny, ...blocked] };
     const destination = at.destination ?? this.world.learned.destinationOf(family, addr) ?? destinationOfAddress(config.destinations, family, addr);
     const { rule, policy } = this.rulesFor(id, session, wish, destination, at.proto, at.port);
     const decision = decide({

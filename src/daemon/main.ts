@@ -204,10 +204,16 @@ async function main(): Promise<void> {
       history, world: budgetWorld, destinationIndex,
       identities: new KernelIdentities({ keys: appKeys, apps }),
       publish: (e) => events.publish(e), log,
-      onKernelChange: () => apps.refresh(),
+      // The kernel's treatments and every library's cached answers follow exhausted and restored budgets.
+      onKernelChange: () => {
+        apps.refresh();
+        decisions.invalidate();
+      },
       mayChangeState,
     });
     usage = new UsageService({ accounting, book, world: budgetWorld });
+    const acc = accounting;
+    decisions.blockWith((uid, name) => acc.blockedUplinks(uid, name));
   }
   const decideServer = new DecisionServer(join(runDir, DECIDE_SOCKET), decisions, log, { busyPollUs: opts.busyPollUs });
 
