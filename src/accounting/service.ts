@@ -573,11 +573,12 @@ export class AccountingService {
     return b.byApp.get(`${uid}/${name}`) ?? b.all;
   }
 
-  /** What is left of the tightest budget of an app (by key) on an uplink, for the ask prompt (null: none). */
-  budgetLeft(appKey: number, uplink: string): number | null {
+  /** What is left of the tightest budget of an app (by uid and name) on an uplink, for the ask prompt (null: none). */
+  budgetLeft(uid: number, name: string, uplink: string): number | null {
     let left: number | null = null;
     for (const t of this.tracks.values()) {
-      if (t.def.uplink !== uplink || t.limitBytes === null || (t.appKey !== 'any' && t.appKey !== appKey)) continue;
+      if (t.def.uplink !== uplink || t.limitBytes === null) continue;
+      if (t.appKey !== 'any' && (t.appName !== name || t.uid !== uid)) continue;
       const l = Math.max(0, t.limitBytes - t.used);
       left = left === null ? l : Math.min(left, l);
     }

@@ -4,6 +4,7 @@
  * what the pure decide() makes of it. Also resolves names of domain destinations through the
  * DNS servers of the uplink that reaches them.
  */
+import { formatBytes } from '../accounting/cost.js';
 import { INTERNET, destinationOfAddress, destinationOfName } from '../destination/destination.js';
 import { isIP } from 'node:net';
 import { decide, findUplink, type Decision, type Wish } from '../decision/decide.js';
@@ -42,6 +43,17 @@ const ERRNO = { EACCES: 13, ENETUNREACH: 101 } as const;
 const DNS_TIMEOUT_MS = 2_000;
 const DNS_PORT = 53;
 const NO_DENY: readonly string[] = Object.freeze([]);
+
+/** What the budgets say of an app's uplinks (the app by uid and the name its app key has). */
+export interface BudgetPort {
+  /** The uplinks its (or their uplink's) exhausted budgets block now. */
+  blocked(uid: number, name: string): readonly string[];
+  /** Bytes left of its tightest budget on an uplink (null: none). */
+  left(uid: number, name: string, uplink: string): number | null;
+}
+
+/** The name an app's key has (src/identity/cgroup.ts: the Flatpak ID, the app ID, else the unit). */
+const appKeyName = (id: AppIdentity): string => id.flatpakId ?? id.app ?? id.unit ?? '';
 const NO_FACTS: readonly AppFacts[] = Object.freeze([]);
 
 /** What an answer does, as a rule: the uplink picked and no other (a remembered answer never moves), or deny. */
@@ -112,8 +124,8 @@ export class DecisionService implements DecisionHandlers {
   private readonly logged = new Map<string, number>();
   /** The daemon's cgroup root, as a v2 path: apps are recognised below it. */
   private readonly cgroupRoot: string | undefined;
-  /** The uplinks exhausted budgets block for an app (none: no budgets). */
-  private blocked: ((uid: number, name: string) => readonly string[]) | undefined;
+  /** The budgets: what they block and leave of an app's uplinks (none: no accounting). */
+  private budgets: BudgetPort | undefined;
 
   constructor(
     private readonly world: DecisionWorld,
@@ -140,9 +152,9 @@ export class DecisionService implements DecisionHandlers {
     this.asker = ports;
   }
 
-  /** Where exhausted budgets block an app's uplinks (src/accounting/service.ts: blockedUplinks). */
-  blockWith(blocked: (uid: number, name: string) => readonly string[]): void {
-    this.blocked = blocked;
+  /** Where exhausted budgets block an app's uplinks, and what they leave (src/accounting/service.ts). */
+  budgetsWith(port: BudgetPort): void {
+    this.budgets = port;
   }
 
   /** A new config or new uplink facts void every cached answer. */
@@ -198,7 +210,7 @@ export class DecisionService implements DecisionHandlers {
     const session = this.sessions.ofCgroup(id.cgroup);
     let wish = mergeWish(session ? wishOf(session) : undefined, own);
     // Uplinks exhausted budgets block for this app are as good as denied (the kernel drops them anyway).
-    const blocked = this.blocked === undefined ? NO_DENY : this.blocked(id.uid, id.flatpakId ?? id.app ?? id.unit ?? '');
+    const blocked = this.budgets === undefined ? NO_DENY : this.budgets.blocked(id.uid, appKeyName(id));
     if (blocked.length > 0) wish = { ...wish, deny: [...wish.deny, ...blocked] };
     const destination = at.destination ?? this.world.learned.destinationOf(family, addr) ?? destinationOfAddress(config.destinations, family, addr);
     const { rule, policy } = this.rulesFor(id, session, wish, destination, at.proto, at.port);
@@ -281,7 +293,7 @@ export class DecisionService implements DecisionHandlers {
       app: { uid: p.facts.uid, pid: id.pid, name: appName(p.facts), exe: id.exe, unit: id.unit, app: id.app, flatpakId: id.flatpakId },
       target,
       needs: p.needs,
-      choices: this.choicesFor(rule, target.destination),
+      choices: this.choicesFor(rule, target.destination, id),
       default: ask.default,
       rule: rule.id,
       held,
@@ -351,14 +363,18 @@ export class DecisionService implements DecisionHandlers {
   }
 
   /** The uplinks a prompt offers: those that reach the destination and the rule does not rule out, the rule's order first. */
-  private choicesFor(rule: Rule, destination: string): Prompt['choices'] {
+  private choicesFor(rule: Rule, destination: string, id: AppIdentity): Prompt['choices'] {
     const dest = this.world.config.destinations.find((d) => d.name === destination);
     const listed = rule.action.kind === 'ask' && (rule.action.default.kind === 'use' || rule.action.default.kind === 'only') ? rule.action.default.uplinks : [];
     const offered = this.world.uplinks.filter((u) => dest?.via.includes(u.spec.name) && !rule.never.includes(u.spec.name));
     const place = (u: UplinkState): number => (listed.includes(u.spec.name) ? listed.indexOf(u.spec.name) : listed.length);
-    return offered.sort((a, b) => place(a) - place(b) || b.spec.preference - a.spec.preference).map((u) => ({
-      uplink: u.spec.name, kind: u.spec.kind, status: u.status, cost: { ...u.spec.cost }, metered: u.spec.metered, roaming: u.spec.roaming,
-    }));
+    return offered.sort((a, b) => place(a) - place(b) || b.spec.preference - a.spec.preference).map((u) => {
+      const left = this.budgets?.left(id.uid, appKeyName(id), u.spec.name) ?? null;
+      return {
+        uplink: u.spec.name, kind: u.spec.kind, status: u.status, cost: { ...u.spec.cost }, metered: u.spec.metered, roaming: u.spec.roaming,
+        ...(left !== null ? { budgetLeft: formatBytes(left) } : {}),
+      };
+    });
   }
 
   /**

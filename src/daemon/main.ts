@@ -213,7 +213,7 @@ async function main(): Promise<void> {
     });
     usage = new UsageService({ accounting, book, world: budgetWorld });
     const acc = accounting;
-    decisions.blockWith((uid, name) => acc.blockedUplinks(uid, name));
+    decisions.budgetsWith({ blocked: (uid, name) => acc.blockedUplinks(uid, name), left: (uid, name, uplink) => acc.budgetLeft(uid, name, uplink) });
   }
   const decideServer = new DecisionServer(join(runDir, DECIDE_SOCKET), decisions, log, { busyPollUs: opts.busyPollUs });
 

@@ -19,7 +19,7 @@ export interface PromptChoice {
   readonly cost: { readonly perMB: number; readonly perMinute: number; readonly currency: string };
   readonly metered: boolean;
   readonly roaming: boolean;
-  /** What is left of its tightest budget (the usage issue fills it in); absent: no budget. */
+  /** What is left of its tightest budget on this uplink, as text ("4.20 MB"); absent: no budget. */
   readonly budgetLeft?: string;
 }
 
