@@ -27,6 +27,7 @@ const APPS = `user.slice/user-${USER}.slice/user@${USER}.service/app.slice`;
 const A = `${APPS}/app-gnome-org.example.Uploader-31.scope`;
 const B = `${APPS}/app-gnome-org.example.Reader-32.scope`;
 const C = `${APPS}/app-gnome-org.example.Other-33.scope`;
+const D = `${APPS}/app-gnome-org.example.Mms-34.scope`;
 /** A plain cgroup directory (no unit): its programs have no app key. */
 const PLAIN = 'misc.dir';
 const SERVER = LAB.internet.v4;
@@ -41,6 +42,9 @@ const config = (): string => exampleText(`rules:
   - name: other
     match: { app: org.example.Other }
     only: [cellular]
+  - name: mms
+    match: { app: org.example.Mms }
+    only: [mms]
 `);
 
 let lab: Lab;
@@ -143,7 +147,7 @@ describe('usage and budgets', () => {
       (out) => Object.values(PORT).every((p) => out.includes(`:${p} `)));
     watcher = new Watcher(lab, dev, ['--json', '-t', 'app', '-t', 'budget'], USER);
     await watcher.ready();
-    for (const s of [A, B, C]) await appScope(lab, watcher, s);
+    for (const s of [A, B, C, D]) await appScope(lab, watcher, s);
     assert.ok(lab.cgroups);
     lab.cgroups.mkdir(PLAIN);
   });
@@ -178,6 +182,23 @@ describe('usage and budgets', () => {
     assert.ok(Math.abs((ra.cost['EUR'] ?? 0) - (total(ra) / MB) * CELL_PER_MB) < 1e-6, JSON.stringify(ra.cost));
     assert.equal(rb.cost['EUR'] ?? 0, 0);
     assert.equal(onCell.mbBytes, MB);
+  });
+
+  it('per destination: the MMS app\'s fetch from the MMSC is the mms destination\'s, over the MMS APN, at its price', async () => {
+    const d = await lab.run('dev', [goclient, '-timeout', '10s', `http://${LAB.mmsc.v4}/`], { cgroup: D, uid: USER, env: noLibrary, timeoutMs: 20_000 });
+    assert.equal(d.code, 0, d.stderr);
+    const byDest = await usage(['--by', 'destination']);
+    const mms = rowOf(byDest, 'mms');
+    const internet = rowOf(byDest, 'internet');
+    assert.ok(mms && internet, JSON.stringify(byDest.rows.map((r) => r.key)));
+    assert.ok(total(internet) > 25 * MB, 'A\'s and B\'s transfers went to the Internet');
+    const onMms = await usage(['--by', 'app', '--destination', 'mms']);
+    assert.deepEqual(onMms.rows.map((r) => r.key), [appKey('org.example.Mms')]);
+    const row = onMms.rows[0];
+    assert.ok(row && total(row) === total(mms) && total(row) > 0);
+    const viaMms = rowOf(await usage(['--by', 'app', '--uplink', 'mms']), appKey('org.example.Mms'));
+    assert.equal(viaMms && total(viaMms), total(row), 'over the MMS APN');
+    assert.ok(Math.abs((row.cost['EUR'] ?? 0) - (total(row) / MB) * 0.5) < 1e-6, JSON.stringify(row.cost));
   });
 
   it('a program in a plain cgroup is counted under its own identity; the kernel\'s ICMP replies are unattributed; apps add up to the uplink', async () => {
