@@ -130,8 +130,10 @@ export function cgroupFacts(c: KnownCgroup): AppFacts | null {
 
 const uidFacts = (uid: number): AppFacts => ({ uid, exe: null, unit: null, app: null, flatpakId: null });
 
-function treatmentOf(rule: AppRule | undefined, w: MapsWorld): Treatment {
-  return rule === undefined ? UNTOUCHED : treatmentFor(rule, NO_WISH, w.uplinks, w.destinations);
+/** `deny`: uplinks the app may not use now (exhausted budgets): its mark goes to the next one its rule allows. */
+function treatmentOf(rule: AppRule | undefined, w: MapsWorld, deny: readonly string[] = []): Treatment {
+  if (rule === undefined) return UNTOUCHED;
+  return treatmentFor(rule, deny.length === 0 ? NO_WISH : { ...NO_WISH, deny }, w.uplinks, w.destinations);
 }
 
 /**
@@ -151,8 +153,8 @@ export function dnsUplink(rule: AppRule, t: Treatment, uplinks: readonly UplinkS
 }
 
 /** `ask`: the kernel reports the app's connects (WM_T_ASK); by default what the rule says. */
-function encodeFor(rule: AppRule | undefined, w: MapsWorld, appKey: number, ask = rule?.ask === true): KernelTreatment {
-  const t = treatmentOf(rule, w);
+function encodeFor(rule: AppRule | undefined, w: MapsWorld, appKey: number, ask = rule?.ask === true, deny: readonly string[] = []): KernelTreatment {
+  const t = treatmentOf(rule, w, deny);
   const dns = rule === undefined ? undefined : dnsUplink(rule, t, w.uplinks);
   const k0 = encodeTreatment(t, appKey, ask ? WM_T_SET | WM_T_ASK : WM_T_SET);
   const k = dns === undefined ? k0 : { ...k0, flags: (k0.flags | (dns.slot << WM_T_DNS_SHIFT)) >>> 0 };
@@ -212,12 +214,28 @@ function passOf(w: MapsWorld): Pass {
   const byRule = new Map<AppRule | undefined, KernelTreatment>();
   const byUid = new Map<number | null, KernelTreatment>();
   const budget = budgetOf(w);
+  // An app whose budget blocks uplinks gets the treatment its rule gives without them (another
+  // uplink's mark where the rule allows one); budget() then adds their deny bits.
+  const nameOf = new Map(w.uplinks.map((u) => [u.slot, u.spec.name]));
+  const blockedNames = (appKey: number): string[] => [...new Set([...(w.blockedSlots ?? []), ...(w.blocked?.get(appKey) ?? [])])]
+    .flatMap((slot) => nameOf.get(slot) ?? []);
+  const byBlocked = new Map<AppRule | undefined, Map<string, KernelTreatment>>();
   return {
     rules,
     budget,
     treatment(rule, appKey) {
-      let t = byRule.get(rule);
-      if (t === undefined) byRule.set(rule, (t = encodeFor(rule, w, 0)));
+      const deny = rule === undefined || appKey === 0 ? [] : blockedNames(appKey);
+      let t: KernelTreatment | undefined;
+      if (deny.length === 0) {
+        t = byRule.get(rule);
+        if (t === undefined) byRule.set(rule, (t = encodeFor(rule, w, 0)));
+      } else {
+        let m = byBlocked.get(rule);
+        if (m === undefined) byBlocked.set(rule, (m = new Map<string, KernelTreatment>()));
+        const k = deny.join(',');
+        t = m.get(k);
+        if (t === undefined) m.set(k, (t = encodeFor(rule, w, 0, rule?.ask === true, deny)));
+      }
       return budget(appKey === 0 ? t : { ...t, app: appKey });
     },
     pending(uid) {

@@ -210,9 +210,13 @@ apps:
     // An entry that does not decide still names its app: the kernel applies its budget.
     assert.equal(e(nginx).self.flags, WM_T_BUDGET);
     assert.equal(e(nginx).self.deny, 0, 'a deny there would mean nothing');
-    // firefox used up its wifi budget: wifi denied (connects fail at once); its mark stays.
+    // firefox used up its wifi budget: wifi denied (connects fail at once), and its sockets are
+    // marked for the next uplink its rule allows (uplinks: [wifi, cellular]).
     assert.equal(e(firefox).self.deny & bit('wifi'), bit('wifi'));
-    assert.equal(e(firefox).self.mark, entry(firefox).self.mark);
+    assert.notEqual(e(firefox).self.mark, entry(firefox).self.mark);
+    const cellular = states.find((u) => u.spec.name === 'cellular');
+    assert.ok(cellular);
+    assert.equal(e(firefox).self.mark, softMarkForSlot(cellular.slot));
     assert.equal(e(chat).self.deny & bit('wifi'), entry(chat).self.deny & bit('wifi'), 'only firefox is blocked on wifi');
     assert.equal(e(other).self.deny & bit('wifi'), 0);
     // mms's uplink-wide budget is used up: every deciding treatment denies it, pendings and uids too.
