@@ -2,7 +2,7 @@
  * The usage history: SQLite (better-sqlite3, synchronous) in the state directory. Each flush adds
  * its deltas to three tables at once (per minute, hour and local day), so every resolution always
  * agrees with the others; compaction only deletes old minute and hour rows. Also kept here: the
- * kernel counter values the deltas were taken against (so a restart never counts twice) and the
+ * accounting's marks (budgets' announcement markers and resets, written with the deltas) and the
  * budgets set from the CLI. docs/usage.md ("History") describes the schema.
  *
  * Money is stored as integer micro-units of its currency (no float drift over many additions)
@@ -251,7 +251,7 @@ export class UsageHistory {
     if (atMs - this.lastCompactMs >= HOUR_MS) this.compact(atMs);
   }
 
-  /** The kernel counter values stored with the last flush that gave them. */
+  /** The marks stored with the last flush that gave them (budgets' announcement markers and resets). */
   marks(): Record<string, string> {
     const rows = this.stmt('SELECT name, value FROM marks').all({}) as { name: string; value: string }[];
     return Object.fromEntries(rows.map((r) => [r.name, r.value]));

@@ -73,6 +73,7 @@ export async function runDemo(opts: { shell: boolean }): Promise<number> {
     const plain = await lab.run('dev', ['curl', '-sS', '--max-time', '3', `http://${LAB.mmsc.v4}/`]);
     process.stdout.write(`\n  plain curl http://${LAB.mmsc.v4}/ (no exec): destination "mms" routes it by the MMS APN → ${plain.stdout.trim() || plain.stderr.trim()}\n`);
     failures += await appTour(lab, dev);
+    failures += await usageTour(lab, dev);
     if (opts.shell) {
       await leaveShell(lab, dev);
       return failures ? 1 : 0;
@@ -119,6 +120,31 @@ async function appTour(lab: Lab, dev: Device): Promise<number> {
   const explain = await dev.waymark(['rules', 'explain', '--app', 'org.example.Chat', '--dest', 'mms', '--uid', '1000']);
   if (!/deciding rule: chat-desktop/.test(explain.stdout)) failures++;
   process.stdout.write(`\n${bold('$ waymark rules explain --app org.example.Chat --dest mms --uid 1000')}\n${explain.stdout}`);
+  return failures;
+}
+
+/**
+ * What the tour's traffic came to, per app and per uplink, then a budget on the chat app's
+ * cellular traffic (the app of the tour that uses cellular; without a cgroup hierarchy there is
+ * no such app, and the budget goes on the whole uplink). The query reads the kernel's counters
+ * and flushes them first, so everything the tour sent is in. Returns the steps that failed.
+ */
+async function usageTour(lab: Lab, dev: Device): Promise<number> {
+  let failures = 0;
+  const step = async (args: readonly string[], ok: (out: string) => boolean): Promise<void> => {
+    const r = await dev.waymark(args);
+    if (r.code !== 0 || !ok(r.stdout)) failures++;
+    process.stdout.write(`\n${bold(`$ waymark ${args.join(' ')}`)}\n${r.stdout}${r.code !== 0 ? r.stderr : ''}`);
+  };
+  process.stdout.write(`\n${bold('What the tour used: counted in the kernel per app, uplink and destination, priced per uplink')}\n`);
+  const app = lab.cgroups ? 'org.example.Chat' : undefined;
+  await step(['usage', '--by', 'app'], (out) => /^TOTAL /m.test(out) && (app === undefined || out.includes(app)));
+  if (app !== undefined) process.stdout.write('  (each `waymark exec` of the tour ran in a session cgroup of its own, which is no app\'s: counted under\n'
+    + '  that cgroup and its uid, "uid 0"; the plain curl ran outside the device\'s cgroup subtree: unattributed)\n');
+  await step(['usage', '--by', 'uplink'], (out) => /^cellular /m.test(out) && /^wifi /m.test(out));
+  const budget = ['budget', 'set', '--uplink', 'cellular', ...(app ? ['--app', app] : []), '--limit', '50MB'];
+  await step(budget, (out) => out.startsWith('budget '));
+  await step(['budget', 'list'], (out) => /^b-1 +cellular /m.test(out));
   return failures;
 }
 
