@@ -67,6 +67,8 @@ export interface UsageSumFilter {
   uplink?: string;
   /** An app's name. */
   app?: string;
+  /** One app by its key ("app:1000/org.example.Chat"). */
+  appKey?: string;
   uid?: number;
   sinceMs: number;
   untilMs?: number;
@@ -171,7 +173,7 @@ function checkCount(what: string, n: number): void {
 
 type Bind = Record<string, string | number | null>;
 interface SumRow { k: string | null; currency: string; tx: number; rx: number; txp: number; rxp: number; secs: number; micro: number }
-interface Filters { uplink?: string | undefined; app?: string | undefined; destination?: string | undefined; uid?: number | undefined }
+interface Filters { uplink?: string | undefined; app?: string | undefined; appKey?: string | undefined; destination?: string | undefined; uid?: number | undefined }
 
 export class UsageHistory {
   private readonly statements = new Map<string, Database.Statement<[Bind]>>();
@@ -423,6 +425,7 @@ export class UsageHistory {
     if (f.uplink !== undefined) { parts.push('u.uplink = @uplink'); bind.uplink = f.uplink; }
     if (f.destination !== undefined) { parts.push('u.destination = @destination'); bind.destination = f.destination; }
     if (f.app !== undefined) { parts.push('a.name = @appName'); bind.appName = f.app; }
+    if (f.appKey !== undefined) { parts.push('a.key = @appKey'); bind.appKey = f.appKey; }
     if (f.uid !== undefined) { parts.push('a.uid = @uid'); bind.uid = f.uid; }
     return { where: parts.join(' AND '), bind };
   }

@@ -53,8 +53,10 @@ export class KernelIdentities implements AppIdentities {
     const k = `${id}|${uid}`;
     const had = this.byCgroup.get(k);
     if (had) return had;
+    // No full socket (a request socket's SYN-ACK, a time-wait reset: cgroup id 0), or the root
+    // cgroup, which holds the kernel's own sockets (ICMP errors and echo replies, resets): nobody's.
+    if (id === 0n) return UNATTRIBUTED_APP;
     const c = this.src.apps.cgroupById(id);
-    // The root cgroup holds the kernel's own sockets (ICMP errors and echo replies, resets): nobody's.
     if (c !== null && c.rel === '') return UNATTRIBUTED_APP;
     const exe = c ? this.src.apps.exeIn(c.rel) : null;
     const v: UsageAppView = exe !== null

@@ -30,7 +30,7 @@ import type { Logger } from '../daemon/log.js';
 import { budgetState, kernelLimit, limitBytes as limitInBytes, localOffset, notifiedIn, periodOf, transition, type TzOffset } from './budget.js';
 import { addMoney, costOf } from './cost.js';
 import type { UsageHistory, UsageRecord } from './history.js';
-import { UNATTRIBUTED_APP } from './identity.js';
+import { appKeyId, UNATTRIBUTED_APP } from './identity.js';
 import { Growth, minuteOf, Unattributed } from './sample.js';
 import {
   MB_BYTES,
@@ -115,6 +115,8 @@ export interface AccountingDeps {
 
 export const DEFAULT_SAMPLE_MS = 2_000;
 export const DEFAULT_FLUSH_MS = 10_000;
+/** Budget entries the kernel's maps hold (native/include/waymark_bpf.h: wm_budget_limit). */
+export const MAX_KERNEL_BUDGETS = 1024;
 
 const CONNECTION: UsageAppView = { key: 'connection', name: '(connection time)', kind: 'connection', uid: null, exe: null };
 /** Destination of traffic whose destination the kernel did not see (forwarded, kernel-made). */
@@ -175,6 +177,7 @@ export class AccountingService {
   /** Uplinks exhausted budgets block, per app ("uid/name") and for every app: for the decisions. */
   private blockedNames: { readonly byApp: ReadonlyMap<string, readonly string[]>; readonly all: readonly string[] } = { byApp: new Map(), all: [] };
   private limitsWritten = '';
+  private overCapacity = false;
   /** The history's small key-value part: budgets' announcement markers ("notified:…") and resets ("reset:<id>"). */
   private kv: Record<string, string>;
   private readonly now: () => number;
@@ -418,11 +421,12 @@ export class AccountingService {
       for (const id of fresh) {
         const t = wanted.get(id);
         if (t === undefined) continue;
+        // The app's own rows (its key), as the samples count them after.
         const s = this.deps.history.sum({
-          uplink: t.def.uplink, sinceMs: t.countFromMs,
-          ...(t.appName !== null ? { app: t.appName, ...(t.uid !== null ? { uid: t.uid } : {}) } : {}),
+          uplink: t.def.uplink, sinceMs: t.countFromMs, ...(t.appName !== null ? { appKey: appKeyId(t.uid, t.appName) } : {}),
         });
-        next.set(id, { ...t, used: s.bytes, cost: { ...s.cost }, state: 'ok' });
+        // The state it had (a new period or a reset of an exhausted budget is announced as restored).
+        next.set(id, { ...t, used: s.bytes, cost: { ...s.cost }, state: this.tracks.get(id)?.state ?? 'ok' });
       }
     }
     this.tracks = next;
@@ -477,6 +481,14 @@ export class AccountingService {
         if (t.appKey === 'any') blockedSlots.add(t.slot);
         else blocked.set(t.appKey, [...(blocked.get(t.appKey) ?? []), t.slot]);
       }
+    }
+    if (limits.size > MAX_KERNEL_BUDGETS) {
+      // The kernel's map holds so many: the rest are counted and announced, not enforced.
+      if (!this.overCapacity) this.deps.log.error('more budgets than the kernel holds: the rest only warn', { budgets: limits.size, max: MAX_KERNEL_BUDGETS });
+      this.overCapacity = true;
+      for (const k of [...limits.keys()].slice(MAX_KERNEL_BUDGETS)) limits.delete(k);
+    } else {
+      this.overCapacity = false;
     }
     const written = JSON.stringify([[...limits].map(([k, v]) => [k, v.toString()]), [...slots]]);
     if (written !== this.limitsWritten && this.deps.kernel) {

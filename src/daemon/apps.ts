@@ -16,7 +16,7 @@
  * app and hands it to the `onConnect` hook.
  */
 import { readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import { decide, NO_WISH } from '../decision/decide.js';
 import { INTERNET } from '../destination/destination.js';
 import { errorMessage } from '../errors.js';
@@ -224,6 +224,8 @@ export class AppService {
   private applied: DesiredMaps | undefined;
   private readonly now: () => bigint;
   private readonly reports = { delivered: 0, unresolved: 0 };
+  /** The session cgroups' ids (outside the tree the daemon watches), relative to the root: usage names them. */
+  private readonly sessionIds = new Map<bigint, string>();
 
   constructor(private readonly deps: AppServiceDeps) {
     this.now = deps.now ?? ((): bigint => process.hrtime.bigint());
@@ -319,9 +321,11 @@ export class AppService {
     const untouched: KernelTreatment = { app: 0, mark: 0, deny: 0, flags: WM_T_SET };
     const dir = idOf(this.deps.sessionsDir);
     if (dir !== null) out.set(dir, { self: untouched, pending: untouched });
+    this.sessionIds.clear();
     for (const s of this.deps.sessions()) {
       const id = idOf(join(this.deps.mount, s.cgroup));
       if (id === null) continue;
+      this.sessionIds.set(id, relative(this.deps.cgroupDir, join(this.deps.mount, s.cgroup)));
       const t: KernelTreatment = { ...untouched, mark: ((s.mark ?? 0) & MARK_MASK) >>> 0 };
       out.set(id, { self: t, pending: t });
     }
@@ -436,7 +440,10 @@ export class AppService {
   cgroupById(id: bigint): { rel: string; uid: number | null; kind: AppKind | null } | null {
     const rel = this.relOf.get(id);
     const k = rel === undefined ? undefined : this.known.get(rel);
-    return k ? { rel: k.rel, uid: k.uid, kind: k.seen.unit?.kind ?? null } : null;
+    if (k) return { rel: k.rel, uid: k.uid, kind: k.seen.unit?.kind ?? null };
+    // A `waymark exec` session's (named after the program it runs).
+    const session = this.sessionIds.get(id);
+    return session === undefined ? null : { rel: session, uid: null, kind: null };
   }
 
   /** How an app key's app was recognised (the first known cgroup with that key; null: none now). */

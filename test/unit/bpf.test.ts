@@ -3,6 +3,7 @@
  * constants, struct sizes and offsets (computed from the header with C's layout rules), each
  * map's key/value sizes and limits; and the pure encoders/decoders.
  */
+import { MAX_KERNEL_BUDGETS } from '../../src/accounting/service.js';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { endianness } from 'node:os';
@@ -78,6 +79,7 @@ describe('waymark_bpf.h ⇄ src/backstop/bpf.ts', () => {
     for (const [k, v] of Object.entries(ts)) assert.equal(defines.get(k), v, k);
     assert.equal(B.MAPS.dst6.max, B.MAPS.dst4.max);
     assert.equal(B.MAPS.budgetUsed.max, B.MAPS.budgetLimit.max);
+    assert.equal(MAX_KERNEL_BUDGETS, B.MAPS.budgetLimit.max, 'the accounting bounds its budgets by the map');
     // The daemon's pure side (desired.ts) writes the same flag bits.
     assert.deepEqual([D.WM_T_SET, D.WM_T_ASK, D.WM_T_BUDGET, D.WM_T_DNS_SHIFT, D.WM_DENY_ALL], [B.WM_T_SET, B.WM_T_ASK, B.WM_T_BUDGET, B.WM_T_DNS_SHIFT, B.WM_DENY_ALL]);
     // The destination value's packing (WM_DST_SLOT / WM_DST_DEST) and the index's limit.
