@@ -429,6 +429,8 @@ export class AccountingService {
         next.set(id, { ...t, used: s.bytes, cost: { ...s.cost }, state: this.tracks.get(id)?.state ?? 'ok' });
       }
     }
+    // A track made anew (new period, reset) for one that was exhausted: its end is announced too.
+    const wasExhausted = new Set(fresh.filter((id) => this.tracks.get(id)?.state === 'exhausted'));
     this.tracks = next;
     // States, and what to tell: once per period (or since a reset) and state (budget.ts: transition).
     let noted = false;
@@ -438,6 +440,7 @@ export class AccountingService {
       const before = this.kv[mark] ?? null;
       const told = transition(t.state, state, t.countFromMs, before);
       t.state = state;
+      if (wasExhausted.has(id) && state !== 'exhausted') this.tell('budget.restored', t);
       // Past the threshold and the limit within one sample: the warning is still said, first.
       if (told.event === 'budget.exhausted' && notifiedIn(before, t.countFromMs) === 'ok') this.tell('budget.warning', t);
       if (told.notified !== null && told.notified !== this.kv[mark]) {
