@@ -362,7 +362,7 @@ export class AccountingService {
     const ids = new Set(this.deps.world().budgets.map((d) => d.id));
     return Object.fromEntries(Object.entries(this.kv).filter(([k]) => {
       const [kind = '', rest = ''] = k.split(':');
-      return (kind === 'notified' || kind === 'reset') && ids.has(rest.split('|')[0] ?? '');
+      return (kind === 'notified' || kind === 'reset' || kind === 'resetbase') && ids.has(rest.split('|')[0] ?? '');
     }));
   }
 
@@ -421,16 +421,11 @@ export class AccountingService {
       for (const id of fresh) {
         const t = wanted.get(id);
         if (t === undefined) continue;
-        // The app's own rows (its key), as the samples count them after.
-        const s = this.deps.history.sum({
-          uplink: t.def.uplink, sinceMs: t.countFromMs, ...(t.appName !== null ? { appKey: appKeyId(t.uid, t.appName) } : {}),
-        });
+        const s = this.periodSoFar(id, t);
         // The state it had (a new period or a reset of an exhausted budget is announced as restored).
         next.set(id, { ...t, used: s.bytes, cost: { ...s.cost }, state: this.tracks.get(id)?.state ?? 'ok' });
       }
     }
-    // A track made anew (new period, reset) for one that was exhausted: its end is announced too.
-    const wasExhausted = new Set(fresh.filter((id) => this.tracks.get(id)?.state === 'exhausted'));
     this.tracks = next;
     // States, and what to tell: once per period (or since a reset) and state (budget.ts: transition).
     let noted = false;
@@ -440,7 +435,6 @@ export class AccountingService {
       const before = this.kv[mark] ?? null;
       const told = transition(t.state, state, t.countFromMs, before);
       t.state = state;
-      if (wasExhausted.has(id) && state !== 'exhausted') this.tell('budget.restored', t);
       // Past the threshold and the limit within one sample: the warning is still said, first.
       if (told.event === 'budget.exhausted' && notifiedIn(before, t.countFromMs) === 'ok') this.tell('budget.warning', t);
       if (told.notified !== null && told.notified !== this.kv[mark]) {
@@ -451,6 +445,21 @@ export class AccountingService {
     }
     if (noted) this.flush(true);
     this.applyKernel(used);
+  }
+
+  /**
+   * A track's use since it counts from, in the history: the app's own rows (its key), as the
+   * samples count them after. A reset's minute: the history's buckets are minutes, so the sum
+   * starts at the minute and leaves out what the minute held at the reset (kept then: `resetbase`).
+   */
+  private periodSoFar(id: string, t: Omit<Track, 'used' | 'cost' | 'state'>): { bytes: number; cost: Money } {
+    const reset = t.countFromMs !== t.periodStartMs;
+    const s = this.deps.history.sum({
+      uplink: t.def.uplink, sinceMs: reset ? minuteOf(t.countFromMs) : t.countFromMs,
+      ...(t.appName !== null ? { appKey: appKeyId(t.uid, t.appName) } : {}),
+    });
+    const base = reset ? Number(this.kv[`resetbase:${id}`] ?? 0) : 0;
+    return { bytes: Math.max(0, s.bytes - base), cost: s.cost };
   }
 
   private tell(type: BudgetChanged['type'], t: Track): void {
@@ -608,7 +617,15 @@ export class AccountingService {
   /** `budget.reset`: the count starts afresh now, for the rest of the period. */
   async reset(d: BudgetDef): Promise<void> {
     await this.serial(() => {
-      this.kv[`reset:${d.id}`] = String(this.now());
+      const at = this.now();
+      this.flush();
+      this.kv[`reset:${d.id}`] = String(at);
+      // What the reset's minute already holds of each of the budget's tracks (see periodSoFar).
+      for (const [id, t] of this.tracks) {
+        if (t.def.id !== d.id) continue;
+        const s = this.deps.history.sum({ uplink: t.def.uplink, sinceMs: minuteOf(at), ...(t.appName !== null ? { appKey: appKeyId(t.uid, t.appName) } : {}) });
+        this.kv[`resetbase:${id}`] = String(s.bytes);
+      }
       this.flush(true);
     });
     await this.sample();
