@@ -135,8 +135,9 @@ export function parseLimit(text: string | number): BudgetLimit {
   try {
     bytes = parseSize(text);
   } catch (e) {
-    const why = e instanceof Error ? e.message : String(e);
-    throw new Error(`${why}; a limit is a size (10MB, 1.5 GB, 500 MiB, a number of bytes) or money in the uplink's currency (5 EUR)`, { cause: e });
+    // A size with a fault of its own (bits, a fraction of a byte) says so; anything else was neither.
+    if (e instanceof Error && !/ is not a size/.test(e.message)) throw e;
+    throw new Error(`"${text}" is neither a size (500MB, 1.5 GB, 10 MiB, a number of bytes) nor money in the uplink's currency (5 EUR)`, { cause: e });
   }
   return { bytes: positive(bytes, text) };
 }

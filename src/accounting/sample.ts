@@ -5,33 +5,35 @@
  *
  * Restarts. The programs' maps are made by each daemon run (they go with the process), so every
  * value in them is this run's: an entry read for the first time is all growth. The nftables
- * table outlives a crash (and `--keep-state`): what its counters hold at the first reading was
- * counted by the run before, up to its last flush, so the first reading is a baseline and a
- * restart never counts it twice; a crash loses what was read but not flushed (docs/usage.md).
+ * table outlives a crash (and `--keep-state`): what its counters hold when first read was
+ * counted by the run before, up to its last flush, so a counter's first reading is a baseline
+ * and a restart never counts it twice; a crash loses what was read but not flushed (docs/usage.md).
  */
 
 /** Growth of a set of monotonic counters between readings, by id. */
 export class Growth {
   private last = new Map<string, bigint>();
-  private primed = false;
 
-  /** `baselineFirst`: the first reading's values are baselines (counted before this run). */
+  /**
+   * `baselineFirst`: a counter's first reading is its baseline (it may hold what an earlier run
+   * counted), whenever it first shows: at start, or later (a table that was not there at the
+   * first reading, an uplink counted from then on). What a new counter held at its first
+   * reading is so left out: at most one sampling interval of one uplink, never counted twice.
+   */
   constructor(private readonly baselineFirst: boolean) {}
 
   /** The growth since the last reading of `id`. */
   of(id: string, value: bigint, seen: Set<string>): bigint {
     seen.add(id);
-    const prev = this.last.get(id) ?? (this.baselineFirst && !this.primed ? value : 0n);
+    const prev = this.last.get(id) ?? (this.baselineFirst ? value : 0n);
     this.last.set(id, value);
     return value >= prev ? value - prev : value;
   }
 
   /** Ends a reading: counters it did not include are forgotten (their entries went). */
   done(seen: ReadonlySet<string>): void {
-    this.primed = true;
     for (const id of this.last.keys()) if (!seen.has(id)) this.last.delete(id);
   }
-
 }
 
 /**

@@ -86,7 +86,7 @@ const topic = (v: string, prev: Topic[]): Topic[] => {
 
 program
   .command('watch')
-  .description('stream the daemon\'s events live, one line each, until interrupted: uplinks changing, config reloads, denied connections, sessions')
+  .description('stream the daemon\'s events live, one line each, until interrupted: uplinks changing, config reloads, denied connections, sessions, apps, prompts, usage samples and budgets')
   .option('--json', 'one JSON object per line', false)
   .option('-t, --topic <topic>', `only these topics, repeatable: ${TOPICS.join(', ')} (default: all)`, topic, [])
   .addHelpText('after', `

@@ -170,8 +170,11 @@ function harness(opts: {
     now: () => clock.now,
     mayChangeState,
   });
+  // The nftables table's counters exist from the start, as the daemon's table has them before the first sample.
+  const uplinks = opts.uplinks ?? [WIFI, CELL];
+  const counters: Counters = new Map(uplinks.flatMap((u) => (['tx', 'rx'] as const).map((d) => [counterName(u.spec.name, d), { packets: 0, bytes: 0 }])));
   const h: Harness = {
-    clock, counters: new Map(), history, budgets, events: [], log: recordingLog(), uplinks: opts.uplinks ?? [WIFI, CELL],
+    clock, counters, history, budgets, events: [], log: recordingLog(), uplinks,
     kernel: new FakeUsageKernel(), service: undefined as unknown as AccountingService, kernelChanges: 0,
     traffic(k, bytes, packets = 1) {
       h.kernel.count(k, bytes, packets);
@@ -273,6 +276,16 @@ describe('accounting: counter growth', () => {
     assert.deepEqual(bytesOf(r, 'app:1000/firefox'), [5_000, 6_000]);
     assert.deepEqual(bytesOf(r, 'unattributed'), [0, 300]);
     assert.deepEqual(bytesOf(await h.query(ROOT, { by: 'uplink' }), 'wifi'), [5_000, 6_300]);
+  });
+  it('takes an uplink counter first seen after the start as a baseline (what a table left by a crash held is not counted)', async () => {
+    const h = harness();
+    h.counters.delete(counterName('wifi', 'rx'));
+    await h.service.sample(); // the table has no wifi rx counter yet
+    h.counters.set(counterName('wifi', 'rx'), { packets: 900, bytes: 9_000_000 });
+    await h.sample();
+    device(h.counters, 'wifi', 'rx', 700);
+    await h.sample();
+    assert.deepEqual(bytesOf(await h.query(ROOT), 'unattributed'), [0, 700]);
   });
 });
 

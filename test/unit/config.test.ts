@@ -281,7 +281,7 @@ uplinks:
       assert.deepEqual(bad.map((i) => [i.line, i.field]), [[12, 'budgets[0].limit'], [14, 'budgets[1].limit'], [16, 'budgets[2].limit'], [18, 'budgets[3].limit'], [19, 'budgets[4].limit']]);
       assert.deepEqual(bad.map((i) => i.message), [
         '"10 Mb": a lower-case b counts bits; sizes are in bytes: write MB',
-        '"lots" is not a size: write a number of bytes with an optional unit, e.g. 500MB, 1.5 GB, 10 MiB or 2000000',
+        '"lots" is neither a size (500MB, 1.5 GB, 10 MiB, a number of bytes) nor money in the uplink\'s currency (5 EUR)',
         '"0 EUR": a limit must be more than zero',
         '"1.5" is not a whole number of bytes',
         'required field is missing',

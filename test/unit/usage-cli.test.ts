@@ -237,7 +237,7 @@ describe('budget list and set', () => {
     assert.deepEqual(parseLimit('5 EUR'), { money: 5, currency: 'EUR' });
     assert.throws(() => parseLimit('0MB'), /more than zero/);
     assert.throws(() => parseLimit('0 EUR'), /more than zero/);
-    assert.throws(() => parseLimit('lots'), /"lots" is not a size.*; a limit is a size .* or money/);
+    assert.throws(() => parseLimit('lots'), /"lots" is neither a size .* nor money/);
     assert.equal(parseWarnAt('80%'), 0.8);
     assert.equal(parseWarnAt('0.5'), 0.5);
     assert.equal(parseWarnAt('90'), 0.9);
