@@ -140,7 +140,8 @@ async function usageTour(lab: Lab, dev: Device): Promise<number> {
   const app = lab.cgroups ? 'org.example.Chat' : undefined;
   await step(['usage', '--by', 'app'], (out) => /^TOTAL /m.test(out) && (app === undefined || out.includes(app)));
   if (app !== undefined) process.stdout.write('  (each `waymark exec` of the tour ran in a session cgroup of its own, which is no app\'s: counted under\n'
-    + '  that cgroup and its uid, "uid 0"; the plain curl ran outside the device\'s cgroup subtree: unattributed)\n');
+    + '  that cgroup and its uid, named after its program if it still ran when the counters were read, else\n'
+    + '  "cgroup waymark/exec-N"; the plain curl ran outside the device\'s cgroup subtree: unattributed)\n');
   await step(['usage', '--by', 'uplink'], (out) => /^cellular /m.test(out) && /^wifi /m.test(out));
   const budget = ['budget', 'set', '--uplink', 'cellular', ...(app ? ['--app', app] : []), '--limit', '50MB'];
   await step(budget, (out) => out.startsWith('budget '));
