@@ -122,19 +122,10 @@ const CONNECTION: UsageAppView = { key: 'connection', name: '(connection time)',
 /** Destination of traffic whose destination the kernel did not see (forwarded, kernel-made). */
 export const UNKNOWN_DESTINATION = '-';
 
-interface Pending {
-  app: UsageAppView;
+/** A delta pending its flush (or one sample's share, for the budgets). */
+interface Pending extends UsageRecord {
   /** The kernel's app key (0: none, or not an app's). */
   appKey: number;
-  uplink: string;
-  destination: string;
-  txBytes: number;
-  rxBytes: number;
-  txPackets: number;
-  rxPackets: number;
-  seconds: number;
-  cost: number;
-  currency: string;
 }
 
 /** One budget applied to one app key (or the whole uplink) on the uplink's slot. */
@@ -333,10 +324,8 @@ export class AccountingService {
       const minutes = [...pending.keys()].sort((a, b) => a - b);
       if (minutes.length === 0) this.deps.history.record(this.now(), [], extra);
       minutes.forEach((minute, i) => {
-        const records = [...(pending.get(minute) ?? new Map<string, Pending>()).values()].map((p): UsageRecord => ({
-          app: p.app, uplink: p.uplink, destination: p.destination, txBytes: p.txBytes, rxBytes: p.rxBytes,
-          txPackets: p.txPackets, rxPackets: p.rxPackets, seconds: Math.round(p.seconds), cost: p.cost, currency: p.currency,
-        }));
+        // Connection time is kept in fractions of a second between samples; the history takes whole ones.
+        const records = [...(pending.get(minute) ?? new Map<string, Pending>()).values()].map((p): UsageRecord => ({ ...p, seconds: Math.round(p.seconds) }));
         this.deps.history.record(minute, records, i === minutes.length - 1 ? extra : undefined);
       });
     } catch (e) {

@@ -17,7 +17,7 @@ import { LAB, type Lab } from '../../src/lab/lab.js';
 import { publicRoot } from '../../src/lab/public.js';
 import { exampleText } from '../support/fixture.js';
 import { buildPublicGoClient } from '../support/goclient.js';
-import { lastJson, status, url, useLab } from '../support/lab.js';
+import { lastJson, status, until, url, useLab } from '../support/lab.js';
 import { appScope, Watcher } from '../support/watcher.js';
 
 const USER = 1000;
@@ -62,16 +62,6 @@ async function curlIn(cgroup: string): Promise<{ path: string | null; stderr: st
 }
 
 const scope = (rel: string): Promise<AppAppeared> => appScope(lab, watcher, rel);
-
-/** Until `cond` holds (a condition on what the programs get, not a timer racing them); a generous guard. */
-async function until<T>(what: string, probe: () => Promise<T>, ok: (v: T) => boolean): Promise<T> {
-  const end = Date.now() + 15_000;
-  for (;;) {
-    const v = await probe();
-    if (ok(v)) return v;
-    if (Date.now() > end) throw new Error(`${what}: last ${JSON.stringify(v)}`);
-  }
-}
 
 async function wifiIs(up: boolean): Promise<void> {
   await lab.setLink('dev', 'wlan0', up);

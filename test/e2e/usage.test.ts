@@ -19,7 +19,7 @@ import { LAB, type Lab, type Role } from '../../src/lab/lab.js';
 import { publicRoot } from '../../src/lab/public.js';
 import { exampleText } from '../support/fixture.js';
 import { buildPublicGoClient } from '../support/goclient.js';
-import { useLab } from '../support/lab.js';
+import { until, useLab } from '../support/lab.js';
 import { appScope, Watcher } from '../support/watcher.js';
 
 const USER = 1000;
@@ -63,17 +63,6 @@ useLab({ config, alongside: async () => { goclient = await buildPublicGoClient()
 
 const noLibrary = Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'LD_PRELOAD'));
 const withLibrary = (): NodeJS.ProcessEnv => ({ ...noLibrary, LD_PRELOAD: join(publicRoot(), 'native/preload/libwaymark.so'), WAYMARK_SOCKET: dev.socket });
-
-/** Until `ok` holds of what `probe` returns (a condition on the programs' state); a generous guard. */
-async function until<T>(what: string, probe: () => Promise<T>, ok: (v: T) => boolean, guardMs = 20_000): Promise<T> {
-  const end = Date.now() + guardMs;
-  for (;;) {
-    const v = await probe();
-    if (ok(v)) return v;
-    if (Date.now() > end) throw new Error(`${what}: last ${JSON.stringify(v)}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // The operators' side: nftables counters on the link to the device (its peer is "dev" there).

@@ -63,3 +63,18 @@ export function lastJson(out: string): { server: string; path: string; proto: st
     return null;
   }
 }
+
+/**
+ * Until `ok` holds of what `probe` returns: a condition on the programs' state (what the daemon
+ * counts, what the kernel gives a program), probed again and again, never a timer racing them;
+ * `guardMs` only bounds a hang.
+ */
+export async function until<T>(what: string, probe: () => Promise<T>, ok: (v: T) => boolean, guardMs = 15_000): Promise<T> {
+  const end = Date.now() + guardMs;
+  for (;;) {
+    const v = await probe();
+    if (ok(v)) return v;
+    if (Date.now() > end) throw new Error(`${what}: last ${JSON.stringify(v)}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
