@@ -169,6 +169,8 @@ export class AccountingService {
   private blockedNames: { readonly byApp: ReadonlyMap<string, readonly string[]>; readonly all: readonly string[] } = { byApp: new Map(), all: [] };
   private limitsWritten = '';
   private overCapacity = false;
+  /** The marks changed since they were last written (written with the next flush that succeeds). */
+  private marksDirty = false;
   /** The history's small key-value part: budgets' announcement markers ("notified:…") and resets ("reset:<id>"). */
   private kv: Record<string, string>;
   private readonly now: () => number;
@@ -312,36 +314,27 @@ export class AccountingService {
   }
 
   /**
-   * Writes what is pending to the history (kept for the next flush if that fails); with `marks`,
-   * also the key-value part (the history replaces it whole: markers of budgets gone are dropped).
+   * Writes what is pending to the history (kept for the next flush if that fails); with `marks`
+   * (or marks not yet written), also the key-value part (the history replaces it whole: markers
+   * of budgets gone are dropped).
    */
   private flush(marks = false): void {
-    if (this.pending.size === 0 && !marks) return;
-    const extra = marks ? this.liveMarks() : undefined;
-    const pending = this.pending;
-    this.pending = new Map();
+    if (marks) this.marksDirty = true;
+    if (this.pending.size === 0 && !this.marksDirty) return;
+    const extra = this.marksDirty ? this.liveMarks() : undefined;
+    const minutes = [...this.pending.keys()].sort((x, y) => x - y);
     try {
-      const minutes = [...pending.keys()].sort((a, b) => a - b);
       if (minutes.length === 0) this.deps.history.record(this.now(), [], extra);
       minutes.forEach((minute, i) => {
         // Connection time is kept in fractions of a second between samples; the history takes whole ones.
-        const records = [...(pending.get(minute) ?? new Map<string, Pending>()).values()].map((p): UsageRecord => ({ ...p, seconds: Math.round(p.seconds) }));
+        const records = [...(this.pending.get(minute) ?? new Map<string, Pending>()).values()].map((p): UsageRecord => ({ ...p, seconds: Math.round(p.seconds) }));
         this.deps.history.record(minute, records, i === minutes.length - 1 ? extra : undefined);
+        // Each minute is one transaction: once written it is no longer pending (synchronous: nothing else runs meanwhile).
+        this.pending.delete(minute);
       });
+      this.marksDirty = false;
     } catch (e) {
-      // Back in front of what came meanwhile; the next flush tries again.
-      for (const [minute, m] of pending) {
-        const now = this.pending.get(minute);
-        if (now === undefined) this.pending.set(minute, m);
-        else for (const [id, p] of m) {
-          const q = now.get(id);
-          if (q === undefined) now.set(id, p);
-          else {
-            q.txBytes += p.txBytes; q.rxBytes += p.rxBytes; q.txPackets += p.txPackets; q.rxPackets += p.rxPackets;
-            q.seconds += p.seconds; q.cost += p.cost;
-          }
-        }
-      }
+      // What was not written stays pending; the next flush tries again.
       this.deps.log.error('cannot write the usage history; kept for the next flush', { error: errorMessage(e) });
     }
   }
