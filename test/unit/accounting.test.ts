@@ -416,6 +416,28 @@ describe('accounting: flushing to the history', () => {
     assert.deepEqual(bytesOf(await h.query(ROOT), 'app:1000/firefox'), [1_500, 0]);
     assert.deepEqual(bytesOf(await h.query(ROOT), 'app:1000/firefox'), [1_500, 0], 'written once');
   });
+  it('writes a minute once when a later minute of the same flush fails', async () => {
+    let calls = 0;
+    const h = harness({
+      port: (real) => ({
+        record: (...a: Parameters<UsageHistory['record']>) => {
+          // The second minute's write of the first flush fails.
+          if (++calls === 2) throw new Error('disk I/O error');
+          real.record(...a);
+        },
+        marks: () => real.marks(), query: (q) => real.query(q), sum: (f) => real.sum(f), budgets: () => real.budgets(),
+        putBudget: (b) => { real.putBudget(b); }, deleteBudget: (id) => real.deleteBudget(id),
+      }),
+    });
+    await h.service.sample();
+    h.traffic({ app: FIREFOX, slot: WIFI.slot, dir: 'tx' }, 1_000);
+    await h.sample();
+    h.clock.now += 60_000; // the next minute
+    h.traffic({ app: FIREFOX, slot: WIFI.slot, dir: 'tx' }, 2_000);
+    await h.sample();
+    await h.query(ROOT); // flushes: the first minute written, the second not
+    assert.deepEqual(bytesOf(await h.query(ROOT), 'app:1000/firefox'), [3_000, 0], 'each minute once');
+  });
 });
 
 describe('accounting: who sees what', () => {
