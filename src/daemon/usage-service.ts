@@ -60,9 +60,12 @@ export class BudgetBook {
     return this.stored.length;
   }
 
-  /** An id no budget has: "b-<n>". */
+  /** An id no budget has, stored or `taken` (the config's): "b-<n>". */
   freshId(taken: (id: string) => boolean): string {
-    for (let n = this.stored.length + 1; ; n++) if (!taken(`b-${n}`)) return `b-${n}`;
+    for (let n = 1; ; n++) {
+      const id = `b-${n}`;
+      if (!taken(id) && this.get(id) === undefined) return id;
+    }
   }
 }
 

@@ -706,6 +706,17 @@ describe('usage service: who may set, remove and reset budgets', () => {
     assert.deepEqual(h.kernel.limits, new Map([[`any:${CELL.slot}`, 500_000_000n], [`${FIREFOX}:${CELL.slot}`, 10_000_000n]]));
   });
 
+  it('gives a new budget an id no budget has, also after others were removed', async () => {
+    const { usage } = service();
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) ids.push((await set(usage, { uplink: 'cellular', app: 'firefox', limit: { bytes: (i + 1) * MB } }, USER)).id);
+    await rm(usage, ids[0]!, USER);
+    const next = await set(usage, { uplink: 'cellular', app: 'firefox', limit: { bytes: 9 * MB } }, USER);
+    assert.ok(!ids.slice(1).includes(next.id), `${next.id} is new`);
+    const all = await usage.handlers()['budget.list']({}, USER, NO_CTX);
+    assert.deepEqual(all.budgets.filter((b) => b.source === 'cli').map((b) => b.limitBytes).sort((a, b) => (a ?? 0) - (b ?? 0)), [2 * MB, 3 * MB, 9 * MB]);
+  });
+
   it('refuses a whole uplink\'s budget to a user (EPERM); root may', async () => {
     const { usage } = service();
     await assert.rejects(set(usage, { uplink: 'cellular', limit: { bytes: 10 * MB } }, USER), refused('EPERM', /whole uplink/));
