@@ -536,7 +536,7 @@ export class AccountingService {
       since: new Date(sinceMs).toISOString(), until: new Date(untilMs).toISOString(), resolution: r.resolution, by: q.by, mbBytes: MB_BYTES,
       rows: r.rows.map((row) => ({ ...row })), totals,
       series: r.series.map((b) => ({ at: new Date(b.atMs).toISOString(), txBytes: b.txBytes, rxBytes: b.rxBytes })),
-      scope: all ? 'all' : 'own', pendingSince: null,
+      scope: all ? 'all' : 'own',
     };
   }
 

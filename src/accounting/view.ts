@@ -94,8 +94,6 @@ export interface UsageResult {
   series: UsageBucketView[];
   /** Whether the caller sees every app's (root, the waymark group) or only its own. */
   scope: 'all' | 'own';
-  /** Kernel counters read but not yet in the history (they are included above). */
-  pendingSince: string | null;
 }
 
 /** A budget's limit: bytes, or money in the uplink's currency. */

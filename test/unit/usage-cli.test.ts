@@ -18,7 +18,7 @@ const NOW = Date.parse('2026-12-02T06:23:43Z'); // 07:23:43 in Paris
 const series: UsageBucketView[] = [0, 1, 4, 8, 0, 2, 3, 1].map((mb, i) => ({ at: new Date(Date.parse('2026-12-01T23:00:00Z') + i * H).toISOString(), txBytes: mb * 250_000, rxBytes: mb * 750_000 }));
 
 const usage: UsageResult = {
-  since: '2026-12-02T00:00:00+01:00', until: '2026-12-02T07:23:43+01:00', resolution: 'hour', by: 'app', mbBytes: 1_000_000, scope: 'all', pendingSince: null,
+  since: '2026-12-02T00:00:00+01:00', until: '2026-12-02T07:23:43+01:00', resolution: 'hour', by: 'app', mbBytes: 1_000_000, scope: 'all',
   rows: [
     { key: 'unattributed', name: 'unattributed', app: { key: 'unattributed', name: 'unattributed', kind: 'unattributed', uid: null, exe: null },
       txBytes: 1_200, rxBytes: 800, txPackets: 10, rxPackets: 8, seconds: 0, cost: {} },
