@@ -393,17 +393,7 @@ describe('accounting: flushing to the history', () => {
   });
 
   it('keeps the pending for the next flush when the history cannot write it', async () => {
-    let failures = 1;
-    const h = harness({
-      port: (real) => ({
-        record: (...a: Parameters<UsageHistory['record']>) => {
-          if (failures > 0) { failures--; throw new Error('disk I/O error'); }
-          real.record(...a);
-        },
-        marks: () => real.marks(), query: (q) => real.query(q), sum: (f) => real.sum(f), budgets: () => real.budgets(),
-        putBudget: (b) => { real.putBudget(b); }, deleteBudget: (id) => real.deleteBudget(id),
-      }),
-    });
+    const h = harness({ port: failingWrites((call) => call === 1) });
     await h.service.sample();
     h.traffic({ app: FIREFOX, slot: WIFI.slot, dir: 'tx' }, 1_000);
     await h.sample();
@@ -417,18 +407,8 @@ describe('accounting: flushing to the history', () => {
     assert.deepEqual(bytesOf(await h.query(ROOT), 'app:1000/firefox'), [1_500, 0], 'written once');
   });
   it('writes a minute once when a later minute of the same flush fails', async () => {
-    let calls = 0;
-    const h = harness({
-      port: (real) => ({
-        record: (...a: Parameters<UsageHistory['record']>) => {
-          // The second minute's write of the first flush fails.
-          if (++calls === 2) throw new Error('disk I/O error');
-          real.record(...a);
-        },
-        marks: () => real.marks(), query: (q) => real.query(q), sum: (f) => real.sum(f), budgets: () => real.budgets(),
-        putBudget: (b) => { real.putBudget(b); }, deleteBudget: (id) => real.deleteBudget(id),
-      }),
-    });
+    // The second minute's write of the first flush fails.
+    const h = harness({ port: failingWrites((call) => call === 2) });
     await h.service.sample();
     h.traffic({ app: FIREFOX, slot: WIFI.slot, dir: 'tx' }, 1_000);
     await h.sample();
@@ -439,6 +419,19 @@ describe('accounting: flushing to the history', () => {
     assert.deepEqual(bytesOf(await h.query(ROOT), 'app:1000/firefox'), [3_000, 0], 'each minute once');
   });
 });
+
+/** The real history, whose record() throws at the calls `fails` picks (1: the first). */
+function failingWrites(fails: (call: number) => boolean): (real: UsageHistory) => HistoryPort {
+  let calls = 0;
+  return (real) => ({
+    record: (...a: Parameters<UsageHistory['record']>) => {
+      if (fails(++calls)) throw new Error('disk I/O error');
+      real.record(...a);
+    },
+    marks: () => real.marks(), query: (q) => real.query(q), sum: (f) => real.sum(f), budgets: () => real.budgets(),
+    putBudget: (b) => { real.putBudget(b); }, deleteBudget: (id) => real.deleteBudget(id),
+  });
+}
 
 describe('accounting: who sees what', () => {
   async function traffic(): Promise<Harness> {
