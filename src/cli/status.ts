@@ -22,7 +22,7 @@ export function formatStatus(s: StatusResult): string {
       u.ifname ?? '-',
       u.addresses.join(' ') || '-',
       [u.gateways.ipv4, u.gateways.ipv6].filter(Boolean).join(' ') || '-',
-      u.dns.servers.length ? u.dns.servers.join(' ') + (u.dns.source === 'link' ? ' (link)' : '') : '-',
+      u.dns.servers.length ? u.dns.servers.join(' ') + (u.dns.source === 'config' ? '' : ` (${u.dns.source})`) : '-',
       `${u.cost.perMB} ${u.cost.currency}` + (u.cost.perMinute ? ` +${u.cost.perMinute}/min` : ''),
       u.metered ? 'yes' : 'no',
       String(u.table),
@@ -77,7 +77,31 @@ export function formatStatus(s: StatusResult): string {
     ? `\napps: ${count(a.apps, 'app')} in ${count(a.cgroups, 'cgroup')} under ${a.cgroupRoot}, `
       + (a.active ? 'steered in the kernel (waymark apps)' : `NOT steered in the kernel: ${a.reason ?? 'unknown'}`)
     : '';
-  return `${uplinks}\n\n${destinations}${sessions}\n\n${footer}${decisions}${control}${events}${prompts}${apps}\n`;
+  return `${uplinks}\n${facts(s)}\n${destinations}${sessions}\n\n${footer}${decisions}${control}${events}${prompts}${apps}\n`;
+}
+
+/**
+ * Where each uplink's facts came from, and what the device's services say:
+ *   "cellular: interface wwan0 by APN internet (modemmanager), DNS modemmanager, metered networkmanager, roaming modemmanager, SIM modemmanager"
+ *   "system bus connected: ModemManager yes, NetworkManager no, resolved no; SIM 8949... (26201, modemmanager); profile travel (sim)"
+ */
+export function facts(s: StatusResult): string {
+  const lines = s.uplinks.flatMap((u) => {
+    const src = u.sources;
+    if (!src) return [];
+    const iface = u.apn ? `interface ${u.ifname ?? '-'} by APN ${u.apn} (${src.match})` : `interface ${u.ifname ?? '-'} (${src.match})`;
+    const sim = u.sim ? `, SIM ${u.sim.iccid} (${src.sim})` : '';
+    return [`  ${u.name}: ${iface}, DNS ${u.dns.source}, metered ${u.metered ? 'yes' : 'no'} (${src.metered}), roaming ${u.roaming ? 'yes' : 'no'} (${src.roaming})${sim}`];
+  });
+  const sys = s.system;
+  const yes = (b: boolean): string => (b ? 'yes' : 'no');
+  const system = sys
+    ? `system bus ${sys.bus}: ModemManager ${yes(sys.modemmanager)}, NetworkManager ${yes(sys.networkmanager)}, resolved ${yes(sys.resolved)}; `
+      + (sys.sim ? `SIM ${sys.sim.iccid} (${[sys.sim.operator, sys.sim.operatorName].filter(Boolean).join(' ') || 'operator unknown'}, ${sys.sim.source})` : 'no SIM')
+    : '';
+  const profile = s.profile ? `${system ? '; ' : ''}profile ${s.profile.name ?? '(none)'} (${s.profile.by})` : '';
+  const head = system || profile ? `${system}${profile}\n` : '';
+  return lines.length > 0 || head ? `\nwhere the facts come from:\n${lines.join('\n')}${lines.length ? '\n' : ''}${head}` : '';
 }
 
 /** What the daemon observed of an uplink: "rtt 23 ms, 2 drops/h" (no RTT: "rtt -"). */

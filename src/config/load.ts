@@ -229,9 +229,11 @@ function resolve(
         `both would be counted as ${counterName(u.name, 'tx')} in nftables; rename one`);
     }
     if (sameId === undefined) nftIds.set(nftUplinkId(u.name), i);
-    const badGlob = globProblem(u.match);
+    const iface = typeof u.match === 'string' ? u.match : undefined;
+    const badGlob = iface === undefined ? undefined : globProblem(iface);
     if (badGlob !== undefined) check(['uplinks', i, 'match'], badGlob);
-    if (u.match === 'lo') check(['uplinks', i, 'match'], 'the loopback interface is never an uplink');
+    if (iface === 'lo') check(['uplinks', i, 'match'], 'the loopback interface is never an uplink');
+    if (iface === undefined && u.kind !== 'cellular') check(['uplinks', i, 'match', 'apn'], `only cellular uplinks have an APN (kind is ${u.kind})`);
     if (u.sim && u.kind !== 'cellular') check(['uplinks', i, 'sim'], `only cellular uplinks have a SIM (kind is ${u.kind})`);
     if (u.cost?.per_minute && u.kind !== 'dialup') check(['uplinks', i, 'cost', 'per_minute'], 'a per-minute price applies to dial-up uplinks only');
     const gateway: UplinkSpec['gateway'] = {};
@@ -245,11 +247,20 @@ function resolve(
     }
     return {
       name: u.name,
-      match: u.match,
+      match: iface ?? '',
+      ...(iface === undefined && typeof u.match === 'object' ? { apn: u.match.apn } : {}),
+      ...(u.roaming !== undefined ? { roamingSet: true } : {}),
+      sources: {
+        match: iface === undefined ? 'none' : 'config',
+        metered: u.metered === undefined ? 'kind' : 'config',
+        roaming: u.roaming === undefined ? 'default' : 'config',
+        dns: u.dns && u.dns.length > 0 ? 'config' : 'none',
+        sim: u.sim ? 'config' : 'none',
+      },
       kind: u.kind,
       cost: { perMB: u.cost?.per_mb ?? 0, perMinute: u.cost?.per_minute ?? 0, currency: u.cost?.currency ?? 'EUR' },
       metered: u.metered ?? (u.kind === 'cellular' || u.kind === 'dialup'),
-      roaming: u.roaming,
+      roaming: u.roaming ?? false,
       ...(u.sim ? { sim: { iccid: u.sim.iccid, ...(u.sim.apn !== undefined ? { apn: u.sim.apn } : {}) } } : {}),
       preference: u.preference,
       gateway,
@@ -262,8 +273,13 @@ function resolve(
     };
   });
   raw.uplinks.forEach((u, i) => {
-    const other = raw.uplinks.findIndex((o, j) => j < i && o.match === u.match);
-    if (other >= 0) check(['uplinks', i, 'match'], `interface "${u.match}" is already matched by uplinks[${other}]`);
+    const same = (o: typeof u): boolean => typeof o.match === typeof u.match &&
+      (typeof u.match === 'string' ? o.match === u.match : typeof o.match === 'object' && o.match.apn.toLowerCase() === u.match.apn.toLowerCase());
+    const other = raw.uplinks.findIndex((o, j) => j < i && same(o));
+    if (other >= 0) {
+      check(['uplinks', i, 'match'], typeof u.match === 'string' ? `interface "${u.match}" is already matched by uplinks[${other}]`
+        : `APN "${u.match.apn}" is already matched by uplinks[${other}]`);
+    }
   });
 
   const destinations: DestinationSpec[] = [];

@@ -49,13 +49,19 @@ export const STABILITY_VALUES: Readonly<Record<StabilityWord, number>> = { low: 
 
 export const uplinkSchema = z.strictObject({
   name,
-  /** Interface name or glob (wwan*, ppp?). The first matching link (lowest ifindex) is used. */
-  match: ifaceMatch,
+  /**
+   * Interface name or glob (wwan*, ppp?): the first matching link (lowest ifindex) is used. Or
+   * `{ apn: NAME }`: the interface of ModemManager's connected bearer for that APN (src/system/).
+   */
+  match: z.union([ifaceMatch, z.strictObject({ apn: z.string().min(1).max(100) })], {
+    error: 'must be an interface name or glob of at most 15 characters, or { apn: NAME }',
+  }),
   kind: z.enum(UPLINK_KINDS),
   cost: costSchema.optional(),
   /** Defaults to true for cellular and dial-up, false otherwise. */
   metered: z.boolean().optional(),
-  roaming: z.boolean().default(false),
+  /** Absent: what ModemManager's registration (or `waymark sim set --roaming`) says, else false. */
+  roaming: z.boolean().optional(),
   sim: z
     .strictObject({
       iccid: z.string().regex(/^89\d{16,20}$/, 'must be an ICCID: 18-22 digits starting with 89'),
@@ -66,7 +72,10 @@ export const uplinkSchema = z.strictObject({
   preference: z.number().int().min(0).max(1000).default(100),
   /** Next hops when the kernel's main table has none for this link (an APN without a default route). */
   gateway: z.strictObject({ ipv4: address.optional(), ipv6: address.optional() }).optional(),
-  /** DNS servers of this uplink; otherwise what its link announces (IPv6 RDNSS). */
+  /**
+   * DNS servers of this uplink; otherwise ModemManager's bearer's, NetworkManager's device's,
+   * systemd-resolved's for the link, or what the link announces (IPv6 RDNSS), in that order.
+   */
   dns: z.array(address).optional(),
   /** What the needs compare (docs/needs.md); absent: the kind's default. Typical throughput, in Mbit/s. */
   bandwidth_mbps: z.number().positive('must be a number of Mbit/s greater than 0').optional(),

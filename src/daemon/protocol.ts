@@ -103,8 +103,15 @@ export interface UplinkStatusView {
   ifindex: number | null;
   addresses: string[];
   gateways: { ipv4: string | null; ipv6: string | null };
-  /** DNS servers of the uplink and where they come from (the config, or the link's router). */
-  dns: { servers: string[]; source: 'config' | 'link' | 'none' };
+  /**
+   * DNS servers of the uplink and where they come from: the config, ModemManager's bearer,
+   * NetworkManager's device, systemd-resolved's link, or the link's router (RDNSS).
+   */
+  dns: { servers: string[]; source: 'config' | 'modemmanager' | 'networkmanager' | 'resolved' | 'link' | 'none' };
+  /** `match: { apn }`: the APN whose bearer gives the interface (null: matched by interface name). */
+  apn?: string | null;
+  /** Where the other facts come from (src/uplink/uplink.ts UplinkSources). */
+  sources?: { match: string; metered: string; roaming: string; sim: string };
   cost: { perMB: number; perMinute: number; currency: string };
   metered: boolean;
   roaming: boolean;
@@ -158,6 +165,20 @@ export interface StatusResult {
   apps?: { active: boolean; reason: string | null; cgroupRoot: string; cgroups: number; apps: number };
   /** The ask prompts: shown, queued, agents registered (the counts of every user), and their bounds. */
   prompts?: PromptStats;
+  /** What the device's services say (src/system/): the bus, which services answer, the SIM and the modems. */
+  system?: SystemStatusView;
+  /** The profile in force and why (docs/profiles.md). */
+  profile?: { name: string | null; by: string };
+}
+
+export interface SystemStatusView {
+  bus: 'off' | 'connected' | 'unavailable';
+  modemmanager: boolean;
+  networkmanager: boolean;
+  resolved: boolean;
+  /** The device's SIM (set by hand, else the first modem's), null: none known. */
+  sim: { iccid: string; operator: string | null; operatorName: string | null; source: 'manual' | 'modemmanager' } | null;
+  modems: { path: string; iccid: string | null; registration: string; operatorCode: string | null; bearers: { interface: string | null; apn: string | null; connected: boolean; dns: string[] }[] }[];
 }
 
 /** A prompt id ("p-12"). */

@@ -27,7 +27,11 @@ export interface Device {
   dispose(): Promise<void>;
 }
 
-export async function startDevice(lab: Lab, opts: { config?: string; logLevel?: string; daemonArgs?: readonly string[] } = {}): Promise<Device> {
+/**
+ * `systemBus`: the D-Bus bus waymarkd reads ModemManager, NetworkManager and resolved on (a
+ * private one a test starts); default none: the lab never touches the machine's system bus.
+ */
+export async function startDevice(lab: Lab, opts: { config?: string; logLevel?: string; daemonArgs?: readonly string[]; systemBus?: string } = {}): Promise<Device> {
   const dir = `/tmp/waymark-lab-${lab.runId}`;
   mkdirSync(dir, { recursive: true, mode: 0o755 });
   chmodSync(dir, 0o755);
@@ -42,7 +46,7 @@ export async function startDevice(lab: Lab, opts: { config?: string; logLevel?: 
     async startDaemon(extra = opts.daemonArgs ?? []) {
       const log = openSync(join(dir, 'waymarkd.log'), 'a');
       this.daemon = lab.spawn('dev', [process.execPath, DAEMON_JS, '--config', configPath, '--socket', socket,
-        '--state-dir', join(dir, 'state'), '--log-level', opts.logLevel ?? 'debug',
+        '--state-dir', join(dir, 'state'), '--log-level', opts.logLevel ?? 'debug', '--system-bus', opts.systemBus ?? 'none',
         ...(lab.cgroups ? ['--cgroup-root', lab.cgroups.rel] : []), ...extra], { stdio: ['ignore', log, log], hostMounts: true });
       await waitForDaemon(dev);
     },

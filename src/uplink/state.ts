@@ -34,9 +34,9 @@ export interface UplinkState {
   readonly status: UplinkStatus;
   readonly link?: { readonly index: number; readonly name: string; readonly flags: number };
   readonly families: readonly FamilyState[];
-  /** DNS servers: from the config, else what the link reports (router advertisements). */
+  /** DNS servers: the spec's (config or the device's services: src/system/compose.ts), else what the link reports (router advertisements). */
   readonly dns: readonly string[];
-  readonly dnsSource: 'config' | 'link' | 'none';
+  readonly dnsSource: Exclude<UplinkSpec['sources']['dns'], 'none'> | 'link' | 'none';
   /** What the daemon observed of it lately (drops, measured RTT); absent: nothing yet. */
   readonly observed?: UplinkObservation;
 }
@@ -61,7 +61,7 @@ export function uplinkStates(
     if (slot === undefined) throw new Error(`no slot for uplink ${spec.name}`);
     const link = links.find((l) => matchesInterface(spec.match, l.name));
     const reported = link ? kernel.linkDns?.get(link.index) ?? [] : [];
-    const dns = spec.dns.length > 0 ? { dns: spec.dns, dnsSource: 'config' as const }
+    const dns = spec.dns.length > 0 ? { dns: spec.dns, dnsSource: spec.sources.dns === 'none' ? 'config' as const : spec.sources.dns }
       : reported.length > 0 ? { dns: reported, dnsSource: 'link' as const } : { dns: [], dnsSource: 'none' as const };
     const base = { spec, slot, table: tableForSlot(slot), mark: markForSlot(slot), softMark: softMarkForSlot(slot), ...dns };
     if (!link) return { ...base, status: 'absent', families: [] };

@@ -3,10 +3,32 @@ import type { UplinkKind } from '../config/schema.js';
 import type { Family } from '../net/prefix.js';
 import { compileGlob, globMatch, isGlob } from '../glob.js';
 
+/** Where a fact of an uplink came from (`waymark status` shows it). */
+export type FactOrigin = 'config' | 'profile' | 'kind' | 'default' | 'modemmanager' | 'networkmanager' | 'resolved' | 'manual' | 'none';
+
+/** The origin of each fact of an uplink that the device's services may give (src/system/compose.ts). */
+export interface UplinkSources {
+  /** The interface: the config's match, or ModemManager's bearer for `match: { apn }`. */
+  readonly match: 'config' | 'modemmanager' | 'none';
+  readonly metered: 'config' | 'profile' | 'kind' | 'networkmanager';
+  readonly roaming: 'config' | 'default' | 'modemmanager' | 'manual';
+  /** Of `dns` (empty `dns`: 'none'; the link's RDNSS is the state's, src/uplink/state.ts). */
+  readonly dns: 'config' | 'modemmanager' | 'networkmanager' | 'resolved' | 'none';
+  readonly sim: 'config' | 'modemmanager' | 'manual' | 'none';
+}
+
 export interface UplinkSpec {
   readonly name: string;
-  /** Interface name or glob. */
+  /**
+   * Interface name or glob; '' matches no link (an APN-matched uplink while no bearer names its
+   * interface).
+   */
   readonly match: string;
+  /** `match: { apn }` in the config: the APN whose bearer's interface `match` takes. */
+  readonly apn?: string;
+  /** The config said `roaming:` (true or false): ModemManager's registration does not change it. */
+  readonly roamingSet?: boolean;
+  readonly sources: UplinkSources;
   readonly kind: UplinkKind;
   readonly cost: { readonly perMB: number; readonly perMinute: number; readonly currency: string };
   readonly metered: boolean;

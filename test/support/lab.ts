@@ -16,6 +16,8 @@ export interface UseLabOptions {
   alongside?: () => Promise<unknown>;
   /** Extra waymarkd options (e.g. a shorter --rtt-interval). */
   daemonArgs?: readonly string[];
+  /** The D-Bus bus waymarkd reads the system's services on (a private one; called after `alongside`); default none. */
+  systemBus?: () => string;
   /** Bound of the before hook in ms (default: node:test's). */
   timeoutMs?: number;
 }
@@ -35,7 +37,10 @@ export function useLab(opts: UseLabOptions, up: (lab: Lab, dev: Device) => void)
     const made = (lab = created.value);
     if (other.status === 'rejected') throw other.reason;
     const config = typeof opts.config === 'function' ? opts.config() : opts.config;
-    dev = await startDevice(made, { ...(config === undefined ? {} : { config }), ...(opts.daemonArgs ? { daemonArgs: opts.daemonArgs } : {}) });
+    dev = await startDevice(made, {
+      ...(config === undefined ? {} : { config }), ...(opts.daemonArgs ? { daemonArgs: opts.daemonArgs } : {}),
+      ...(opts.systemBus ? { systemBus: opts.systemBus() } : {}),
+    });
     up(made, dev);
   }, opts.timeoutMs === undefined ? {} : { timeout: opts.timeoutMs });
   after(async () => {
