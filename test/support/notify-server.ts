@@ -57,7 +57,11 @@ export interface PrivateBus {
   /** Where clients connect: the same across {@link PrivateBus.stop} and {@link PrivateBus.start}. */
   readonly address: string;
   readonly dir: string;
-  /** Ends the daemon (its clients see their connections end), keeping the directory and the address. */
+  /**
+   * The bus goes away: kills the daemon (SIGKILL, as a crash: its clients' connections just end,
+   * with no NameOwnerChanged first, which a daemon ending cleanly sends), keeping the directory and
+   * the address.
+   */
   stop(): Promise<void>;
   /** Starts a new daemon at the same address (after stop()); resolves once it listens. */
   start(): Promise<void>;
@@ -85,15 +89,15 @@ const CONFIG = (socket: string): string => `<!DOCTYPE busconfig PUBLIC "-//freed
 `;
 
 /** One dbus-daemon run: resolves once it listens; `stop` ends it. */
-async function runDaemon(config: string): Promise<() => Promise<void>> {
+async function runDaemon(config: string): Promise<(signal: NodeJS.Signals) => Promise<void>> {
   const child = spawn('setpriv', ['--pdeathsig', 'KILL', 'dbus-daemon', `--config-file=${config}`, '--nofork', '--print-address=1'], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stderr = '';
   child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const stop = async (): Promise<void> => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+  const stop = async (signal: NodeJS.Signals): Promise<void> => {
+    if (child.exitCode === null && child.signalCode === null) child.kill(signal);
     await exited;
   };
   try {
@@ -105,7 +109,7 @@ async function runDaemon(config: string): Promise<() => Promise<void>> {
     }), 'address from dbus-daemon');
     return stop;
   } catch (e) {
-    await stop();
+    await stop('SIGTERM');
     throw e;
   }
 }
@@ -119,11 +123,11 @@ export async function startPrivateBus(options: PrivateBusOptions = {}): Promise<
   // A test process that exits without its after hooks (process.exit) still removes the directory.
   const removeDir = (): void => rmSync(dir, { recursive: true, force: true });
   process.once('exit', removeDir);
-  let stopDaemon: (() => Promise<void>) | undefined;
-  const stop = async (): Promise<void> => {
+  let stopDaemon: ((signal: NodeJS.Signals) => Promise<void>) | undefined;
+  const end = async (signal: NodeJS.Signals): Promise<void> => {
     const s = stopDaemon;
     stopDaemon = undefined;
-    if (s) await s();
+    if (s) await s(signal);
     // A daemon that could not remove its socket would leave the next one unable to listen there.
     await rm(socket, { force: true });
   };
@@ -131,8 +135,9 @@ export async function startPrivateBus(options: PrivateBusOptions = {}): Promise<
     if (stopDaemon) throw new Error('the private bus is running already');
     stopDaemon = await runDaemon(config);
   };
+  const stop = (): Promise<void> => end('SIGKILL');
   const close = async (): Promise<void> => {
-    await stop();
+    await end('SIGTERM');
     process.off('exit', removeDir);
     await rm(dir, { recursive: true, force: true });
   };
