@@ -214,17 +214,22 @@ describe('ModemManager reader', () => {
     assert.ok(r.log.lines.some((l) => l.msg.includes('unreadable signal')), 'the bad signal is logged');
   });
 
-  test('signals from anyone but the owner are ignored', async () => {
+  test('signals from anyone but the owner are ignored, even when the connection receives them', async () => {
     const m = r.mm.addModem({ sim: HOME, registration: 1 });
     await r.attach();
+    // Another reader on the same connection (NetworkManager's) asks for everyone's PropertiesChanged.
+    const received: string[] = [];
+    const off = await r.client.onSignal({ interface: PROPERTIES, member: 'PropertiesChanged' }, (sig) => received.push(sig.sender));
     const impostor = await connectBus(bus.address);
     try {
       impostor.emit(m, PROPERTIES, 'PropertiesChanged', 'sa{sv}as', [MODEMMANAGER.modem3gpp, { RegistrationState: variant('u', 5) }, []]);
       await impostor.call({ destination: r.client.name, path: '/', interface: 'org.freedesktop.DBus.Peer', member: 'Ping' });
       await r.sync();
+      assert.ok(received.includes(impostor.name), 'the impostor\'s signal reached the connection');
       assert.equal(r.reader.value[0]?.registration, 'home');
       assert.equal(r.updates.all.length, 0);
     } finally {
+      off();
       impostor.close();
     }
     // The owner's own signal still counts (the test can fail the other way).
