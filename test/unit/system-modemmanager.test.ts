@@ -95,6 +95,9 @@ describe('ModemManager reader', () => {
     });
     assert.deepEqual(v[1], { path: m1, registration: 'unknown', bearers: [{ path: `${MODEMMANAGER.path}/Bearer/2`, connected: false, dns: [] }] });
     assert.equal(r.updates.all.length, 0, 'the initial read is the attach, not an update');
+    // The fake answers Properties.Get too (for other clients of it).
+    const got = await r.client.call({ destination: r.mm.owner, path: `${MODEMMANAGER.path}/SIM/0`, interface: PROPERTIES, member: 'Get', signature: 'ss', body: [MODEMMANAGER.sim, 'SimIdentifier'] });
+    assert.equal((got.body[0] as { value: unknown }).value, HOME.iccid);
   });
 
   test('keeps the modems sorted by path', async () => {
