@@ -54,9 +54,24 @@ export class Arrivals<T> {
 }
 
 export interface PrivateBus {
+  /** Where clients connect: the same across {@link PrivateBus.stop} and {@link PrivateBus.start}. */
   readonly address: string;
   readonly dir: string;
+  /**
+   * The bus goes away: kills the daemon (SIGKILL, as a crash: its clients' connections just end,
+   * with no NameOwnerChanged first, which a daemon ending cleanly sends), keeping the directory and
+   * the address.
+   */
+  stop(): Promise<void>;
+  /** Starts a new daemon at the same address (after stop()); resolves once it listens. */
+  start(): Promise<void>;
+  /** Ends the daemon and removes the directory. */
   close(): Promise<void>;
+}
+
+export interface PrivateBusOptions {
+  /** The socket to listen on (default: "bus" in the bus's temporary directory). */
+  readonly socketPath?: string;
 }
 
 const CONFIG = (socket: string): string => `<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
@@ -73,38 +88,67 @@ const CONFIG = (socket: string): string => `<!DOCTYPE busconfig PUBLIC "-//freed
 </busconfig>
 `;
 
-/** Starts a dbus-daemon of our own and resolves with its address once it listens. */
-export async function startPrivateBus(): Promise<PrivateBus> {
-  const dir = await mkdtemp(join(tmpdir(), 'waymark-dbus-'));
-  const config = join(dir, 'bus.conf');
-  await writeFile(config, CONFIG(join(dir, 'bus')));
+/** One dbus-daemon run: resolves once it listens; `stop` ends it. */
+async function runDaemon(config: string): Promise<(signal: NodeJS.Signals) => Promise<void>> {
   const child = spawn('setpriv', ['--pdeathsig', 'KILL', 'dbus-daemon', `--config-file=${config}`, '--nofork', '--print-address=1'], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stderr = '';
   child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  // A test process that exits without its after hooks (process.exit) still removes the directory.
-  const removeDir = (): void => rmSync(dir, { recursive: true, force: true });
-  process.once('exit', removeDir);
-  const close = async (): Promise<void> => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+  const stop = async (signal: NodeJS.Signals): Promise<void> => {
+    if (child.exitCode === null && child.signalCode === null) child.kill(signal);
     await exited;
-    process.off('exit', removeDir);
-    await rm(dir, { recursive: true, force: true });
   };
   try {
-    const address = await within(new Promise<string>((resolve, reject) => {
+    await within(new Promise<string>((resolve, reject) => {
       // The daemon prints its address once it listens.
       createInterface({ input: child.stdout }).once('line', resolve);
       child.once('error', reject);
       child.once('exit', (code, signal) => reject(new Error(`dbus-daemon exited (${code ?? signal ?? '?'}): ${stderr}`)));
     }), 'address from dbus-daemon');
-    return { address, dir, close };
+    return stop;
+  } catch (e) {
+    await stop('SIGTERM');
+    throw e;
+  }
+}
+
+/** Starts a dbus-daemon of our own and resolves with its address once it listens. */
+export async function startPrivateBus(options: PrivateBusOptions = {}): Promise<PrivateBus> {
+  const dir = await mkdtemp(join(tmpdir(), 'waymark-dbus-'));
+  const socket = options.socketPath ?? join(dir, 'bus');
+  const config = join(dir, 'bus.conf');
+  await writeFile(config, CONFIG(socket));
+  // A test process that exits without its after hooks (process.exit) still removes the directory.
+  const removeDir = (): void => rmSync(dir, { recursive: true, force: true });
+  process.once('exit', removeDir);
+  let stopDaemon: ((signal: NodeJS.Signals) => Promise<void>) | undefined;
+  const end = async (signal: NodeJS.Signals): Promise<void> => {
+    const s = stopDaemon;
+    stopDaemon = undefined;
+    if (s) await s(signal);
+    // A daemon that could not remove its socket would leave the next one unable to listen there.
+    await rm(socket, { force: true });
+  };
+  const start = async (): Promise<void> => {
+    if (stopDaemon) throw new Error('the private bus is running already');
+    stopDaemon = await runDaemon(config);
+  };
+  const stop = (): Promise<void> => end('SIGKILL');
+  const close = async (): Promise<void> => {
+    await end('SIGTERM');
+    process.off('exit', removeDir);
+    await rm(dir, { recursive: true, force: true });
+  };
+  try {
+    await start();
   } catch (e) {
     await close();
     throw e;
   }
+  // Without the daemon's guid, so the address stays the same across restarts.
+  return { address: `unix:path=${socket}`, dir, stop, start, close };
 }
 
 export interface NotifyCall {
