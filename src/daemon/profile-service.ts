@@ -114,8 +114,8 @@ export class ProfileService {
   handlers(): Pick<Handlers, 'profile.list' | 'profile.show' | 'profile.export' | 'profile.use' | 'profile.save' | 'profile.import' | 'profile.rm'> {
     return {
       'profile.list': () => Promise.resolve(this.list()),
-      'profile.show': (p, cred) => Promise.resolve(this.show(p.name, cred)),
-      'profile.export': (p, cred) => Promise.resolve(this.export(p.name, cred)),
+      'profile.show': async (p, cred) => this.show(p.name, cred),
+      'profile.export': async (p, cred) => this.export(p.name, cred),
       'profile.use': (p, cred) => this.use(p, cred),
       'profile.save': (p, cred) => this.save(p, cred),
       'profile.import': (p, cred) => this.import(p, cred),
