@@ -10,6 +10,7 @@ import { formatStatus } from './status.js';
 import { rulesCommand } from './rules.js';
 import { usageCommand } from './usage.js';
 import { budgetCommand } from './budget.js';
+import { profileCommand } from './profile.js';
 import { TOPICS, type Topic } from '../daemon/events.js';
 import { errorMessage } from '../errors.js';
 
@@ -46,6 +47,7 @@ program
 program.addCommand(rulesCommand(client));
 program.addCommand(usageCommand(client));
 program.addCommand(budgetCommand(client));
+program.addCommand(profileCommand(client));
 
 program
   .command('reload')
@@ -143,6 +145,7 @@ Examples:
   waymark rules explain --app org.example.Chat --dest internet
   waymark usage --by uplink --since month
   waymark budget set --uplink cellular --limit 10GB --start 5
+  waymark profile list
   waymark watch --json --topic decision
   waymark agent
   waymark exec --uplink mms -- curl http://10.200.0.10/

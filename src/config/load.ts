@@ -14,7 +14,8 @@ import { userId } from '../identity/users.js';
 import { counterName, nftUplinkId } from '../nftables/ruleset.js';
 import { compileGlob } from '../glob.js';
 import { globProblem, type UplinkSpec } from '../uplink/uplink.js';
-import { configSchema, STABILITY_VALUES, warnPercent, type RawBudget, type RawConfig, type RawFixedAction, type RawRule } from './schema.js';
+import { configSchema, STABILITY_VALUES, warnPercent, type RawBudget, type RawConfig, type RawFixedAction, type RawProfile, type RawRule } from './schema.js';
+import type { Profile, UplinkOverride } from '../profile/profile.js';
 import { parseLimit } from '../accounting/cost.js';
 import { startProblem } from '../accounting/budget.js';
 import type { BudgetSetParams } from '../accounting/view.js';
@@ -32,6 +33,10 @@ export interface Config {
   readonly budgets: readonly ConfigBudget[];
   /** What is accepted but should change (e.g. the `apps:` section), located like errors. */
   readonly notices: readonly ConfigIssue[];
+  /** The file's profiles (src/profile/profile.ts); absent in configs made in code: none. */
+  readonly profiles?: readonly Profile[];
+  /** The profile chosen when none matches the SIM (`default_profile:`). */
+  readonly defaultProfile?: string;
 }
 
 /**
@@ -83,8 +88,15 @@ export async function loadConfigFile(file: string): Promise<Config> {
   return parseConfig(text, file);
 }
 
-/** Parses and validates config text; throws ConfigError with every issue found. */
-export function parseConfig(text: string, file = '<config>', opts: ParseOptions = {}): Config {
+/** A YAML document read for validation: its JS value and how to locate a path in it. */
+interface ReadDocument {
+  readonly data: unknown;
+  readonly locate: (path: Path, key?: string) => number | undefined;
+  readonly at: (offset: number | undefined, field: string, message: string) => ConfigIssue;
+}
+
+/** YAML text → its JS value (aliases bounded), every syntax problem located; throws ConfigError. */
+function readDocument(text: string, file: string): ReadDocument {
   const lc = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true });
   const at = (offset: number | undefined, field: string, message: string): ConfigIssue => {
@@ -105,18 +117,53 @@ export function parseConfig(text: string, file = '<config>', opts: ParseOptions 
   } catch (e) {
     throw new ConfigError([at(undefined, '', errorMessage(e))]);
   }
-  const parsed = configSchema.safeParse(data ?? {});
-  if (!parsed.success) {
-    throw new ConfigError(parsed.error.issues.flatMap((i) => zodIssue(i, locate, at)));
-  }
+  return { data, locate, at };
+}
+
+/** The document validated by the schema; throws ConfigError with every schema issue, located. */
+function schemaParse(d: ReadDocument): RawConfig {
+  const parsed = configSchema.safeParse(d.data ?? {});
+  if (!parsed.success) throw new ConfigError(parsed.error.issues.flatMap((i) => zodIssue(i, d.locate, d.at)));
+  return parsed.data;
+}
+
+/** Parses and validates config text; throws ConfigError with every issue found. */
+export function parseConfig(text: string, file = '<config>', opts: ParseOptions = {}): Config {
+  const d = readDocument(text, file);
+  const raw = schemaParse(d);
   const issues: ConfigIssue[] = [];
   const check = (path: Path, message: string): void => {
-    issues.push(at(locate(path), fieldName(path), message));
+    issues.push(d.at(d.locate(path), fieldName(path), message));
   };
   const notices: ConfigIssue[] = [];
-  const config = resolve(parsed.data, check, opts.userId ?? ((n) => userId(n)), (path, message) => notices.push(at(locate(path), fieldName(path), message)));
+  const config = resolve(raw, check, opts.userId ?? ((n) => userId(n)), (path, message) => notices.push(d.at(d.locate(path), fieldName(path), message)));
+  const rawProfiles = (d.data as { profiles?: unknown } | null)?.profiles;
+  const profiles = resolveProfiles(raw, Array.isArray(rawProfiles) ? rawProfiles : [], config, check, opts.userId ?? ((n) => userId(n)), file);
   if (issues.length > 0) throw new ConfigError(issues);
-  return { ...config, notices };
+  return { ...config, notices, profiles, ...(raw.default_profile !== undefined ? { defaultProfile: raw.default_profile } : {}) };
+}
+
+/**
+ * A profile document (what `waymark profile export` prints, `profile import` reads): a config
+ * document with `version` and exactly one profile in `profiles:`, nothing else; its references
+ * checked against `base` (the running config). Throws ConfigError with every issue, located.
+ */
+export function parseProfileText(text: string, file: string, base: Config, opts: ParseOptions = {}): Profile {
+  const d = readDocument(text, file);
+  const raw = schemaParse(d);
+  const issues: ConfigIssue[] = [];
+  const check = (path: Path, message: string): void => {
+    issues.push(d.at(d.locate(path), fieldName(path), message));
+  };
+  const top = d.data !== null && typeof d.data === 'object' ? Object.keys(d.data) : [];
+  for (const k of top) if (k !== 'version' && k !== 'profiles') check([k], `a profile document holds version and profiles only (${k} belongs in waymark.yaml)`);
+  if (raw.profiles.length !== 1) check(['profiles'], `a profile document holds exactly one profile (${raw.profiles.length} given)`);
+  if (raw.default_profile !== undefined) check(['default_profile'], 'a profile document holds version and profiles only');
+  const rawProfiles = (d.data as { profiles?: unknown }).profiles;
+  const profiles = issues.length > 0 ? [] : resolveProfiles(raw, Array.isArray(rawProfiles) ? rawProfiles : [], base, check, opts.userId ?? ((n) => userId(n)), file);
+  const p = profiles[0];
+  if (issues.length > 0 || p === undefined) throw new ConfigError(issues);
+  return p;
 }
 
 function zodIssue(
@@ -317,45 +364,13 @@ function resolve(
   });
   destinations.push(internet ?? { name: INTERNET, prefixes: [], domains: [], via: uplinks.map((u) => u.name) });
 
+  const refs: Refs = { check, users, uplinks, destNames: new Set(destinations.map((d) => d.name)) };
   const ruleSeen = new Map<string, string>();
-  const destNames = new Set(destinations.map((d) => d.name));
+  const rules = resolveRules(raw.rules, ['rules'], refs, ruleSeen, { source: 'config' });
   const uplinkRef = (path: Path, v: string): void => {
     if (!seen.has(v)) check(path, `no uplink named "${v}"`);
   };
-  const globs = (path: Path, m: Record<string, unknown>, fields: readonly string[]): void => {
-    for (const field of fields) {
-      const pattern = m[field];
-      const bad = typeof pattern === 'string' ? compileGlob(pattern) : undefined;
-      if (typeof bad === 'string') check([...path, 'match', field], bad);
-    }
-  };
-  const rules: Rule[] = raw.rules.map((r, i) => {
-    const at: Path = ['rules', i];
-    const prev = ruleSeen.get(r.name);
-    if (prev !== undefined) check([...at, 'name'], `duplicate rule "${r.name}" (first defined as ${prev})`);
-    ruleSeen.set(r.name, `rules[${i}]`);
-    const actions = (['use', 'only', 'deny', 'pass', 'ask'] as const).filter((k) => r[k] !== undefined);
-    if (actions.length > 1) check([...at, actions[1] ?? ''], `a rule has one action: ${actions.join(' and ')} given`);
-    for (const field of ['use', 'only', 'never'] as const) (r[field] ?? []).forEach((v, j) => uplinkRef([...at, field, j], v));
-    const def = r.ask?.default;
-    if (def !== undefined && typeof def !== 'string') ('use' in def ? def.use : def.only).forEach((v, j) => uplinkRef([...at, 'ask', 'default', 'use' in def ? 'use' : 'only', j], v));
-    r.never.forEach((v, j) => {
-      if (r.only?.includes(v) || r.use?.includes(v)) check([...at, 'never', j], `uplink "${v}" is both listed and never to be used`);
-    });
-    const { user, ...m } = r.match;
-    if (m.destination !== undefined && !destNames.has(m.destination)) check([...at, 'match', 'destination'], `no destination named "${m.destination}"`);
-    globs(at, m, ['exe', 'unit', 'app', 'flatpak', 'name']);
-    let uid = m.uid;
-    if (user !== undefined) {
-      const found = users(user.replace(/\$$/, ''));
-      if (found === undefined) check([...at, 'match', 'user'], `no user named "${user}" on this machine`);
-      else if (uid !== undefined && uid !== found) check([...at, 'match', 'user'], `user ${user} is uid ${found}, not ${uid}`);
-      uid = found ?? uid;
-    }
-    const match: RuleMatch = Object.fromEntries(Object.entries({ ...m, uid }).filter(([, v]) => v !== undefined));
-    const action = r.ask ? { kind: 'ask' as const, default: fixedAction(r.ask.default), timeoutMs: r.ask.timeout * 1000 } : ruleAction(r);
-    return { id: r.name, source: 'config', match, action, never: r.never, needs: r.needs };
-  });
+  const globs = (path: Path, m: Record<string, unknown>, fields: readonly string[]): void => globProblems(check, path, m, fields);
 
   // The apps: section of earlier versions: each entry a rule for every destination.
   if (raw.apps.length > 0) {
@@ -375,21 +390,83 @@ function resolve(
       id: a.name, source: 'config', match, action: a.uplinks ? { kind: 'only', uplinks: a.uplinks } : { kind: 'use', uplinks: [] }, never: a.deny, needs: a.needs,
     });
   });
-  const budgetSeen = new Map<string, number>();
-  const budgets = raw.budgets.map((b, i): ConfigBudget => {
-    const at: Path = ['budgets', i];
-    const id = b.id ?? budgetId(b);
-    const prev = budgetSeen.get(id);
-    if (prev !== undefined) {
-      check(b.id !== undefined ? [...at, 'id'] : at, b.id !== undefined ? `duplicate budget "${id}" (first defined as budgets[${prev}])`
-        : `this budget and budgets[${prev}] are both "${id}": give one an id`);
+  const budgets = resolveBudgets(raw.budgets, ['budgets'], refs, new Map());
+  return { uplinks, destinations, rules, budgets };
+}
+
+/** What rules and budgets refer to: the uplinks and destinations they may name, and the users. */
+interface Refs {
+  readonly check: (path: Path, message: string) => void;
+  readonly users: (name: string) => number | undefined;
+  readonly uplinks: readonly UplinkSpec[];
+  readonly destNames: ReadonlySet<string>;
+}
+
+function globProblems(check: Refs['check'], path: Path, m: Record<string, unknown>, fields: readonly string[]): void {
+  for (const field of fields) {
+    const pattern = m[field];
+    const bad = typeof pattern === 'string' ? compileGlob(pattern) : undefined;
+    if (typeof bad === 'string') check([...path, 'match', field], bad);
+  }
+}
+
+/**
+ * The rules of a `rules:` list at `prefix` (the file's, or a profile's); `seen` collects their
+ * names (a duplicate is reported). A profile's rules get the source 'profile' and an id unique
+ * in any rule set ("name@profile").
+ */
+function resolveRules(raw: readonly RawRule[], prefix: Path, refs: Refs, seen: Map<string, string>, of: { source: 'config' } | { source: 'profile'; profile: string }): Rule[] {
+  const { check, users } = refs;
+  const uplinkRef = (path: Path, v: string): void => {
+    if (!refs.uplinks.some((u) => u.name === v)) check(path, `no uplink named "${v}"`);
+  };
+  return raw.map((r, i) => {
+    const at: Path = [...prefix, i];
+    const prev = seen.get(r.name);
+    if (prev !== undefined) check([...at, 'name'], `duplicate rule "${r.name}" (first defined as ${prev})`);
+    seen.set(r.name, fieldName(at));
+    const actions = (['use', 'only', 'deny', 'pass', 'ask'] as const).filter((k) => r[k] !== undefined);
+    if (actions.length > 1) check([...at, actions[1] ?? ''], `a rule has one action: ${actions.join(' and ')} given`);
+    for (const field of ['use', 'only', 'never'] as const) (r[field] ?? []).forEach((v, j) => uplinkRef([...at, field, j], v));
+    const def = r.ask?.default;
+    if (def !== undefined && typeof def !== 'string') ('use' in def ? def.use : def.only).forEach((v, j) => uplinkRef([...at, 'ask', 'default', 'use' in def ? 'use' : 'only', j], v));
+    r.never.forEach((v, j) => {
+      if (r.only?.includes(v) || r.use?.includes(v)) check([...at, 'never', j], `uplink "${v}" is both listed and never to be used`);
+    });
+    const { user, ...m } = r.match;
+    if (m.destination !== undefined && !refs.destNames.has(m.destination)) check([...at, 'match', 'destination'], `no destination named "${m.destination}"`);
+    globProblems(check, at, m, ['exe', 'unit', 'app', 'flatpak', 'name']);
+    let uid = m.uid;
+    if (user !== undefined) {
+      const found = users(user.replace(/\$$/, ''));
+      if (found === undefined) check([...at, 'match', 'user'], `no user named "${user}" on this machine`);
+      else if (uid !== undefined && uid !== found) check([...at, 'match', 'user'], `user ${user} is uid ${found}, not ${uid}`);
+      uid = found ?? uid;
     }
-    budgetSeen.set(id, i);
+    const match: RuleMatch = Object.fromEntries(Object.entries({ ...m, uid }).filter(([, v]) => v !== undefined));
+    const action = r.ask ? { kind: 'ask' as const, default: fixedAction(r.ask.default), timeoutMs: r.ask.timeout * 1000 } : ruleAction(r);
+    const rule = { match, action, never: r.never, needs: r.needs };
+    return of.source === 'config' ? { id: r.name, source: 'config', ...rule } : { id: `${r.name}@${of.profile}`, source: 'profile', profile: of.profile, ...rule };
+  });
+}
+
+/** The budgets of a `budgets:` list at `prefix`; `seen` holds the ids taken (with where), and collects these. */
+function resolveBudgets(raw: readonly RawBudget[], prefix: Path, refs: Refs, seen: Map<string, string>): ConfigBudget[] {
+  const { check, users } = refs;
+  return raw.map((b, i): ConfigBudget => {
+    const at: Path = [...prefix, i];
+    const id = b.id ?? budgetId(b);
+    const prev = seen.get(id);
+    if (prev !== undefined) {
+      check(b.id !== undefined ? [...at, 'id'] : at, b.id !== undefined ? `duplicate budget "${id}" (first defined as ${prev})`
+        : `this budget and ${prev} are both "${id}": give one an id`);
+    }
+    seen.set(id, fieldName(at));
     const start = b.start ?? 1;
     const badStart = startProblem(b.period, start);
     if (badStart !== undefined) check([...at, 'start'], badStart);
     const limit = parseLimit(b.limit); // the schema checked it parses
-    const uplink = uplinks.find((u) => u.name === b.uplink);
+    const uplink = refs.uplinks.find((u) => u.name === b.uplink);
     if (uplink === undefined) check([...at, 'uplink'], `no uplink named "${b.uplink}"`);
     else if ('money' in limit) {
       if (limit.currency !== uplink.cost.currency) check([...at, 'limit'], `uplink "${uplink.name}" is priced in ${uplink.cost.currency}, not ${limit.currency}`);
@@ -409,7 +486,68 @@ function resolve(
       id, uplink: b.uplink, ...(b.app !== undefined ? { app: b.app } : {}), uid, period: b.period, start, limit, warnAt, block: b.block,
     };
   });
-  return { uplinks, destinations, rules, budgets };
+}
+
+/**
+ * The file's profiles (or an import's one), checked against `base`'s uplinks, destinations and
+ * budgets. `data` is each profile as written (before defaults): a profile's `raw`. Also checks
+ * default_profile names one of them.
+ */
+function resolveProfiles(raw: RawConfig, data: readonly unknown[], base: Omit<Config, 'notices'>, check: Refs['check'], users: Refs['users'], file: string): Profile[] {
+  const destNames = new Set(base.destinations.map((d) => d.name));
+  const refs: Refs = { check, users, uplinks: base.uplinks, destNames };
+  const names = new Map<string, number>();
+  const simOwner = new Map<string, string>();
+  const budgetIds = new Map(base.budgets.map((b) => [b.id, `the configuration's budget "${b.id}"`] as const));
+  const profiles = raw.profiles.map((p: RawProfile, i): Profile => {
+    const at: Path = ['profiles', i];
+    const prev = names.get(p.name);
+    if (prev !== undefined) check([...at, 'name'], `duplicate profile "${p.name}" (first defined as profiles[${prev}])`);
+    names.set(p.name, i);
+    p.sims.forEach((s, j) => {
+      const owner = simOwner.get(s);
+      if (owner !== undefined) check([...at, 'sims', j], `SIM ${s} is already tied to ${owner}`);
+      else simOwner.set(s, `profile "${p.name}" (${fieldName([...at, 'sims', j])})`);
+    });
+    p.operators.forEach((o, j) => {
+      if (p.operators.indexOf(o) !== j) check([...at, 'operators', j], `operator ${o} listed twice`);
+    });
+    if (typeof p.roaming === 'object') {
+      p.roaming.only.forEach((d, j) => {
+        if (!destNames.has(d)) check([...at, 'roaming', 'only', j], `no destination named "${d}"`);
+      });
+    }
+    const overridden = new Set<string>();
+    const uplinks = p.uplinks.map((u, j): UplinkOverride => {
+      if (!base.uplinks.some((x) => x.name === u.name)) check([...at, 'uplinks', j, 'name'], `no uplink named "${u.name}"`);
+      if (overridden.has(u.name)) check([...at, 'uplinks', j, 'name'], `uplink "${u.name}" listed twice`);
+      overridden.add(u.name);
+      return {
+        name: u.name,
+        ...(u.cost !== undefined ? { cost: { perMB: u.cost.per_mb, perMinute: u.cost.per_minute, currency: u.cost.currency } } : {}),
+        ...(u.metered !== undefined ? { metered: u.metered } : {}),
+        ...(u.preference !== undefined ? { preference: u.preference } : {}),
+        properties: {
+          ...(u.bandwidth_mbps !== undefined ? { bandwidthMbps: u.bandwidth_mbps } : {}),
+          ...(u.latency_ms !== undefined ? { latencyMs: u.latency_ms } : {}),
+          ...(u.stability !== undefined ? { stability: typeof u.stability === 'number' ? u.stability : STABILITY_VALUES[u.stability] } : {}),
+        },
+      };
+    });
+    // Budgets on the uplinks as the profile prices them (a money budget needs its per_mb).
+    const priced = base.uplinks.map((x) => {
+      const o = uplinks.find((y) => y.name === x.name);
+      return o?.cost ? { ...x, cost: o.cost } : x;
+    });
+    const rules = resolveRules(p.rules, [...at, 'rules'], refs, new Map(), { source: 'profile', profile: p.name });
+    const budgets = resolveBudgets(p.budgets, [...at, 'budgets'], { ...refs, uplinks: priced }, new Map(budgetIds));
+    return {
+      name: p.name, ...(p.description !== undefined ? { description: p.description } : {}), sims: p.sims, operators: p.operators,
+      roaming: p.roaming, uplinks, rules, budgets, raw: data[i] ?? {}, file,
+    };
+  });
+  if (raw.default_profile !== undefined && !names.has(raw.default_profile)) check(['default_profile'], `no profile named "${raw.default_profile}"`);
+  return profiles;
 }
 
 /** The id of a budget written without one: uplink, app, user and period in lower case, "-" between ("cellular-org-mozilla-firefox-month"). */

@@ -47,6 +47,9 @@ export const STABILITY_WORDS = ['low', 'medium', 'high'] as const;
 export type StabilityWord = (typeof STABILITY_WORDS)[number];
 export const STABILITY_VALUES: Readonly<Record<StabilityWord, number>> = { low: 0.3, medium: 0.6, high: 0.9 };
 
+/** A SIM's ICCID (an uplink's `sim`, a profile's `sims`). */
+const iccid = z.string().regex(/^89\d{16,20}$/, 'must be an ICCID: 18-22 digits starting with 89');
+
 export const uplinkSchema = z.strictObject({
   name,
   /**
@@ -64,7 +67,7 @@ export const uplinkSchema = z.strictObject({
   roaming: z.boolean().optional(),
   sim: z
     .strictObject({
-      iccid: z.string().regex(/^89\d{16,20}$/, 'must be an ICCID: 18-22 digits starting with 89'),
+      iccid,
       apn: z.string().min(1).max(100).optional(),
     })
     .optional(),
@@ -223,6 +226,32 @@ export function warnPercent(text: string): number | undefined {
   return pct >= 1 && pct <= 100 ? pct / 100 : undefined;
 }
 
+/**
+ * A profile (docs/profiles.md, src/profile/profile.ts): what changes with the SIM in the device
+ * (or when the user says so): uplink properties, rules and budgets on top of the file's, which
+ * destinations roaming uplinks may carry; `sims` and `operators` say when it is chosen.
+ */
+export const profileSchema = z.strictObject({
+  name,
+  description: z.string().max(200).optional(),
+  sims: z.array(iccid).max(64).default([]),
+  /** Home networks: MCC+MNC ("26201"). */
+  operators: z.array(z.string().regex(/^\d{5,6}$/, 'must be an operator code: MCC+MNC, 5 or 6 digits')).max(64).default([]),
+  /** What roaming uplinks may carry: allow (all), deny (nothing), or only these destinations. */
+  roaming: z.union([z.enum(['allow', 'deny']), z.strictObject({ only: z.array(name).max(64) })]).default('allow'),
+  uplinks: z.array(z.strictObject({
+    name,
+    cost: uplinkSchema.shape.cost,
+    metered: uplinkSchema.shape.metered,
+    preference: z.number().int().min(0).max(1000).optional(),
+    bandwidth_mbps: uplinkSchema.shape.bandwidth_mbps,
+    latency_ms: uplinkSchema.shape.latency_ms,
+    stability: uplinkSchema.shape.stability,
+  })).default([]),
+  rules: z.array(ruleSchema).default([]),
+  budgets: z.array(budgetSchema).default([]),
+});
+
 export const configSchema = z.strictObject({
   version: z.literal(1),
   uplinks: z.array(uplinkSchema).default([]),
@@ -231,6 +260,9 @@ export const configSchema = z.strictObject({
   budgets: z.array(budgetSchema).default([]),
   /** The per-app defaults of earlier versions: each entry is read as a rule (src/config/load.ts). */
   apps: z.array(appSchema).default([]),
+  profiles: z.array(profileSchema).default([]),
+  /** The profile chosen when no profile's sims or operators match the SIM. */
+  default_profile: name.optional(),
 });
 
 export type RawConfig = z.infer<typeof configSchema>;
@@ -239,5 +271,6 @@ export type RawDestination = z.infer<typeof destinationSchema>;
 export type RawApp = z.infer<typeof appSchema>;
 export type RawRule = z.infer<typeof ruleSchema>;
 export type RawBudget = z.infer<typeof budgetSchema>;
+export type RawProfile = z.infer<typeof profileSchema>;
 export type RawFixedAction = z.infer<typeof fixedActionSchema>;
 export type NeedName = (typeof NEED_NAMES)[number];

@@ -30,7 +30,7 @@ import type { UplinkState } from '../uplink/state.js';
 /** Events one subscriber may have queued (not yet handed to its connection). */
 export const EVENT_QUEUE_LIMIT = 256;
 
-export const TOPICS = ['uplink', 'config', 'decision', 'session', 'app', 'prompt', 'usage', 'budget'] as const;
+export const TOPICS = ['uplink', 'config', 'decision', 'session', 'app', 'prompt', 'usage', 'budget', 'profile'] as const;
 export type Topic = (typeof TOPICS)[number];
 
 export interface UplinkChanged {
@@ -169,9 +169,29 @@ export interface BudgetChanged {
   readonly periodEnd: string;
 }
 
+/** How the active profile was chosen: its SIM (ICCID or operator), the user, default_profile, or none applies. */
+export type ProfileChoice = 'sim' | 'user' | 'default' | 'none';
+
+/** Another profile is active (src/daemon/profile-service.ts): device facts, everyone is told. */
+export interface ProfileActivated {
+  readonly type: 'profile.activated';
+  /** null: none (the configuration as written). */
+  readonly name: string | null;
+  readonly by: ProfileChoice;
+  /** The ICCID of the SIM it was chosen for (by 'sim'). */
+  readonly sim?: string;
+}
+
+/** A saved profile was saved, imported or removed. */
+export interface ProfileChanged {
+  readonly type: 'profile.changed';
+  readonly name: string;
+  readonly change: 'saved' | 'imported' | 'removed';
+}
+
 /** What is published: each member's topic is the part of `type` before the dot. */
 export type EventBody = UplinkChanged | ConfigReloaded | ConfigRejected | DecisionDenied | SessionStarted | SessionEnded | AppAppeared | AppLeft
-  | PromptAsked | PromptClosed | UsageSampled | BudgetChanged;
+  | PromptAsked | PromptClosed | UsageSampled | BudgetChanged | ProfileActivated | ProfileChanged;
 
 /** Sent in place of events a subscriber's full queue could not take: `count` of them, the last numbered `lastSeq`. */
 export interface EventsLost { readonly type: 'events.lost'; readonly count: number; readonly lastSeq: number }
@@ -197,6 +217,8 @@ export function topicOf(e: EventBody): Topic {
     case 'budget.warning':
     case 'budget.exhausted':
     case 'budget.restored': return 'budget';
+    case 'profile.activated':
+    case 'profile.changed': return 'profile';
   }
 }
 
@@ -229,6 +251,8 @@ export function ownerOf(e: EventBody): number | 'all' {
     case 'budget.warning':
     case 'budget.exhausted':
     case 'budget.restored': return e.uid ?? 'all';
+    case 'profile.activated':
+    case 'profile.changed': return 'all';
   }
 }
 

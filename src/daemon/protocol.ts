@@ -25,7 +25,9 @@
  * v1 client is answered as before (v1 replies, no events; a v1 `events.subscribe` gets EPROTO
  * saying it needs v2); a version the daemon does not speak gets EPROTO naming the ones it does.
  * A newer protocol version only adds methods, fields and event types: clients ignore what they
- * do not know.
+ * do not know. Methods and topics added within a version (usage and budgets, profiles) are
+ * listed by `hello`: a client checks `methods` before calling one (an older daemon answers an
+ * unknown method with ENOSYS).
  *
  * Prompt agents (v2; docs/prompts.md): a connection that calls `agent.register` is a prompt
  * agent of its uid until it closes; it is subscribed to the `prompt` and `budget` topics on top
@@ -51,7 +53,7 @@ import { budgetIdSchema, budgetSetSchema, usageQuerySchema, type BudgetListResul
 import { NEED_NAMES } from '../config/schema.js';
 import type { DecisionStats } from '../decision/server.js';
 import type { PeerCred } from '../native/index.js';
-import { TOPICS, type DaemonEvent, type EventStats, type Topic } from './events.js';
+import { TOPICS, type DaemonEvent, type EventStats, type ProfileChoice, type Topic } from './events.js';
 import type { AppView } from './apps.js';
 import { actionSchema, matchSchema } from './rule-store.js';
 import type { ActionIn } from './rule-store.js';
@@ -181,6 +183,10 @@ export interface SystemStatusView {
   modems: { path: string; iccid: string | null; registration: string; operatorCode: string | null; bearers: { interface: string | null; apn: string | null; connected: boolean; dns: string[] }[] }[];
 }
 
+/** A profile name (as in waymark.yaml). */
+const profileName = z.string().regex(/^[a-z][a-z0-9_-]{0,30}$/, 'must be a profile name: 1-31 of a-z, 0-9, "-" and "_", starting with a letter');
+export const profileRoamingSchema = z.union([z.enum(['allow', 'deny']), z.object({ only: z.array(z.string().min(1).max(31)).max(64) }).strict()]);
+
 /** A prompt id ("p-12"). */
 const promptId = z.string().regex(/^[A-Za-z0-9-]{1,40}$/);
 
@@ -222,7 +228,7 @@ export const METHODS = {
     }).strict(),
   },
   /** Removes a stored rule (the caller's own; root and the waymark group: any). */
-  'rules.rm': { privileged: false, since: 2, params: z.object({ id: z.string().min(1).max(40) }).strict() },
+  'rules.rm': { privileged: false, since: 2, params: z.object({ id: z.string().min(1).max(64) }).strict() },
   /** Which rule decides for an app (a running app's name, an app ID, a unit or an executable path) and a destination, and why. */
   'rules.explain': {
     privileged: false,
@@ -280,6 +286,36 @@ export const METHODS = {
   'budget.rm': { privileged: false, since: 2, params: budgetIdSchema },
   /** Starts the budget's count afresh now, for the rest of its period. */
   'budget.reset': { privileged: false, since: 2, params: budgetIdSchema },
+  /** The profiles (the file's and the saved ones), which is active and why (docs/profiles.md). */
+  'profile.list': { privileged: false, since: 2, params: z.object({}).strict() },
+  /** A profile's contents (they name SIMs: root and the waymark group). */
+  'profile.show': { privileged: true, since: 2, params: z.object({ name: profileName }).strict() },
+  /** A profile as the config document `profile import` reads. */
+  'profile.export': { privileged: true, since: 2, params: z.object({ name: profileName }).strict() },
+  /** Makes a profile active until the next SIM change, or (auto) chooses by the SIM now. */
+  'profile.use': { privileged: true, since: 2, params: z.union([z.object({ name: profileName }).strict(), z.object({ auto: z.literal(true) }).strict()]) },
+  /** Saves the active profile's contents (none active: an empty profile) under a new name, with these ties. */
+  'profile.save': {
+    privileged: true,
+    since: 2,
+    params: z.object({
+      name: profileName,
+      description: z.string().max(200).optional(),
+      sims: z.array(z.string().regex(/^89\d{16,20}$/, 'must be an ICCID: 18-22 digits starting with 89')).max(64).optional(),
+      operators: z.array(z.string().regex(/^\d{5,6}$/, 'must be an operator code: MCC+MNC, 5 or 6 digits')).max(64).optional(),
+      roaming: profileRoamingSchema.optional(),
+      /** Ties it to the SIM in the device now, too. */
+      fromCurrentSim: z.boolean().default(false),
+    }).strict(),
+  },
+  /** Saves a profile document (as profile.export gives), validated first; an existing name needs replace. */
+  'profile.import': {
+    privileged: true,
+    since: 2,
+    params: z.object({ text: z.string().min(1).max(48 * 1024), file: z.string().min(1).max(4096).optional(), replace: z.boolean().default(false) }).strict(),
+  },
+  /** Removes a saved profile (the file's are changed there). */
+  'profile.rm': { privileged: true, since: 2, params: z.object({ name: profileName }).strict() },
 } as const satisfies Record<string, { privileged: boolean; since: ProtocolVersion; params: z.ZodType }>;
 export type Method = keyof typeof METHODS;
 /** A method's params as the handler gets them (defaults filled in). */
@@ -327,7 +363,9 @@ export interface AppsResult {
 /** A rule as `rules.list` shows it. */
 export interface RuleView {
   id: string;
-  source: 'config' | 'cli' | 'answer';
+  source: 'config' | 'profile' | 'cli' | 'answer';
+  /** A profile's rule: which profile (the active one). */
+  profile?: string;
   /** Its place in decision order (1: considered first). */
   order: number;
   specificity: number;
@@ -370,6 +408,48 @@ export interface AgentRegisterResult {
 export interface PromptAnswerResult { id: string; outcome: PromptOutcome }
 export interface PromptsResult { prompts: Prompt[]; queued: number; agents: AgentInfo[] }
 
+/** Which profile is active and how it was chosen. */
+export interface ActiveProfileView {
+  name: string | null;
+  by: ProfileChoice;
+  /** The ICCID it was chosen for (by 'sim'). */
+  sim?: string;
+}
+
+/** A profile as `profile.list` shows it. */
+export interface ProfileSummary {
+  name: string;
+  description: string | null;
+  /** config: waymark.yaml's (read-only); saved: the state directory's. */
+  source: 'config' | 'saved';
+  file: string;
+  sims: string[];
+  operators: string[];
+  roaming: 'allow' | 'deny' | { only: string[] };
+  active: boolean;
+  /** False: kept on disk but it does not fit the running configuration (`problem` says why). */
+  valid: boolean;
+  problem?: string;
+}
+
+export interface ProfileListResult {
+  profiles: ProfileSummary[];
+  active: ActiveProfileView;
+  /** default_profile of the configuration (null: none). */
+  defaultProfile: string | null;
+}
+
+export interface ProfileShowResult {
+  profile: ProfileSummary;
+  uplinks: { name: string; cost?: { perMB: number; perMinute: number; currency: string }; metered?: boolean; preference?: number;
+    properties: { bandwidthMbps?: number; latencyMs?: number; stability?: number } }[];
+  rules: RuleView[];
+  budgets: { id: string; uplink: string; app?: string; uid: number | null; period: string; start: number; limit: { bytes: number } | { money: number; currency: string };
+    warnAt: number; block: boolean }[];
+}
+
+export interface ProfileChangeResult { profile: ProfileSummary; active: ActiveProfileView }
+
 export interface Results {
   apps: AppsResult;
   'agent.register': AgentRegisterResult;
@@ -384,6 +464,13 @@ export interface Results {
   'budget.set': BudgetView;
   'budget.rm': { id: string };
   'budget.reset': BudgetView;
+  'profile.list': ProfileListResult;
+  'profile.show': ProfileShowResult;
+  'profile.export': { name: string; text: string };
+  'profile.use': { active: ActiveProfileView };
+  'profile.save': ProfileChangeResult;
+  'profile.import': ProfileChangeResult;
+  'profile.rm': { name: string; active: ActiveProfileView };
   hello: HelloResult;
   status: StatusResult;
   reload: ReloadResult;

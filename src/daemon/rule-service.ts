@@ -36,7 +36,7 @@ const invalid = (message: string): RequestError => new RequestError({ code: 'EIN
 export function ruleView(r: Rule, order: number): RuleView {
   const s = r as Partial<StoredRule>;
   return {
-    id: r.id, source: r.source, order, specificity: specificity(r.match), match: { ...r.match, ...(r.match.needs ? { needs: [...r.match.needs] } : {}) },
+    id: r.id, source: r.source, ...(r.profile !== undefined ? { profile: r.profile } : {}), order, specificity: specificity(r.match), match: { ...r.match, ...(r.match.needs ? { needs: [...r.match.needs] } : {}) },
     action: actionIn(r.action), never: [...r.never], needs: [...r.needs],
     ...(r.expiresAt !== undefined ? { expiresAt: new Date(r.expiresAt).toISOString() } : {}),
     ...(s.owner !== undefined ? { owner: s.owner } : {}), ...(s.addedAt !== undefined ? { addedAt: s.addedAt } : {}),
@@ -83,7 +83,8 @@ export class RuleService {
   async remove(id: string, cred: PeerCred): Promise<{ id: string }> {
     const stored = this.deps.store.all().find((r) => r.id === id);
     if (!stored) {
-      const config = this.deps.world.config.rules.some((r) => r.id === id);
+      const config = this.deps.world.config.rules.find((r) => r.id === id);
+      if (config?.profile !== undefined) throw invalid(`rule ${id} comes from profile ${config.profile}: change the profile (waymark profile export/import), or use another profile`);
       throw config ? invalid(`rule ${id} is in the configuration file: change it there (and waymark reload)`) : new RequestError({ code: 'ENOENT', message: `no stored rule ${id} (see waymark rules list)` });
     }
     if (stored.owner !== cred.uid && !mayChangeState(cred)) throw new RequestError({ code: 'EPERM', message: `rule ${id} is not yours` });

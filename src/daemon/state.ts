@@ -42,6 +42,13 @@ const stateSchema = z.object({
   rules: z.array(z.unknown()).max(50_000).default([]),
   /** The number the next stored rule's id gets. */
   nextRule: z.number().int().min(1).default(1),
+  /** The active profile, how it was chosen, and the last SIM seen (src/daemon/profile-service.ts); absent in older files. */
+  profile: z.object({
+    name: z.string().max(31).nullable(),
+    by: z.enum(['sim', 'user', 'default', 'none']),
+    sim: z.string().max(22).optional(),
+    seenSim: z.string().max(22).optional(),
+  }).optional(),
 });
 export type PersistedState = z.infer<typeof stateSchema>;
 

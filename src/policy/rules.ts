@@ -22,7 +22,8 @@
  *      beats "uid 1000");
  *   2. a destination given; 3. a port given; 4. a protocol given; 5. the number of needs matched.
  * Order among equally specific rules: the rules added from the CLI and the remembered answers
- * first (newest first: the user's last word), then the config file's, in file order.
+ * first (newest first: the user's last word), then the active profile's (src/profile/profile.ts),
+ * then the config file's, in file order.
  *
  * Compiled ({@link RuleSet}): each rule is filed under its most selective exact app field (an
  * executable, a Flatpak ID, an app ID, a unit, a name, a uid), the rest in one general list,
@@ -34,7 +35,7 @@ import { INTERNET, type DestinationSpec } from '../destination/destination.js';
 import { compileGlob, globMatch, isGlob } from '../glob.js';
 import { allowsUplink, narrow, type AppFacts, type AppRule } from './app.js';
 
-export type RuleSource = 'config' | 'cli' | 'answer';
+export type RuleSource = 'config' | 'profile' | 'cli' | 'answer';
 export type Proto = 'tcp' | 'udp';
 
 export interface RuleMatch {
@@ -67,6 +68,8 @@ export interface Rule {
   /** Unique in a rule set: the config's rule name; "cli-N" and "answer-N" for the stored ones. */
   readonly id: string;
   readonly source: RuleSource;
+  /** A profile's rule: the profile's name (source 'profile'). */
+  readonly profile?: string;
   readonly match: RuleMatch;
   readonly action: RuleAction;
   /** Uplinks never to use, whatever the action lists. */
@@ -159,7 +162,8 @@ export function mismatch(r: Rule, q: RuleQuery, now: number): string | undefined
   return undefined;
 }
 
-const SOURCE_ORDER: Record<RuleSource, number> = { answer: 0, cli: 0, config: 1 };
+/** The active profile's rules rank with the config's (after the stored ones); they come first in the config's list. */
+const SOURCE_ORDER: Record<RuleSource, number> = { answer: 0, cli: 0, profile: 1, config: 1 };
 
 /**
  * Rules in decision order: most specific first; then stored rules (newest first) before the
