@@ -52,6 +52,15 @@ export interface ProfileServiceDeps {
 
 type Entry = { readonly name: string; readonly source: 'config' | 'saved'; readonly file: string; readonly profile?: Profile; readonly problem?: string; readonly raw?: unknown };
 
+/** A synchronous answer as a promise (a thrown error: a rejection). */
+function attempt<T>(fn: () => T): Promise<T> {
+  try {
+    return Promise.resolve(fn());
+  } catch (e) {
+    return Promise.reject(e instanceof Error ? e : new Error(String(e)));
+  }
+}
+
 const invalid = (message: string): RequestError => new RequestError({ code: 'EINVAL', message });
 const denied = (what: string): RequestError => new RequestError({ code: 'EPERM', message: `${what} needs root or membership of the waymark group` });
 
@@ -114,8 +123,8 @@ export class ProfileService {
   handlers(): Pick<Handlers, 'profile.list' | 'profile.show' | 'profile.export' | 'profile.use' | 'profile.save' | 'profile.import' | 'profile.rm'> {
     return {
       'profile.list': () => Promise.resolve(this.list()),
-      'profile.show': async (p, cred) => this.show(p.name, cred),
-      'profile.export': async (p, cred) => this.export(p.name, cred),
+      'profile.show': (p, cred) => attempt(() => this.show(p.name, cred)),
+      'profile.export': (p, cred) => attempt(() => this.export(p.name, cred)),
       'profile.use': (p, cred) => this.use(p, cred),
       'profile.save': (p, cred) => this.save(p, cred),
       'profile.import': (p, cred) => this.import(p, cred),
@@ -171,9 +180,11 @@ export class ProfileService {
       }
       // The active profile's contents (none: an empty one) under the new name, with these ties.
       const src = this.current;
-      const { name: _n, description: d0, sims: _s, operators: _o, roaming: r0, ...contents } = (src?.raw ?? {}) as Record<string, unknown>;
-      const description = p.description ?? d0;
-      const roaming = p.roaming ?? r0;
+      const ties = new Set(['name', 'description', 'sims', 'operators', 'roaming']);
+      const was = (src?.raw ?? {}) as Record<string, unknown>;
+      const contents = Object.fromEntries(Object.entries(was).filter(([k]) => !ties.has(k)));
+      const description = p.description ?? was['description'];
+      const roaming = p.roaming ?? was['roaming'];
       const raw = {
         name: p.name, ...(description !== undefined ? { description } : {}), ...(sims.length > 0 ? { sims } : {}),
         ...(p.operators && p.operators.length > 0 ? { operators: p.operators } : {}), ...(roaming !== undefined ? { roaming } : {}), ...contents,

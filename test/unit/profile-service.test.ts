@@ -10,6 +10,9 @@ import { ProfileStore } from '../../src/profile/store.js';
 import { ProfileService, type PersistedProfile } from '../../src/daemon/profile-service.js';
 import type { ProfileActivated, ProfileChanged } from '../../src/daemon/events.js';
 import { RequestError } from '../../src/daemon/server.js';
+import { RuleService } from '../../src/daemon/rule-service.js';
+import { applyProfile } from '../../src/profile/profile.js';
+import type { World } from '../../src/daemon/world.js';
 
 const ROOT: PeerCred = { pid: 1, uid: 0, gid: 0 };
 const USER: PeerCred = { pid: 2, uid: 1000, gid: 1000 };
@@ -145,5 +148,22 @@ describe('ProfileService', () => {
     assert.equal(listed?.valid, false);
     assert.match(listed?.problem ?? '', /no uplink named "cell"/);
     t.done();
+  });
+
+  it('rules rm refuses a profile\'s rule, naming the profile', async () => {
+    const c = parseConfig(`version: 1
+uplinks:
+  - { name: wifi, match: wlan0, kind: wifi }
+rules:
+  - { name: r, use: [wifi] }
+profiles:
+  - name: home
+    rules:
+      - { name: r, only: [wifi] }
+`, 'waymark.yaml');
+    const config = applyProfile(c, c.profiles?.[0] ?? null, new Set());
+    const rules = new RuleService({ world: { config } as unknown as World, store: { add: () => Promise.reject(new Error('no')), remove: () => Promise.resolve(true), all: () => [] }, apps: () => [] });
+    await assert.rejects(rules.remove('r@home', ROOT), (e) => code('EINVAL')(e) && /comes from profile home/.test(String(e)));
+    await assert.rejects(rules.remove('r', ROOT), (e) => code('EINVAL')(e) && /configuration file/.test(String(e)));
   });
 });
