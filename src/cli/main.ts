@@ -10,6 +10,7 @@ import { formatStatus } from './status.js';
 import { rulesCommand } from './rules.js';
 import { usageCommand } from './usage.js';
 import { budgetCommand } from './budget.js';
+import { simCommand } from './sim.js';
 import { profileCommand } from './profile.js';
 import { TOPICS, type Topic } from '../daemon/events.js';
 import { errorMessage } from '../errors.js';
@@ -47,6 +48,7 @@ program
 program.addCommand(rulesCommand(client));
 program.addCommand(usageCommand(client));
 program.addCommand(budgetCommand(client));
+program.addCommand(simCommand(client));
 program.addCommand(profileCommand(client));
 
 program

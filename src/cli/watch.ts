@@ -51,6 +51,12 @@ export function formatEvent(e: DaemonEvent): string {
       return `${at} budget ${e.id} (${e.app ?? 'the whole uplink'}${e.uid !== null ? `, uid ${e.uid}` : ''} on ${e.uplink}) ${what}:`
         + ` ${formatBytes(e.usedBytes)} of ${formatBytes(e.limitBytes)}, period ends ${e.periodEnd}`;
     }
+    case 'profile.activated':
+      return `${at} profile ${e.name ?? '(none)'} active (${e.by}${e.sim !== undefined ? `, SIM ${e.sim}` : ''})`;
+    case 'profile.changed':
+      return `${at} profile ${e.name} ${e.change}`;
+    case 'system.changed':
+      return `${at} system: SIM ${e.sim ?? 'none'}, roaming ${list(e.roaming)} (generation ${e.generation})`;
     case 'events.lost':
       return `${at} events lost: ${e.count} (this watcher did not keep up; the last lost was #${e.lastSeq})`;
     default: {

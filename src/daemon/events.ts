@@ -30,7 +30,7 @@ import type { UplinkState } from '../uplink/state.js';
 /** Events one subscriber may have queued (not yet handed to its connection). */
 export const EVENT_QUEUE_LIMIT = 256;
 
-export const TOPICS = ['uplink', 'config', 'decision', 'session', 'app', 'prompt', 'usage', 'budget', 'profile'] as const;
+export const TOPICS = ['uplink', 'config', 'decision', 'session', 'app', 'prompt', 'usage', 'budget', 'profile', 'system'] as const;
 export type Topic = (typeof TOPICS)[number];
 
 export interface UplinkChanged {
@@ -189,9 +189,22 @@ export interface ProfileChanged {
   readonly change: 'saved' | 'imported' | 'removed';
 }
 
+/**
+ * What the device's services said changed the config in force (src/daemon/system-service.ts):
+ * the SIM, the roaming uplinks, a bearer's interface or DNS, NetworkManager's metered state.
+ */
+export interface SystemChanged {
+  readonly type: 'system.changed';
+  /** The device's SIM (ICCID), null: none known. */
+  readonly sim: string | null;
+  /** The uplinks that are roaming now. */
+  readonly roaming: readonly string[];
+  readonly generation: number;
+}
+
 /** What is published: each member's topic is the part of `type` before the dot. */
 export type EventBody = UplinkChanged | ConfigReloaded | ConfigRejected | DecisionDenied | SessionStarted | SessionEnded | AppAppeared | AppLeft
-  | PromptAsked | PromptClosed | UsageSampled | BudgetChanged | ProfileActivated | ProfileChanged;
+  | PromptAsked | PromptClosed | UsageSampled | BudgetChanged | ProfileActivated | ProfileChanged | SystemChanged;
 
 /** Sent in place of events a subscriber's full queue could not take: `count` of them, the last numbered `lastSeq`. */
 export interface EventsLost { readonly type: 'events.lost'; readonly count: number; readonly lastSeq: number }
@@ -219,6 +232,7 @@ export function topicOf(e: EventBody): Topic {
     case 'budget.restored': return 'budget';
     case 'profile.activated':
     case 'profile.changed': return 'profile';
+    case 'system.changed': return 'system';
   }
 }
 
@@ -253,6 +267,8 @@ export function ownerOf(e: EventBody): number | 'all' {
     case 'budget.restored': return e.uid ?? 'all';
     case 'profile.activated':
     case 'profile.changed': return 'all';
+    // Device facts, as `status` shows them to everyone.
+    case 'system.changed': return 'all';
   }
 }
 

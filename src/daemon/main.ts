@@ -38,6 +38,13 @@ import { AccountingService, DEFAULT_FLUSH_MS } from '../accounting/service.js';
 import { KernelIdentities } from '../accounting/identity.js';
 import { destinationIndex } from '../backstop/desired.js';
 import { BudgetBook, configBudgets, UsageService } from './usage-service.js';
+import { SystemService } from './system-service.js';
+import { ProfileService } from './profile-service.js';
+import { ProfileStore } from '../profile/store.js';
+import { SystemWatcher, systemBusAddress } from '../system/watcher.js';
+import { ModemManagerReader } from '../system/modemmanager.js';
+import { NetworkManagerReader } from '../system/networkmanager.js';
+import { ResolvedReader } from '../system/resolved.js';
 
 /** The usage methods while there is no history (its database could not be opened): they say why. */
 function usageUnavailable(why: string): Pick<Handlers, 'usage.query' | 'budget.list' | 'budget.set' | 'budget.rm' | 'budget.reset'> {
@@ -60,6 +67,7 @@ const program = new Command('waymarkd')
     .default(DEFAULT_RTT_INTERVAL_MS / 1000).argParser(rttInterval))
   .addOption(new Option('--usage-flush <s>', 'how often the usage counted in the kernel is written to the history (STATE_DIR/usage.sqlite), in seconds: at most this much is lost in a crash')
     .default(DEFAULT_FLUSH_MS / 1000).argParser(usageFlush))
+  .option('--system-bus <address>', 'D-Bus address of the bus to read ModemManager, NetworkManager and systemd-resolved on (SIM, registration, bearers, DNS, metered); "none": read none of them (default: DBUS_SYSTEM_BUS_ADDRESS, else the system bus)')
   .version(VERSION)
   .addHelpText('after', `
 Signals: SIGHUP reloads the configuration (a bad file is rejected and the running one stays);
@@ -72,7 +80,7 @@ running); 78 configuration rejected (each problem as FILE:LINE:COLUMN: FIELD: PR
 
 interface Opts {
   config: string; socket: string; stateDir: string; keepState: boolean; check: boolean; logLevel: Level; busyPollUs: number; cgroupRoot: string;
-  rttInterval: number; usageFlush: number;
+  rttInterval: number; usageFlush: number; systemBus?: string;
 }
 
 /** "/", "" or "a/b" (no "." or ".." components): the root relative to the mount, '' for the whole hierarchy. */
@@ -153,6 +161,29 @@ async function main(): Promise<void> {
   }
   const events = new EventBus();
   const startedAt = new Date();
+  // The config in force: the base (waymark.yaml) with the active profile and the device's own
+  // facts (ModemManager, NetworkManager, resolved, a SIM set by hand) on top (system-service.ts).
+  let baseConfig = config;
+  const profileStore = new ProfileStore(opts.stateDir, (name, file, why) => log.warn('a saved profile does not fit the configuration', { profile: name, file, why }));
+  await profileStore.load(config);
+  // eslint-disable-next-line prefer-const -- the two services refer to each other; both exist before either is called
+  let profiles: ProfileService;
+  const system = new SystemService({
+    base: config, log, ...(saved.sim ? { manual: saved.sim } : {}),
+    saveManual: (sim) => store.update({ sim }),
+    onSim: (sim) => void profiles.simChanged(sim ? { iccid: sim.iccid, ...(sim.operator !== undefined ? { operator: sim.operator } : {}) } : undefined),
+    onApplied: (e) => events.publish({ type: 'system.changed', ...e }),
+  });
+  profiles = new ProfileService({
+    store: profileStore, base: () => baseConfig, apply: (p) => system.setProfile(p),
+    currentSim: () => {
+      const sim = system.sim;
+      return sim ? { iccid: sim.iccid, ...(sim.operator !== undefined ? { operator: sim.operator } : {}) } : undefined;
+    },
+    publish: (e) => events.publish(e), log, saved: saved.profile, persist: (p) => store.update({ profile: p }),
+  });
+  // The kept profile (or the one the SIM set by hand chooses) is in the world's first config.
+  await profiles.start();
   const appKeys = new AppKeys(saved.appKeys, (all) => void store.update({ appKeys: all }).catch((e: unknown) => log.error('cannot save state', { error: errorMessage(e) })));
   // The usage history: without it (a database that cannot be opened) the daemon steers all the same.
   let history: UsageHistory | null = null;
@@ -168,7 +199,7 @@ async function main(): Promise<void> {
   const { world, nftables, routing, sessions, decisions, apps, prompts } = assemble({
     onAppLeft: () => appLeft(),
     kernelBudgets: () => accounting?.kernelBudgets ?? {},
-    config, savedSlots: saved.slots, saveSlots: (slots) => store.update({ slots: { ...slots } }), generation, events, log, appKeys,
+    config: system.effective(), savedSlots: saved.slots, saveSlots: (slots) => store.update({ slots: { ...slots } }), generation, events, log, appKeys,
     sessionStore: { save: (all) => store.update({ sessions: all.map((x) => ({ ...x, needs: [...x.needs], deny: [...x.deny], apps: [...x.apps] })) }) },
   }, {
     kernel: new KernelRouting(), sysctl: new SrcValidMark(), nft: nftCommand, cgroups,
@@ -179,6 +210,7 @@ async function main(): Promise<void> {
       onConnect: (e) => decisions.connectReported(e),
     },
   });
+  system.bind(world);
   const ruleStore = new RuleStore(world, (all, nextRule) => store.update({ rules: all, nextRule }), log, { cgroupMount: cgroups.mount });
   appLeft = () => void ruleStore.prune();
   // Rules that ask go to the prompt broker; answers that outlast their connection are kept as rules.
@@ -222,7 +254,9 @@ async function main(): Promise<void> {
       const next = await loadConfigFile(opts.config);
       // Resolves once the kernel follows and running sessions are held to the new app rules:
       // before the caller hears back.
-      const generation = await world.replaceConfig(next);
+      baseConfig = next;
+      // The saved profiles checked against the new file first (one that no longer fits gives way).
+      const generation = await system.setBase(next, () => profiles.baseChanged());
       log.info('configuration reloaded', { file: opts.config, generation });
       logNotices(log, next);
       events.publish({ type: 'config.reloaded', generation, uplinks: next.uplinks.length, destinations: next.destinations.length, rules: next.rules.length });
@@ -252,6 +286,8 @@ async function main(): Promise<void> {
       events: events.stats,
       apps: { ...apps.kernel, cgroupRoot: `/${opts.cgroupRoot}`, ...apps.counts },
       prompts: prompts.stats,
+      system: system.view(),
+      profile: profiles.activeView,
     }),
     reload,
     'exec.begin': (params, cred) => sessions.begin(params, cred),
@@ -263,6 +299,8 @@ async function main(): Promise<void> {
     'rules.rm': (params, cred) => rules.remove(params.id, cred),
     'rules.explain': (params, cred) => Promise.resolve(rules.explain(params, cred)),
     ...agentHandlers(prompts),
+    ...system.handlers(),
+    ...profiles.handlers(),
     ...(usage ? usage.handlers() : usageUnavailable(historyOff)),
   }, log, { events });
 
@@ -289,6 +327,13 @@ async function main(): Promise<void> {
   apps.refresh();
   // The first reading of the kernel's counters (the uplinks' baselines), then every few seconds.
   await accounting?.start(undefined, opts.usageFlush * 1000);
+  // The device's services, followed from now on; what they say replaces the config as it comes.
+  const watcher = new SystemWatcher({
+    address: systemBusAddress(opts.systemBus, process.env), log, onChange: (f) => system.noteFacts(f),
+    readers: { modemmanager: new ModemManagerReader(log), networkmanager: new NetworkManagerReader(log), resolved: new ResolvedReader(log) },
+  });
+  // Not awaited: a service that owns its name but never answers must not hold the daemon's start.
+  void watcher.start().catch((e: unknown) => log.error('cannot read the system services', { error: errorMessage(e) }));
   decideServer.listen();
   // Only now: a new generation voids every library's cached answers, and from this very tick on
   // the decide socket answers them, so none falls back to default routing in between.
@@ -306,6 +351,8 @@ async function main(): Promise<void> {
       decisions.close(); // its prune timer
       ruleStore.close();
       rtt.close();
+      watcher.close();
+      system.close();
       prompts.close(); // connects still waiting for an answer get their rule's default
       // Libraries drop their cached answers at once and fall back to their fail-open/closed mode.
       if (generation.opened) generation.bump();

@@ -173,6 +173,11 @@ export interface StatusResult {
   profile?: { name: string | null; by: string };
 }
 
+/** `sim.show`: what status's `system` says, and the SIM set by hand (null: none). */
+export interface SimShowResult extends SystemStatusView {
+  manual: { iccid: string; operator: string | null; roaming?: boolean } | null;
+}
+
 export interface SystemStatusView {
   bus: 'off' | 'connected' | 'unavailable';
   modemmanager: boolean;
@@ -194,6 +199,19 @@ const promptId = z.string().regex(/^[A-Za-z0-9-]{1,40}$/);
 export const METHODS = {
   hello: { privileged: false, since: 1, params: z.object({}).strict() },
   status: { privileged: false, since: 1, params: z.object({}).strict() },
+  /** The device's SIM, the system services that answer, the modems (ModemManager) and their bearers. */
+  'sim.show': { privileged: false, since: 2, params: z.object({}).strict() },
+  /** A SIM by hand, in place of ModemManager's (a device without it); kept across restarts. */
+  'sim.set': {
+    privileged: true,
+    since: 2,
+    params: z.object({
+      iccid: z.string().regex(/^89\d{16,20}$/, 'must be an ICCID: 18-22 digits starting with 89'),
+      operator: z.string().regex(/^\d{5,6}$/, 'must be MCC and MNC: 5 or 6 digits').optional(),
+      roaming: z.boolean().optional(),
+    }).strict(),
+  },
+  'sim.clear': { privileged: true, since: 2, params: z.object({}).strict() },
   reload: { privileged: true, since: 1, params: z.object({}).strict() },
   /** Starts an exec session: a cgroup for the caller (moved into it) and its wish. */
   'exec.begin': {
@@ -473,6 +491,9 @@ export interface Results {
   'profile.rm': { name: string; active: ActiveProfileView };
   hello: HelloResult;
   status: StatusResult;
+  'sim.show': SimShowResult;
+  'sim.set': SimShowResult;
+  'sim.clear': SimShowResult;
   reload: ReloadResult;
   'exec.begin': ExecBeginResult;
   'exec.end': Record<string, never>;

@@ -49,6 +49,12 @@ const stateSchema = z.object({
     sim: z.string().max(22).optional(),
     seenSim: z.string().max(22).optional(),
   }).optional(),
+  /** A SIM set by hand (`waymark sim set`): it stands in for ModemManager's until cleared. */
+  sim: z.object({
+    iccid: z.string().regex(/^89\d{16,20}$/),
+    operator: z.string().regex(/^\d{5,6}$/).optional(),
+    roaming: z.boolean().optional(),
+  }).optional(),
 });
 export type PersistedState = z.infer<typeof stateSchema>;
 

@@ -66,7 +66,8 @@ export function applyProfile(base: Config, profile: Profile | null, roamingUplin
     return {
       ...u,
       ...(o.cost !== undefined ? { cost: o.cost } : {}),
-      ...(o.metered !== undefined ? { metered: o.metered } : {}),
+      // A profile's word on metered is the user's: NetworkManager's does not change it (src/system/compose.ts).
+      ...(o.metered !== undefined ? { metered: o.metered, sources: { ...u.sources, metered: 'profile' as const } } : {}),
       ...(o.preference !== undefined ? { preference: o.preference } : {}),
       properties: { ...u.properties, ...o.properties },
     };
