@@ -15,7 +15,7 @@
  *   - SIM: the config's, else the modem's, else one set by hand.
  */
 import type { Config } from '../config/load.js';
-import type { UplinkSpec } from '../uplink/uplink.js';
+import { isGlob, type UplinkSpec } from '../uplink/uplink.js';
 import type { BearerFacts, ManualSim, ModemFacts, SystemFacts } from './facts.js';
 
 /** The link an uplink has now (the world's last observation). */
@@ -87,8 +87,10 @@ export function uplinkWithFacts(spec: UplinkSpec, input: SystemInput): UplinkSpe
   const byApn = spec.apn !== undefined ? bearerForApn(facts, spec.apn) : undefined;
   const match = spec.apn === undefined ? { match: spec.match, origin: spec.sources.match }
     : byApn ? { match: byApn.bearer.interface, origin: 'modemmanager' as const } : { match: '', origin: 'none' as const };
-  const link = spec.apn !== undefined ? (byApn ? { name: byApn.bearer.interface, index: input.links.get(spec.name)?.index } : undefined)
-    : input.links.get(spec.name);
+  // The uplink's link as last observed; a plain interface name (no glob) is known before that.
+  const observed = input.links.get(spec.name);
+  const link = spec.apn !== undefined ? (byApn ? { name: byApn.bearer.interface, index: observed?.index } : undefined)
+    : observed ?? (spec.match !== '' && !isGlob(spec.match) ? { name: spec.match, index: undefined } : undefined);
   const cellular = spec.kind === 'cellular';
   const mine = cellular ? (byApn ?? modemOf(facts, link?.name)) : undefined;
   const device = link ? facts.devices.find((d) => d.interface === link.name) : undefined;
