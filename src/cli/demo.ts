@@ -74,6 +74,7 @@ export async function runDemo(opts: { shell: boolean }): Promise<number> {
     process.stdout.write(`\n  plain curl http://${LAB.mmsc.v4}/ (no exec): destination "mms" routes it by the MMS APN → ${plain.stdout.trim() || plain.stderr.trim()}\n`);
     failures += await appTour(lab, dev);
     failures += await usageTour(lab, dev);
+    failures += await profileTour(dev);
     if (opts.shell) {
       await leaveShell(lab, dev);
       return failures ? 1 : 0;
@@ -146,6 +147,34 @@ async function usageTour(lab: Lab, dev: Device): Promise<number> {
   const budget = ['budget', 'set', '--uplink', 'cellular', ...(app ? ['--app', app] : []), '--limit', '50MB'];
   await step(budget, (out) => out.startsWith('budget '));
   await step(['budget', 'list'], (out) => /^b-1 +cellular /m.test(out));
+  return failures;
+}
+
+/**
+ * A profile tied to a SIM, chosen when that SIM is in: the demo device has no ModemManager, so
+ * `waymark sim set` says which SIM is in, and that it roams. The profile lets roaming uplinks
+ * carry only MMS: a pinned cellular connect is refused, the MMSC still answers over its APN.
+ * The SIM set by hand is cleared and the file's configuration (no profile) restored at the end.
+ */
+async function profileTour(dev: Device): Promise<number> {
+  let failures = 0;
+  const step = async (args: readonly string[], ok: (out: string, code: number | null) => boolean): Promise<void> => {
+    const r = await dev.waymark(args, { timeoutMs: 15_000 });
+    if (!ok(r.stdout + r.stderr, r.code)) failures++;
+    process.stdout.write(`\n${bold(`$ waymark ${args.join(' ')}`)}\n${r.stdout}${r.code !== 0 ? r.stderr : ''}`);
+  };
+  const sim = '8944500000000000019';
+  process.stdout.write(`\n${bold('Profiles: the rules and prices of a SIM, chosen when it is in; what roaming uplinks may carry')}\n`);
+  await step(['profile', 'save', 'abroad', '--sim', sim, '--roaming', 'only:mms', '--description', 'the travel SIM: nothing but MMS while roaming'],
+    (_o, code) => code === 0);
+  await step(['sim', 'set', sim, '--operator', '23415', '--roaming'], (out) => out.includes(`SIM ${sim}`));
+  await step(['profile', 'list'], (out) => /abroad/.test(out));
+  await step(['status'], (out) => /cellular: interface wwan0 \(config\).*roaming yes \(manual\)/.test(out) && /profile abroad \(sim\)/.test(out));
+  await step(['exec', '--uplink', 'cellular', '--', 'curl', '-sS', '--max-time', '3', `http://${LAB.internet.v4}/`], (_o, code) => code !== 0);
+  await step(['exec', '--', 'curl', '-sS', '--max-time', '3', `http://${LAB.mmsc.v4}/`], (out, code) => code === 0 && out.includes('wwan1'));
+  await step(['profile', 'export', 'abroad'], (out) => out.startsWith('version: 1\nprofiles:\n'));
+  await step(['sim', 'clear'], (_o, code) => code === 0);
+  await step(['profile', 'use', '--auto'], (_o, code) => code === 0);
   return failures;
 }
 
