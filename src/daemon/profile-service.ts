@@ -234,7 +234,10 @@ export class ProfileService {
     }
     this.deps.publish({ type: 'profile.changed', name: profile.name, change });
     const saved = this.find(profile.name);
-    if (this.active.name === profile.name) await this.deps.apply(saved?.profile ?? null);
+    const sim = this.deps.currentSim();
+    // A profile for the SIM that is in takes effect now, unless the user pinned another one.
+    if (this.active.by !== 'user' && sim !== undefined && profile.sims.includes(sim.iccid)) await this.auto(sim, sim.iccid);
+    else if (this.active.name === profile.name) await this.deps.apply(saved?.profile ?? null);
     return { profile: this.summary(saved ?? { name: profile.name, source: 'saved', file, profile }), active: this.activeView };
   }
 

@@ -76,6 +76,18 @@ describe('ProfileService', () => {
     t.done();
   });
 
+  it('a profile saved for the SIM that is in takes effect at once, unless the user pinned another', async () => {
+    const t = await setup(undefined, { iccid: OTHER_SIM });
+    await t.svc.start();
+    assert.deepEqual(t.svc.activeView, { name: 'abroad', by: 'default' });
+    await t.svc.save({ name: 'travel', sims: [OTHER_SIM], fromCurrentSim: false }, ROOT);
+    assert.deepEqual(t.svc.activeView, { name: 'travel', by: 'sim', sim: OTHER_SIM });
+    await t.svc.use({ name: 'home' }, ROOT);
+    await t.svc.save({ name: 'travel', sims: [OTHER_SIM], description: 'again', fromCurrentSim: false }, ROOT);
+    assert.deepEqual(t.svc.activeView, { name: 'home', by: 'user' }, 'the pin holds');
+    t.done();
+  });
+
   it('restores the kept choice at start while the SIM is the one last seen', async () => {
     const kept = await setup({ name: 'abroad', by: 'user', seenSim: HOME_SIM }, { iccid: HOME_SIM });
     await kept.svc.start();
