@@ -199,15 +199,23 @@ describe('NetworkManager reader', () => {
   test('signals from anyone but the owner are ignored', async () => {
     const d = r.fake.addDevice({ interface: 'wwan0', metered: 1 });
     await r.attach();
+    // Another reader on the same connection asks for everyone's PropertiesChanged and DeviceRemoved.
+    const received: string[] = [];
+    const offs = [
+      await r.client.onSignal({ interface: PROPERTIES, member: 'PropertiesChanged' }, (sig) => received.push(sig.sender)),
+      await r.client.onSignal({ interface: NETWORKMANAGER.manager, member: 'DeviceRemoved' }, (sig) => received.push(sig.sender)),
+    ];
     const impostor = await connectBus(bus.address);
     try {
       impostor.emit(d, PROPERTIES, 'PropertiesChanged', 'sa{sv}as', [NETWORKMANAGER.device, { Metered: variant('u', 2) }, []]);
       impostor.emit(NETWORKMANAGER.path, NETWORKMANAGER.manager, 'DeviceRemoved', 'o', [d]);
       await impostor.call({ destination: r.client.name, path: '/', interface: 'org.freedesktop.DBus.Peer', member: 'Ping' });
       await r.sync();
+      assert.deepEqual(received.filter((x) => x === impostor.name).length, 2, 'the impostor\'s signals reached the connection');
       assert.deepEqual(r.reader.value, [{ interface: 'wwan0', metered: true, dns: [] }]);
       assert.equal(r.updates.all.length, 0);
     } finally {
+      for (const off of offs) off();
       impostor.close();
     }
     r.fake.setMetered(d, 2);
@@ -311,13 +319,17 @@ describe('resolved reader', () => {
 
   test('signals from anyone but the owner are ignored', async () => {
     await r.attach();
+    const received: string[] = [];
+    const off = await r.client.onSignal({ interface: PROPERTIES, member: 'PropertiesChanged' }, (sig) => received.push(sig.sender));
     const impostor = await connectBus(bus.address);
     try {
       impostor.emit(RESOLVED.path, PROPERTIES, 'PropertiesChanged', 'sa{sv}as', [RESOLVED.manager, { DNS: variant('a(iiay)', [[3, 2, Buffer.from([6, 6, 6, 6])]]) }, []]);
       await impostor.call({ destination: r.client.name, path: '/', interface: 'org.freedesktop.DBus.Peer', member: 'Ping' });
       await r.sync();
+      assert.ok(received.includes(impostor.name), 'the impostor\'s signal reached the connection');
       assert.deepEqual(r.reader.value, []);
     } finally {
+      off();
       impostor.close();
     }
     r.fake.setLinkDns(3, ['192.0.2.1']);
