@@ -7,7 +7,9 @@
  * Properties.Get at attach and again whenever a PropertiesChanged from the service's owner says
  * it changed without its value (invalidated); one that carries the value is taken as it is.
  * Entries of ifindex 0 (the global servers, not a link's) are left out; the links come sorted by
- * ifindex, each with its servers in the order resolved gives them.
+ * ifindex, each with its servers in the order resolved gives them. (resolved announces DNS
+ * changes only in newer versions, where the property is marked emits-change; with an older one the
+ * value is what it was at attach, until the watcher attaches again.)
  *
  * As in the other readers: signals and the reads they cause run one after another in arrival
  * order, after the initial read; `changed` is called once that queue is drained, and only when
