@@ -136,7 +136,7 @@ function deviceBase(props: Props): { interface: string; metered: boolean | undef
   const name = ip !== '' ? ip : iface === undefined ? '' : str(iface.value, 'Device.Interface');
   const metered = props.get('Metered');
   const m = metered === undefined ? undefined : meteredOf(u32(metered.value, 'Device.Metered'));
-  for (const kind of CONFIGS) configPathOf(props, kind);
+  for (const kind of CONFIGS) configPathOf(props, kind); // a config path of the wrong type skips the device too
   return name === '' ? undefined : { interface: name, metered: m };
 }
 
