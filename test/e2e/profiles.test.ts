@@ -23,6 +23,7 @@ import type { DaemonEvent } from '../../src/daemon/events.js';
 import type { Device } from '../../src/lab/device.js';
 import { LAB, type Lab } from '../../src/lab/lab.js';
 import { FakeModemManager } from '../support/fake-modemmanager.js';
+import { FakeNetworkManager, FakeResolved } from '../support/fake-networkmanager.js';
 import { buildPublicGoClient } from '../support/goclient.js';
 import { lastJson, status, until, url, useLab } from '../support/lab.js';
 import { startPrivateBus, type PrivateBus } from '../support/notify-server.js';
@@ -38,7 +39,6 @@ uplinks:
   - name: wifi
     match: wlan0
     kind: wifi
-    metered: false
     preference: 200
   - name: cellular
     match: wwan0
@@ -151,6 +151,37 @@ describe('facts from ModemManager', () => {
     assert.equal(pathOf(r), 'wwan0', r.stderr);
     const go = await exec(['--uplink', 'cellular'], [goclient, name], 65534);
     assert.equal(pathOf(go), 'wwan0', go.stderr);
+  });
+});
+
+describe('facts from NetworkManager and systemd-resolved', () => {
+  it('services that start later are read: NetworkManager\'s metered state and resolved\'s per-link DNS reach the Wi-Fi uplink', async () => {
+    const before = (await status(dev)).uplinks.find((u) => u.name === 'wifi');
+    assert.equal(before?.metered, false, 'Wi-Fi is not metered by its kind');
+    assert.ok(before?.ifindex);
+    const nm = await FakeNetworkManager.start(bus.address);
+    const resolved = await FakeResolved.start(bus.address);
+    try {
+      const dev0 = nm.addDevice({ interface: 'wlan0', metered: 3 }); // guess-yes: a phone's hotspot
+      resolved.setLinkDns(before.ifindex, [LAB.dns.wifi.v4, LAB.dns.wifi.v6]);
+      const s = await until('Wi-Fi metered and with resolved\'s DNS', () => status(dev), (x) => {
+        const w = x.uplinks.find((u) => u.name === 'wifi');
+        return w?.metered === true && w.dns.source === 'resolved';
+      });
+      const wifi = s.uplinks.find((u) => u.name === 'wifi');
+      assert.equal(wifi?.sources?.metered, 'networkmanager');
+      assert.deepEqual(wifi?.dns.servers, [LAB.dns.wifi.v4, LAB.dns.wifi.v6]);
+      assert.equal(s.system?.networkmanager, true);
+      assert.equal(s.system?.resolved, true);
+      // NetworkManager's own DNS for the device comes before resolved's.
+      nm.setDns(dev0, [LAB.dns.wifi.v4], []);
+      await until('NetworkManager\'s DNS', () => status(dev), (x) => x.uplinks.find((u) => u.name === 'wifi')?.dns.source === 'networkmanager');
+    } finally {
+      await nm.close();
+      await resolved.close();
+    }
+    // The services gone, so are their facts.
+    await until('Wi-Fi back to its kind\'s metered state', () => status(dev), (x) => x.uplinks.find((u) => u.name === 'wifi')?.metered === false);
   });
 });
 
