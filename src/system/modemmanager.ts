@@ -18,9 +18,9 @@
  */
 import type { Logger } from '../daemon/log.js';
 import { errorMessage } from '../errors.js';
-import { BusError, bool, str, strings, u32, variants, type MessageBus, type Signal } from '../agent/dbus.js';
+import { BusError, bool, str, strings, u32, variants, type Signal, type SignalMatch } from '../agent/dbus.js';
 import { registrationOf, type BearerFacts, type ModemFacts, type SimFacts } from './facts.js';
-import type { ServiceReader } from './reader.js';
+import { QueuedReader, type ReaderSession } from './reader.js';
 
 export const MODEMMANAGER = {
   name: 'org.freedesktop.ModemManager1',
@@ -43,23 +43,13 @@ interface ModemRaw {
 }
 
 /** One attachment to one owner of the name: what it read, and its queue of work. */
-interface Session {
-  readonly bus: MessageBus;
-  readonly owner: string;
-  readonly changed: () => void;
-  live: boolean;
-  /** Whether the initial read is done (changes before that are not reported: attach resolves). */
-  ready: boolean;
+interface Session extends ReaderSession {
   readonly modems: Map<string, ModemRaw>;
   /** SIM and bearer objects by path; null: not readable (gone, an error reply, not a dictionary). */
   readonly sims: Map<string, Props | null>;
   readonly bearers: Map<string, Props | null>;
-  queue: Promise<void>;
-  pending: number;
-  readonly unsubscribe: (() => void)[];
 }
 
-const EMPTY: readonly ModemFacts[] = Object.freeze([]);
 
 /** A string property, "" meaning none (ModemManager's way of saying "not known"). */
 function optionalString(props: Props | undefined, name: string, what: string): string | undefined {
@@ -129,71 +119,28 @@ function quietly(e: unknown): boolean {
   return e instanceof BusError && e.type === 'org.freedesktop.DBus.Error.Disconnected';
 }
 
-export class ModemManagerReader implements ServiceReader<readonly ModemFacts[]> {
+export class ModemManagerReader extends QueuedReader<ModemFacts, Session> {
   readonly service = MODEMMANAGER.name;
-  readonly empty = EMPTY;
-  private current: readonly ModemFacts[] = EMPTY;
-  private currentKey = '[]';
-  private session: Session | undefined;
   /** The last complaint about each object, so a malformed value is reported once, not per update. */
   private readonly reported = new Map<string, string>();
 
-  constructor(private readonly log: Logger) {}
-
-  get value(): readonly ModemFacts[] {
-    return this.current;
+  constructor(private readonly log: Logger) {
+    super();
   }
 
-  async attach(bus: MessageBus, owner: string, changed: () => void): Promise<void> {
-    this.detach();
-    const s: Session = {
-      bus, owner, changed, live: true, ready: false,
-      modems: new Map(), sims: new Map(), bearers: new Map(),
-      queue: Promise.resolve(), pending: 0, unsubscribe: [],
-    };
-    this.session = s;
-    const subscribe = async (match: Parameters<MessageBus['onSignal']>[0], fn: (sig: Signal) => void): Promise<void> => {
-      const off = await bus.onSignal(match, (sig) => { if (s.live && sig.sender === owner) fn(sig); });
-      if (s.live) s.unsubscribe.push(off);
-      else off();
-    };
-    try {
-      // Listen first, then read: a change in between comes as a signal, queued after the read.
-      await subscribe({ sender: owner, interface: PROPERTIES, member: 'PropertiesChanged' }, (sig) => this.onPropertiesChanged(s, sig));
-      await subscribe({ sender: owner, path: MODEMMANAGER.path, interface: OBJECT_MANAGER }, (sig) => this.onObjectManager(s, sig));
-      if (!s.live) throw new Error('detached while attaching');
-      await this.enqueue(s, () => this.readAll(s));
-      if (!s.live) throw new Error('detached while attaching');
-    } catch (e) {
-      if (this.session === s) this.detach();
-      throw e;
-    }
-    this.publish(s, false);
-    s.ready = true;
+  protected open(common: ReaderSession): Session {
+    return { ...common, modems: new Map(), sims: new Map(), bearers: new Map() };
   }
 
-  detach(): void {
-    const s = this.session;
-    this.session = undefined;
-    if (s !== undefined) {
-      s.live = false;
-      for (const off of s.unsubscribe.splice(0)) off();
-    }
-    this.current = EMPTY;
-    this.currentKey = '[]';
+  protected signals(): readonly { match: SignalMatch; on: (s: Session, sig: Signal) => void }[] {
+    return [
+      { match: { interface: PROPERTIES, member: 'PropertiesChanged' }, on: (s, sig) => this.onPropertiesChanged(s, sig) },
+      { match: { path: MODEMMANAGER.path, interface: OBJECT_MANAGER }, on: (s, sig) => this.onObjectManager(s, sig) },
+    ];
+  }
+
+  protected forget(): void {
     this.reported.clear();
-  }
-
-  // The queue: signals' work in arrival order; `changed` once it is drained.
-
-  private enqueue(s: Session, op: () => Promise<void>): Promise<void> {
-    s.pending++;
-    const run = s.queue.then(() => (s.live ? op() : undefined));
-    s.queue = run.then(() => undefined, () => undefined).then(() => {
-      s.pending--;
-      if (s.pending === 0 && s.ready) this.publish(s, true);
-    });
-    return run;
   }
 
   private background(s: Session, what: string, op: () => Promise<void>): void {
@@ -205,16 +152,6 @@ export class ModemManagerReader implements ServiceReader<readonly ModemFacts[]> 
     });
   }
 
-  private publish(s: Session, notify: boolean): void {
-    if (this.session !== s || !s.live) return;
-    const next = this.derive(s);
-    const key = JSON.stringify(next);
-    if (key === this.currentKey) return;
-    this.current = next;
-    this.currentKey = key;
-    if (notify) s.changed();
-  }
-
   private complain(path: string, e: unknown): void {
     const message = errorMessage(e);
     if (this.reported.get(path) === message) return;
@@ -223,7 +160,7 @@ export class ModemManagerReader implements ServiceReader<readonly ModemFacts[]> 
   }
 
   /** Each readable modem, by path, with its readable SIM and bearers. */
-  private derive(s: Session): readonly ModemFacts[] {
+  protected derive(s: Session): readonly ModemFacts[] {
     const out: ModemFacts[] = [];
     for (const path of [...s.modems.keys()].sort()) {
       const raw = s.modems.get(path)!;
@@ -354,7 +291,7 @@ export class ModemManagerReader implements ServiceReader<readonly ModemFacts[]> 
     return true;
   }
 
-  private async readAll(s: Session): Promise<void> {
+  protected async readAll(s: Session): Promise<void> {
     const reply = await s.bus.call({ destination: s.owner, path: MODEMMANAGER.path, interface: OBJECT_MANAGER, member: 'GetManagedObjects' });
     if (!s.live) return;
     for (const [path, ifaces] of entries(reply.body[0], 'GetManagedObjects')) {

@@ -16,11 +16,11 @@
  */
 import type { Logger } from '../daemon/log.js';
 import { errorMessage } from '../errors.js';
-import { str, strings, u32, variants, type MessageBus, type Signal } from '../agent/dbus.js';
+import { str, strings, u32, variants, type Signal, type SignalMatch } from '../agent/dbus.js';
 import { formatAddress, parseAddress } from '../net/prefix.js';
 import type { DeviceFacts } from './facts.js';
 import { PROPERTIES } from './modemmanager.js';
-import type { ServiceReader } from './reader.js';
+import { QueuedReader, type ReaderSession } from './reader.js';
 
 export const NETWORKMANAGER = {
   name: 'org.freedesktop.NetworkManager',
@@ -42,23 +42,14 @@ const CONFIGS = [
 type ConfigKind = (typeof CONFIGS)[number];
 
 /** One attachment to one owner of the name: what it read, and its queue of work. */
-interface Session {
-  readonly bus: MessageBus;
-  readonly owner: string;
-  readonly changed: () => void;
-  live: boolean;
-  ready: boolean;
+interface Session extends ReaderSession {
   /** Devices by path; null: not readable (gone, an error reply, not a dictionary). */
   readonly devices: Map<string, Props | null>;
   /** IP4Config and IP6Config objects by path; null: not readable. */
   readonly ip4: Map<string, Props | null>;
   readonly ip6: Map<string, Props | null>;
-  queue: Promise<void>;
-  pending: number;
-  readonly unsubscribe: (() => void)[];
 }
 
-const EMPTY: readonly DeviceFacts[] = Object.freeze([]);
 
 function configsOf(s: Session, kind: ConfigKind): Map<string, Props | null> {
   return kind.iface === NETWORKMANAGER.ip4 ? s.ip4 : s.ip6;
@@ -140,87 +131,34 @@ function deviceBase(props: Props): { interface: string; metered: boolean | undef
   return name === '' ? undefined : { interface: name, metered: m };
 }
 
-export class NetworkManagerReader implements ServiceReader<readonly DeviceFacts[]> {
+export class NetworkManagerReader extends QueuedReader<DeviceFacts, Session> {
   readonly service = NETWORKMANAGER.name;
-  readonly empty = EMPTY;
-  private current: readonly DeviceFacts[] = EMPTY;
-  private currentKey = '[]';
-  private session: Session | undefined;
   /** The last complaint about each object, so a malformed value is reported once, not per update. */
   private readonly reported = new Map<string, string>();
 
-  constructor(private readonly log: Logger) {}
-
-  get value(): readonly DeviceFacts[] {
-    return this.current;
+  constructor(private readonly log: Logger) {
+    super();
   }
 
-  async attach(bus: MessageBus, owner: string, changed: () => void): Promise<void> {
-    this.detach();
-    const s: Session = {
-      bus, owner, changed, live: true, ready: false,
-      devices: new Map(), ip4: new Map(), ip6: new Map(),
-      queue: Promise.resolve(), pending: 0, unsubscribe: [],
-    };
-    this.session = s;
-    const subscribe = async (match: Parameters<MessageBus['onSignal']>[0], fn: (sig: Signal) => void): Promise<void> => {
-      const off = await bus.onSignal(match, (sig) => { if (s.live && sig.sender === owner) fn(sig); });
-      if (s.live) s.unsubscribe.push(off);
-      else off();
-    };
-    try {
-      // Listen first, then read: a change in between comes as a signal, queued after the read.
-      await subscribe({ sender: owner, interface: PROPERTIES, member: 'PropertiesChanged' }, (sig) => this.onPropertiesChanged(s, sig));
-      await subscribe({ sender: owner, path: NETWORKMANAGER.path, interface: NETWORKMANAGER.manager }, (sig) => this.onManager(s, sig));
-      if (!s.live) throw new Error('detached while attaching');
-      await this.enqueue(s, () => this.readAll(s));
-      if (!s.live) throw new Error('detached while attaching');
-    } catch (e) {
-      if (this.session === s) this.detach();
-      throw e;
-    }
-    this.publish(s, false);
-    s.ready = true;
+  protected open(common: ReaderSession): Session {
+    return { ...common, devices: new Map(), ip4: new Map(), ip6: new Map() };
   }
 
-  detach(): void {
-    const s = this.session;
-    this.session = undefined;
-    if (s !== undefined) {
-      s.live = false;
-      for (const off of s.unsubscribe.splice(0)) off();
-    }
-    this.current = EMPTY;
-    this.currentKey = '[]';
+  protected signals(): readonly { match: SignalMatch; on: (s: Session, sig: Signal) => void }[] {
+    return [
+      { match: { interface: PROPERTIES, member: 'PropertiesChanged' }, on: (s, sig) => this.onPropertiesChanged(s, sig) },
+      { match: { path: NETWORKMANAGER.path, interface: NETWORKMANAGER.manager }, on: (s, sig) => this.onManager(s, sig) },
+    ];
+  }
+
+  protected forget(): void {
     this.reported.clear();
-  }
-
-  // The queue: signals' work in arrival order; `changed` once it is drained.
-
-  private enqueue(s: Session, op: () => Promise<void>): Promise<void> {
-    s.pending++;
-    const run = s.queue.then(() => (s.live ? op() : undefined));
-    s.queue = run.then(() => undefined, () => undefined).then(() => {
-      s.pending--;
-      if (s.pending === 0 && s.ready) this.publish(s, true);
-    });
-    return run;
   }
 
   private background(s: Session, what: string, op: () => Promise<void>): void {
     this.enqueue(s, op).catch((e: unknown) => {
       if (s.live) this.log.warn('NetworkManager: read failed', { what, error: errorMessage(e) });
     });
-  }
-
-  private publish(s: Session, notify: boolean): void {
-    if (this.session !== s || !s.live) return;
-    const next = this.derive(s);
-    const key = JSON.stringify(next);
-    if (key === this.currentKey) return;
-    this.current = next;
-    this.currentKey = key;
-    if (notify) s.changed();
   }
 
   private complain(path: string, e: unknown): void {
@@ -231,7 +169,7 @@ export class NetworkManagerReader implements ServiceReader<readonly DeviceFacts[
   }
 
   /** Each readable device with a name, sorted by it, with the DNS of its readable configs. */
-  private derive(s: Session): readonly DeviceFacts[] {
+  protected derive(s: Session): readonly DeviceFacts[] {
     const out: { path: string; facts: DeviceFacts }[] = [];
     for (const [path, props] of s.devices) {
       if (!props) continue;
@@ -325,7 +263,7 @@ export class NetworkManagerReader implements ServiceReader<readonly DeviceFacts[
     }
   }
 
-  private async readAll(s: Session): Promise<void> {
+  protected async readAll(s: Session): Promise<void> {
     const reply = await s.bus.call({ destination: s.owner, path: NETWORKMANAGER.path, interface: NETWORKMANAGER.manager, member: 'GetDevices' });
     if (!s.live) return;
     const paths = strings(reply.body[0], 'GetDevices');

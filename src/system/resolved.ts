@@ -17,12 +17,12 @@
  */
 import type { Logger } from '../daemon/log.js';
 import { errorMessage } from '../errors.js';
-import { i32, str, strings, variants, type MessageBus, type Signal } from '../agent/dbus.js';
+import { i32, str, strings, variants, type Signal, type SignalMatch } from '../agent/dbus.js';
 import { formatAddress } from '../net/prefix.js';
 import type { ResolvedLinkFacts } from './facts.js';
 import { PROPERTIES } from './modemmanager.js';
 import { bytesOf } from './networkmanager.js';
-import type { ServiceReader } from './reader.js';
+import { QueuedReader, type ReaderSession } from './reader.js';
 
 export const RESOLVED = {
   name: 'org.freedesktop.resolve1',
@@ -33,20 +33,11 @@ export const RESOLVED = {
 const AF_INET = 2;
 const AF_INET6 = 10;
 
-interface Session {
-  readonly bus: MessageBus;
-  readonly owner: string;
-  readonly changed: () => void;
-  live: boolean;
-  ready: boolean;
+interface Session extends ReaderSession {
   /** Manager.DNS as the service gave it (undefined: not read). */
   dns: unknown;
-  queue: Promise<void>;
-  pending: number;
-  readonly unsubscribe: (() => void)[];
 }
 
-const EMPTY: readonly ResolvedLinkFacts[] = Object.freeze([]);
 
 /** One a(iiay) entry: its ifindex and address; throws when it is not one. */
 export function dnsEntry(v: unknown, what: string): { ifindex: number; address: string } {
@@ -59,77 +50,28 @@ export function dnsEntry(v: unknown, what: string): { ifindex: number; address: 
   throw new TypeError(`${what}: family ${family} with ${bytes.length} address bytes`);
 }
 
-export class ResolvedReader implements ServiceReader<readonly ResolvedLinkFacts[]> {
+export class ResolvedReader extends QueuedReader<ResolvedLinkFacts, Session> {
   readonly service = RESOLVED.name;
-  readonly empty = EMPTY;
-  private current: readonly ResolvedLinkFacts[] = EMPTY;
-  private currentKey = '[]';
-  private session: Session | undefined;
   /** The complaints of the last derivation, so a malformed entry is reported once, not per update. */
   private reported = new Set<string>();
 
-  constructor(private readonly log: Logger) {}
-
-  get value(): readonly ResolvedLinkFacts[] {
-    return this.current;
+  constructor(private readonly log: Logger) {
+    super();
   }
 
-  async attach(bus: MessageBus, owner: string, changed: () => void): Promise<void> {
-    this.detach();
-    const s: Session = { bus, owner, changed, live: true, ready: false, dns: undefined, queue: Promise.resolve(), pending: 0, unsubscribe: [] };
-    this.session = s;
-    try {
-      // Listen first, then read: a change in between comes as a signal, queued after the read.
-      const off = await bus.onSignal(
-        { sender: owner, path: RESOLVED.path, interface: PROPERTIES, member: 'PropertiesChanged' },
-        (sig) => { if (s.live && sig.sender === owner) this.onPropertiesChanged(s, sig); },
-      );
-      if (s.live) s.unsubscribe.push(off);
-      else off();
-      if (!s.live) throw new Error('detached while attaching');
-      await this.enqueue(s, () => this.read(s));
-      if (!s.live) throw new Error('detached while attaching');
-    } catch (e) {
-      if (this.session === s) this.detach();
-      throw e;
-    }
-    this.publish(s, false);
-    s.ready = true;
+  protected open(common: ReaderSession): Session {
+    return { ...common, dns: undefined };
   }
 
-  detach(): void {
-    const s = this.session;
-    this.session = undefined;
-    if (s !== undefined) {
-      s.live = false;
-      for (const off of s.unsubscribe.splice(0)) off();
-    }
-    this.current = EMPTY;
-    this.currentKey = '[]';
+  protected signals(): readonly { match: SignalMatch; on: (s: Session, sig: Signal) => void }[] {
+    return [{ match: { path: RESOLVED.path, interface: PROPERTIES, member: 'PropertiesChanged' }, on: (s, sig) => this.onPropertiesChanged(s, sig) }];
+  }
+
+  protected forget(): void {
     this.reported = new Set();
   }
 
-  private enqueue(s: Session, op: () => Promise<void>): Promise<void> {
-    s.pending++;
-    const run = s.queue.then(() => (s.live ? op() : undefined));
-    s.queue = run.then(() => undefined, () => undefined).then(() => {
-      s.pending--;
-      if (s.pending === 0 && s.ready) this.publish(s, true);
-    });
-    return run;
-  }
-
-  private publish(s: Session, notify: boolean): void {
-    if (this.session !== s || !s.live) return;
-    const next = this.derive(s);
-    const key = JSON.stringify(next);
-    if (key === this.currentKey) return;
-    this.current = next;
-    this.currentKey = key;
-    if (notify) s.changed();
-  }
-
-  private derive(s: Session): readonly ResolvedLinkFacts[] {
+  protected derive(s: Session): readonly ResolvedLinkFacts[] {
     const complaints = new Set<string>();
     const links = new Map<number, string[]>();
     if (s.dns !== undefined) {
@@ -154,7 +96,7 @@ export class ResolvedReader implements ServiceReader<readonly ResolvedLinkFacts[
     return [...links].sort(([a], [b]) => a - b).map(([ifindex, dns]) => ({ ifindex, dns }));
   }
 
-  private async read(s: Session): Promise<void> {
+  protected async readAll(s: Session): Promise<void> {
     const reply = await s.bus.call({ destination: s.owner, path: RESOLVED.path, interface: PROPERTIES, member: 'Get', signature: 'ss', body: [RESOLVED.manager, 'DNS'] });
     if (!s.live) return;
     const v = reply.body[0];
@@ -177,7 +119,7 @@ export class ResolvedReader implements ServiceReader<readonly ResolvedLinkFacts[
     if (dns === undefined && !invalidated.includes('DNS')) return;
     this.enqueue(s, async () => {
       if (dns !== undefined) s.dns = dns.value;
-      else await this.read(s);
+      else await this.readAll(s);
     }).catch((e: unknown) => {
       if (s.live) this.log.warn('resolved: read failed', { error: errorMessage(e) });
     });
