@@ -85,13 +85,13 @@ describe('waymark watch', () => {
   });
 
   it('says what it watches, for whom, and is in --help', async () => {
-    assert.match(a.stderr, /^watching uplink, config, decision, session, app, prompt, usage, budget events \(of every user\); Ctrl-C to stop$/m);
-    assert.match(user.stderr, new RegExp(`^watching uplink, config, decision, session, app, prompt, usage, budget events \\(of uid ${USER} and the whole device\\)`, 'm'));
+    assert.match(a.stderr, /^watching uplink, config, decision, session, app, prompt, usage, budget, profile, system events \(of every user\); Ctrl-C to stop$/m);
+    assert.match(user.stderr, new RegExp(`^watching uplink, config, decision, session, app, prompt, usage, budget, profile, system events \\(of uid ${USER} and the whole device\\)`, 'm'));
     const help = await dev.waymark(['--help']);
     assert.match(help.stdout, /^ {2}watch \[options\] +stream the daemon's events live/m);
     const bad = await dev.waymark(['watch', '--topic', 'nope']);
     assert.notEqual(bad.code, 0);
-    assert.match(bad.stderr, /unknown topic "nope" \(known: uplink, config, decision, session, app, prompt, usage, budget\)/);
+    assert.match(bad.stderr, /unknown topic "nope" \(known: uplink, config, decision, session, app, prompt, usage, budget, profile, system\)/);
   });
 
   it('shows a link going down and coming back, to both watchers and the unprivileged one', async () => {
