@@ -240,6 +240,7 @@ while True:
     try {
       assert.match(await next(), /^subscribed \{"v":2,"id":1,"ok":true,"result":\{"topics":\["decision"\],"seesAll":true,"queueLimit":\d+\}\}$/);
       const before = (await status()).events;
+      const fromA = a.lines.length;
       const withStuck = await loop(30_000);
       assert.deepEqual(withStuck.results, { EACCES: N }, 'every decision answered (denied) with a subscriber that never reads');
       const st = await status();
@@ -252,9 +253,16 @@ while True:
       assert.ok((st.control?.unwrittenBytes ?? Infinity) <= ev.subscribers * (SOCKET_HIGH_WATER + 1024), `bytes unwritten: ${st.control?.unwrittenBytes}`);
       const text = await dev.waymark(['status']);
       assert.match(text.stdout, /^events: \d+ watchers, \d+ events dropped for watchers that fell behind \(at most \d+ queued each\)$/m);
-      // The watchers that read got every one of them.
-      await a.event(0, (e) => e.type === 'decision.denied' && e.port === 30_000 + N - 1, 'the last denial');
-      assert.equal(a.events().filter((e) => e.type === 'decision.denied' && e.port >= 30_000 && e.port < 30_000 + N).length, N);
+      // A watcher that reads gets every one of them, or is told how many it missed: on a busy
+      // machine it may be descheduled through a burst longer than its queue. One more denial
+      // after the burst marks the end (events arrive in order, a gap's events.lost in its place).
+      await deniedCurl(undefined, 29_999);
+      await a.event(fromA, (e) => e.type === 'decision.denied' && e.port === 29_999, 'the denial after the burst');
+      const seen = a.events().slice(fromA);
+      const got = seen.filter((e) => e.type === 'decision.denied' && e.port >= 30_000 && e.port < 30_000 + N).length;
+      const lostCount = seen.reduce((n, e) => n + (e.type === 'events.lost' ? e.count : 0), 0);
+      console.log(`# the reading watcher: ${got} of ${N} denials, ${lostCount} events announced lost`);
+      assert.ok(got === N || (lostCount > 0 && got + lostCount >= N), `${got} of ${N} denials and ${lostCount} announced lost: some went missing silently`);
       // Once it reads, it is told how many it lost.
       stuck.stdin?.write('go\n');
       const lost = /^lost (\d+)$/.exec(await next());
