@@ -68,10 +68,6 @@ export class SystemService {
     return currentSim(this.facts, this.manual);
   }
 
-  get systemFacts(): SystemFacts {
-    return this.facts;
-  }
-
   /** What the effective config is made of now (pure: the world's is replaced by update()). */
   effective(): Config {
     const input = this.input();
@@ -123,10 +119,6 @@ export class SystemService {
     this.manual = sim;
     this.simMaybeChanged();
     await this.update();
-  }
-
-  get manualSim(): ManualSim | undefined {
-    return this.manual;
   }
 
   /** `waymark sim` and `status`: the services, the SIM, the modems. */
