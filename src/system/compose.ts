@@ -89,7 +89,8 @@ export function uplinkWithFacts(spec: UplinkSpec, input: SystemInput): UplinkSpe
     : byApn ? { match: byApn.bearer.interface, origin: 'modemmanager' as const } : { match: '', origin: 'none' as const };
   // The uplink's link as last observed; a plain interface name (no glob) is known before that.
   const observed = input.links.get(spec.name);
-  const link = spec.apn !== undefined ? (byApn ? { name: byApn.bearer.interface, index: observed?.index } : undefined)
+  const link = spec.apn !== undefined
+    ? (byApn ? { name: byApn.bearer.interface, index: observed?.name === byApn.bearer.interface ? observed.index : undefined } : undefined)
     : observed ?? (spec.match !== '' && !isGlob(spec.match) ? { name: spec.match, index: undefined } : undefined);
   const cellular = spec.kind === 'cellular';
   const mine = cellular ? (byApn ?? modemOf(facts, link?.name)) : undefined;
