@@ -15,8 +15,9 @@
  * service.
  */
 import type { Variant } from '@jellybrick/dbus-next';
-import { connectBus, str, variant, type IncomingCall, type MessageBus, type Outcome } from '../../src/agent/dbus.js';
+import { connectBus, variant, type IncomingCall, type MessageBus, type Outcome } from '../../src/agent/dbus.js';
 import { MODEMMANAGER, OBJECT_MANAGER, PROPERTIES } from '../../src/system/modemmanager.js';
+import { answerProperties, dict, own, release, type Props } from './fake-service.js';
 
 export interface FakeSim {
   readonly iccid: string;
@@ -46,11 +47,9 @@ export interface FakeModem {
   readonly bearers?: readonly FakeBearer[];
 }
 
-type Interfaces = Map<string, Map<string, Variant>>;
+type Interfaces = Map<string, Props>;
 
-const DBUS = { destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus' } as const;
-
-function simProps(sim: FakeSim): Map<string, Variant> {
+function simProps(sim: FakeSim): Props {
   return new Map([
     ['SimIdentifier', variant('s', sim.iccid)],
     ['Imsi', variant('s', '')],
@@ -65,7 +64,7 @@ function ipConfig(dns: readonly string[] | undefined): Variant {
   return variant('a{sv}', entries);
 }
 
-function bearerProps(b: FakeBearer): Map<string, Variant> {
+function bearerProps(b: FakeBearer): Props {
   return new Map([
     ['Interface', variant('s', b.interface ?? '')],
     ['Connected', variant('b', b.connected ?? false)],
@@ -75,10 +74,6 @@ function bearerProps(b: FakeBearer): Map<string, Variant> {
     ['IpTimeout', variant('u', 20)],
     ['Properties', variant('a{sv}', b.apn !== undefined ? { apn: variant('s', b.apn) } : {})],
   ]);
-}
-
-function dict(props: Map<string, Variant>): Record<string, Variant> {
-  return Object.fromEntries(props);
 }
 
 export class FakeModemManager {
@@ -93,12 +88,7 @@ export class FakeModemManager {
     const bus = await connectBus(address);
     const mm = new FakeModemManager(bus);
     bus.handle(MODEMMANAGER.path, OBJECT_MANAGER, (c) => mm.answerObjectManager(c));
-    try {
-      await bus.requestName(MODEMMANAGER.name);
-    } catch (e) {
-      bus.close();
-      throw e;
-    }
+    await own(bus, MODEMMANAGER.name);
     return mm;
   }
 
@@ -125,28 +115,14 @@ export class FakeModemManager {
     return { signature: 'a{oa{sa{sv}}}', body: [out] };
   }
 
-  private answerProperties(path: string, c: IncomingCall): Outcome | undefined {
-    const ifaces = this.objects.get(path);
-    if (ifaces === undefined) return { error: 'org.freedesktop.DBus.Error.UnknownObject', text: `no object ${path}` };
-    const props = ifaces.get(str(c.body[0], 'interface'));
-    if (props === undefined) return { error: 'org.freedesktop.DBus.Error.UnknownInterface', text: `no interface ${String(c.body[0])} at ${path}` };
-    if (c.member === 'GetAll') return { signature: 'a{sv}', body: [dict(props)] };
-    if (c.member === 'Get') {
-      const v = props.get(str(c.body[1], 'property'));
-      if (v === undefined) return { error: 'org.freedesktop.DBus.Error.UnknownProperty', text: `no property ${String(c.body[1])}` };
-      return { signature: 'v', body: [v] };
-    }
-    return undefined;
-  }
-
   private export(path: string, ifaces: Interfaces): void {
     this.objects.set(path, ifaces);
     if (this.handled.has(path)) return;
     this.handled.add(path);
-    this.bus.handle(path, PROPERTIES, (c) => this.answerProperties(path, c));
+    this.bus.handle(path, PROPERTIES, (c) => answerProperties(this.objects, path, c));
   }
 
-  private props(path: string, iface: string): Map<string, Variant> {
+  private props(path: string, iface: string): Props {
     const p = this.objects.get(path)?.get(iface);
     if (p === undefined) throw new Error(`fake ModemManager: no ${iface} at ${path}`);
     return p;
@@ -278,12 +254,7 @@ export class FakeModemManager {
   }
 
   /** ModemManager quits: gives the name up (everyone has seen NameOwnerChanged when this resolves), then leaves the bus. */
-  async close(): Promise<void> {
-    try {
-      await this.bus.call({ ...DBUS, member: 'ReleaseName', signature: 's', body: [MODEMMANAGER.name] });
-    } catch {
-      // Gone already.
-    }
-    this.bus.close();
+  close(): Promise<void> {
+    return release(this.bus, MODEMMANAGER.name);
   }
 }

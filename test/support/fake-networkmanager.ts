@@ -15,9 +15,10 @@
  * FakeResolved exports org.freedesktop.resolve1.Manager's DNS (a(iiay)) at /org/freedesktop/resolve1.
  */
 import type { Variant } from '@jellybrick/dbus-next';
-import { connectBus, str, variant, type IncomingCall, type MessageBus, type Outcome } from '../../src/agent/dbus.js';
+import { connectBus, variant, type MessageBus } from '../../src/agent/dbus.js';
 import { parseAddress } from '../../src/net/prefix.js';
 import { PROPERTIES } from '../../src/system/modemmanager.js';
+import { answerProperties, own, release, type Props } from './fake-service.js';
 import { NETWORKMANAGER } from '../../src/system/networkmanager.js';
 import { RESOLVED } from '../../src/system/resolved.js';
 
@@ -35,9 +36,6 @@ export interface FakeDevice {
   readonly nameserversOnly?: boolean;
 }
 
-type Props = Map<string, Variant>;
-
-const DBUS = { destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus' } as const;
 
 function bytes(address: string, family: 4 | 6): Buffer {
   const a = parseAddress(address);
@@ -48,43 +46,6 @@ function bytes(address: string, family: 4 | 6): Buffer {
 /** An in_addr_t as NetworkManager puts it in `au`: the address's bytes in memory, read as a little-endian uint32. */
 export function nameserverU32(address: string): number {
   return bytes(address, 4).readUInt32LE(0);
-}
-
-function dict(props: Props): Record<string, Variant> {
-  return Object.fromEntries(props);
-}
-
-/** Answers Properties.Get/GetAll for the objects of a map of path → interface → properties. */
-function answerProperties(objects: Map<string, Map<string, Props>>, path: string, c: IncomingCall): Outcome | undefined {
-  const ifaces = objects.get(path);
-  if (ifaces === undefined) return { error: 'org.freedesktop.DBus.Error.UnknownObject', text: `no object ${path}` };
-  const props = ifaces.get(str(c.body[0], 'interface'));
-  if (props === undefined) return { error: 'org.freedesktop.DBus.Error.UnknownInterface', text: `no interface ${String(c.body[0])} at ${path}` };
-  if (c.member === 'GetAll') return { signature: 'a{sv}', body: [dict(props)] };
-  if (c.member === 'Get') {
-    const v = props.get(str(c.body[1], 'property'));
-    if (v === undefined) return { error: 'org.freedesktop.DBus.Error.UnknownProperty', text: `no property ${String(c.body[1])}` };
-    return { signature: 'v', body: [v] };
-  }
-  return undefined;
-}
-
-async function own(bus: MessageBus, name: string): Promise<void> {
-  try {
-    await bus.requestName(name);
-  } catch (e) {
-    bus.close();
-    throw e;
-  }
-}
-
-async function release(bus: MessageBus, name: string): Promise<void> {
-  try {
-    await bus.call({ ...DBUS, member: 'ReleaseName', signature: 's', body: [name] });
-  } catch {
-    // Gone already.
-  }
-  bus.close();
 }
 
 export class FakeNetworkManager {
