@@ -7,12 +7,13 @@
 import assert from 'node:assert/strict';
 import { after, afterEach, before, beforeEach, describe, test } from 'node:test';
 import { performance } from 'node:perf_hooks';
-import { connectBus, variant, type MessageBus } from '../../src/agent/dbus.js';
+import { connectBus, variant } from '../../src/agent/dbus.js';
 import type { ModemFacts } from '../../src/system/facts.js';
 import { MODEMMANAGER, ModemManagerReader, OBJECT_MANAGER, PROPERTIES } from '../../src/system/modemmanager.js';
 import { FakeModemManager } from '../support/fake-modemmanager.js';
 import { recordingLog } from '../support/fakes.js';
-import { Arrivals, startPrivateBus, type PrivateBus } from '../support/notify-server.js';
+import { readerRig, type ReaderRig } from '../support/reader-rig.js';
+import { startPrivateBus, type PrivateBus } from '../support/notify-server.js';
 
 const HOME = { iccid: '89490200001234567890', operator: '26201', operatorName: 'Telekom.de' } as const;
 const TRAVEL = { iccid: '89440000009876543210', operator: '23415', operatorName: 'Vodafone UK' } as const;
@@ -21,56 +22,23 @@ let bus: PrivateBus;
 before(async () => { bus = await startPrivateBus(); });
 after(async () => { await bus.close(); });
 
-/** One reader attached to the fake, and its updates. */
-interface Rig {
-  readonly mm: FakeModemManager;
-  readonly client: MessageBus;
-  readonly reader: ModemManagerReader;
-  readonly log: ReturnType<typeof recordingLog>;
-  readonly updates: Arrivals<readonly ModemFacts[]>;
-  attach(): Promise<void>;
-  /** The reader's next value that satisfies `pred` (the current one if it does already). */
-  until(pred: (v: readonly ModemFacts[]) => boolean, what: string): Promise<readonly ModemFacts[]>;
-  /** A round trip to the fake: every signal it sent before has reached the reader's queue. */
-  sync(): Promise<void>;
-}
+type Rig = ReaderRig<readonly ModemFacts[], FakeModemManager>;
 
+/** The reader attached to a fresh fake ModemManager, and its updates. */
 async function rig(): Promise<Rig> {
   const mm = await FakeModemManager.start(bus.address);
-  const client = await connectBus(bus.address);
   const log = recordingLog();
-  const reader = new ModemManagerReader(log);
-  const updates = new Arrivals<readonly ModemFacts[]>();
-  return {
-    mm, client, reader, log, updates,
-    attach: () => reader.attach(client, mm.owner, () => updates.push(reader.value)),
-    until: async (pred, what) => {
-      if (pred(reader.value)) return reader.value;
-      for (;;) {
-        const v = await updates.take(what);
-        if (pred(v)) return v;
-      }
-    },
-    sync: async () => {
-      await client.call({ destination: mm.owner, path: MODEMMANAGER.path, interface: OBJECT_MANAGER, member: 'GetManagedObjects' });
-      // The reader's own calls for those signals come back before a second round trip does.
-      await client.call({ destination: mm.owner, path: MODEMMANAGER.path, interface: OBJECT_MANAGER, member: 'GetManagedObjects' });
-      await new Promise((resolve) => setImmediate(resolve));
-    },
-  };
+  return readerRig(bus.address, mm, new ModemManagerReader(log), log, (c) =>
+    c.call({ destination: mm.owner, path: MODEMMANAGER.path, interface: OBJECT_MANAGER, member: 'GetManagedObjects' }));
 }
 
 describe('ModemManager reader', () => {
   let r: Rig;
   beforeEach(async () => { r = await rig(); });
-  afterEach(async () => {
-    r.reader.detach();
-    r.client.close();
-    await r.mm.close();
-  });
+  afterEach(() => r.close());
 
   test('reads the modems at attach: SIM, registration, operator, bearers with APN, interface and DNS', async () => {
-    const m0 = r.mm.addModem({
+    const m0 = r.fake.addModem({
       sim: HOME, registration: 1, operatorCode: '26201',
       bearers: [
         { interface: 'wwan0', apn: 'internet.telekom', connected: true, dns4: ['10.74.210.210', '10.74.210.211'], dns6: ['fd00:976a::9'] },
@@ -78,7 +46,7 @@ describe('ModemManager reader', () => {
       ],
     });
     // No SIM, no Modem3gpp interface, a bearer without anything.
-    const m1 = r.mm.addModem({ sim: null, registration: null, bearers: [{}] });
+    const m1 = r.fake.addModem({ sim: null, registration: null, bearers: [{}] });
     await r.attach();
     const v = r.reader.value;
     assert.deepEqual(v.map((m) => m.path), [m0, m1]);
@@ -96,67 +64,67 @@ describe('ModemManager reader', () => {
     assert.deepEqual(v[1], { path: m1, registration: 'unknown', bearers: [{ path: `${MODEMMANAGER.path}/Bearer/2`, connected: false, dns: [] }] });
     assert.equal(r.updates.all.length, 0, 'the initial read is the attach, not an update');
     // The fake answers Properties.Get too (for other clients of it).
-    const got = await r.client.call({ destination: r.mm.owner, path: `${MODEMMANAGER.path}/SIM/0`, interface: PROPERTIES, member: 'Get', signature: 'ss', body: [MODEMMANAGER.sim, 'SimIdentifier'] });
+    const got = await r.client.call({ destination: r.fake.owner, path: `${MODEMMANAGER.path}/SIM/0`, interface: PROPERTIES, member: 'Get', signature: 'ss', body: [MODEMMANAGER.sim, 'SimIdentifier'] });
     assert.equal((got.body[0] as { value: unknown }).value, HOME.iccid);
   });
 
   test('keeps the modems sorted by path', async () => {
-    const paths = Array.from({ length: 12 }, () => r.mm.addModem({ sim: null }));
+    const paths = Array.from({ length: 12 }, () => r.fake.addModem({ sim: null }));
     await r.attach();
     assert.deepEqual(r.reader.value.map((m) => m.path), [...paths].sort());
     assert.notDeepEqual([...paths].sort(), paths, 'Modem/10 sorts before Modem/2: the order is the reader\'s');
   });
 
   test('a SIM swap is seen (new SIM object, Modem.Sim changes), and a SIM taken out', async (t) => {
-    const m = r.mm.addModem({ sim: HOME });
+    const m = r.fake.addModem({ sim: HOME });
     await r.attach();
     assert.equal(r.reader.value[0]?.sim?.iccid, HOME.iccid);
 
     const t0 = performance.now();
-    r.mm.setSim(m, TRAVEL);
+    r.fake.setSim(m, TRAVEL);
     const swapped = await r.until((v) => v[0]?.sim?.iccid === TRAVEL.iccid, 'the new SIM');
     t.diagnostic(`SIM swap seen by the reader after ${(performance.now() - t0).toFixed(1)} ms`);
     assert.deepEqual(swapped[0]?.sim, { iccid: TRAVEL.iccid, operator: '23415', operatorName: 'Vodafone UK' });
 
-    r.mm.setSim(m, null);
+    r.fake.setSim(m, null);
     const out = await r.until((v) => v[0]?.sim === undefined, 'no SIM');
     assert.equal(out.length, 1);
   });
 
   test('registration: roaming and back home, with the operator it is registered with', async () => {
-    const m = r.mm.addModem({ sim: HOME, registration: 1, operatorCode: '26201' });
+    const m = r.fake.addModem({ sim: HOME, registration: 1, operatorCode: '26201' });
     await r.attach();
-    r.mm.setRegistration(m, 5, '23415');
+    r.fake.setRegistration(m, 5, '23415');
     const roaming = await r.until((v) => v[0]?.registration === 'roaming', 'roaming');
     assert.equal(roaming[0]?.operatorCode, '23415');
-    r.mm.setRegistration(m, 2, '');
+    r.fake.setRegistration(m, 2, '');
     const searching = await r.until((v) => v[0]?.registration === 'searching', 'searching');
     assert.equal(searching[0]?.operatorCode, undefined, '"" is no operator');
-    r.mm.setRegistration(m, 1, '26201');
+    r.fake.setRegistration(m, 1, '26201');
     const home = await r.until((v) => v[0]?.registration === 'home', 'home again');
     assert.equal(home[0]?.operatorCode, '26201');
   });
 
   test('bearers: added, connected with DNS, disconnected, removed', async () => {
-    const m = r.mm.addModem({ sim: HOME, bearers: [] });
+    const m = r.fake.addModem({ sim: HOME, bearers: [] });
     await r.attach();
-    const b = r.mm.addBearer(m, { apn: 'internet' });
+    const b = r.fake.addBearer(m, { apn: 'internet' });
     const added = await r.until((v) => v[0]?.bearers.length === 1, 'the new bearer');
     assert.deepEqual(added[0]?.bearers[0], { path: b, apn: 'internet', connected: false, dns: [] });
 
-    r.mm.setBearer(b, { interface: 'wwan0', connected: true, dns4: ['192.0.2.53'], dns6: ['2001:db8::53', '2001:db8::54'] });
+    r.fake.setBearer(b, { interface: 'wwan0', connected: true, dns4: ['192.0.2.53'], dns6: ['2001:db8::53', '2001:db8::54'] });
     const up = await r.until((v) => v[0]?.bearers[0]?.connected === true, 'the bearer connected');
     assert.deepEqual(up[0]?.bearers[0], { path: b, interface: 'wwan0', apn: 'internet', connected: true, dns: ['192.0.2.53', '2001:db8::53', '2001:db8::54'] });
 
-    const mms = r.mm.addBearer(m, { apn: 'mms', interface: 'wwan1', connected: true, dns4: ['192.0.2.99'] });
+    const mms = r.fake.addBearer(m, { apn: 'mms', interface: 'wwan1', connected: true, dns4: ['192.0.2.99'] });
     const two = await r.until((v) => v[0]?.bearers.length === 2, 'the second bearer');
     assert.deepEqual(two[0]?.bearers.map((x) => [x.path, x.apn]), [[b, 'internet'], [mms, 'mms']]);
 
-    r.mm.setBearer(b, { interface: '', connected: false, dns4: [], dns6: [] });
+    r.fake.setBearer(b, { interface: '', connected: false, dns4: [], dns6: [] });
     const down = await r.until((v) => v[0]?.bearers[0]?.connected === false, 'the bearer disconnected');
     assert.deepEqual(down[0]?.bearers[0], { path: b, apn: 'internet', connected: false, dns: [] });
 
-    r.mm.removeBearer(b);
+    r.fake.removeBearer(b);
     const gone = await r.until((v) => v[0]?.bearers.length === 1, 'the bearer gone');
     assert.equal(gone[0]?.bearers[0]?.path, mms);
   });
@@ -164,61 +132,61 @@ describe('ModemManager reader', () => {
   test('modems added (InterfacesAdded) and removed (InterfacesRemoved)', async () => {
     await r.attach();
     assert.deepEqual(r.reader.value, []);
-    const m0 = r.mm.addModem({ sim: HOME, bearers: [{ interface: 'wwan0', connected: true, dns4: ['192.0.2.1'] }] });
+    const m0 = r.fake.addModem({ sim: HOME, bearers: [{ interface: 'wwan0', connected: true, dns4: ['192.0.2.1'] }] });
     const one = await r.until((v) => v.length === 1, 'the modem');
     assert.equal(one[0]?.path, m0);
     assert.equal(one[0]?.sim?.iccid, HOME.iccid, 'its SIM read with it');
     assert.deepEqual(one[0]?.bearers[0]?.dns, ['192.0.2.1'], 'its bearers read with it');
-    const m1 = r.mm.addModem({ sim: TRAVEL, registration: 5, operatorCode: '23415' });
+    const m1 = r.fake.addModem({ sim: TRAVEL, registration: 5, operatorCode: '23415' });
     const two = await r.until((v) => v.length === 2, 'the second modem');
     assert.deepEqual(two.map((m) => [m.path, m.registration]), [[m0, 'home'], [m1, 'roaming']]);
-    r.mm.removeModem(m0);
+    r.fake.removeModem(m0);
     const left = await r.until((v) => v.length === 1, 'the first modem gone');
     assert.equal(left[0]?.path, m1);
   });
 
   test('a malformed value skips its object (logged), never crashes, and is read again once well-formed', async () => {
-    const bad = r.mm.addModem({ sim: HOME });
-    const good = r.mm.addModem({ sim: TRAVEL, bearers: [{ interface: 'wwan1', connected: true }] });
+    const bad = r.fake.addModem({ sim: HOME });
+    const good = r.fake.addModem({ sim: TRAVEL, bearers: [{ interface: 'wwan1', connected: true }] });
     // A string where a uint32 belongs: that modem is skipped from the start.
-    r.mm.setPropertyQuietly(bad, MODEMMANAGER.modem3gpp, 'RegistrationState', variant('s', 'home'));
+    r.fake.setPropertyQuietly(bad, MODEMMANAGER.modem3gpp, 'RegistrationState', variant('s', 'home'));
     await r.attach();
     assert.deepEqual(r.reader.value.map((m) => m.path), [good]);
     assert.ok(r.log.lines.some((l) => l.level === 'warn' && l.fields?.['path'] === bad), 'the bad modem is logged');
 
     // The service says it right: the modem is back.
-    r.mm.setRegistration(bad, 1, '26201');
+    r.fake.setRegistration(bad, 1, '26201');
     await r.until((v) => v.length === 2, 'the modem read again');
 
     // A bearer whose Connected is not a boolean: that bearer is skipped, the modem stays.
     const bearer = `${MODEMMANAGER.path}/Bearer/0`;
-    r.mm.setProperty(bearer, MODEMMANAGER.bearer, 'Connected', variant('s', 'yes'));
+    r.fake.setProperty(bearer, MODEMMANAGER.bearer, 'Connected', variant('s', 'yes'));
     const noBearer = await r.until((v) => v.find((m) => m.path === good)?.bearers.length === 0, 'the bad bearer skipped');
     assert.equal(noBearer.length, 2);
 
     // A SIM whose ICCID is a number: no SIM for that modem.
     const sim = `${MODEMMANAGER.path}/SIM/1`;
-    r.mm.setProperty(sim, MODEMMANAGER.sim, 'SimIdentifier', variant('u', 42));
+    r.fake.setProperty(sim, MODEMMANAGER.sim, 'SimIdentifier', variant('u', 42));
     await r.until((v) => v.find((m) => m.path === good)?.sim === undefined, 'the bad SIM skipped');
 
     // Bearers that are not a list: the modem goes until it is readable again.
-    r.mm.setProperty(good, MODEMMANAGER.modem, 'Bearers', variant('s', 'none'));
+    r.fake.setProperty(good, MODEMMANAGER.modem, 'Bearers', variant('s', 'none'));
     await r.until((v) => v.length === 1, 'the bad modem skipped');
 
     // A PropertiesChanged that is not one ("s" alone), an InterfacesAdded without a dictionary:
     // logged, ignored, and what comes after is read.
-    r.mm.bus.emit(good, PROPERTIES, 'PropertiesChanged', 's', ['garbage']);
-    r.mm.bus.emit(MODEMMANAGER.path, OBJECT_MANAGER, 'InterfacesAdded', 'os', [`${MODEMMANAGER.path}/Modem/99`, 'x']);
-    r.mm.setProperty(good, MODEMMANAGER.modem, 'Bearers', variant('ao', [bearer]));
-    r.mm.setProperty(bearer, MODEMMANAGER.bearer, 'Connected', variant('b', true));
-    r.mm.setProperty(sim, MODEMMANAGER.sim, 'SimIdentifier', variant('s', TRAVEL.iccid));
+    r.fake.bus.emit(good, PROPERTIES, 'PropertiesChanged', 's', ['garbage']);
+    r.fake.bus.emit(MODEMMANAGER.path, OBJECT_MANAGER, 'InterfacesAdded', 'os', [`${MODEMMANAGER.path}/Modem/99`, 'x']);
+    r.fake.setProperty(good, MODEMMANAGER.modem, 'Bearers', variant('ao', [bearer]));
+    r.fake.setProperty(bearer, MODEMMANAGER.bearer, 'Connected', variant('b', true));
+    r.fake.setProperty(sim, MODEMMANAGER.sim, 'SimIdentifier', variant('s', TRAVEL.iccid));
     const back = await r.until((v) => v.length === 2 && v[1]?.bearers[0]?.connected === true && v[1]?.sim?.iccid === TRAVEL.iccid, 'all readable again');
     assert.deepEqual(back.map((m) => m.path), [bad, good]);
     assert.ok(r.log.lines.some((l) => l.msg.includes('unreadable signal')), 'the bad signal is logged');
   });
 
   test('signals from anyone but the owner are ignored, even when the connection receives them', async () => {
-    const m = r.mm.addModem({ sim: HOME, registration: 1 });
+    const m = r.fake.addModem({ sim: HOME, registration: 1 });
     await r.attach();
     // Another reader on the same connection (NetworkManager's) asks for everyone's PropertiesChanged.
     const received: string[] = [];
@@ -236,25 +204,25 @@ describe('ModemManager reader', () => {
       impostor.close();
     }
     // The owner's own signal still counts (the test can fail the other way).
-    r.mm.setRegistration(m, 5, '23415');
+    r.fake.setRegistration(m, 5, '23415');
     await r.until((v) => v[0]?.registration === 'roaming', 'roaming');
   });
 
   test('detached: empty, and no more updates', async () => {
-    const m = r.mm.addModem({ sim: HOME });
+    const m = r.fake.addModem({ sim: HOME });
     await r.attach();
     assert.equal(r.reader.value.length, 1);
     r.reader.detach();
     assert.deepEqual(r.reader.value, []);
-    r.mm.setSim(m, TRAVEL);
-    r.mm.addModem({ sim: null });
+    r.fake.setSim(m, TRAVEL);
+    r.fake.addModem({ sim: null });
     await r.sync();
     assert.equal(r.updates.all.length, 0);
     assert.deepEqual(r.reader.value, []);
   });
 
   test('attach rejects when the name has no such owner, and leaves the reader empty', async () => {
-    r.mm.addModem({ sim: HOME });
+    r.fake.addModem({ sim: HOME });
     await assert.rejects(r.reader.attach(r.client, ':1.999999', () => undefined));
     assert.deepEqual(r.reader.value, []);
     // It can attach afterwards.

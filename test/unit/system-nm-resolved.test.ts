@@ -7,75 +7,31 @@
  */
 import assert from 'node:assert/strict';
 import { after, afterEach, before, beforeEach, describe, test } from 'node:test';
-import { connectBus, variant, type MessageBus } from '../../src/agent/dbus.js';
+import { connectBus, variant } from '../../src/agent/dbus.js';
 import type { DeviceFacts, ResolvedLinkFacts } from '../../src/system/facts.js';
 import { PROPERTIES } from '../../src/system/modemmanager.js';
 import { NETWORKMANAGER, NetworkManagerReader } from '../../src/system/networkmanager.js';
-import type { ServiceReader } from '../../src/system/reader.js';
 import { RESOLVED, ResolvedReader } from '../../src/system/resolved.js';
 import { FakeNetworkManager, FakeResolved, nameserverU32 } from '../support/fake-networkmanager.js';
 import { recordingLog } from '../support/fakes.js';
-import { Arrivals, startPrivateBus, type PrivateBus } from '../support/notify-server.js';
+import { readerRig, type ReaderRig } from '../support/reader-rig.js';
+import { startPrivateBus, type PrivateBus } from '../support/notify-server.js';
 
 let bus: PrivateBus;
 before(async () => { bus = await startPrivateBus(); });
 after(async () => { await bus.close(); });
 
-/** One reader attached to a fake, and its updates. */
-interface Rig<T, F> {
-  readonly fake: F;
-  readonly client: MessageBus;
-  readonly reader: ServiceReader<T>;
-  readonly log: ReturnType<typeof recordingLog>;
-  readonly updates: Arrivals<T>;
-  attach(): Promise<void>;
-  /** The reader's next value that satisfies `pred` (the current one if it does already). */
-  until(pred: (v: T) => boolean, what: string): Promise<T>;
-  /** Round trips to the fake: every signal it sent before has been handled by the reader. */
-  sync(): Promise<void>;
-  close(): Promise<void>;
-}
-
-async function rig<T, F extends { readonly owner: string; close(): Promise<void> }>(
-  fake: F, reader: ServiceReader<T>, log: ReturnType<typeof recordingLog>, ping: (client: MessageBus) => Promise<unknown>,
-): Promise<Rig<T, F>> {
-  const client = await connectBus(bus.address);
-  const updates = new Arrivals<T>();
-  return {
-    fake, client, reader, log, updates,
-    attach: () => reader.attach(client, fake.owner, () => updates.push(reader.value)),
-    until: async (pred, what) => {
-      if (pred(reader.value)) return reader.value;
-      for (;;) {
-        const v = await updates.take(what);
-        if (pred(v)) return v;
-      }
-    },
-    sync: async () => {
-      await ping(client);
-      // The reader's own calls for those signals come back before a second round trip does.
-      await ping(client);
-      await new Promise((resolve) => setImmediate(resolve));
-    },
-    close: async () => {
-      reader.detach();
-      client.close();
-      await fake.close();
-    },
-  };
-}
-
-async function nmRig(): Promise<Rig<readonly DeviceFacts[], FakeNetworkManager>> {
+async function nmRig(): Promise<ReaderRig<readonly DeviceFacts[], FakeNetworkManager>> {
   const log = recordingLog();
   const nm = await FakeNetworkManager.start(bus.address);
-  return rig(nm, new NetworkManagerReader(log), log, (c) =>
+  return readerRig(bus.address, nm, new NetworkManagerReader(log), log, (c) =>
     c.call({ destination: nm.owner, path: NETWORKMANAGER.path, interface: NETWORKMANAGER.manager, member: 'GetDevices' }));
 }
 
-async function resolvedRig(): Promise<Rig<readonly ResolvedLinkFacts[], FakeResolved>> {
+async function resolvedRig(): Promise<ReaderRig<readonly ResolvedLinkFacts[], FakeResolved>> {
   const log = recordingLog();
   const r = await FakeResolved.start(bus.address);
-  return rig(r, new ResolvedReader(log), log, (c) =>
+  return readerRig(bus.address, r, new ResolvedReader(log), log, (c) =>
     c.call({ destination: r.owner, path: RESOLVED.path, interface: PROPERTIES, member: 'Get', signature: 'ss', body: [RESOLVED.manager, 'DNS'] }));
 }
 
@@ -84,7 +40,7 @@ function byName(v: readonly DeviceFacts[], name: string): DeviceFacts | undefine
 }
 
 describe('NetworkManager reader', () => {
-  let r: Rig<readonly DeviceFacts[], FakeNetworkManager>;
+  let r: ReaderRig<readonly DeviceFacts[], FakeNetworkManager>;
   beforeEach(async () => { r = await nmRig(); });
   afterEach(async () => { await r.close(); });
 
@@ -246,7 +202,7 @@ describe('NetworkManager reader', () => {
 });
 
 describe('resolved reader', () => {
-  let r: Rig<readonly ResolvedLinkFacts[], FakeResolved>;
+  let r: ReaderRig<readonly ResolvedLinkFacts[], FakeResolved>;
   beforeEach(async () => { r = await resolvedRig(); });
   afterEach(async () => { await r.close(); });
 
