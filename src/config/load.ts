@@ -367,10 +367,6 @@ function resolve(
   const refs: Refs = { check, users, uplinks, destNames: new Set(destinations.map((d) => d.name)) };
   const ruleSeen = new Map<string, string>();
   const rules = resolveRules(raw.rules, ['rules'], refs, ruleSeen, { source: 'config' });
-  const uplinkRef = (path: Path, v: string): void => {
-    if (!seen.has(v)) check(path, `no uplink named "${v}"`);
-  };
-  const globs = (path: Path, m: Record<string, unknown>, fields: readonly string[]): void => globProblems(check, path, m, fields);
 
   // The apps: section of earlier versions: each entry a rule for every destination.
   if (raw.apps.length > 0) {
@@ -380,11 +376,11 @@ function resolve(
     const prev = ruleSeen.get(a.name);
     if (prev !== undefined) check(['apps', i, 'name'], `duplicate rule "${a.name}" (first defined as ${prev})`);
     ruleSeen.set(a.name, `apps[${i}]`);
-    for (const field of ['uplinks', 'deny'] as const) (a[field] ?? []).forEach((v, j) => uplinkRef(['apps', i, field, j], v));
+    for (const field of ['uplinks', 'deny'] as const) (a[field] ?? []).forEach((v, j) => uplinkRef(refs, ['apps', i, field, j], v));
     a.deny.forEach((v, j) => {
       if (a.uplinks?.includes(v)) check(['apps', i, 'deny', j], `uplink "${v}" is both allowed and denied`);
     });
-    globs(['apps', i], a.match, ['unit', 'app', 'flatpak']);
+    globProblems(check, ['apps', i], a.match, ['unit', 'app', 'flatpak']);
     const match: RuleMatch = Object.fromEntries(Object.entries(a.match).filter(([, v]) => v !== undefined));
     rules.push({
       id: a.name, source: 'config', match, action: a.uplinks ? { kind: 'only', uplinks: a.uplinks } : { kind: 'use', uplinks: [] }, never: a.deny, needs: a.needs,
@@ -402,6 +398,11 @@ interface Refs {
   readonly destNames: ReadonlySet<string>;
 }
 
+/** An uplink name a rule lists: it must be one of the config's. */
+function uplinkRef(refs: Refs, path: Path, v: string): void {
+  if (!refs.uplinks.some((u) => u.name === v)) refs.check(path, `no uplink named "${v}"`);
+}
+
 function globProblems(check: Refs['check'], path: Path, m: Record<string, unknown>, fields: readonly string[]): void {
   for (const field of fields) {
     const pattern = m[field];
@@ -417,9 +418,6 @@ function globProblems(check: Refs['check'], path: Path, m: Record<string, unknow
  */
 function resolveRules(raw: readonly RawRule[], prefix: Path, refs: Refs, seen: Map<string, string>, of: { source: 'config' } | { source: 'profile'; profile: string }): Rule[] {
   const { check, users } = refs;
-  const uplinkRef = (path: Path, v: string): void => {
-    if (!refs.uplinks.some((u) => u.name === v)) check(path, `no uplink named "${v}"`);
-  };
   return raw.map((r, i) => {
     const at: Path = [...prefix, i];
     const prev = seen.get(r.name);
@@ -427,9 +425,9 @@ function resolveRules(raw: readonly RawRule[], prefix: Path, refs: Refs, seen: M
     seen.set(r.name, fieldName(at));
     const actions = (['use', 'only', 'deny', 'pass', 'ask'] as const).filter((k) => r[k] !== undefined);
     if (actions.length > 1) check([...at, actions[1] ?? ''], `a rule has one action: ${actions.join(' and ')} given`);
-    for (const field of ['use', 'only', 'never'] as const) (r[field] ?? []).forEach((v, j) => uplinkRef([...at, field, j], v));
+    for (const field of ['use', 'only', 'never'] as const) (r[field] ?? []).forEach((v, j) => uplinkRef(refs, [...at, field, j], v));
     const def = r.ask?.default;
-    if (def !== undefined && typeof def !== 'string') ('use' in def ? def.use : def.only).forEach((v, j) => uplinkRef([...at, 'ask', 'default', 'use' in def ? 'use' : 'only', j], v));
+    if (def !== undefined && typeof def !== 'string') ('use' in def ? def.use : def.only).forEach((v, j) => uplinkRef(refs, [...at, 'ask', 'default', 'use' in def ? 'use' : 'only', j], v));
     r.never.forEach((v, j) => {
       if (r.only?.includes(v) || r.use?.includes(v)) check([...at, 'never', j], `uplink "${v}" is both listed and never to be used`);
     });
