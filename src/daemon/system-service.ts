@@ -1,6 +1,6 @@
 /**
- * The config in force: the base config (waymark.yaml) with the active profile applied
- * (src/profile/profile.ts) and the device's own facts folded in (src/system/compose.ts). Whenever
+ * The config in force: the base config (waymark.yaml) with the device's own facts folded in
+ * (src/system/compose.ts) and the active profile applied on top (src/profile/profile.ts). Whenever
  * one of them changes (a reload, a profile switch, what ModemManager, NetworkManager or
  * systemd-resolved say, the uplinks' links, a SIM set by hand) the effective config is computed
  * again and, when it differs from the one in force, the world's is replaced: every reconciler
@@ -70,8 +70,9 @@ export class SystemService {
 
   /** What the effective config is made of now (pure: the world's is replaced by update()). */
   effective(): Config {
-    const input = this.input();
-    return applyFacts(applyProfile(this.base, this.profile, roamingUplinks(this.base, input)), input);
+    // The facts first: the profile's word (its metered, say) is the user's and goes over them.
+    const withFacts = applyFacts(this.base, this.input());
+    return applyProfile(withFacts, this.profile, roamingUplinks(withFacts));
   }
 
   /**

@@ -3,7 +3,7 @@
  * says so. A profile overrides uplink properties (cost, metered, preference, what the needs
  * compare), adds rules and budgets to the configuration's, and says what roaming uplinks may
  * carry. The daemon keeps the base config (waymark.yaml) and the active profile; the config the
- * world runs is applyProfile(base, profile, roaming uplinks) (then the system facts on top).
+ * world runs is applyProfile(base with the system facts in, profile, its roaming uplinks).
  *
  * Profiles come from the file (`profiles:`, read-only) or are saved in the state directory
  * (src/profile/store.ts). Either way one is exported as a config document with only it in

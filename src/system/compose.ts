@@ -141,7 +141,7 @@ export function applyFacts(config: Config, input: SystemInput): Config {
   return { ...config, uplinks: config.uplinks.map((u) => uplinkWithFacts(u, input)) };
 }
 
-/** The uplinks that are roaming now (what a profile's roaming behaviour applies to). */
-export function roamingUplinks(config: Config, input: SystemInput): Set<string> {
-  return new Set(config.uplinks.map((u) => uplinkWithFacts(u, input)).filter((u) => u.roaming).map((u) => u.name));
+/** The uplinks of a config with the facts in ({@link applyFacts}) that are roaming now: what a profile's roaming behaviour applies to. */
+export function roamingUplinks(config: Config): Set<string> {
+  return new Set(config.uplinks.filter((u) => u.roaming).map((u) => u.name));
 }

@@ -89,15 +89,15 @@ describe('system facts into the uplinks', () => {
 
   it('roaming: the modem\'s registration, lifted by a home operator of the profile, overridden by the config and a SIM set by hand', () => {
     const roamingFacts = facts({ modems: [modem({ registration: 'roaming', operatorCode: '23415' })] });
-    assert.deepEqual([...roamingUplinks(base, input(roamingFacts))].sort(), ['cellular', 'mms']);
+    assert.deepEqual([...roamingUplinks(applyFacts(base, input(roamingFacts)))].sort(), ['cellular', 'mms']);
     const c = applyFacts(base, input(roamingFacts));
     assert.equal(up(c, 'cellular').sources.roaming, 'modemmanager');
     assert.equal(up(c, 'wifi').roaming, false);
     assert.equal(up(c, 'fixed').roaming, false, 'the config says roaming: false');
-    assert.deepEqual([...roamingUplinks(base, input(roamingFacts, { homeOperators: ['23415'] }))], []);
-    assert.deepEqual([...roamingUplinks(base, input(facts()))], []);
+    assert.deepEqual([...roamingUplinks(applyFacts(base, input(roamingFacts, { homeOperators: ['23415'] })))], []);
+    assert.deepEqual([...roamingUplinks(applyFacts(base, input(facts())))], []);
     const byHand = input(facts(), { manual: { iccid: '8944000000000000002', roaming: true } });
-    assert.deepEqual([...roamingUplinks(base, byHand)].sort(), ['cellular', 'mms']);
+    assert.deepEqual([...roamingUplinks(applyFacts(base, byHand))].sort(), ['cellular', 'mms']);
     assert.equal(up(applyFacts(base, byHand), 'cellular').sources.roaming, 'manual');
     assert.equal(up(applyFacts(base, byHand), 'cellular').sim?.iccid, '8944000000000000002');
   });
